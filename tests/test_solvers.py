@@ -1,0 +1,157 @@
+"""CG, Steihaug and line searches against closed forms, torch.linalg and SciPy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+
+from hpo2.solvers import armijo_backtracking, backtrack_schedule, cg, steihaug_cg, strong_wolfe
+
+
+def _spd(n: int, cond: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=gen))
+    eigs = torch.logspace(0, math.log10(cond), n, dtype=torch.float64)
+    return q @ torch.diag(eigs) @ q.T
+
+
+def _rhs(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 500))
+
+
+def test_cg_solves_spd_system_to_tolerance(seed):
+    a, b = _spd(60, 1e3, seed), _rhs(60, seed)
+    res = cg(lambda v: a @ v, b, max_iter=500, tol=1e-10)
+    assert res.stop_reason == "residual_tol"
+    torch.testing.assert_close(res.x, torch.linalg.solve(a, b), rtol=1e-7, atol=1e-9)
+    assert res.residual_norm <= 1e-10 * float(b.norm()) * 1.0001
+    assert res.n_products == res.n_iter
+    # phi read off the residual equals 1/2 x^T A x - b^T x computed directly.
+    assert res.quad_value == pytest.approx(float(0.5 * res.x @ a @ res.x - b @ res.x), rel=1e-9)
+
+
+def test_diagonal_preconditioner_cuts_iterations(seed):
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(0, 4, 80, dtype=torch.float64)
+    a = torch.diag(scales) + 0.1 * _spd(80, 10, seed)  # badly scaled, diagonally dominant
+    b = torch.randn(80, dtype=torch.float64, generator=gen)
+    plain = cg(lambda v: a @ v, b, max_iter=1000, tol=1e-8)
+    pre = cg(lambda v: a @ v, b, max_iter=1000, tol=1e-8, preconditioner=torch.diagonal(a).clone())
+    torch.testing.assert_close(pre.x, torch.linalg.solve(a, b), rtol=1e-6, atol=1e-10)
+    assert pre.n_iter < plain.n_iter / 2
+
+
+def test_cg_reports_negative_curvature_on_indefinite_system(seed):
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(30, 30, dtype=torch.float64, generator=gen))
+    a = q @ torch.diag(torch.linspace(-2.0, 5.0, 30, dtype=torch.float64)) @ q.T
+    res = cg(lambda v: a @ v, _rhs(30, seed), max_iter=100)
+    assert res.stop_reason == "negative_curvature"
+    p = res.negative_curvature
+    assert p is not None and float(p @ a @ p) <= 0
+    assert res.curvature == pytest.approx(float(p @ a @ p / (p @ p)))
+
+
+def test_martens_rule_stops_early_and_quadratic_decreases(seed):
+    a, b = _spd(200, 1e6, seed), _rhs(200, seed)
+    full = cg(lambda v: a @ v, b, max_iter=200, tol=0.0)
+    early = cg(lambda v: a @ v, b, max_iter=200, tol=0.0, martens_eps=5e-3, store_iterates=True)
+    assert early.stop_reason == "relative_progress"
+    assert early.n_iter < full.n_iter
+    # The stopping rule fired because the last k iterations improved phi by < k*eps relatively.
+    assert early.quad_value < 0
+    # Stored iterates follow ceil(1.3^j) and end with the last one; phi decreases along them.
+    stored = [i for i, _ in early.iterates]
+    assert stored[:-1] == sorted(i for i in backtrack_schedule(200) if i <= early.n_iter)[: len(stored) - 1]
+    assert stored[-1] == early.n_iter
+    phis = [float(0.5 * x @ a @ x - b @ x) for _, x in early.iterates]
+    assert all(p1 >= p2 - 1e-9 for p1, p2 in zip(phis, phis[1:]))
+
+
+def test_warm_start_at_solution_stops_at_once(seed):
+    a, b = _spd(20, 10, seed), _rhs(20, seed)
+    x_star = torch.linalg.solve(a, b)
+    res = cg(lambda v: a @ v, b, x0=x_star, tol=1e-8)
+    assert res.n_iter == 0 and res.n_products == 1 and res.stop_reason == "residual_tol"
+
+
+@pytest.mark.parametrize("radius", [0.01, 0.3, 2.0])
+def test_steihaug_stays_inside_radius(radius, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(25, 25, dtype=torch.float64, generator=gen))
+    a = q @ torch.diag(torch.linspace(-1.0, 4.0, 25, dtype=torch.float64)) @ q.T
+    b = _rhs(25, seed)
+    res = steihaug_cg(lambda v: a @ v, b, radius=radius)
+    assert float(res.x.norm()) <= radius * (1 + 1e-10)
+    assert res.stop_reason in ("negative_curvature", "trust_region_boundary")
+    assert float(res.x.norm()) == pytest.approx(radius, rel=1e-9)
+    # The model decreases: 1/2 x^T A x - b^T x < 0.
+    assert float(0.5 * res.x @ a @ res.x - b @ res.x) < 0
+
+
+def test_steihaug_with_large_radius_gives_newton_step(seed):
+    a, b = _spd(20, 50, seed), _rhs(20, seed)
+    res = steihaug_cg(lambda v: a @ v, b, radius=1e6, tol=1e-12)
+    assert res.stop_reason == "residual_tol"
+    torch.testing.assert_close(res.x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
+
+
+def test_cg_rejects_bad_input():
+    b = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="max_iter=0"):
+        cg(lambda v: v, b, max_iter=0)
+    with pytest.raises(ValueError, match="positive diagonal"):
+        cg(lambda v: v, b, preconditioner=-torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="radius=-1"):
+        cg(lambda v: v, b, radius=-1)
+    with pytest.raises(ValueError, match="flat vector"):
+        cg(lambda v: v, torch.ones(2, 2))
+
+
+def _rosenbrock(x: np.ndarray) -> float:
+    return float(scipy.optimize.rosen(x))
+
+
+def _phi_factory(x0: np.ndarray, d: np.ndarray):
+    def phi(t: float) -> tuple[float, float]:
+        x = x0 + t * d
+        return _rosenbrock(x), float(scipy.optimize.rosen_der(x) @ d)
+
+    return phi
+
+
+def test_strong_wolfe_satisfies_both_conditions_on_rosenbrock(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        x0 = rng.uniform(-2, 2, size=4)
+        d = -scipy.optimize.rosen_der(x0)
+        phi = _phi_factory(x0, d)
+        f0, g0 = phi(0.0)
+        res = strong_wolfe(phi, f0, g0, step0=1.0, c1=1e-4, c2=0.9)
+        assert res.success
+        f, g = phi(res.step)
+        assert f <= f0 + 1e-4 * res.step * g0
+        assert abs(g) <= 0.9 * abs(g0)
+        # SciPy's strong-Wolfe search finds an acceptable step too (reference sanity).
+        ref = scipy.optimize.line_search(scipy.optimize.rosen, scipy.optimize.rosen_der, x0, d, c1=1e-4, c2=0.9)
+        assert ref[0] is None or ref[3] <= f0
+
+
+def test_armijo_backtracking_takes_first_acceptable_step():
+    # phi(t) = (t - 0.2)^2: Armijo with c1=0.25 accepts t <= 0.3 only -> tries 1, 0.5, 0.25.
+    phi = lambda t: (t - 0.2) ** 2  # noqa: E731
+    res = armijo_backtracking(phi, value0=0.04, slope0=-0.4, step0=1.0, c1=0.25, shrink=0.5)
+    assert res.success and res.step == 0.25 and res.n_evals == 3
+    nan_first = armijo_backtracking(lambda t: math.nan if t > 0.5 else phi(t), 0.04, -0.4, c1=0.25)
+    assert nan_first.success and nan_first.step == 0.25
+
+
+def test_line_searches_reject_ascent_directions():
+    with pytest.raises(ValueError, match="not a descent direction"):
+        armijo_backtracking(lambda t: t, 0.0, 1.0)
+    with pytest.raises(ValueError, match="not a descent direction"):
+        strong_wolfe(lambda t: (t, 1.0), 0.0, 1.0)
