@@ -1,0 +1,180 @@
+"""What every hpo2 optimizer shares: settings, closure calls, flat parameter
+vectors, diagnostics and non-finite handling.
+
+Diagnostics: after each ``step`` the optimizer's ``diagnostics`` dict holds
+``loss``, ``grad_norm``, ``status`` and the work done -- ``n_grad`` (gradients),
+``n_hvp`` (curvature products), ``n_loss`` (forward-only evaluations) and
+``grad_equivalents = n_grad + n_hvp + n_loss / 3`` (a curvature product costs
+about one gradient, a forward pass about a third of one) -- plus each method's
+own entries (damping, CG iterations and stop reason, reduction ratio, ...).
+``status`` is ``"ok"``, ``"converged"``, ``"rejected"`` (no acceptable step),
+``"nonfinite_loss"`` or ``"nonfinite_grad"``; in the last three the parameters are
+unchanged.  With ``raise_on_nonfinite=True`` a non-finite loss or gradient raises
+``FloatingPointError`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from hpo2.curvature import CurvatureOperator, GGNOperator, HessianOperator, output_hessian_for
+from hpo2.optim.closure import require_batch_closure
+from hpo2.optim.settings import OptimizerSettings
+
+Closure = Callable[[], Tensor]
+
+
+class CurvatureOptimizer(Optimizer):
+    """Base class: ``Settings`` is the optimizer's settings model; ``joint`` methods
+    (Newton-type: one step for all parameters together) take one param group."""
+
+    Settings: ClassVar[type[OptimizerSettings]]
+    joint: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        settings: OptimizerSettings | None = None,
+        *,
+        raise_on_nonfinite: bool = False,
+        **overrides: Any,
+    ) -> None:
+        base = settings.model_dump() if settings is not None else {}
+        self.settings = self.Settings.parse({**base, **overrides}, where=type(self).__name__)
+        super().__init__(params, self.settings.model_dump())
+        if self.joint and len(self.param_groups) != 1:
+            raise ValueError(f"{type(self).__name__} takes one parameter group (it steps all parameters jointly)")
+        self._params = [p for group in self.param_groups for p in group["params"]]
+        self.raise_on_nonfinite = raise_on_nonfinite
+        self.diagnostics: dict[str, float | int | str] = {}
+
+    # -- state shared by the whole optimizer (torch keeps it with the first parameter,
+    #    so state_dict / load_state_dict carry it)
+    @property
+    def global_state(self) -> dict[str, Any]:
+        return self.state[self._params[0]]
+
+    # -- closures
+    def _call_closure(self, closure: Closure | None, allow_backward: bool = False) -> Tensor:
+        """Run the closure with grad enabled and check it returned a scalar loss with graph."""
+        if closure is None:
+            raise ValueError(f"{type(self).__name__}.step needs a closure that returns the loss")
+        for p in self._params:
+            p.grad = None
+        with torch.enable_grad():
+            loss = closure()
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(f"the closure must return the scalar loss tensor, got {type(loss).__name__}")
+        called_backward = any(p.grad is not None for p in self._params)
+        if called_backward and not allow_backward:
+            raise ValueError(
+                f"{type(self).__name__} takes the gradient itself: the closure must return the loss "
+                "without calling loss.backward()"
+            )
+        if loss.grad_fn is None and not called_backward:
+            raise ValueError("the closure's loss has no autograd graph: compute it from the parameters, outside no_grad")
+        return loss
+
+    def _value_and_grad(self, closure: Closure, allow_backward: bool = False) -> tuple[float, Tensor]:
+        """Loss and flat gradient at the current parameters (one gradient evaluation).
+        With ``allow_backward`` a torch-style closure that calls ``backward()`` works too."""
+        loss = self._call_closure(closure, allow_backward)
+        if any(p.grad is not None for p in self._params):
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self._params]
+        else:
+            found = torch.autograd.grad(loss, self._params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            self._store_grads(grads)
+        self._count("n_grad")
+        return float(loss), self._flatten(grads)
+
+    def _gradient_and_curvature(
+        self, closure: Closure, curvature: str, fraction: float = 1.0
+    ) -> tuple[float, list[Tensor], CurvatureOperator]:
+        """Loss and gradient on the whole batch, and the curvature operator
+        (``"hessian"`` or ``"ggn"``) on the batch or its first ``fraction``.
+
+        For the Hessian on the whole batch one graph serves both: the gradient
+        comes out of the operator's double-backward graph for free.
+        """
+        if curvature == "hessian" and fraction == 1.0:
+            loss_tensor = self._call_closure(closure)
+            with torch.enable_grad():
+                operator: CurvatureOperator = HessianOperator(loss_tensor, self._params)
+            grads = operator.gradient
+            loss = float(operator.loss)
+        else:
+            why = "Gauss-Newton curvature" if curvature == "ggn" else "a curvature minibatch"
+            batch = require_batch_closure(closure, type(self).__name__, why)
+            for p in self._params:
+                p.grad = None
+            with torch.enable_grad():
+                full = batch.evaluate()
+                found = torch.autograd.grad(full.loss, self._params, retain_graph=fraction == 1.0, allow_unused=True)
+                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+                part = full if fraction == 1.0 else batch.evaluate(fraction)
+                if curvature == "hessian":
+                    operator = HessianOperator(part.loss, self._params)
+                else:
+                    hessian_out = output_hessian_for(batch.loss_fn, part.outputs, part.targets)
+                    operator = GGNOperator(part.outputs, self._params, hessian_out)
+            loss = float(full.loss)
+        self._count("n_grad")
+        self._store_grads(grads)
+        return loss, grads, operator
+
+    def _loss_value(self, closure: Closure) -> float:
+        """Loss at the current parameters, forward only."""
+        with torch.no_grad():
+            value = float(closure())
+        self._count("n_loss")
+        return value
+
+    # -- flat parameter vectors
+    def _flat_params(self) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self._params])
+
+    def _set_flat_params(self, flat: Tensor) -> None:
+        offset = 0
+        with torch.no_grad():
+            for p in self._params:
+                n = p.numel()
+                p.copy_(flat[offset : offset + n].view_as(p))
+                offset += n
+
+    @staticmethod
+    def _flatten(tensors: Iterable[Tensor]) -> Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _store_grads(self, grads: Iterable[Tensor]) -> None:
+        """Leave the gradient in ``p.grad`` for users who read it after the step."""
+        for p, g in zip(self._params, grads):
+            p.grad = g.detach()
+
+    # -- diagnostics
+    def _start_diagnostics(self, **entries: float | int | str) -> None:
+        self.diagnostics = {"status": "ok", "n_grad": 0, "n_hvp": 0, "n_loss": 0, **entries}
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.diagnostics[key] = int(self.diagnostics.get(key, 0)) + n
+
+    def _finish_diagnostics(self) -> dict[str, float | int | str]:
+        d = self.diagnostics
+        d["grad_equivalents"] = int(d["n_grad"]) + int(d["n_hvp"]) + int(d["n_loss"]) / 3
+        return d
+
+    def _check_finite(self, loss: float, grad_norm: float) -> bool:
+        """Record a non-finite loss or gradient (the step is then rejected); raise if asked."""
+        status = "nonfinite_loss" if not math.isfinite(loss) else "nonfinite_grad" if not math.isfinite(grad_norm) else None
+        if status is None:
+            return True
+        self.diagnostics["status"] = status
+        if self.raise_on_nonfinite:
+            raise FloatingPointError(f"{type(self).__name__}: {status.replace('_', ' ')} (loss={loss}, grad norm={grad_norm})")
+        return False

@@ -1,0 +1,88 @@
+"""The closure protocol of hpo2's optimizers.
+
+Like every ``torch.optim`` optimizer, ``step(closure)`` re-evaluates the model.
+hpo2's curvature optimizers take the gradient themselves with
+``torch.autograd.grad`` (``create_graph=True`` where they need Hessian products),
+so **the closure returns the loss and does not call ``backward()``**: asking users
+for ``loss.backward(create_graph=True)`` leaks memory through reference cycles.
+
+A plain function ``closure() -> loss`` is enough for Hessian curvature.  Gauss-
+Newton curvature, Gauss-Newton-Bartlett estimates and Hessian-free's separate
+curvature minibatch also need the model's outputs and the loss function; a
+:class:`BatchClosure` provides them::
+
+    closure = BatchClosure(model, nn.CrossEntropyLoss(), x, y)
+    optimizer.step(closure)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+@dataclass
+class BatchEvaluation:
+    """Outputs, targets and loss of one forward pass (graph attached)."""
+
+    outputs: Tensor
+    targets: Tensor
+    loss: Tensor
+
+
+class BatchClosure:
+    """A closure over one minibatch ``(inputs, targets)`` of ``model`` and ``loss_fn``.
+
+    Calling it returns the loss on the whole batch (the standard closure);
+    :meth:`evaluate` returns outputs and loss, on the whole batch or on its first
+    ``fraction`` of samples (Hessian-free's curvature minibatch, Martens 2010 sec. 4.3).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        inputs: Tensor,
+        targets: Tensor,
+    ) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.inputs = inputs
+        self.targets = targets
+        self.batch_size = inputs.shape[0]
+
+    def evaluate(self, fraction: float = 1.0) -> BatchEvaluation:
+        """Forward pass on the first ``ceil(fraction * batch)`` samples."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction={fraction} must be in (0, 1]")
+        n = max(1, math.ceil(fraction * self.batch_size))
+        inputs, targets = (self.inputs, self.targets) if n == self.batch_size else (self.inputs[:n], self.targets[:n])
+        outputs = self.model(inputs)
+        return BatchEvaluation(outputs=outputs, targets=targets, loss=self.loss_fn(outputs, targets))
+
+    def __call__(self) -> Tensor:
+        return self.evaluate().loss
+
+    def has_active_dropout(self) -> bool:
+        """Whether dropout is on: it makes curvature products on one batch inconsistent."""
+        return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in self.model.modules())
+
+
+def require_batch_closure(closure: object, who: str, why: str) -> BatchClosure:
+    """Return ``closure`` if it is a :class:`BatchClosure`, else a clear error."""
+    if not isinstance(closure, BatchClosure):
+        raise ValueError(
+            f"{who} needs a hpo2.optim.BatchClosure(model, loss_fn, inputs, targets) as closure for {why}; "
+            f"got {type(closure).__name__}"
+        )
+    if closure.has_active_dropout():
+        warnings.warn(
+            f"{who}: dropout is active in training mode, so curvature products on one batch are "
+            "inconsistent; call model.eval() for the curvature or remove dropout",
+            stacklevel=3,
+        )
+    return closure

@@ -1,0 +1,107 @@
+"""One settings model per optimizer: paper defaults, validation and search space.
+
+Each optimizer declares its settings as a frozen pydantic model whose field
+defaults are the paper's defaults.  A field's search range is declared beside it
+with :class:`FloatRange`, :class:`IntRange` or :class:`Choice` in its
+``Annotated`` metadata, so the constructor, the study's search space, the MLflow
+params and the exported best config all read the same declaration::
+
+    class MySettings(OptimizerSettings):
+        lr: Annotated[float, Field(gt=0), FloatRange(1e-4, 1.0, log=True)] = 0.1
+
+Ranges are plain data: the optimizers know nothing of Optuna; the study module
+turns them into Optuna distributions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """A continuous range ``[low, high]``, searched on a log scale when ``log``.
+    ``when`` names another setting and the values for which this one is active."""
+
+    low: float
+    high: float
+    log: bool = False
+    when: tuple[str, tuple[Any, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(f"range low={self.low} must be < high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer range ``[low, high]`` (log scale when ``log``)."""
+
+    low: int
+    high: int
+    log: bool = False
+    when: tuple[str, tuple[Any, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(f"range low={self.low} must be < high={self.high}")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical choice among ``choices``."""
+
+    choices: tuple[Any, ...]
+    when: tuple[str, tuple[Any, ...]] | None = None
+
+
+SearchDimension = FloatRange | IntRange | Choice
+
+
+class OptimizerSettings(BaseModel):
+    """Base of every optimizer's settings: frozen, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def search_space(cls) -> dict[str, SearchDimension]:
+        """The declared search dimensions, by setting name (fields without one are fixed)."""
+        space: dict[str, SearchDimension] = {}
+        for name, info in cls.model_fields.items():
+            for meta in info.metadata:
+                if isinstance(meta, FloatRange | IntRange | Choice):
+                    space[name] = meta
+        return space
+
+    @classmethod
+    def paper_defaults(cls) -> dict[str, Any]:
+        """The paper's defaults: the first point a study tries."""
+        return cls().model_dump()
+
+    @classmethod
+    def parse(cls, values: dict[str, Any] | None, where: str = "settings") -> OptimizerSettings:
+        """Validate ``values`` into settings, with a one-paragraph error that names
+        each bad field (``where.field``), the value given, and what is allowed."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.model_fields))
+        if unknown:
+            raise SettingsError(
+                f"{where}: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(cls.model_fields)}"
+            )
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"])
+                problems.append(f"{where}.{field} = {err.get('input')!r}: {err['msg']}")
+            raise SettingsError("; ".join(problems)) from None
+
+
+class SettingsError(ValueError):
+    """A user's optimizer config is wrong; the message names the field and the fix."""
