@@ -59,19 +59,22 @@ _GNB_LOSSES = ("cross_entropy", "bce_with_logits", "mse")
 
 def _sample_loss(outputs: Tensor, loss: str, generator: torch.Generator | None) -> tuple[Tensor, int]:
     """Mean loss on labels drawn from the model's predictive distribution, and the
-    number of independent terms that mean is taken over."""
+    number of independent terms that mean is taken over.  Labels are drawn on the
+    generator's device (a CPU generator serves CUDA models)."""
     z = outputs.detach()
+    if generator is not None:
+        z = z.to(generator.device)
     if loss == "cross_entropy":
         probs = torch.softmax(z.movedim(1, -1).reshape(-1, z.shape[1]), dim=-1)
         labels = torch.multinomial(probs, 1, generator=generator).view(z.movedim(1, -1).shape[:-1])
-        return F.cross_entropy(outputs, labels), labels.numel()
+        return F.cross_entropy(outputs, labels.to(outputs.device)), labels.numel()
     if loss == "bce_with_logits":
         labels = torch.bernoulli(torch.sigmoid(z), generator=generator)
-        return F.binary_cross_entropy_with_logits(outputs, labels), labels.numel()
+        return F.binary_cross_entropy_with_logits(outputs, labels.to(outputs.device)), labels.numel()
     # mse: (z - y)^2 is the negative log-likelihood of N(z, 1/2) up to constants.
     noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
     labels = z + noise / 2**0.5
-    return F.mse_loss(outputs, labels), labels.numel()
+    return F.mse_loss(outputs, labels.to(outputs.device)), labels.numel()
 
 
 def gauss_newton_bartlett_diagonal(

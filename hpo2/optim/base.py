@@ -92,7 +92,7 @@ class CurvatureOptimizer(Optimizer):
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
             self._store_grads(grads)
         self._count("n_grad")
-        return float(loss), self._flatten(grads)
+        return float(loss.detach()), self._flatten(grads)
 
     def _gradient_and_curvature(
         self, closure: Closure, curvature: str, fraction: float = 1.0
@@ -124,7 +124,7 @@ class CurvatureOptimizer(Optimizer):
                 else:
                     hessian_out = output_hessian_for(batch.loss_fn, part.outputs, part.targets)
                     operator = GGNOperator(part.outputs, self._params, hessian_out)
-            loss = float(full.loss)
+            loss = float(full.loss.detach())
         self._count("n_grad")
         self._store_grads(grads)
         return loss, grads, operator
@@ -164,8 +164,10 @@ class CurvatureOptimizer(Optimizer):
     def _count(self, key: str, n: int = 1) -> None:
         self.diagnostics[key] = int(self.diagnostics.get(key, 0)) + n
 
-    def _finish_diagnostics(self) -> dict[str, float | int | str]:
+    def _finish_diagnostics(self, operator: CurvatureOperator | None = None) -> dict[str, float | int | str]:
         d = self.diagnostics
+        if operator is not None:
+            d["n_hvp"] = int(d["n_hvp"]) + operator.n_products
         d["grad_equivalents"] = int(d["n_grad"]) + int(d["n_hvp"]) + int(d["n_loss"]) / 3
         return d
 

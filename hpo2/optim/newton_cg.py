@@ -75,7 +75,7 @@ class NewtonCG(CurvatureOptimizer):
             return torch.tensor(loss)
         if g_norm <= group["tolerance_grad"]:
             self.diagnostics["status"] = "converged"
-            self._finish(operator)
+            self._finish_diagnostics(operator)
             return torch.tensor(loss)
 
         damping = group["damping"]
@@ -89,12 +89,8 @@ class NewtonCG(CurvatureOptimizer):
             self._trust_region_step(closure, x0, loss, g, damped, forcing)  # type: ignore[arg-type]
         else:
             self._line_search_step(closure, x0, loss, g, damped, forcing)  # type: ignore[arg-type]
-        self._finish(operator)
+        self._finish_diagnostics(operator)
         return torch.tensor(loss)
-
-    def _finish(self, operator: object) -> None:
-        self.diagnostics["n_hvp"] = int(operator.n_products)  # type: ignore[attr-defined]
-        self._finish_diagnostics()
 
     def _record_cg(self, result: object) -> None:
         self.diagnostics.update(

@@ -54,6 +54,7 @@ class CGResult:
         residual_norm: :math:`\\|b - Ax\\|` of the last interior iterate.
         quad_value: :math:`\\phi(x)` of the last interior iterate.
         iterates: ``(iteration, x_i)`` pairs stored for backtracking, ascending.
+        quad_values: :math:`\\phi(x_i)` for every iteration ``i`` (``0`` is the start).
         negative_curvature: the direction :math:`p` with :math:`p^\\top A p \\le 0`, if met.
         curvature: :math:`p^\\top A p / p^\\top p` along that direction.
     """
@@ -65,6 +66,7 @@ class CGResult:
     residual_norm: float
     quad_value: float
     iterates: list[tuple[int, Tensor]] = field(default_factory=list)
+    quad_values: list[float] = field(default_factory=list)
     negative_curvature: Tensor | None = None
     curvature: float | None = None
 
@@ -157,6 +159,7 @@ def cg(
             residual_norm=float(r.norm()),
             quad_value=quad_values[-1],
             iterates=iterates,
+            quad_values=quad_values,
             **extra,  # type: ignore[arg-type]
         )
 

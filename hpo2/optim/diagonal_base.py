@@ -1,0 +1,102 @@
+"""Shared machinery of the diagonal-curvature optimizers (AdaHessian, Sophia):
+refreshing a diagonal estimate every ``hessian_refresh`` steps with seeded probes
+whose generator state travels in ``state_dict``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hpo2.curvature import HessianOperator, gauss_newton_bartlett_diagonal, hutchinson_diagonal
+from hpo2.optim.base import Closure, CurvatureOptimizer
+from hpo2.optim.closure import require_batch_closure
+
+_GNB_LOSS_NAMES: dict[type, str] = {
+    nn.CrossEntropyLoss: "cross_entropy",
+    nn.BCEWithLogitsLoss: "bce_with_logits",
+    nn.MSELoss: "mse",
+}
+
+
+class DiagonalCurvatureOptimizer(CurvatureOptimizer):
+    """Base of per-parameter methods that precondition with a curvature diagonal.
+
+    Param groups are allowed (each with its own settings).  The probe generator is
+    seeded from the ``seed`` setting and saved with the optimizer state, so a run
+    resumed from ``state_dict`` draws the same probes.
+    """
+
+    joint = False
+
+    def __init__(self, params: Any, settings: Any = None, **kwargs: Any) -> None:
+        super().__init__(params, settings, **kwargs)
+        self._generator = torch.Generator().manual_seed(int(self.settings.seed))  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, Any]:
+        self.global_state["rng_state"] = bytes(self._generator.get_state().tolist())
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        saved = self.global_state.get("rng_state")
+        if saved is not None:
+            self._generator.set_state(torch.tensor(list(saved), dtype=torch.uint8))
+
+    def _prepare_step(self, closure: Closure | None, estimator: str) -> tuple[float, list[Tensor], list[Tensor] | None] | None:
+        """Count the step, take the gradient (and the diagonal on refresh steps),
+        record diagnostics; ``None`` when the loss, gradient or diagonal is not finite
+        (the step is then rejected and the parameters stay as they are)."""
+        state = self.global_state
+        step = int(state.get("global_step", 0)) + 1
+        state["global_step"] = step
+        first = self.param_groups[0]
+        refresh = (step - 1) % first["hessian_refresh"] == 0
+        self._start_diagnostics()
+        loss, grads, diag = self._gradient_and_diagonal(closure, refresh, estimator, first["n_probes"])
+        g_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        self.diagnostics.update(loss=loss, grad_norm=g_norm, hessian_refreshed=int(refresh))
+        diag_finite = diag is None or all(bool(torch.isfinite(d).all()) for d in diag)
+        if not self._check_finite(loss, g_norm if diag_finite else float("nan")):
+            self._finish_diagnostics()
+            return None
+        self._store_grads(grads)
+        return loss, grads, diag
+
+    def _gradient_and_diagonal(
+        self, closure: Closure | None, refresh: bool, estimator: str, n_probes: int
+    ) -> tuple[float, list[Tensor], list[Tensor] | None]:
+        """Loss and gradient; on refresh steps also the diagonal estimate
+        (``"hutchinson"``: E[z * Hz]; ``"gnb"``: Gauss-Newton-Bartlett)."""
+        if not refresh:
+            loss_tensor = self._call_closure(closure)
+            found = torch.autograd.grad(loss_tensor, self._params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            self._count("n_grad")
+            return float(loss_tensor.detach()), grads, None
+        if estimator == "hutchinson":
+            loss_tensor = self._call_closure(closure)
+            with torch.enable_grad():
+                op = HessianOperator(loss_tensor, self._params)
+            diag = hutchinson_diagonal(op, n_probes, self._generator)
+            self._count("n_grad")
+            self._count("n_hvp", op.n_products)
+            return float(op.loss), op.gradient, diag
+        batch = require_batch_closure(closure, type(self).__name__, "the Gauss-Newton-Bartlett estimator")
+        loss_name = next((name for cls, name in _GNB_LOSS_NAMES.items() if isinstance(batch.loss_fn, cls)), None)
+        if loss_name is None:
+            raise ValueError(
+                f"{type(self).__name__}: the Gauss-Newton-Bartlett estimator needs the loss to be one of "
+                f"{', '.join(t.__name__ for t in _GNB_LOSS_NAMES)}, got {type(batch.loss_fn).__name__}; "
+                "use estimator='hutchinson' for other losses"
+            )
+        for p in self._params:
+            p.grad = None
+        with torch.enable_grad():
+            evaluation = batch.evaluate()
+            found = torch.autograd.grad(evaluation.loss, self._params, retain_graph=True, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            diag = gauss_newton_bartlett_diagonal(evaluation.outputs, self._params, loss_name, n_probes, self._generator)
+        self._count("n_grad", 1 + n_probes)
+        return float(evaluation.loss), grads, diag

@@ -1,0 +1,130 @@
+"""Optimizer registry: name -> class, settings model, search space; and
+:func:`from_config`, which builds an optimizer from a dict, a YAML/JSON file or
+an exported best config.
+
+Config format (the ``optimizer`` section of ``hpo2 train --config`` files and of
+``hpo2 study best --export``)::
+
+    optimizer:
+      name: hessian_free
+      settings: {damping: 0.5, cg_max_iter: 100}
+
+A bare optimizer section (``{"name": ..., "settings": ...}``) or just a name works
+too; missing settings take the paper defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch.optim import Optimizer
+
+from hpo2.optim.adahessian import AdaHessian
+from hpo2.optim.baselines import AdamSettings, AdamWSettings, SGDSettings, build_adam, build_sgd
+from hpo2.optim.base import CurvatureOptimizer
+from hpo2.optim.hessian_free import HessianFree
+from hpo2.optim.lbfgs import LBFGS
+from hpo2.optim.newton_cg import NewtonCG
+from hpo2.optim.settings import OptimizerSettings, SearchDimension, SettingsError
+from hpo2.optim.sophia import Sophia
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One registered optimizer: how to build it and what its settings are."""
+
+    name: str
+    settings: type[OptimizerSettings]
+    build: Callable[[Iterable[Any], OptimizerSettings], Optimizer]
+    second_order: bool
+    summary: str
+
+    def search_space(self) -> dict[str, SearchDimension]:
+        return self.settings.search_space()
+
+    def paper_defaults(self) -> dict[str, Any]:
+        return self.settings.paper_defaults()
+
+
+def _curvature(cls: type[CurvatureOptimizer]) -> Callable[[Iterable[Any], OptimizerSettings], Optimizer]:
+    return lambda params, settings: cls(params, settings)
+
+
+REGISTRY: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in [
+        OptimizerSpec("newton_cg", NewtonCG.Settings, _curvature(NewtonCG), True, "truncated Newton-CG (Hessian or GGN)"),
+        OptimizerSpec("hessian_free", HessianFree.Settings, _curvature(HessianFree), True, "Martens' Hessian-free (GGN, LM damping)"),
+        OptimizerSpec("lbfgs", LBFGS.Settings, _curvature(LBFGS), True, "limited-memory BFGS"),
+        OptimizerSpec("adahessian", AdaHessian.Settings, _curvature(AdaHessian), True, "AdaHessian (Hutchinson diagonal)"),
+        OptimizerSpec("sophia", Sophia.Settings, _curvature(Sophia), True, "Sophia (clipped diagonal Newton)"),
+        OptimizerSpec("sgd", SGDSettings, build_sgd, False, "SGD with momentum (torch.optim)"),  # type: ignore[arg-type]
+        OptimizerSpec("adam", AdamSettings, build_adam, False, "Adam (torch.optim)"),  # type: ignore[arg-type]
+        OptimizerSpec("adamw", AdamWSettings, build_adam, False, "AdamW (torch.optim)"),  # type: ignore[arg-type]
+    ]
+}
+
+
+def get_spec(name: str, where: str = "optimizer.name") -> OptimizerSpec:
+    """The registered optimizer ``name``, or an error listing the known names."""
+    if name not in REGISTRY:
+        raise SettingsError(f"{where}: {name!r} is not a known optimizer; allowed: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (safe loader: no code runs) or JSON config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_optimizer_config(config: Mapping[str, Any] | str | Path) -> tuple[OptimizerSpec, OptimizerSettings]:
+    """Validate an optimizer config (see the module docstring) into its spec and settings."""
+    if isinstance(config, Path) or (isinstance(config, str) and (config.endswith((".yaml", ".yml", ".json")) or "/" in config)):
+        config = load_config_file(config)
+    where = "optimizer"
+    if isinstance(config, str):
+        section: Any = {"name": config}
+    elif isinstance(config, Mapping) and "optimizer" in config:
+        section = config["optimizer"]
+        section = {"name": section} if isinstance(section, str) else section
+    else:
+        section = config
+    if not isinstance(section, Mapping):
+        raise SettingsError(f"{where} must be a mapping with 'name' and 'settings', got {type(section).__name__}")
+    unknown = sorted(set(section) - {"name", "settings"})
+    if unknown:
+        raise SettingsError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: name, settings")
+    if "name" not in section:
+        raise SettingsError(f"{where}.name is missing; allowed: {', '.join(REGISTRY)}")
+    spec = get_spec(str(section["name"]), f"{where}.name")
+    settings = section.get("settings") or {}
+    if not isinstance(settings, Mapping):
+        raise SettingsError(f"{where}.settings must be a mapping of setting: value, got {type(settings).__name__}")
+    return spec, spec.settings.parse(dict(settings), where=f"{where}.settings")
+
+
+def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any]) -> Optimizer:
+    """Build the optimizer a config describes over ``params``.
+
+    ``config`` is a dict (a whole ``hpo2 train`` config, its ``optimizer``
+    section, or an exported best config), a path to a YAML/JSON file holding one,
+    or a registry name.  Unknown names or settings raise
+    :class:`~hpo2.optim.settings.SettingsError` listing what is allowed.
+    """
+    spec, settings = parse_optimizer_config(config)
+    return spec.build(params, settings)
