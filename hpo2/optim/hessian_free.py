@@ -75,7 +75,7 @@ def _per_sample_grad_squares(batch: BatchClosure, params: list[Tensor], chunk: i
         out = torch.func.functional_call(model, {**buffers, **ps}, (x.unsqueeze(0),))
         return batch.loss_fn(out, y.unsqueeze(0))
 
-    per_sample = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))
+    per_sample = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0), randomness="different")
     order = {id(p): n for n, p in model.named_parameters()}
     total = {n: torch.zeros_like(t) for n, t in detached.items()}
     for start in range(0, batch.batch_size, chunk):  # chunks bound the N x P memory
