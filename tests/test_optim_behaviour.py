@@ -277,3 +277,49 @@ def test_every_registered_optimizer_declares_a_search_space_containing_its_defau
                 assert value in dim.choices or dim.when is not None, (name, setting)
             else:
                 assert dim.low <= value <= dim.high, (name, setting, value)
+
+
+class DiagonalQuadratic(nn.Module):
+    """f = 1/2 sum a_i theta_i^2 - b^T theta: Hutchinson's z * Az is exactly a (z_i^2 = 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("a", torch.tensor([0.5, 2.0, 8.0, 0.05], dtype=torch.float64))
+        self.register_buffer("b", torch.tensor([1.0, -1.0, 2.0, 0.3], dtype=torch.float64))
+        self.theta = nn.Parameter(torch.tensor([0.2, 0.4, -0.1, 1.0], dtype=torch.float64))
+
+    def forward(self) -> torch.Tensor:
+        return 0.5 * (self.a * self.theta**2).sum() - self.b @ self.theta
+
+
+def test_adahessian_first_step_matches_closed_form():
+    problem = DiagonalQuadratic()
+    theta0 = problem.theta.detach().clone()
+    g = problem.a * theta0 - problem.b
+    lr, wd, eps = 0.1, 0.01, 1e-4
+    AdaHessian(problem.parameters(), lr=lr, weight_decay=wd, eps=eps).step(problem)
+    # Bias-corrected m = g, v = a^2: theta - lr (g / (|a| + eps) + wd theta).
+    expected = theta0 * (1 - lr * wd) - lr * g / (problem.a.abs() + eps)
+    torch.testing.assert_close(problem.theta.detach(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_sophia_hutchinson_first_step_matches_closed_form():
+    problem = DiagonalQuadratic()
+    theta0 = problem.theta.detach().clone()
+    g = problem.a * theta0 - problem.b
+    lr, wd, rho, b1, b2 = 0.1, 0.1, 0.04, 0.965, 0.99
+    Sophia(problem.parameters(), lr=lr, weight_decay=wd, rho=rho, estimator="hutchinson").step(problem)
+    m, h = (1 - b1) * g, (1 - b2) * problem.a
+    ratio = (m.abs() / (rho * h).clamp_min(1e-15)).clamp_max(1.0)
+    expected = theta0 * (1 - lr * wd) - lr * m.sign() * ratio
+    torch.testing.assert_close(problem.theta.detach(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_adahessian_averages_conv_kernel_diagonals_spatially():
+    from hpo2.optim.adahessian import spatial_average
+
+    d = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    avg = spatial_average(d)
+    torch.testing.assert_close(avg[1, 2], d[1, 2].abs().mean().expand(3, 3))
+    flat = torch.randn(5, dtype=torch.float64)
+    assert torch.equal(spatial_average(flat), flat)

@@ -63,30 +63,24 @@ class AdaHessian(DiagonalCurvatureOptimizer):
         if prepared is None:
             return torch.tensor(self.diagnostics["loss"])
         loss, grads, diag = prepared
-        index = 0
         with torch.no_grad():
-            for group in self.param_groups:
+            for group, p, g, d, st in self._per_parameter(grads, diag):
                 b1, b2 = group["beta1"], group["beta2"]
-                for p in group["params"]:
-                    g = grads[index]
-                    d = diag[index] if diag is not None else None
-                    index += 1
-                    st = self.state[p]
-                    if "exp_avg" not in st:
-                        st["exp_avg"] = torch.zeros_like(p)
-                        st["exp_hessian_diag_sq"] = torch.zeros_like(p)
-                        st["step"] = 0
-                        st["hessian_step"] = 0
-                    st["step"] += 1
-                    st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
-                    if d is not None:
-                        d = spatial_average(d)
-                        st["hessian_step"] += 1
-                        st["exp_hessian_diag_sq"].mul_(b2).addcmul_(d, d, value=1 - b2)
-                    m_hat = st["exp_avg"] / (1 - b1 ** st["step"])
-                    v_hat = st["exp_hessian_diag_sq"] / (1 - b2 ** max(st["hessian_step"], 1))
-                    denom = v_hat.sqrt().pow(group["hessian_power"]).add_(group["eps"])
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                    p.addcdiv_(m_hat, denom, value=-group["lr"])
+                if "exp_avg" not in st:
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_hessian_diag_sq"] = torch.zeros_like(p)
+                    st["step"] = 0
+                    st["hessian_step"] = 0
+                st["step"] += 1
+                st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+                if d is not None:
+                    d = spatial_average(d)
+                    st["hessian_step"] += 1
+                    st["exp_hessian_diag_sq"].mul_(b2).addcmul_(d, d, value=1 - b2)
+                m_hat = st["exp_avg"] / (1 - b1 ** st["step"])
+                v_hat = st["exp_hessian_diag_sq"] / (1 - b2 ** max(st["hessian_step"], 1))
+                denom = v_hat.sqrt().pow(group["hessian_power"]).add_(group["eps"])
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.addcdiv_(m_hat, denom, value=-group["lr"])
         self._finish_diagnostics()
         return torch.tensor(loss)

@@ -4,6 +4,7 @@ whose generator state travels in ``state_dict``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -63,6 +64,16 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
             return None
         self._store_grads(grads)
         return loss, grads, diag
+
+    def _per_parameter(
+        self, grads: list[Tensor], diag: list[Tensor] | None
+    ) -> Iterator[tuple[dict[str, Any], Tensor, Tensor, Tensor | None, dict[str, Any]]]:
+        """Yield ``(group, param, grad, diagonal or None, state)`` in parameter order."""
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                yield group, p, grads[index], diag[index] if diag is not None else None, self.state[p]
+                index += 1
 
     def _gradient_and_diagonal(
         self, closure: Closure | None, refresh: bool, estimator: str, n_probes: int

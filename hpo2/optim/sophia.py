@@ -57,26 +57,20 @@ class Sophia(DiagonalCurvatureOptimizer):
             return torch.tensor(self.diagnostics["loss"])
         loss, grads, diag = prepared
         clipped = total = 0
-        index = 0
         with torch.no_grad():
-            for group in self.param_groups:
+            for group, p, g, h_new, st in self._per_parameter(grads, diag):
                 b1, b2 = group["beta1"], group["beta2"]
-                for p in group["params"]:
-                    g = grads[index]
-                    h_new = diag[index] if diag is not None else None
-                    index += 1
-                    st = self.state[p]
-                    if "exp_avg" not in st:
-                        st["exp_avg"] = torch.zeros_like(p)
-                        st["hessian"] = torch.zeros_like(p)
-                    st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
-                    if h_new is not None:
-                        st["hessian"].mul_(b2).add_(h_new, alpha=1 - b2)
-                    ratio = st["exp_avg"].abs() / (group["rho"] * st["hessian"]).clamp_min(group["eps"])
-                    clipped += int((ratio >= 1).sum())
-                    total += ratio.numel()
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                    p.addcmul_(st["exp_avg"].sign(), ratio.clamp_max(1.0), value=-group["lr"])
+                if "exp_avg" not in st:
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["hessian"] = torch.zeros_like(p)
+                st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+                if h_new is not None:
+                    st["hessian"].mul_(b2).add_(h_new, alpha=1 - b2)
+                ratio = st["exp_avg"].abs() / (group["rho"] * st["hessian"]).clamp_min(group["eps"])
+                clipped += int((ratio >= 1).sum())
+                total += ratio.numel()
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.addcmul_(st["exp_avg"].sign(), ratio.clamp_max(1.0), value=-group["lr"])
         self.diagnostics["clip_fraction"] = clipped / max(total, 1)
         self._finish_diagnostics()
         return torch.tensor(loss)
