@@ -98,7 +98,13 @@ def output_hessian_for(
     loss_fn: Callable[[Tensor, Tensor], Tensor], outputs: Tensor, targets: Tensor
 ) -> OutputHessian:
     """Pick the closed form for ``nn.MSELoss``, ``nn.CrossEntropyLoss`` (no class
-    weights) and ``nn.BCEWithLogitsLoss`` (no weights) modules; else the generic path."""
+    weights) and ``nn.BCEWithLogitsLoss`` (no weights) modules; else the generic path.
+
+    A loss that adds terms independent of the outputs (a weight cost) exposes its
+    output-dependent part as ``loss_fn.output_loss``: the Hessian on the outputs is
+    that part's.
+    """
+    loss_fn = getattr(loss_fn, "output_loss", loss_fn)
     if isinstance(loss_fn, nn.MSELoss) and loss_fn.reduction in _REDUCTIONS:
         return mse_output_hessian(outputs, loss_fn.reduction)
     if isinstance(loss_fn, nn.CrossEntropyLoss) and loss_fn.weight is None and loss_fn.reduction in _REDUCTIONS:

@@ -95,7 +95,8 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
             self._count("n_hvp", op.n_products)
             return float(op.loss), op.gradient, diag
         batch = require_batch_closure(closure, type(self).__name__, "the Gauss-Newton-Bartlett estimator")
-        loss_name = next((name for cls, name in _GNB_LOSS_NAMES.items() if isinstance(batch.loss_fn, cls)), None)
+        output_loss = getattr(batch.loss_fn, "output_loss", batch.loss_fn)  # see output_hessian_for
+        loss_name = next((name for cls, name in _GNB_LOSS_NAMES.items() if isinstance(output_loss, cls)), None)
         if loss_name is None:
             raise ValueError(
                 f"{type(self).__name__}: the Gauss-Newton-Bartlett estimator needs the loss to be one of "

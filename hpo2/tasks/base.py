@@ -1,0 +1,170 @@
+"""What a task is (model + data + loss + metrics) and the task registry.
+
+A task fixes its data split, seeds, default batch size and target metric, and
+states the reference numbers it reproduces.  Tasks are built by name with
+settings (:func:`build_task`); every task's settings model shares
+:class:`TaskSettings` (seed, batch size, size limits, data directory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor, nn
+
+from hpo2.optim.settings import SettingsError
+
+
+class TaskSettings(BaseModel):
+    """Settings every task takes; tasks add their own fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    batch_size: int | None = Field(default=None, ge=1, description="None: the task's default")
+    n_train: int | None = Field(default=None, ge=1, description="use only the first n training samples")
+    n_valid: int | None = Field(default=None, ge=1, description="use only the first n validation samples")
+    data_dir: str | None = Field(default=None, description="where the task's data files are (task-specific default)")
+
+
+@dataclass
+class Split:
+    """Inputs and targets of one split, as tensors."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def head(self, n: int | None) -> Split:
+        return self if n is None else Split(self.x[:n], self.y[:n])
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+Metric = Callable[[Tensor, Tensor], float]
+
+
+def accuracy(outputs: Tensor, targets: Tensor) -> float:
+    """Fraction of correct predictions (argmax over classes, or logit > 0 for one output)."""
+    if outputs.dim() == 2 and outputs.shape[1] == 1:
+        return float(((outputs[:, 0] > 0).to(targets.dtype) == targets.reshape(-1)).float().mean())
+    return float((outputs.argmax(dim=1) == targets).float().mean())
+
+
+@dataclass
+class Task:
+    """A workload: model, loss, data splits and the metric a study optimises.
+
+    Attributes:
+        metric: name of the validation metric (``"accuracy"``, ``"loss"``, ...).
+        metric_fn: ``(outputs, targets) -> value`` averaged over a split (batched means).
+        higher_is_better: the metric's direction.
+        target: the validation metric value whose first crossing is time-to-target.
+        reference: the published numbers this task can be compared with, in words.
+    """
+
+    name: str
+    model: nn.Module
+    loss_fn: nn.Module
+    train: Split
+    valid: Split
+    test: Split | None
+    batch_size: int
+    metric: str
+    metric_fn: Metric | None
+    higher_is_better: bool
+    target: float
+    reference: str = ""
+    extra_metrics: dict[str, Metric] = field(default_factory=dict)
+
+    def reached(self, value: float) -> bool:
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+
+TaskBuilder = Callable[[Any], Task]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    settings: type[TaskSettings]
+    build: TaskBuilder
+    summary: str
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register(name: str, settings: type[TaskSettings], summary: str) -> Callable[[TaskBuilder], TaskBuilder]:
+    """Decorator that adds a task builder to :data:`TASKS`."""
+
+    def wrap(build: TaskBuilder) -> TaskBuilder:
+        TASKS[name] = TaskSpec(name, settings, build, summary)
+        return build
+
+    return wrap
+
+
+def parse_task_settings(name: str, values: dict[str, Any] | None, where: str = "task") -> tuple[TaskSpec, TaskSettings]:
+    """Validate a task name and settings, naming the bad field and what is allowed."""
+    if name not in TASKS:
+        raise SettingsError(f"{where}.name: {name!r} is not a known task; allowed: {', '.join(TASKS)}")
+    spec = TASKS[name]
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(spec.settings.model_fields))
+    if unknown:
+        raise SettingsError(
+            f"{where}.settings: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(spec.settings.model_fields)}"
+        )
+    try:
+        return spec, spec.settings(**values)
+    except ValidationError as exc:
+        problems = [
+            f"{where}.settings.{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        ]
+        raise SettingsError("; ".join(problems)) from None
+
+
+def build_task(name: str, settings: dict[str, Any] | None = None) -> Task:
+    """Build task ``name`` with ``settings`` (a dict validated by its settings model)."""
+    spec, parsed = parse_task_settings(name, settings)
+    torch.manual_seed(parsed.seed)
+    task = spec.build(parsed)
+    task.train = task.train.head(parsed.n_train)
+    task.valid = task.valid.head(parsed.n_valid)
+    if parsed.batch_size is not None:
+        task.batch_size = parsed.batch_size
+    return task
+
+
+class DataMissingError(RuntimeError):
+    """A task's data files are not where the task looks; the message says how to get them."""
+
+
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Fully connected layers with ``activation`` between them (none after the last)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+def seeded_split(n: int, sizes: tuple[int, ...], seed: int) -> list[Tensor]:
+    """A fixed random partition of ``range(n)`` into index sets of ``sizes``."""
+    if sum(sizes) > n:
+        raise ValueError(f"split sizes {sizes} exceed the {n} samples")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    out, start = [], 0
+    for size in sizes:
+        out.append(perm[start : start + size])
+        start += size
+    return out

@@ -1,0 +1,283 @@
+"""The one training loop: trials and ``hpo2 train`` both run it.
+
+It trains a task with an optimizer config under a budget (epochs, steps, wall
+seconds or gradient-equivalents, whichever is reached first), evaluates on the
+validation split every epoch (or every ``eval_every_steps`` steps), and reports
+each evaluation through a callback -- the loop knows nothing of Optuna or MLflow.
+
+Cost is counted in **gradient-equivalents**: hpo2's optimizers report theirs per
+step (gradients + curvature products + forward passes / 3, see
+:mod:`hpo2.optim.base`); a first-order step counts one.  Time-to-target is the
+wall time and gradient-equivalents until the task's target validation metric is
+first reached.
+
+A run that diverges (non-finite loss, or a loss above ``divergence_factor`` times
+its first value) stops early with ``status="diverged"`` and the reason; it never
+raises for that.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
+from hpo2.tasks import Task, build_task
+
+
+class Budget(BaseModel):
+    """Stop when any set limit is reached."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: float | None = Field(default=None, gt=0)
+    steps: int | None = Field(default=None, ge=1)
+    seconds: float | None = Field(default=None, gt=0)
+    grad_equivalents: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Budget:
+        if all(v is None for v in (self.epochs, self.steps, self.seconds, self.grad_equivalents)):
+            raise ValueError("set at least one of epochs, steps, seconds, grad_equivalents")
+        return self
+
+
+class ConfigSection(BaseModel):
+    """``{name, settings}`` of a task or an optimizer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(BaseModel):
+    """What ``hpo2 train --config`` reads and ``hpo2 study best --export`` writes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: ConfigSection
+    optimizer: ConfigSection
+    budget: Budget = Budget(epochs=1)
+    seed: int = 0
+    device: str = "auto"
+    eval_every_steps: int | None = Field(default=None, ge=1)
+    divergence_factor: float = Field(default=1e3, gt=1)
+    tracking_uri: str | None = None
+    experiment: str = "hpo2-train"
+
+
+@dataclass
+class Evaluation:
+    """One validation point of the learning curve."""
+
+    epoch: float
+    step: int
+    train_loss: float
+    valid_loss: float
+    valid_metric: float
+    wall_seconds: float
+    grad_equivalents: float
+
+
+@dataclass
+class TrainResult:
+    """How a run ended and its learning curve."""
+
+    status: Literal["completed", "diverged", "stopped"]
+    reason: str
+    history: list[Evaluation]
+    steps: int
+    wall_seconds: float
+    grad_equivalents: float
+    metric: str
+    higher_is_better: bool
+    time_to_target_seconds: float | None = None
+    time_to_target_grad_equivalents: float | None = None
+    step_diagnostics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final(self) -> Evaluation | None:
+        return self.history[-1] if self.history else None
+
+    @property
+    def best_metric(self) -> float | None:
+        values = [e.valid_metric for e in self.history if math.isfinite(e.valid_metric)]
+        if not values:
+            return None
+        return max(values) if self.higher_is_better else min(values)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None: CUDA when available, else CPU; anything else as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here; use 'cpu' or 'auto'")
+    return resolved
+
+
+@torch.no_grad()
+def evaluate(task: Task, x: Tensor, y: Tensor, batch_size: int = 2048) -> tuple[float, float]:
+    """Mean loss and metric of the task's model over a split (eval mode, batched)."""
+    was_training = task.model.training
+    task.model.eval()
+    loss_sum, metric_sum, n = 0.0, 0.0, len(x)
+    for start in range(0, n, batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        out = task.model(xb)
+        weight = len(xb) / n
+        loss_sum += float(task.loss_fn(out, yb)) * weight
+        if task.metric_fn is not None:
+            metric_sum += task.metric_fn(out, yb) * weight
+    task.model.train(was_training)
+    return loss_sum, loss_sum if task.metric_fn is None else metric_sum
+
+
+Report = Callable[[Evaluation], bool | None]
+StepHook = Callable[[int, dict[str, Any]], None]
+
+
+def _first_order_step(optimizer: torch.optim.Optimizer, task: Task, xb: Tensor, yb: Tensor) -> dict[str, Any]:
+    optimizer.zero_grad(set_to_none=True)
+    loss = task.loss_fn(task.model(xb), yb)
+    loss.backward()
+    value = float(loss.detach())
+    if math.isfinite(value):
+        optimizer.step()
+    return {"loss": value, "status": "ok" if math.isfinite(value) else "nonfinite_loss", "grad_equivalents": 1.0}
+
+
+def run_training(
+    task: Task,
+    optimizer_config: dict[str, Any] | ConfigSection,
+    budget: Budget,
+    *,
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    eval_every_steps: int | None = None,
+    divergence_factor: float = 1e3,
+    report: Report | None = None,
+    on_step: StepHook | None = None,
+) -> TrainResult:
+    """Train ``task`` under ``budget``; see the module docstring.
+
+    Args:
+        optimizer_config: ``{"name": ..., "settings": {...}}`` (registry names).
+        report: called with each :class:`Evaluation`; returning True stops the run
+            (``status="stopped"``), which is how a study prunes.
+        on_step: called with ``(step, diagnostics)`` after every step.
+    """
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    if isinstance(optimizer_config, ConfigSection):
+        optimizer_config = optimizer_config.model_dump()
+    model = task.model.to(dev)
+    task.loss_fn.to(dev)
+    train, valid = task.train.to(dev), task.valid.to(dev)
+    optimizer = from_config(optimizer_config, model.parameters())
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    n, bs = len(train), min(task.batch_size, len(train))
+    steps_per_epoch = max(1, n // bs)
+
+    history: list[Evaluation] = []
+    diagnostics_log: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    grad_eq, step, first_loss = 0.0, 0, None
+    status, reason = "completed", "budget reached"
+    ttt_seconds = ttt_grad = None
+    last_train_loss = math.nan
+
+    def record(epoch: float) -> bool:
+        nonlocal ttt_seconds, ttt_grad
+        valid_loss, valid_metric = evaluate(task, valid.x, valid.y)
+        entry = Evaluation(epoch, step, last_train_loss, valid_loss, valid_metric, time.perf_counter() - start, grad_eq)
+        history.append(entry)
+        if ttt_seconds is None and math.isfinite(valid_metric) and task.reached(valid_metric):
+            ttt_seconds, ttt_grad = entry.wall_seconds, entry.grad_equivalents
+        return bool(report(entry)) if report is not None else False
+
+    def budget_left() -> bool:
+        return not (
+            (budget.epochs is not None and step >= budget.epochs * steps_per_epoch)
+            or (budget.steps is not None and step >= budget.steps)
+            or (budget.seconds is not None and time.perf_counter() - start >= budget.seconds)
+            or (budget.grad_equivalents is not None and grad_eq >= budget.grad_equivalents)
+        )
+
+    model.train()
+    stop = False
+    while budget_left() and not stop:
+        order = torch.randperm(n, generator=generator).to(dev)
+        for b in range(steps_per_epoch):
+            idx = order[b * bs : (b + 1) * bs]
+            xb, yb = train.x[idx], train.y[idx]
+            if isinstance(optimizer, CurvatureOptimizer):
+                optimizer.step(BatchClosure(model, task.loss_fn, xb, yb))
+                diag = dict(optimizer.diagnostics)
+            else:
+                diag = _first_order_step(optimizer, task, xb, yb)
+            step += 1
+            grad_eq += float(diag.get("grad_equivalents", 1.0))
+            last_train_loss = float(diag.get("loss", math.nan))
+            diagnostics_log.append(diag)
+            if on_step is not None:
+                on_step(step, diag)
+            if first_loss is None and math.isfinite(last_train_loss):
+                first_loss = abs(last_train_loss)
+            if not math.isfinite(last_train_loss) or str(diag.get("status", "")).startswith("nonfinite"):
+                status, reason = "diverged", f"non-finite loss or gradient at step {step}"
+            elif first_loss is not None and abs(last_train_loss) > divergence_factor * max(first_loss, 1e-12):
+                status, reason = "diverged", f"loss {last_train_loss:.4g} exceeded {divergence_factor:g} x its first value at step {step}"
+            if status == "diverged":
+                stop = True
+                break
+            at_epoch_end = b == steps_per_epoch - 1
+            if (eval_every_steps and step % eval_every_steps == 0) or (not eval_every_steps and at_epoch_end):
+                if record(step / steps_per_epoch):
+                    status, reason, stop = "stopped", f"stopped by the report callback at step {step}", True
+                    break
+            if not budget_left():
+                break
+    if status != "diverged" and (not history or history[-1].step != step):
+        if record(step / steps_per_epoch) and status == "completed":
+            status, reason = "stopped", f"stopped by the report callback at step {step}"
+    return TrainResult(
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+        history=history,
+        steps=step,
+        wall_seconds=time.perf_counter() - start,
+        grad_equivalents=grad_eq,
+        metric=task.metric,
+        higher_is_better=task.higher_is_better,
+        time_to_target_seconds=ttt_seconds,
+        time_to_target_grad_equivalents=ttt_grad,
+        step_diagnostics=diagnostics_log,
+    )
+
+
+def train_from_config(config: TrainConfig, report: Report | None = None, on_step: StepHook | None = None) -> tuple[Task, TrainResult]:
+    """Build the config's task and run :func:`run_training` on it."""
+    torch.manual_seed(config.seed)
+    task = build_task(config.task.name, config.task.settings)
+    result = run_training(
+        task,
+        config.optimizer,
+        config.budget,
+        seed=config.seed,
+        device=config.device,
+        eval_every_steps=config.eval_every_steps,
+        divergence_factor=config.divergence_factor,
+        report=report,
+        on_step=on_step,
+    )
+    return task, result
