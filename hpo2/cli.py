@@ -77,7 +77,7 @@ def train(
     if cfg.tracking_uri:
         from hpo2.tracking import TrackedRun, flatten_params
 
-        run = TrackedRun(cfg.tracking_uri, cfg.experiment, f"{cfg.task.name}-{cfg.optimizer.name}", {"hpo2.task": cfg.task.name})
+        run = TrackedRun.create(cfg.tracking_uri, cfg.experiment, f"{cfg.task.name}-{cfg.optimizer.name}", {"hpo2.task": cfg.task.name})
         run.log_params({"optimizer": cfg.optimizer.name, "task": cfg.task.name, "seed": cfg.seed,
                         **flatten_params("", cfg.optimizer.settings), **flatten_params("task", cfg.task.settings)})
 
@@ -117,3 +117,171 @@ def train(
         run.end("FINISHED" if result.status != "diverged" else "FAILED")
     if result.status == "diverged":
         raise typer.Exit(code=1)
+
+
+study_app = typer.Typer(help="Run and inspect studies (Optuna + MLflow).", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+def _load_study_file(name_or_file: str, overrides: dict | None = None):  # type: ignore[no-untyped-def]
+    from hpo2.optim.settings import SettingsError
+    from hpo2.study.config import find_study_file, load_study_config
+
+    try:
+        return load_study_config(find_study_file(name_or_file), overrides)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+def _progress_table(progress) -> Table:  # type: ignore[no-untyped-def]
+    counts = progress.counts()
+    table = Table(show_header=False, title=f"study {progress.study.study_name if progress.study else ''}")
+    table.add_row("trials", f"{counts['complete']} done, {counts['running']} running, {counts['pruned']} pruned, {counts['fail']} failed")
+    best = "-"
+    if progress.study is not None and counts["complete"] and len(progress.study.directions) == 1:
+        best = f"{progress.study.best_value:.5g} (trial {progress.study.best_trial.number}, {progress.study.best_trial.params.get('optimizer')})"
+    table.add_row("best", best)
+    if progress.current_trial is not None:
+        table.add_row("current", f"trial {progress.current_trial} ({progress.current_optimizer}), epoch {progress.current_epoch:.2f}")
+    return table
+
+
+def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: str | None,
+               tracking_uri: str | None, device: str | None) -> None:
+    from rich.live import Live
+
+    from hpo2.optim.settings import SettingsError
+    from hpo2.study.runner import Progress, StudyRunner
+    from hpo2.tasks import DataMissingError
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
+    config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device})
+    progress = Progress()
+    try:
+        runner = StudyRunner(config, path, progress)
+    except (SettingsError, DataMissingError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
+                  f"storage {runner.storage_url}, MLflow {runner.tracking_uri}, device {runner.device}", highlight=False)
+    with Live(_progress_table(progress), console=console, refresh_per_second=4) as live:
+        progress.listeners.append(lambda p: live.update(_progress_table(p)))
+        runner.run(n_trials, timeout)
+    console.print()
+    _print_status(runner.study, config)
+    if progress.trial_seconds:
+        console.print(f"tracking took {100 * progress.tracking_seconds / progress.trial_seconds:.2f}% of trial time", highlight=False)
+
+
+@study_app.command("run")
+def study_run(
+    file: str = typer.Argument(..., help="the study file (studies/*.yaml)"),
+    n_trials: int | None = typer.Option(None, help="total finished trials to reach (the count continues on resume)"),
+    timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
+    storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite beside the study file)"),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite:///mlflow.db beside the study file)"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto"),
+) -> None:
+    """Create or resume a study and run its trials."""
+    _run_study(file, n_trials, timeout, storage, tracking_uri, device)
+
+
+@app.command()
+def worker(
+    file: str = typer.Argument(..., help="the study file shared by all workers"),
+    storage: str | None = typer.Option(None, help="the shared Optuna storage (PostgreSQL for several machines)"),
+    tracking_uri: str | None = typer.Option(None, help="the shared MLflow tracking server"),
+    n_trials: int | None = typer.Option(None, help="total trials of the study (all workers together)"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto"),
+) -> None:
+    """Join an existing study from another process or machine and run trials."""
+    _run_study(file, n_trials, None, storage, tracking_uri, device)
+
+
+def _print_status(study, config) -> None:  # type: ignore[no-untyped-def]
+    from hpo2.study.results import best_per_optimizer, best_trials, state_counts
+
+    counts = state_counts(study)
+    console.print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v), highlight=False)
+    table = Table(title=f"best per optimizer ({', '.join(d.name.lower() for d in study.directions)})")
+    for column in ("optimizer", "trial", "value", "settings"):
+        table.add_column(column)
+    for name, trial in sorted(best_per_optimizer(study).items()):
+        settings = {k.split(".", 1)[1]: v for k, v in trial.params.items() if k.startswith(name + ".")}
+        table.add_row(name, str(trial.number), ", ".join(f"{v:.5g}" for v in trial.values),
+                      ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()))
+    console.print(table)
+    best = best_trials(study)
+    if best:
+        label = "best" if len(best) == 1 else f"Pareto front ({len(best)} trials)"
+        console.print(f"{label}: " + "; ".join(f"trial {t.number} {t.params.get('optimizer')} = {t.values}" for t in best), highlight=False)
+
+
+@study_app.command("status")
+def study_status(name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file")) -> None:
+    """Trials by state, and the best value and settings per optimizer."""
+    from hpo2.optim.settings import SettingsError
+    from hpo2.study.results import load_study
+
+    config, path = _load_study_file(name_or_file)
+    try:
+        study = load_study(config, path)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    _print_status(study, config)
+
+
+@study_app.command("best")
+def study_best(
+    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    export: Path | None = typer.Option(None, "--export", help="write the best trial as a `hpo2 train --config` file"),
+) -> None:
+    """The best trial, optionally exported as a config for `hpo2 train` and `from_config`."""
+    import yaml
+
+    from hpo2.optim.settings import SettingsError
+    from hpo2.study.results import best_trials, export_config, load_study, write_export
+
+    config, path = _load_study_file(name_or_file)
+    try:
+        study = load_study(config, path)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    best = best_trials(study)
+    if not best:
+        raise fail(f"study {config.name!r} has no complete trial yet")
+    exported = export_config(config, best[0])
+    console.print(yaml.safe_dump(exported, sort_keys=False), highlight=False)
+    if export is not None:
+        write_export(export, exported)
+        console.print(f"wrote {export}; reuse it with: hpo2 train --config {export}", highlight=False)
+
+
+@app.command()
+def dashboard(
+    port: int = typer.Option(5000, help="port of the MLflow UI"),
+    host: str = typer.Option("127.0.0.1", help="bind address (127.0.0.1: this machine only; MLflow has no login)"),
+    tracking_uri: str | None = typer.Option(None, help="backend store (default: studies/mlflow.db if present, else ./mlflow.db)"),
+) -> None:
+    """Serve the MLflow UI for the project's tracking store (optuna-dashboard alongside if installed)."""
+    import shutil
+    import subprocess
+    import sys
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (
+        "sqlite:///studies/mlflow.db" if Path("studies/mlflow.db").is_file() else "sqlite:///mlflow.db"
+    )
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    extra = None
+    if shutil.which("optuna-dashboard"):
+        storage = next((f"sqlite:///{p}" for p in sorted(Path("studies").glob("*.optuna.db"))), None)
+        if storage:
+            extra = subprocess.Popen(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
+            console.print(f"optuna-dashboard for {storage} at http://{host}:{port + 1}", highlight=False)
+    try:
+        raise typer.Exit(subprocess.call(command))
+    finally:
+        if extra is not None:
+            extra.terminate()

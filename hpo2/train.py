@@ -72,6 +72,7 @@ class TrainConfig(BaseModel):
     divergence_factor: float = Field(default=1e3, gt=1)
     tracking_uri: str | None = None
     experiment: str = "hpo2-train"
+    study: dict[str, Any] | None = Field(default=None, description="provenance written by `hpo2 study best --export`")
 
 
 @dataclass

@@ -1,0 +1,63 @@
+"""Reading a study's results back: counts, the best trial, its exported config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo2.optim.settings import SettingsError
+from hpo2.study.config import StudyConfig, default_storage
+from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
+
+
+def load_study(config: StudyConfig, study_file: Path) -> optuna.Study:
+    """The existing study of ``config`` (an error if it was never run)."""
+    url = default_storage(config, study_file)
+    try:
+        return optuna.load_study(study_name=config.name, storage=url)
+    except KeyError:
+        raise SettingsError(f"study {config.name!r} has no trials yet in {url}: run `hpo2 study run {study_file}` first") from None
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The best trial (single objective) or the Pareto front (several)."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return []
+    return [study.best_trial] if len(study.directions) == 1 else study.best_trials
+
+
+def best_per_optimizer(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """For each optimizer, its best complete trial (first objective)."""
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    best: dict[str, FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        name = t.params.get(OPTIMIZER_PARAM)
+        current = best.get(name)
+        if current is None or (t.values[0] > current.values[0] if maximize else t.values[0] < current.values[0]):
+            best[name] = t
+    return best
+
+
+def export_config(config: StudyConfig, trial: FrozenTrial) -> dict[str, Any]:
+    """The trial as a ``hpo2 train --config`` file (also what ``from_config`` takes)."""
+    return {
+        "task": {"name": config.task.name, "settings": dict(config.task.settings)},
+        "optimizer": SearchSpace(config).optimizer_config(trial.params),
+        "budget": config.budget.model_dump(exclude_none=True),
+        "seed": config.seed,
+        "device": config.device,
+        "study": {"name": config.name, "trial": trial.number, "values": list(trial.values)},
+    }
+
+
+def write_export(path: Path, exported: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(exported, sort_keys=False))

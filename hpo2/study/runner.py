@@ -1,0 +1,290 @@
+"""Create or resume a study and run its trials: the one place where Optuna, tasks,
+optimizers and MLflow tracking meet.
+
+Per trial: the search space suggests an optimizer and its settings, the task is
+built fresh (seeded), :func:`hpo2.train.run_training` trains it and reports each
+validation point, which goes to Optuna (``trial.report`` / ``should_prune``) and
+to the trial's nested MLflow run.  A diverged run is pruned with its reason; an
+exception fails that trial only (``catch=(Exception,)``); the study, its storage
+and every finished trial survive.
+
+Storage: any Optuna URL.  RDB storages (sqlite, PostgreSQL) get a heartbeat, so a
+trial whose worker was killed is marked failed and retried by the next run
+(``RetryHeartbeatStaleTrialCallback``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from hpo2.diagnostics import curvature_summary
+from hpo2.optim.settings import SettingsError
+from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
+from hpo2.study.samplers import build_pruner, build_sampler
+from hpo2.study.space import SearchSpace
+from hpo2.tasks import build_task
+from hpo2.tracking import TrackedRun, flatten_params, study_parent_run
+from hpo2.train import Evaluation, TrainResult, resolve_device, run_training
+
+DIRECTIONS = {"valid_loss": "minimize", "train_loss": "minimize", "wall_seconds": "minimize", "grad_equivalents": "minimize"}
+
+
+def open_storage(url: str, config: StudyConfig) -> optuna.storages.BaseStorage | str:
+    """An Optuna storage for ``url``; RDB URLs get heartbeats and stale-trial retry.
+    ``journal:PATH`` opens a journal file (several processes on one machine)."""
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
+        if "://" in url and not url.startswith(("redis", "grpc")):
+            return RDBStorage(
+                url,
+                heartbeat_interval=config.heartbeat_interval,
+                grace_period=2 * config.heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry),
+            )
+        return url
+    except Exception as exc:  # any driver error: the user's URL is wrong or unreachable
+        raise SettingsError(f"storage: cannot open {url!r}: {type(exc).__name__}: {exc}") from None
+
+
+def objective_directions(config: StudyConfig, higher_is_better: bool) -> list[str]:
+    out = []
+    for objective in config.objective:
+        if objective.direction != "auto":
+            out.append(objective.direction)
+        elif objective.metric == "valid_metric":
+            out.append("maximize" if higher_is_better else "minimize")
+        else:
+            out.append(DIRECTIONS[objective.metric])
+    return out
+
+
+def objective_value(metric: str, result: TrainResult) -> float:
+    final = result.final
+    if metric == "wall_seconds":
+        return result.wall_seconds
+    if metric == "grad_equivalents":
+        return result.grad_equivalents
+    if final is None:
+        return math.nan
+    return {"valid_metric": final.valid_metric, "valid_loss": final.valid_loss, "train_loss": final.train_loss}[metric]
+
+
+@dataclass
+class Progress:
+    """What the progress display shows; updated from the objective and callbacks."""
+
+    study: optuna.Study | None = None
+    current_trial: int | None = None
+    current_epoch: float = 0.0
+    current_optimizer: str = ""
+    tracking_seconds: float = 0.0
+    trial_seconds: float = 0.0
+    listeners: list[Callable[[Progress], None]] = field(default_factory=list)
+
+    def changed(self) -> None:
+        for listener in self.listeners:
+            listener(self)
+
+    def counts(self) -> dict[str, int]:
+        states = [t.state for t in self.study.get_trials(deepcopy=False)] if self.study else []
+        return {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED, TrialState.FAIL)}
+
+
+class StudyRunner:
+    """Runs the trials of one study file (``hpo2 study run`` and ``hpo2 worker``)."""
+
+    def __init__(self, config: StudyConfig, study_file: Path, progress: Progress | None = None) -> None:
+        self.config = config
+        self.study_file = study_file
+        self.space = SearchSpace(config)
+        self.progress = progress or Progress()
+        self.storage_url = default_storage(config, study_file)
+        self.tracking_uri = default_tracking_uri(config, study_file)
+        self.experiment = config.experiment or config.name
+        self.device = resolve_device(config.device)
+        probe = build_task(config.task.name, config.task.settings)
+        self.directions = objective_directions(config, probe.higher_is_better)
+        self.study = optuna.create_study(
+            study_name=config.name,
+            storage=open_storage(self.storage_url, config),
+            sampler=build_sampler(config, self.space),
+            pruner=build_pruner(config),
+            directions=self.directions,
+            load_if_exists=True,
+        )
+        self.progress.study = self.study
+        self.parent = study_parent_run(
+            self.tracking_uri, self.experiment, config.name,
+            {"hpo2.task": config.task.name, "hpo2.sampler": config.sampler.name},
+        )  # fmt: skip
+
+    def start(self) -> None:
+        """Log the study's params and file to its parent run; enqueue the paper defaults."""
+        self.parent.log_params({"task": self.config.task.name, "sampler": self.config.sampler.name,
+                                "pruner": self.config.pruner.name, "optimizers": ",".join(self.space.names),
+                                "objective": ",".join(o.metric for o in self.config.objective)})
+        self.parent.log_artifact(str(self.study_file))
+        if self.config.enqueue_defaults:
+            self.space.enqueue_defaults(self.study)
+
+    def run(self, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
+        """Run trials until ``n_trials`` have finished in total (the count continues
+        on resume) or ``timeout`` seconds pass."""
+        self.start()
+        target = n_trials if n_trials is not None else self.config.n_trials
+        finished = len([t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()])
+        remaining = None if target is None else max(0, target - finished)
+        if remaining != 0:
+            self.study.optimize(
+                self.objective,
+                n_trials=remaining,
+                timeout=timeout if timeout is not None else self.config.timeout,
+                n_jobs=self.config.jobs,
+                catch=(Exception,),
+                callbacks=[lambda study, trial: self.progress.changed()],
+                gc_after_trial=True,
+            )
+        self.finish()
+        return self.study
+
+    def finish(self) -> None:
+        """Tag the parent run with the best result and close it."""
+        complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if complete and not self.config.multi_objective:
+            best = self.study.best_trial
+            self.parent.set_tags({"hpo2.best_trial": best.number, "hpo2.best_optimizer": best.params.get("optimizer")})
+            self.parent.log_metrics({"best_value": best.value}, step=len(self.study.trials))
+        self.parent.end("FINISHED")
+
+    # -- one trial
+    def objective(self, trial: optuna.Trial) -> float | list[float]:
+        optimizer_name, settings = self.space.suggest(trial)
+        self.progress.current_trial, self.progress.current_optimizer, self.progress.current_epoch = trial.number, optimizer_name, 0.0
+        self.progress.changed()
+        tracker = _TrialTracker(self, trial, optimizer_name, settings)
+        try:
+            return self._train(trial, optimizer_name, settings, tracker)
+        except optuna.TrialPruned:
+            tracker.end("KILLED", status_tag="pruned")
+            raise
+        except Exception as exc:
+            trial.set_user_attr("hpo2.status", "failed")
+            trial.set_user_attr("hpo2.reason", f"{type(exc).__name__}: {exc}"[:2000])
+            tracker.end("FAILED", reason=f"{type(exc).__name__}: {exc}", status_tag="failed")
+            raise
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _train(self, trial: optuna.Trial, optimizer_name: str, settings: dict[str, Any], tracker: _TrialTracker) -> float | list[float]:
+        task = build_task(self.config.task.name, {**self.config.task.settings, "seed": self.config.seed})
+        first_metric = self.config.objective[0].metric
+        single = not self.config.multi_objective
+        reported: list[float] = []
+
+        def report(evaluation: Evaluation) -> bool:
+            self.progress.current_epoch = evaluation.epoch
+            self.progress.changed()
+            tracker.epoch(evaluation)
+            if single and first_metric in ("valid_metric", "valid_loss", "train_loss"):
+                value = getattr(evaluation, first_metric)
+                if math.isfinite(value):
+                    trial.report(value, step=len(reported))
+                    reported.append(value)
+                    return trial.should_prune()
+            return False
+
+        result = run_training(
+            task, {"name": optimizer_name, "settings": settings}, self.config.budget,
+            seed=self.config.seed, device=self.device, report=report, on_step=tracker.step,
+        )  # fmt: skip
+        trial.set_user_attr("hpo2.status", result.status)
+        trial.set_user_attr("hpo2.reason", result.reason)
+        trial.set_user_attr("hpo2.wall_seconds", result.wall_seconds)
+        trial.set_user_attr("hpo2.grad_equivalents", result.grad_equivalents)
+        trial.set_user_attr("hpo2.time_to_target_seconds", result.time_to_target_seconds)
+        trial.set_user_attr("hpo2.time_to_target_grad_equivalents", result.time_to_target_grad_equivalents)
+        if self.config.curvature_diagnostics and result.status != "diverged":
+            batch = task.valid.head(256).to(self.device)
+            tracker.curvature(curvature_summary(task.model, task.loss_fn, batch.x, batch.y, seed=self.config.seed))
+        if result.status in ("diverged", "stopped"):
+            reason = result.reason if result.status == "diverged" else f"pruned: {result.reason}"
+            tracker.end("KILLED", reason=reason, status_tag="diverged" if result.status == "diverged" else "pruned")
+            raise optuna.TrialPruned(reason)
+        values = [objective_value(o.metric, result) for o in self.config.objective]
+        if not all(math.isfinite(v) for v in values):
+            trial.set_user_attr("hpo2.status", "diverged")
+            tracker.end("KILLED", reason=f"non-finite objective {values}", status_tag="diverged")
+            raise optuna.TrialPruned(f"non-finite objective {values}")
+        tracker.end("FINISHED", reason=result.reason, status_tag=result.status, result=result)
+        return values[0] if single else values
+
+
+class _TrialTracker:
+    """The nested MLflow run of one trial; times itself to keep tracking cheap."""
+
+    def __init__(self, runner: StudyRunner, trial: optuna.Trial, optimizer: str, settings: dict[str, Any]) -> None:
+        self.runner = runner
+        self.started = time.perf_counter()
+        self.seconds = 0.0
+        self.ended = False
+        with self._timed():
+            self.run = TrackedRun.create(
+                runner.tracking_uri, runner.experiment, f"trial-{trial.number}-{optimizer}",
+                {"hpo2.study": runner.config.name, "hpo2.trial_number": str(trial.number), "hpo2.optimizer": optimizer},
+                parent_run_id=runner.parent.run_id,
+            )  # fmt: skip
+            self.run.log_params({"optimizer": optimizer, **flatten_params("", settings)})
+        trial.set_user_attr("hpo2.mlflow_run_id", self.run.run_id)
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def epoch(self, e: Evaluation) -> None:
+        with self._timed():
+            self.run.log_metrics({"train_loss": e.train_loss, "valid_loss": e.valid_loss, "valid_metric": e.valid_metric,
+                                  "wall_seconds": e.wall_seconds, "grad_equivalents": e.grad_equivalents, "epoch": e.epoch},
+                                 step=e.step)
+
+    def step(self, step: int, diagnostics: dict[str, Any]) -> None:
+        with self._timed():
+            self.run.log_metrics({f"diag.{k}": v for k, v in diagnostics.items()}, step=step)
+
+    def curvature(self, summary: dict[str, float]) -> None:
+        with self._timed():
+            self.run.log_metrics({f"curvature.{k}": v for k, v in summary.items()}, step=0)
+
+    def end(self, status: str, reason: str | None = None, status_tag: str = "", result: TrainResult | None = None) -> None:
+        """Close the run once: FINISHED, FAILED or KILLED (pruned or diverged), with the reason."""
+        if self.ended:
+            return
+        self.ended = True
+        with self._timed():
+            self.run.set_tags({"hpo2.status": status_tag or status.lower(), "hpo2.reason": reason or ""})
+            if result is not None and result.time_to_target_seconds is not None:
+                self.run.log_metrics({"time_to_target_seconds": result.time_to_target_seconds,
+                                      "time_to_target_grad_equivalents": result.time_to_target_grad_equivalents}, step=0)
+            total = time.perf_counter() - self.started
+            self.run.log_metrics({"tracking_seconds": self.seconds, "tracking_fraction": self.seconds / max(total, 1e-9)}, step=0)
+            self.run.end(status)
+        self.runner.progress.tracking_seconds += self.seconds
+        self.runner.progress.trial_seconds += time.perf_counter() - self.started

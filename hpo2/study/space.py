@@ -1,0 +1,116 @@
+"""The search space: the optimizer is a categorical choice (param ``optimizer``)
+and its settings a conditional space, one Optuna param per setting named
+``<optimizer>.<setting>`` (names never collide across optimizers, whose ranges
+differ).  Everything comes from each optimizer's own declaration
+(:meth:`~hpo2.optim.settings.OptimizerSettings.search_space`) with the study
+file's overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from hpo2.optim.registry import get_spec
+from hpo2.optim.settings import Choice, FloatRange, IntRange
+from hpo2.study.config import StudyConfig
+
+OPTIMIZER_PARAM = "optimizer"
+
+
+def to_distribution(dim: FloatRange | IntRange | Choice) -> BaseDistribution:
+    if isinstance(dim, FloatRange):
+        return FloatDistribution(dim.low, dim.high, log=dim.log)
+    if isinstance(dim, IntRange):
+        return IntDistribution(dim.low, dim.high, log=dim.log)
+    return CategoricalDistribution(list(dim.choices))
+
+
+def _inside(dist: BaseDistribution, value: Any) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    return value is not None and dist.low <= value <= dist.high  # type: ignore[attr-defined]
+
+
+@dataclass
+class OptimizerSpace:
+    """One optimizer's part of the space."""
+
+    name: str
+    dimensions: dict[str, FloatRange | IntRange | Choice]
+    fixed: dict[str, Any]
+
+    @property
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {f"{self.name}.{k}": to_distribution(d) for k, d in self.dimensions.items()}
+
+    def default_params(self) -> dict[str, Any]:
+        """The paper defaults as params (those inside this study's ranges)."""
+        defaults = {**get_spec(self.name).paper_defaults(), **self.fixed}
+        params: dict[str, Any] = {OPTIMIZER_PARAM: self.name}
+        for key, dist in self.distributions.items():
+            value = defaults[key.split(".", 1)[1]]
+            if _inside(dist, value):
+                params[key] = value
+        return params
+
+    def settings_from_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Settings for the optimizer: the trial's params, then fixed values; a
+        setting whose ``when`` condition is off keeps its default."""
+        settings = dict(self.fixed)
+        for key, dim in self.dimensions.items():
+            full = f"{self.name}.{key}"
+            if full not in params:
+                continue
+            if dim.when is not None:
+                other, allowed = dim.when
+                current = params.get(f"{self.name}.{other}", self.fixed.get(other, get_spec(self.name).paper_defaults()[other]))
+                if current not in allowed:
+                    continue
+            settings[key] = params[full]
+        return settings
+
+
+class SearchSpace:
+    """The whole conditional space of a study."""
+
+    def __init__(self, config: StudyConfig) -> None:
+        self.optimizers = {c.name: OptimizerSpace(c.name, c.space(), dict(c.fixed)) for c in config.optimizers}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.optimizers)
+
+    def suggest(self, trial: optuna.Trial) -> tuple[str, dict[str, Any]]:
+        """Suggest the optimizer, then each of its settings; return name and settings."""
+        name = trial.suggest_categorical(OPTIMIZER_PARAM, self.names)
+        space = self.optimizers[str(name)]
+        params: dict[str, Any] = {}
+        for key, dist in space.distributions.items():
+            if isinstance(dist, FloatDistribution):
+                params[key] = trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+            elif isinstance(dist, IntDistribution):
+                params[key] = trial.suggest_int(key, dist.low, dist.high, log=dist.log)
+            else:
+                params[key] = trial.suggest_categorical(key, dist.choices)
+        return str(name), space.settings_from_params(params)
+
+    def enqueue_defaults(self, study: optuna.Study) -> int:
+        """Enqueue each optimizer's paper defaults unless a trial already has them."""
+        seen = [t.params for t in study.get_trials(deepcopy=False)] + [
+            t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)
+        ]
+        added = 0
+        for space in self.optimizers.values():
+            params = space.default_params()
+            if params not in seen:
+                study.enqueue_trial(params, user_attrs={"hpo2.paper_defaults": True})
+                added += 1
+        return added
+
+    def optimizer_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``{"name", "settings"}`` of a finished trial's params (for export)."""
+        name = params[OPTIMIZER_PARAM]
+        return {"name": name, "settings": self.optimizers[name].settings_from_params(params)}
