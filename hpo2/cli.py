@@ -51,7 +51,9 @@ def info() -> None:
 
 def fail(message: str) -> typer.Exit:
     """Print a user error (no traceback) and exit with code 2."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code=2)
 
 
@@ -285,3 +287,5 @@ def dashboard(
     finally:
         if extra is not None:
             extra.terminate()
+if __name__ == "__main__":
+    app()

@@ -26,7 +26,7 @@ def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" = {value!r}"
-            problems.append(f"{where}{shown}: {err['msg']}")
+            problems.append(f"{where}{shown}: {err['msg'].removeprefix('Value error, ')}")
         raise SettingsError(f"{source}: " + "; ".join(problems)) from None
 
 

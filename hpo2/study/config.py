@@ -128,9 +128,9 @@ class StudyConfig(Strict):
     @field_validator("objective", mode="before")
     @classmethod
     def _objective(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [{"metric": value}]
-        return [value] if isinstance(value, dict) else value
+        if isinstance(value, str | dict):
+            value = [value]
+        return [{"metric": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
     @field_validator("optimizers", mode="before")
     @classmethod
