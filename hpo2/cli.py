@@ -158,7 +158,10 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
 
     import optuna
 
+    import warnings
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device})
     progress = Progress()
     try:
