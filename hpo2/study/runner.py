@@ -264,6 +264,7 @@ class _TrialTracker:
             self.run.log_metrics({"train_loss": e.train_loss, "valid_loss": e.valid_loss, "valid_metric": e.valid_metric,
                                   "wall_seconds": e.wall_seconds, "grad_equivalents": e.grad_equivalents, "epoch": e.epoch},
                                  step=e.step)
+            self.run.flush()  # written in the background while the next epoch trains
 
     def step(self, step: int, diagnostics: dict[str, Any]) -> None:
         with self._timed():
