@@ -239,3 +239,19 @@ def test_dashboard_serves_the_mlflow_ui_and_rest_api(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_every_shipped_study_file_is_valid():
+    from hpo2.study.config import StudyConfig as Schema
+    from hpo2.config import validate
+
+    files = sorted(Path(__file__).resolve().parent.parent.glob("studies/*.yaml"))
+    names = set()
+    for file in files:
+        data = yaml.safe_load(file.read_text())
+        if "task" in data and "name" in data and "optimizer" not in data:
+            config = validate(Schema, data, str(file))
+            names.add(config.task.name)
+    from hpo2.tasks import TASKS
+
+    assert names == set(TASKS)  # a ready-to-run study for every task
