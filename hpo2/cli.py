@@ -263,6 +263,34 @@ def study_best(
         console.print(f"wrote {export}; reuse it with: hpo2 train --config {export}", highlight=False)
 
 
+@study_app.command("report")
+def study_report(
+    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    out: Path = typer.Option(Path("report.html"), "--out", help="where to write the self-contained HTML report"),
+    png: bool = typer.Option(True, help="also render PNGs into MLflow (needs chromium)"),
+) -> None:
+    """Render the study's plots into its MLflow run and write one offline HTML report."""
+    from mlflow.tracking import MlflowClient
+
+    from hpo2.optim.settings import SettingsError
+    from hpo2.report import render_study_report
+    from hpo2.study.config import default_tracking_uri
+    from hpo2.study.results import load_study
+    from hpo2.tracking import find_study_run
+
+    config, path = _load_study_file(name_or_file)
+    try:
+        study = load_study(config, path)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    uri = default_tracking_uri(config, path)
+    run_id = find_study_run(MlflowClient(uri), config.experiment or config.name, config.name)
+    if run_id is None:
+        raise fail(f"no MLflow run for study {config.name!r} in {uri}")
+    render_study_report(study, config, uri, run_id, out=out, png=png)
+    console.print(f"wrote {out} (and the plots to MLflow run {run_id})", highlight=False)
+
+
 @app.command()
 def dashboard(
     port: int = typer.Option(5000, help="port of the MLflow UI"),

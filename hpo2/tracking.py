@@ -107,15 +107,21 @@ class TrackedRun:
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
 
-def study_parent_run(tracking_uri: str, experiment: str, study_name: str, tags: Mapping[str, str]) -> TrackedRun:
-    """The study's parent run: found again by its tags when the study resumes."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+def find_study_run(client: MlflowClient, experiment: str, study_name: str) -> str | None:
+    """The run id of study ``study_name``'s parent run, if it has one."""
     runs = client.search_runs(
         [experiment_id(client, experiment)],
         filter_string=f"tags.`hpo2.study` = '{study_name}' and tags.`hpo2.role` = 'study'",
         max_results=1,
     )
-    if runs:
-        client.update_run(runs[0].info.run_id, status="RUNNING")
-        return TrackedRun(client, runs[0].info.run_id)
+    return runs[0].info.run_id if runs else None
+
+
+def study_parent_run(tracking_uri: str, experiment: str, study_name: str, tags: Mapping[str, str]) -> TrackedRun:
+    """The study's parent run: found again by its tags when the study resumes."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run_id = find_study_run(client, experiment, study_name)
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        return TrackedRun(client, run_id)
     return TrackedRun.create(tracking_uri, experiment, study_name, {**tags, "hpo2.study": study_name, "hpo2.role": "study"})

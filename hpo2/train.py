@@ -192,25 +192,32 @@ def run_training(
     history: list[Evaluation] = []
     diagnostics_log: list[dict[str, Any]] = []
     start = time.perf_counter()
+    excluded = 0.0  # seconds spent in evaluation and callbacks: not training time
+
+    def elapsed() -> float:
+        return time.perf_counter() - start - excluded
     grad_eq, step, first_loss = 0.0, 0, None
     status, reason = "completed", "budget reached"
     ttt_seconds = ttt_grad = None
     last_train_loss = math.nan
 
     def record(epoch: float) -> bool:
-        nonlocal ttt_seconds, ttt_grad
+        nonlocal ttt_seconds, ttt_grad, excluded
+        paused = time.perf_counter()
         valid_loss, valid_metric = evaluate(task, valid.x, valid.y)
-        entry = Evaluation(epoch, step, last_train_loss, valid_loss, valid_metric, time.perf_counter() - start, grad_eq)
+        entry = Evaluation(epoch, step, last_train_loss, valid_loss, valid_metric, paused - start - excluded, grad_eq)
         history.append(entry)
         if ttt_seconds is None and math.isfinite(valid_metric) and task.reached(valid_metric):
             ttt_seconds, ttt_grad = entry.wall_seconds, entry.grad_equivalents
-        return bool(report(entry)) if report is not None else False
+        stop = bool(report(entry)) if report is not None else False
+        excluded += time.perf_counter() - paused
+        return stop
 
     def budget_left() -> bool:
         return not (
             (budget.epochs is not None and step >= budget.epochs * steps_per_epoch)
             or (budget.steps is not None and step >= budget.steps)
-            or (budget.seconds is not None and time.perf_counter() - start >= budget.seconds)
+            or (budget.seconds is not None and elapsed() >= budget.seconds)
             or (budget.grad_equivalents is not None and grad_eq >= budget.grad_equivalents)
         )
 
@@ -256,7 +263,7 @@ def run_training(
         reason=reason,
         history=history,
         steps=step,
-        wall_seconds=time.perf_counter() - start,
+        wall_seconds=elapsed(),
         grad_equivalents=grad_eq,
         metric=task.metric,
         higher_is_better=task.higher_is_better,

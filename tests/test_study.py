@@ -29,7 +29,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def write_study(tmp_path: Path, **fields) -> Path:
     data = {"name": "t", "task": "logreg_breast_cancer", "budget": {"epochs": 2},
-            "optimizers": ["sgd", "adam", "newton_cg"], "n_trials": 4, **fields}
+            "optimizers": ["sgd", "adam", "newton_cg"], "n_trials": 4, "report": False, **fields}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

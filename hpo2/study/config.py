@@ -112,6 +112,7 @@ class StudyConfig(Strict):
     heartbeat_interval: int = Field(default=30, ge=1)
     max_retry: int = Field(default=2, ge=0)
     curvature_diagnostics: bool = True
+    report: bool = True
 
     @field_validator("name")
     @classmethod

@@ -4,7 +4,9 @@ optimizers and MLflow tracking meet.
 Per trial: the search space suggests an optimizer and its settings, the task is
 built fresh (seeded), :func:`hpo2.train.run_training` trains it and reports each
 validation point, which goes to Optuna (``trial.report`` / ``should_prune``) and
-to the trial's nested MLflow run.  A diverged run is pruned with its reason; an
+to the trial's nested MLflow run with the curvature at that point (top Hessian
+eigenvalue by 10 Lanczos steps, trace by 4 Hutchinson probes, on 128 validation
+samples; not counted as training time).  A diverged run is pruned with its reason; an
 exception fails that trial only (``catch=(Exception,)``); the study, its storage
 and every finished trial survive.
 
@@ -168,6 +170,10 @@ class StudyRunner:
             best = self.study.best_trial
             self.parent.set_tags({"hpo2.best_trial": best.number, "hpo2.best_optimizer": best.params.get("optimizer")})
             self.parent.log_metrics({"best_value": best.value}, step=len(self.study.trials))
+        if self.config.report:
+            from hpo2.report import render_study_report
+
+            render_study_report(self.study, self.config, self.tracking_uri, self.parent.run_id)
         self.parent.end("FINISHED")
 
     # -- one trial
@@ -196,10 +202,16 @@ class StudyRunner:
         single = not self.config.multi_objective
         reported: list[float] = []
 
+        curvature_batch = task.valid.head(128).to(self.device)
+
         def report(evaluation: Evaluation) -> bool:
             self.progress.current_epoch = evaluation.epoch
             self.progress.changed()
             tracker.epoch(evaluation)
+            if self.config.curvature_diagnostics and math.isfinite(evaluation.train_loss):
+                summary = curvature_summary(task.model, task.loss_fn, curvature_batch.x, curvature_batch.y,
+                                            lanczos_iter=10, trace_probes=4, seed=self.config.seed)
+                tracker.curvature(summary, evaluation.step)
             if single and first_metric in ("valid_metric", "valid_loss", "train_loss"):
                 value = getattr(evaluation, first_metric)
                 if math.isfinite(value):
@@ -218,9 +230,6 @@ class StudyRunner:
         trial.set_user_attr("hpo2.grad_equivalents", result.grad_equivalents)
         trial.set_user_attr("hpo2.time_to_target_seconds", result.time_to_target_seconds)
         trial.set_user_attr("hpo2.time_to_target_grad_equivalents", result.time_to_target_grad_equivalents)
-        if self.config.curvature_diagnostics and result.status != "diverged":
-            batch = task.valid.head(256).to(self.device)
-            tracker.curvature(curvature_summary(task.model, task.loss_fn, batch.x, batch.y, seed=self.config.seed))
         if result.status in ("diverged", "stopped"):
             reason = result.reason if result.status == "diverged" else f"pruned: {result.reason}"
             tracker.end("KILLED", reason=reason, status_tag="diverged" if result.status == "diverged" else "pruned")
@@ -270,9 +279,9 @@ class _TrialTracker:
         with self._timed():
             self.run.log_metrics({f"diag.{k}": v for k, v in diagnostics.items()}, step=step)
 
-    def curvature(self, summary: dict[str, float]) -> None:
+    def curvature(self, summary: dict[str, float], step: int) -> None:
         with self._timed():
-            self.run.log_metrics({f"curvature.{k}": v for k, v in summary.items()}, step=0)
+            self.run.log_metrics({f"curvature.{k}": v for k, v in summary.items()}, step=step)
 
     def end(self, status: str, reason: str | None = None, status_tag: str = "", result: TrainResult | None = None) -> None:
         """Close the run once: FINISHED, FAILED or KILLED (pruned or diverged), with the reason."""
