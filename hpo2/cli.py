@@ -305,8 +305,13 @@ def dashboard(
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (
         "sqlite:///studies/mlflow.db" if Path("studies/mlflow.db").is_file() else "sqlite:///mlflow.db"
     )
+    from mlflow.tracking import MlflowClient
+
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    for exp in MlflowClient(uri).search_experiments():
+        if exp.name != "Default":
+            console.print(f"  experiment {exp.name}: http://{host}:{port}/#/experiments/{exp.experiment_id}", highlight=False)
     extra = None
     if shutil.which("optuna-dashboard"):
         storage = next((f"sqlite:///{p}" for p in sorted(Path("studies").glob("*.optuna.db"))), None)

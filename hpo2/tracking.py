@@ -29,10 +29,15 @@ def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
     return {f"{prefix}.{k}" if prefix else k: str(v) for k, v in values.items()}
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if missing."""
+def experiment_id(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created if missing (as a model-training
+    experiment, so MLflow 3's UI opens on its runs, with artifacts at
+    ``artifact_location`` when given)."""
     found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
+    if found:
+        return found.experiment_id
+    tags = {"mlflow.experimentKind": "custom_model_development"}
+    return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
 
 
 class TrackedRun:
@@ -54,12 +59,14 @@ class TrackedRun:
         run_name: str,
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
+        artifact_location: str | None = None,
     ) -> TrackedRun:
         client = MlflowClient(tracking_uri=tracking_uri)
         all_tags = dict(tags or {})
         if parent_run_id is not None:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(experiment_id(client, experiment), tags=all_tags, run_name=run_name)
+        exp = experiment_id(client, experiment, artifact_location)
+        run = client.create_run(exp, tags=all_tags, run_name=run_name)
         return cls(client, run.info.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -117,9 +124,12 @@ def find_study_run(client: MlflowClient, experiment: str, study_name: str) -> st
     return runs[0].info.run_id if runs else None
 
 
-def study_parent_run(tracking_uri: str, experiment: str, study_name: str, tags: Mapping[str, str]) -> TrackedRun:
+def study_parent_run(
+    tracking_uri: str, experiment: str, study_name: str, tags: Mapping[str, str], artifact_location: str | None = None
+) -> TrackedRun:
     """The study's parent run: found again by its tags when the study resumes."""
     client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id(client, experiment, artifact_location)
     run_id = find_study_run(client, experiment, study_name)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")

@@ -129,9 +129,11 @@ class StudyRunner:
             load_if_exists=True,
         )
         self.progress.study = self.study
+        # Artifacts beside the study for a local store; a tracking server decides its own.
+        artifacts = str(study_file.parent / "mlartifacts") if self.tracking_uri.startswith("sqlite") else None
         self.parent = study_parent_run(
             self.tracking_uri, self.experiment, config.name,
-            {"hpo2.task": config.task.name, "hpo2.sampler": config.sampler.name},
+            {"hpo2.task": config.task.name, "hpo2.sampler": config.sampler.name}, artifacts,
         )  # fmt: skip
 
     def start(self) -> None:
