@@ -18,6 +18,7 @@ trial whose worker was killed is marked failed and retried by the next run
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from optuna.trial import TrialState
 
 from hpo2.diagnostics import curvature_summary
 from hpo2.optim.settings import SettingsError
+from hpo2.study.budget import TrialBudget
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.samplers import build_pruner, build_sampler
 from hpo2.study.space import SearchSpace
@@ -146,22 +148,34 @@ class StudyRunner:
             self.space.enqueue_defaults(self.study)
 
     def run(self, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
-        """Run trials until ``n_trials`` have finished in total (the count continues
-        on resume) or ``timeout`` seconds pass."""
+        """Run trials until the study holds ``n_trials`` (failed ones not counted;
+        the count continues on resume and is shared by every worker) or until
+        ``timeout`` seconds have passed; ``jobs`` threads run trials at once."""
         self.start()
-        target = n_trials if n_trials is not None else self.config.n_trials
-        finished = len([t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()])
-        remaining = None if target is None else max(0, target - finished)
-        if remaining != 0:
-            self.study.optimize(
-                self.objective,
-                n_trials=remaining,
-                timeout=timeout if timeout is not None else self.config.timeout,
-                n_jobs=self.config.jobs,
-                catch=(Exception,),
-                callbacks=[lambda study, trial: self.progress.changed()],
-                gc_after_trial=True,
-            )
+        budget = TrialBudget(self.study, self.storage_url, n_trials if n_trials is not None else self.config.n_trials)
+        limit = timeout if timeout is not None else self.config.timeout
+        deadline = None if limit is None else time.monotonic() + limit
+
+        def admitted(trial: optuna.Trial) -> float | list[float]:
+            budget.release()  # the trial now exists in storage: other workers may count it
+            return self.objective(trial)
+
+        def work() -> None:
+            while (deadline is None or time.monotonic() < deadline) and budget.admit():
+                try:
+                    self.study.optimize(admitted, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                                        callbacks=[lambda study, trial: self.progress.changed()])
+                finally:
+                    budget.release()
+
+        if self.config.jobs == 1:
+            work()
+        else:
+            threads = [threading.Thread(target=work, name=f"hpo2-job-{i}") for i in range(self.config.jobs)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         self.finish()
         return self.study
 
