@@ -77,7 +77,12 @@ def train(
         raise fail(str(exc)) from None
     run = None
     if cfg.tracking_uri:
-        from hpo2.tracking import TrackedRun, flatten_params
+        from hpo2.tracking import TrackedRun, check_reachable, flatten_params
+
+        try:
+            check_reachable(cfg.tracking_uri)
+        except SettingsError as exc:
+            raise fail(str(exc)) from None
 
         run = TrackedRun.create(cfg.tracking_uri, cfg.experiment, f"{cfg.task.name}-{cfg.optimizer.name}", {"hpo2.task": cfg.task.name})
         run.log_params({"optimizer": cfg.optimizer.name, "task": cfg.task.name, "seed": cfg.seed,

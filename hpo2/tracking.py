@@ -1,27 +1,65 @@
 """MLflow tracking through the client API: runs, params, batched metrics.
 
-Metrics are buffered and sent with ``log_batch`` (at most 1,000 per call, MLflow's
-limit) by one background writer thread per run, so the database writes overlap
-training and tracking stays a small fraction of a trial's time; :meth:`end`
-waits for them.  (MLflow's own ``synchronous=False`` mode was measured slower
-here: its queue flushes on a timer, and waiting for it at the end of each trial
-cost more than it saved.)  The default
-store is a sqlite file (MLflow 3's default ``sqlite:///mlflow.db``); the file
-store under ``./mlruns`` is not used.
+Every write of a run (its creation, params, metric batches of at most 1,000 --
+MLflow's limit --, tags, its end) is an operation in one ordered queue, sent by
+one background writer thread per run, so the database writes overlap training
+and tracking stays a small fraction of a trial's time.  (MLflow's own
+``synchronous=False`` mode was measured slower here: its queue flushes on a
+timer, and waiting for it at the end of each trial cost more than it saved.)
+
+When the tracking server stops answering, nothing is lost and training goes
+on: the queue keeps the unsent operations, the user is told once, every later
+flush retries them, and :meth:`TrackedRun.spool` writes what is still unsent to
+a JSON file at the end.  A server that is unreachable *before* a study starts is
+a clear error instead (:func:`check_reachable`).
+
+The default store is a sqlite file (MLflow 3's default ``sqlite:///mlflow.db``);
+the file store under ``./mlruns`` is not used.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import threading
 import time
+import urllib.request
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.tracking import MlflowClient
+# A lost server must not stall a trial for minutes in MLflow's default retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from hpo2.optim.settings import SettingsError  # noqa: E402
 
 MAX_BATCH = 1000
+
+# MLflow prints a "View run at <url>" line for every run it closes over HTTP: hpo2's own display says enough.
+logging.getLogger("mlflow.tracking._tracking_service.client").setLevel(logging.WARNING)
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`SettingsError` if an HTTP tracking server does not answer."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout)
+    except OSError as exc:
+        raise SettingsError(
+            f"tracking_uri: the MLflow tracking server at {tracking_uri} does not answer ({exc}). Start it "
+            "(mlflow server --backend-store-uri postgresql://... --host 127.0.0.1), fix the URI, or leave "
+            "tracking_uri unset for the local sqlite store; nothing was run"
+        ) from None
 
 
 def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
@@ -41,15 +79,23 @@ def experiment_id(client: MlflowClient, name: str, artifact_location: str | None
 
 
 class TrackedRun:
-    """One MLflow run with buffered metrics; :meth:`create` starts one (optionally
-    nested under a parent run)."""
+    """One MLflow run whose writes go through an ordered, retrying queue.
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    :meth:`create` only queues the run's creation, so a trial can start while the
+    server is down; ``run_id`` is known once the creation went through.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str | None = None, name: str = "run") -> None:
         self.client = client
         self.run_id = run_id
+        self.name = name
         self._buffer: list[Metric] = []
-        self._writer: ThreadPoolExecutor | None = None
+        self._ops: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo2-mlflow")
         self._pending: list[Future[None]] = []
+        self.offline_error: str | None = None
+        self._told = False
 
     @classmethod
     def create(
@@ -60,19 +106,74 @@ class TrackedRun:
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
         artifact_location: str | None = None,
+        experiment_id_: str | None = None,
     ) -> TrackedRun:
+        """Start a run (nested under ``parent_run_id`` if given); the creation is queued."""
         client = MlflowClient(tracking_uri=tracking_uri)
         all_tags = dict(tags or {})
         if parent_run_id is not None:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        exp = experiment_id(client, experiment, artifact_location)
-        run = client.create_run(exp, tags=all_tags, run_name=run_name)
-        return cls(client, run.info.run_id)
+        run = cls(client, name=run_name)
+        run._ops.append(("create", (experiment_id_, experiment, artifact_location, all_tags, run_name)))
+        run._submit()
+        run.wait()
+        return run
 
+    # -- the queue
+    def _execute(self, kind: str, payload: Any) -> None:
+        if kind == "create":
+            exp_id, experiment, artifact_location, tags, run_name = payload
+            exp_id = exp_id or experiment_id(self.client, experiment, artifact_location)
+            self.run_id = self.client.create_run(exp_id, tags=tags, run_name=run_name).info.run_id
+        elif kind == "params":
+            self.client.log_batch(self.run_id, params=payload)
+        elif kind == "metrics":
+            self.client.log_batch(self.run_id, metrics=payload)
+        elif kind == "tags":
+            self.client.log_batch(self.run_id, tags=payload)
+        elif kind == "end":
+            self.client.set_terminated(self.run_id, status=payload)
+
+    def _drain(self) -> None:
+        with self._lock:
+            while self._ops:
+                kind, payload = self._ops[0]
+                try:
+                    self._execute(kind, payload)
+                except Exception as exc:  # server or network down: keep the op, retry later
+                    self.offline_error = f"{type(exc).__name__}: {exc}"[:500]
+                    if not self._told:
+                        self._told = True
+                        warnings.warn(
+                            f"MLflow tracking is unreachable ({self.offline_error}); hpo2 keeps the metrics of "
+                            f"{self.name} and retries them, training goes on",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
+                    return
+                self._ops.pop(0)
+            self.offline_error = None
+
+    def _submit(self) -> None:
+        self._pending.append(self._writer.submit(self._drain))
+
+    def wait(self) -> None:
+        """Block until the writer has tried every queued operation."""
+        for future in self._pending:
+            future.result()
+        self._pending.clear()
+
+    @property
+    def sent(self) -> bool:
+        """Whether every operation so far reached the server."""
+        return not self._ops and not self._buffer
+
+    # -- what callers log
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+            self._ops.append(("params", items[start : start + 100]))
+        self._submit()
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Buffer the finite numeric entries of ``metrics`` at ``step``."""
@@ -86,32 +187,49 @@ class TrackedRun:
             self.flush()
 
     def flush(self) -> None:
-        """Hand the buffered metrics to the run's writer thread (one, so order is kept)."""
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo2-mlflow")
+        """Queue the buffered metrics and let the writer (re)try everything queued."""
         while self._buffer:
             batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-            self._pending.append(self._writer.submit(self.client.log_batch, self.run_id, metrics=batch))
-
-    def wait(self) -> None:
-        """Block until every handed-over batch is written; re-raise a write error."""
-        for future in self._pending:
-            future.result()
-        self._pending.clear()
+            self._ops.append(("metrics", batch))
+        self._submit()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._ops.append(("tags", [RunTag(k, str(v)) for k, v in tags.items()]))
+        self._submit()
 
-    def log_artifact(self, path: str) -> None:
-        self.client.log_artifact(self.run_id, path)
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        """Upload a file now (artifacts are not queued: the file may be temporary)."""
+        self.wait()
+        if self.run_id is not None:
+            self.client.log_artifact(self.run_id, path, artifact_path)
 
-    def end(self, status: str = "FINISHED") -> None:
-        """Flush, wait for the writes, and close the run as FINISHED, FAILED or KILLED."""
+    def end(self, status: str = "FINISHED") -> bool:
+        """Queue the run's end (FINISHED, FAILED or KILLED) and wait; True if all was sent."""
+        self._ops.append(("end", RunStatus.to_string(RunStatus.from_string(status))))
+        return self.retry()
+
+    def retry(self) -> bool:
+        """Try the unsent operations again; True once everything is sent."""
         self.flush()
         self.wait()
-        if self._writer is not None:
-            self._writer.shutdown()
-        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+        if self.sent and self._ops == [] and self._closed():
+            self._writer.shutdown(wait=False)
+        return self.sent
+
+    def _closed(self) -> bool:
+        return not self._pending
+
+    def spool(self, folder: Path) -> Path:
+        """Write the still-unsent operations to ``folder/<name>.json`` (nothing is lost)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.name}.json"
+        records = []
+        for kind, payload in self._ops:
+            if kind in ("params", "metrics", "tags"):
+                payload = [e.to_dictionary() if hasattr(e, "to_dictionary") else vars(e) for e in payload]
+            records.append({"op": kind, "payload": payload})
+        path.write_text(json.dumps({"run_id": self.run_id, "operations": records}, default=str, indent=1))
+        return path
 
 
 def find_study_run(client: MlflowClient, experiment: str, study_name: str) -> str | None:
@@ -133,5 +251,5 @@ def study_parent_run(
     run_id = find_study_run(client, experiment, study_name)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
-        return TrackedRun(client, run_id)
+        return TrackedRun(client, run_id, name=study_name)
     return TrackedRun.create(tracking_uri, experiment, study_name, {**tags, "hpo2.study": study_name, "hpo2.role": "study"})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.samplers import build_pruner, build_sampler
 from hpo2.study.space import SearchSpace
 from hpo2.tasks import build_task
-from hpo2.tracking import TrackedRun, flatten_params, study_parent_run
+from hpo2.tracking import TrackedRun, check_reachable, flatten_params, study_parent_run
 from hpo2.train import Evaluation, TrainResult, resolve_device, run_training
 
 DIRECTIONS = {"valid_loss": "minimize", "train_loss": "minimize", "wall_seconds": "minimize", "grad_equivalents": "minimize"}
@@ -120,6 +121,8 @@ class StudyRunner:
         self.tracking_uri = default_tracking_uri(config, study_file)
         self.experiment = config.experiment or config.name
         self.device = resolve_device(config.device)
+        check_reachable(self.tracking_uri)  # before anything is written
+        self.offline_runs: list[TrackedRun] = []  # runs the tracking server has not received yet
         probe = build_task(config.task.name, config.task.settings)
         self.directions = objective_directions(config, probe.higher_is_better)
         self.study = optuna.create_study(
@@ -186,11 +189,27 @@ class StudyRunner:
             best = self.study.best_trial
             self.parent.set_tags({"hpo2.best_trial": best.number, "hpo2.best_optimizer": best.params.get("optimizer")})
             self.parent.log_metrics({"best_value": best.value}, step=len(self.study.trials))
-        if self.config.report:
+        self.retry_offline()
+        if self.config.report and not self.offline_runs:
             from hpo2.report import render_study_report
 
             render_study_report(self.study, self.config, self.tracking_uri, self.parent.run_id)
-        self.parent.end("FINISHED")
+        if not self.parent.end("FINISHED"):
+            self.offline_runs.append(self.parent)
+        self.retry_offline()
+        if self.offline_runs:
+            folder = self.study_file.parent / "mlflow-unsent"
+            paths = [run.spool(folder) for run in self.offline_runs]
+            warnings.warn(
+                f"MLflow tracking at {self.tracking_uri} stayed unreachable: {len(paths)} run(s) were not sent; "
+                f"their params, metrics and tags are saved in {folder}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def retry_offline(self) -> None:
+        """Send what a lost tracking server missed, now that it may be back."""
+        self.offline_runs = [run for run in self.offline_runs if not run.retry()]
 
     # -- one trial
     def objective(self, trial: optuna.Trial) -> float | list[float]:
@@ -274,7 +293,8 @@ class _TrialTracker:
                 parent_run_id=runner.parent.run_id,
             )  # fmt: skip
             self.run.log_params({"optimizer": optimizer, **flatten_params("", settings)})
-        trial.set_user_attr("hpo2.mlflow_run_id", self.run.run_id)
+        if self.run.run_id is not None:
+            trial.set_user_attr("hpo2.mlflow_run_id", self.run.run_id)
 
     @contextmanager
     def _timed(self) -> Iterator[None]:
@@ -311,6 +331,8 @@ class _TrialTracker:
                                       "time_to_target_grad_equivalents": result.time_to_target_grad_equivalents}, step=0)
             total = time.perf_counter() - self.started
             self.run.log_metrics({"tracking_seconds": self.seconds, "tracking_fraction": self.seconds / max(total, 1e-9)}, step=0)
-            self.run.end(status)
+            if not self.run.end(status):
+                self.runner.offline_runs.append(self.run)
+            self.runner.retry_offline()
         self.runner.progress.tracking_seconds += self.seconds
         self.runner.progress.trial_seconds += time.perf_counter() - self.started

@@ -1,0 +1,105 @@
+"""A tracking server that is down at the start, or lost in the middle of a study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from hpo2.cli import app
+from hpo2.study.config import load_study_config
+from hpo2.study.runner import StudyRunner
+from tests.reliability.conftest import free_port, wait_http
+
+
+def _study(tmp_path: Path, tracking_uri: str, n_trials: int = 4) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "task": "logreg_breast_cancer", "budget": {"epochs": 2}, "optimizers": ["adam", "sgd"],
+        "n_trials": n_trials, "pruner": {"name": "none"}, "report": False, "tracking_uri": tracking_uri,
+    }))  # fmt: skip
+    return path
+
+
+def test_unreachable_tracking_server_at_start_is_a_clear_error_before_anything_runs(tmp_path):
+    path = _study(tmp_path, f"http://127.0.0.1:{free_port()}")
+    result = CliRunner().invoke(app, ["study", "run", str(path)])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "does not answer" in text and "nothing was run" in text and "Traceback" not in result.output
+    assert not (tmp_path / "s.optuna.db").exists()
+
+
+class MlflowServer:
+    def __init__(self, folder: Path) -> None:
+        self.port, self.folder = free_port(), folder
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'm.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        wait_http(self.url + "/health")
+
+    def stop(self) -> None:
+        """Kill the server and its workers (its whole process group): the server is lost."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+
+@pytest.mark.parametrize("comes_back", [True, False])
+def test_lost_tracking_server_mid_study_buffers_retries_and_tells_the_user(tmp_path, comes_back):
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        config, file = load_study_config(_study(tmp_path, server.url))
+        runner = StudyRunner(config, file)
+        events = {"stopped": False, "restarted": False}
+
+        def outage(progress) -> None:
+            if progress.current_trial == 1 and not events["stopped"]:
+                events["stopped"] = True
+                server.stop()
+            if comes_back and progress.current_trial == 3 and not events["restarted"]:
+                events["restarted"] = True
+                server.start()
+
+        runner.progress.listeners.append(outage)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            study = runner.run()
+        messages = " ".join(str(w.message) for w in caught)
+        assert "unreachable" in messages  # the user is told
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4  # trials went on
+
+        if comes_back:
+            client = MlflowClient(server.url)
+            runs = client.search_runs([client.get_experiment_by_name("s").experiment_id])
+            by_trial = {int(r.data.tags["hpo2.trial_number"]): r for r in runs if "hpo2.trial_number" in r.data.tags}
+            assert sorted(by_trial) == [0, 1, 2, 3]
+            assert all(r.info.status == "FINISHED" for r in by_trial.values())
+            during = by_trial[1]  # ran while the server was down: sent on retry
+            assert len(client.get_metric_history(during.info.run_id, "valid_metric")) == 2
+            assert not (tmp_path / "mlflow-unsent").exists()
+        else:
+            spooled = sorted((tmp_path / "mlflow-unsent").glob("*.json"))
+            assert len(spooled) >= 3  # trials 1-3 and the study's parent run, nothing lost
+            assert "unsent" not in messages or "saved in" in messages
+            assert "saved in" in messages
+    finally:
+        server.stop()
