@@ -45,20 +45,30 @@ from hpo2.train import Evaluation, TrainResult, resolve_device, run_training
 DIRECTIONS = {"valid_loss": "minimize", "train_loss": "minimize", "wall_seconds": "minimize", "grad_equivalents": "minimize"}
 
 
-def open_storage(url: str, config: StudyConfig) -> optuna.storages.BaseStorage | str:
-    """An Optuna storage for ``url``; RDB URLs get heartbeats and stale-trial retry.
-    ``journal:PATH`` opens a journal file (several processes on one machine)."""
+def open_storage(
+    url: str, config: StudyConfig, on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
+) -> optuna.storages.BaseStorage | str:
+    """An Optuna storage for ``url``; RDB URLs get heartbeats and stale-trial retry
+    (``on_stale`` runs too, for each trial whose worker stopped beating).
+    ``journal:PATH`` opens a journal file (several processes on one machine, no heartbeat)."""
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
         if "://" in url and not url.startswith(("redis", "grpc")):
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry)
+
+            def stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                retry(study, trial)
+                if on_stale is not None:
+                    on_stale(study, trial)
+
             return RDBStorage(
                 url,
                 heartbeat_interval=config.heartbeat_interval,
                 grace_period=2 * config.heartbeat_interval,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry),
+                heartbeat_stale_trial_callback=stale,
             )
         return url
     except Exception as exc:  # any driver error: the user's URL is wrong or unreachable
@@ -127,7 +137,7 @@ class StudyRunner:
         self.directions = objective_directions(config, probe.higher_is_better)
         self.study = optuna.create_study(
             study_name=config.name,
-            storage=open_storage(self.storage_url, config),
+            storage=open_storage(self.storage_url, config, self._close_lost_trial_run),
             sampler=build_sampler(config, self.space),
             pruner=build_pruner(config),
             directions=self.directions,
@@ -140,6 +150,16 @@ class StudyRunner:
             self.tracking_uri, self.experiment, config.name,
             {"hpo2.task": config.task.name, "hpo2.sampler": config.sampler.name}, artifacts,
         )  # fmt: skip
+
+    def _close_lost_trial_run(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """A worker died mid-trial: its MLflow run must not stay RUNNING forever."""
+        run_id = trial.user_attrs.get("hpo2.mlflow_run_id")
+        if run_id is None:
+            return
+        run = TrackedRun(self.parent.client, run_id, name=f"trial-{trial.number}")
+        run.set_tags({"hpo2.status": "failed", "hpo2.reason": "worker lost: no heartbeat; the trial is retried"})
+        if not run.end("KILLED"):
+            self.offline_runs.append(run)
 
     def start(self) -> None:
         """Log the study's params and file to its parent run; enqueue the paper defaults."""
