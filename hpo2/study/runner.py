@@ -72,7 +72,11 @@ def open_storage(
             )
         return url
     except Exception as exc:  # any driver error: the user's URL is wrong or unreachable
-        raise SettingsError(f"storage: cannot open {url!r}: {type(exc).__name__}: {exc}") from None
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise SettingsError(
+            f"storage: cannot open {url!r} ({type(exc).__name__}: {first_line}). Check the URL, that the database "
+            "server runs and the database exists, or leave storage unset for a sqlite file beside the study"
+        ) from None
 
 
 def objective_directions(config: StudyConfig, higher_is_better: bool) -> list[str]:
