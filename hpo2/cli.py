@@ -228,13 +228,19 @@ def _print_status(study, config) -> None:  # type: ignore[no-untyped-def]
         console.print(f"{label}: " + "; ".join(f"trial {t.number} {t.params.get('optimizer')} = {t.values}" for t in best), highlight=False)
 
 
+STORAGE_OPTION = typer.Option(None, "--storage", help="the study's Optuna storage URL, if not the study file's")
+
+
 @study_app.command("status")
-def study_status(name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file")) -> None:
+def study_status(
+    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    storage: str | None = STORAGE_OPTION,
+) -> None:
     """Trials by state, and the best value and settings per optimizer."""
     from hpo2.optim.settings import SettingsError
     from hpo2.study.results import load_study
 
-    config, path = _load_study_file(name_or_file)
+    config, path = _load_study_file(name_or_file, {"storage": storage})
     try:
         study = load_study(config, path)
     except SettingsError as exc:
@@ -246,6 +252,7 @@ def study_status(name_or_file: str = typer.Argument(..., help="study name (found
 def study_best(
     name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
     export: Path | None = typer.Option(None, "--export", help="write the best trial as a `hpo2 train --config` file"),
+    storage: str | None = STORAGE_OPTION,
 ) -> None:
     """The best trial, optionally exported as a config for `hpo2 train` and `from_config`."""
     import yaml
@@ -253,7 +260,7 @@ def study_best(
     from hpo2.optim.settings import SettingsError
     from hpo2.study.results import best_trials, export_config, load_study, write_export
 
-    config, path = _load_study_file(name_or_file)
+    config, path = _load_study_file(name_or_file, {"storage": storage})
     try:
         study = load_study(config, path)
     except SettingsError as exc:
@@ -273,6 +280,8 @@ def study_report(
     name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
     out: Path = typer.Option(Path("report.html"), "--out", help="where to write the self-contained HTML report"),
     png: bool = typer.Option(True, help="also render PNGs into MLflow (needs chromium)"),
+    storage: str | None = STORAGE_OPTION,
+    tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
 ) -> None:
     """Render the study's plots into its MLflow run and write one offline HTML report."""
     from mlflow.tracking import MlflowClient
@@ -283,7 +292,7 @@ def study_report(
     from hpo2.study.results import load_study
     from hpo2.tracking import find_study_run
 
-    config, path = _load_study_file(name_or_file)
+    config, path = _load_study_file(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
     try:
         study = load_study(config, path)
     except SettingsError as exc:

@@ -5,10 +5,10 @@ Optuna's ``n_trials`` counts per process, so N workers each told "24" run up to
 worker admits a new trial only inside a lock that all workers share -- a
 PostgreSQL advisory lock for PostgreSQL storage, an ``fcntl`` lock on a file
 beside a sqlite database or journal file -- and releases it as soon as the trial
-exists in storage.  Counted are the running and finished trials, not the failed
-ones (a failed trial's retry, a new waiting trial from the heartbeat callback,
-takes its place) nor the waiting ones (enqueued defaults and retries run first,
-inside the budget).
+exists in storage.  Counted are the running and finished trials, failed ones
+included, except a failed trial that is being retried (its retry, a new trial
+from the heartbeat callback, takes its place); waiting trials (enqueued
+defaults and retries) run first, inside the budget.
 """
 
 from __future__ import annotations
@@ -25,16 +25,27 @@ from optuna.trial import TrialState
 from sqlalchemy import text
 
 
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock on ``path`` held for the block (processes on one machine)."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _lock_file_for(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):] + ".lock")
+        return Path(url[len("sqlite:///"):] + ".hpo2-budget.lock")
     if url.startswith("journal:"):
-        return Path(url[len("journal:"):] + ".lock")
+        return Path(url[len("journal:"):] + ".hpo2-budget.lock")
     return None
 
 
 class TrialBudget:
-    """Admit trials while fewer than ``limit`` trials are running, complete or pruned."""
+    """Admit trials while fewer than ``limit`` trials count (see the module docstring)."""
 
     def __init__(self, study: optuna.Study, storage_url: str, limit: int | None) -> None:
         self.study = study
@@ -45,7 +56,11 @@ class TrialBudget:
         self._release: list = []
 
     def counted(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)))
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+        return sum(
+            t.state != TrialState.WAITING and not (t.state == TrialState.FAIL and t.number in retried) for t in trials
+        )
 
     @contextmanager
     def _storage_lock(self) -> Iterator[None]:
@@ -63,12 +78,8 @@ class TrialBudget:
         if lock_file is None:
             yield
             return
-        with open(lock_file, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(lock_file):
+            yield
 
     def admit(self) -> bool:
         """Take the shared lock; True (lock held until :meth:`release`) if another trial

@@ -17,9 +17,12 @@ trial whose worker was killed is marked failed and retried by the next run
 
 from __future__ import annotations
 
+import hashlib
 import math
+import tempfile
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +37,7 @@ from optuna.trial import TrialState
 
 from hpo2.diagnostics import curvature_summary
 from hpo2.optim.settings import SettingsError
-from hpo2.study.budget import TrialBudget
+from hpo2.study.budget import TrialBudget, file_lock
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.samplers import build_pruner, build_sampler
 from hpo2.study.space import SearchSpace
@@ -77,6 +80,12 @@ def open_storage(
             f"storage: cannot open {url!r} ({type(exc).__name__}: {first_line}). Check the URL, that the database "
             "server runs and the database exists, or leave storage unset for a sqlite file beside the study"
         ) from None
+
+
+def init_lock_path(study_file: Path, name: str) -> Path:
+    """A lock file in the temp folder, one per study file and name (the study's own folder stays clean)."""
+    digest = hashlib.sha256(f"{study_file.resolve()}:{name}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"hpo2-init-{digest}.lock"
 
 
 def objective_directions(config: StudyConfig, higher_is_better: bool) -> list[str]:
@@ -139,21 +148,24 @@ class StudyRunner:
         self.offline_runs: list[TrackedRun] = []  # runs the tracking server has not received yet
         probe = build_task(config.task.name, config.task.settings)
         self.directions = objective_directions(config, probe.higher_is_better)
-        self.study = optuna.create_study(
-            study_name=config.name,
-            storage=open_storage(self.storage_url, config, self._close_lost_trial_run),
-            sampler=build_sampler(config, self.space),
-            pruner=build_pruner(config),
-            directions=self.directions,
-            load_if_exists=True,
-        )
-        self.progress.study = self.study
-        # Artifacts beside the study for a local store; a tracking server decides its own.
-        artifacts = str(study_file.parent / "mlartifacts") if self.tracking_uri.startswith("sqlite") else None
-        self.parent = study_parent_run(
-            self.tracking_uri, self.experiment, config.name,
-            {"hpo2.task": config.task.name, "hpo2.sampler": config.sampler.name}, artifacts,
-        )  # fmt: skip
+        # Workers starting together on one machine would race to create the sqlite
+        # tables of Optuna and MLflow: the first one creates them, the others wait.
+        with file_lock(init_lock_path(study_file, config.name)):
+            self.study = optuna.create_study(
+                study_name=config.name,
+                storage=open_storage(self.storage_url, config, self._close_lost_trial_run),
+                sampler=build_sampler(config, self.space),
+                pruner=build_pruner(config),
+                directions=self.directions,
+                load_if_exists=True,
+            )
+            self.progress.study = self.study
+            # Artifacts beside the study for a local store; a tracking server decides its own.
+            artifacts = str(study_file.parent / "mlartifacts") if self.tracking_uri.startswith("sqlite") else None
+            self.parent = study_parent_run(
+                self.tracking_uri, self.experiment, config.name,
+                {"hpo2.task": config.task.name, "hpo2.sampler": config.sampler.name}, artifacts,
+            )  # fmt: skip
 
     def _close_lost_trial_run(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """A worker died mid-trial: its MLflow run must not stay RUNNING forever."""
@@ -250,6 +262,9 @@ class StudyRunner:
             trial.set_user_attr("hpo2.status", "failed")
             trial.set_user_attr("hpo2.reason", f"{type(exc).__name__}: {exc}"[:2000])
             tracker.end("FAILED", reason=f"{type(exc).__name__}: {exc}", status_tag="failed")
+            # Whoever keeps the exception (Optuna's log, a log handler) must not keep the
+            # failed trial's model and tensors alive: drop the finished frames' locals.
+            traceback.clear_frames(exc.__traceback__)
             raise
         finally:
             if torch.cuda.is_available():

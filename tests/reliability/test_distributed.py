@@ -44,3 +44,21 @@ def test_four_workers_share_one_study_through_postgresql(tmp_path: Path, postgre
     best_mlflow = max(trial_runs.values(), key=lambda r: r.data.metrics["valid_metric"])
     assert best_mlflow.data.metrics["valid_metric"] == study.best_value
     assert study.trials[int(best_mlflow.data.tags["hpo2.trial_number"])].value == study.best_value
+
+
+def test_journal_file_storage_shares_a_study_between_processes_on_one_machine(tmp_path: Path):
+    study_file = tmp_path / "j.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "name": "j", "task": "logreg_breast_cancer", "budget": {"epochs": 1}, "optimizers": ["sgd", "adam"],
+        "n_trials": 8, "report": False, "curvature_diagnostics": False, "storage": f"journal:{tmp_path / 'j.journal'}",
+    }))  # fmt: skip
+    workers = [subprocess.Popen([sys.executable, "-m", "hpo2.cli", "worker", str(study_file), "--device", "cpu"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0].decode() for w in workers]
+    assert all(w.returncode == 0 for w in workers), "\n".join(outputs)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="j", storage=JournalStorage(JournalFileBackend(str(tmp_path / "j.journal"))))
+    assert sorted(t.number for t in study.trials) == list(range(8))
+    assert all(t.state.is_finished() for t in study.trials)
