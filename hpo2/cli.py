@@ -231,20 +231,25 @@ def _print_status(study, config) -> None:  # type: ignore[no-untyped-def]
 STORAGE_OPTION = typer.Option(None, "--storage", help="the study's Optuna storage URL, if not the study file's")
 
 
+def _existing_study(name_or_file: str, overrides: dict):  # type: ignore[no-untyped-def]
+    """The study file's config, its path and the study already in storage (or exit 2)."""
+    from hpo2.optim.settings import SettingsError
+    from hpo2.study.results import load_study
+
+    config, path = _load_study_file(name_or_file, overrides)
+    try:
+        return config, path, load_study(config, path)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
 @study_app.command("status")
 def study_status(
     name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
     storage: str | None = STORAGE_OPTION,
 ) -> None:
     """Trials by state, and the best value and settings per optimizer."""
-    from hpo2.optim.settings import SettingsError
-    from hpo2.study.results import load_study
-
-    config, path = _load_study_file(name_or_file, {"storage": storage})
-    try:
-        study = load_study(config, path)
-    except SettingsError as exc:
-        raise fail(str(exc)) from None
+    config, _, study = _existing_study(name_or_file, {"storage": storage})
     _print_status(study, config)
 
 
@@ -257,14 +262,9 @@ def study_best(
     """The best trial, optionally exported as a config for `hpo2 train` and `from_config`."""
     import yaml
 
-    from hpo2.optim.settings import SettingsError
-    from hpo2.study.results import best_trials, export_config, load_study, write_export
+    from hpo2.study.results import best_trials, export_config, write_export
 
-    config, path = _load_study_file(name_or_file, {"storage": storage})
-    try:
-        study = load_study(config, path)
-    except SettingsError as exc:
-        raise fail(str(exc)) from None
+    config, _, study = _existing_study(name_or_file, {"storage": storage})
     best = best_trials(study)
     if not best:
         raise fail(f"study {config.name!r} has no complete trial yet")
@@ -286,17 +286,11 @@ def study_report(
     """Render the study's plots into its MLflow run and write one offline HTML report."""
     from mlflow.tracking import MlflowClient
 
-    from hpo2.optim.settings import SettingsError
     from hpo2.report import render_study_report
     from hpo2.study.config import default_tracking_uri
-    from hpo2.study.results import load_study
     from hpo2.tracking import find_study_run
 
-    config, path = _load_study_file(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
-    try:
-        study = load_study(config, path)
-    except SettingsError as exc:
-        raise fail(str(exc)) from None
+    config, path, study = _existing_study(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
     uri = default_tracking_uri(config, path)
     run_id = find_study_run(MlflowClient(uri), config.experiment or config.name, config.name)
     if run_id is None:
