@@ -35,7 +35,8 @@ def test_grad_equivalent_budget_counts_curvature_products():
 
 def test_seconds_budget_stops_on_time():
     result = run_training(build_task("digits_mlp"), ADAM, Budget(seconds=0.3, epochs=10_000), device="cpu")
-    assert 0.3 <= result.wall_seconds < 3.0 and result.status == "completed"
+    # The seconds limit, not the 10,000 epochs (180,000 steps), ended the run.
+    assert result.status == "completed" and result.wall_seconds >= 0.3 and result.steps < 180_000
 
 
 def test_divergence_is_reported_not_raised():
