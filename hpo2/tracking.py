@@ -96,6 +96,7 @@ class TrackedRun:
         self._pending: list[Future[None]] = []
         self.offline_error: str | None = None
         self._told = False
+        self._ended = False
 
     @classmethod
     def create(
@@ -206,18 +207,16 @@ class TrackedRun:
     def end(self, status: str = "FINISHED") -> bool:
         """Queue the run's end (FINISHED, FAILED or KILLED) and wait; True if all was sent."""
         self._ops.append(("end", RunStatus.to_string(RunStatus.from_string(status))))
+        self._ended = True
         return self.retry()
 
     def retry(self) -> bool:
         """Try the unsent operations again; True once everything is sent."""
         self.flush()
         self.wait()
-        if self.sent and self._ops == [] and self._closed():
-            self._writer.shutdown(wait=False)
+        if self.sent and self._ended:
+            self._writer.shutdown(wait=False)  # nothing more will be queued
         return self.sent
-
-    def _closed(self) -> bool:
-        return not self._pending
 
     def spool(self, folder: Path) -> Path:
         """Write the still-unsent operations to ``folder/<name>.json`` (nothing is lost)."""

@@ -175,3 +175,17 @@ def test_bad_input_gets_clear_value_errors():
         from hpo2.curvature import mse_output_hessian
 
         mse_output_hessian(torch.zeros(2), reduction="max")
+
+
+def test_damped_operator_is_h_plus_lambda_identity_and_counts_base_products(seed):
+    from hpo2.curvature import DampedOperator
+
+    model = make_mlp(seed)
+    x, y = _batch(model, seed, torch.device("cpu"))
+    loss_fn = nn.CrossEntropyLoss()
+    h = dense_hessian(model, loss_fn, x, y)
+    base = HessianOperator(loss_fn(model(x), y), model.parameters())
+    damped = DampedOperator(base, 0.3)
+    v = torch.randn(base.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(damped.mv(v), (h + 0.3 * torch.eye(base.dim, dtype=torch.float64)) @ v, rtol=1e-9, atol=1e-11)
+    assert base.n_products == 1

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner

@@ -38,6 +38,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from hpo2.curvature import DampedOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure, require_batch_closure
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
@@ -117,7 +118,7 @@ class HessianFree(CurvatureOptimizer):
         previous = state.get("cg_solution")
         x_start = group["cg_decay"] * previous if previous is not None else None
         result = cg(
-            lambda v: operator.mv(v) + damping * v,
+            DampedOperator(operator, damping).mv,
             -g,
             x_start,
             max_iter=group["cg_max_iter"],

@@ -32,6 +32,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from hpo2.curvature import DampedOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
 from hpo2.solvers import armijo_backtracking, cg, strong_wolfe
@@ -78,11 +79,7 @@ class NewtonCG(CurvatureOptimizer):
             self._finish_diagnostics(operator)
             return torch.tensor(loss)
 
-        damping = group["damping"]
-
-        def damped(v: Tensor) -> Tensor:
-            return operator.mv(v) + damping * v
-
+        damped = DampedOperator(operator, group["damping"]).mv
         forcing = min(group["cg_tol"], math.sqrt(g_norm))
         x0 = self._flat_params()
         if group["globalization"] == "trust_region":

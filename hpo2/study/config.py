@@ -25,10 +25,6 @@ from hpo2.optim.settings import Choice, FloatRange, IntRange, SettingsError
 from hpo2.tasks import parse_task_settings
 from hpo2.train import Budget, ConfigSection
 
-SAMPLERS = ("tpe", "gp", "botorch", "cmaes", "random", "qmc")
-PRUNERS = ("median", "hyperband", "successive_halving", "none")
-OBJECTIVE_METRICS = ("valid_metric", "valid_loss", "train_loss", "wall_seconds", "grad_equivalents")
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -9,7 +9,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
