@@ -323,3 +323,17 @@ def test_adahessian_averages_conv_kernel_diagonals_spatially():
     torch.testing.assert_close(avg[1, 2], d[1, 2].abs().mean().expand(3, 3))
     flat = torch.randn(5, dtype=torch.float64)
     assert torch.equal(spatial_average(flat), flat)
+
+
+@pytest.mark.parametrize("name", ["hessian_free", "newton_cg"])
+def test_second_order_steps_stay_finite_after_convergence_in_float32(name):
+    """Regression: Hessian-free on logistic regression converged in ~35 steps, then its
+    float32 CG underflowed to NaN and a rejected step wrote NaN into the weights."""
+    from hpo2.tasks import build_task
+    from hpo2.train import Budget, run_training
+
+    task = build_task("logreg_breast_cancer")
+    result = run_training(task, {"name": name, "settings": {}}, Budget(steps=80), device="cpu")
+    assert result.status == "completed", result.reason
+    assert all(torch.isfinite(p).all() for p in task.model.parameters())
+    assert result.final.valid_metric >= task.target

@@ -155,3 +155,30 @@ def test_line_searches_reject_ascent_directions():
         armijo_backtracking(lambda t: t, 0.0, 1.0)
     with pytest.raises(ValueError, match="not a descent direction"):
         strong_wolfe(lambda t: (t, 1.0), 0.0, 1.0)
+
+
+def test_float32_cg_with_zero_tol_stops_at_round_off_instead_of_underflowing():
+    """With tol=0 and a preconditioner (Hessian-free's setting) on a float32 system with a tiny right-hand
+    side (a converged model's gradient), the residual used to underflow, p.Ap became
+    denormal and the iterate turned NaN; CG must stop at the machine-epsilon floor."""
+    a = _spd(30, 1e2, 0).float()
+    b = 1e-6 * _rhs(30, 0).float()
+    res = cg(lambda v: a @ v, b, max_iter=250, tol=0.0, preconditioner=torch.logspace(0, 2, 30))
+    assert torch.isfinite(res.x).all()
+    assert res.stop_reason == "residual_tol"
+    assert res.n_iter < 250
+    torch.testing.assert_close(res.x.double(), torch.linalg.solve(a.double(), b.double()), rtol=1e-3, atol=1e-9)
+
+
+def test_cg_returns_last_finite_iterate_on_breakdown():
+    a, b = _spd(10, 10, 1), _rhs(10, 1)
+    calls = []
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return a @ v if len(calls) <= 3 else torch.full_like(v, math.nan)
+
+    res = cg(matvec, b, max_iter=50, tol=0.0)
+    assert res.stop_reason == "breakdown"
+    assert res.n_iter == 3 and torch.isfinite(res.x).all()
+    assert res.quad_value < 0

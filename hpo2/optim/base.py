@@ -148,6 +148,11 @@ class CurvatureOptimizer(Optimizer):
                 p.copy_(flat[offset : offset + n].view_as(p))
                 offset += n
 
+    def _move_to(self, x0: Tensor, t: float, direction: Tensor) -> None:
+        """Set the parameters to :math:`x_0 + t d`; ``t == 0`` restores :math:`x_0`
+        exactly, even where ``direction`` is not finite (a rejected step)."""
+        self._set_flat_params(x0 if t == 0.0 else x0 + t * direction)
+
     @staticmethod
     def _flatten(tensors: Iterable[Tensor]) -> Tensor:
         return torch.cat([t.reshape(-1) for t in tensors])

@@ -162,7 +162,7 @@ class HessianFree(CurvatureOptimizer):
                 accepted_t, n_ls = ls.step, ls.n_evals
         else:
             n_ls = 0
-        self._set_flat_params(x0 + accepted_t * step_p)
+        self._move_to(x0, accepted_t, step_p)
         if accepted_t == 0.0:
             state["cg_solution"] = None  # a rejected step must not warm-start the next solve
             self.diagnostics["status"] = "rejected"
@@ -173,7 +173,7 @@ class HessianFree(CurvatureOptimizer):
             damping_next=damping,
             step_size=accepted_t,
             ls_evals=n_ls,
-            step_norm=accepted_t * float(step_p.norm()),
+            step_norm=accepted_t * float(step_p.norm()) if accepted_t else 0.0,
         )
         self._finish_diagnostics(operator)
         return torch.tensor(loss)

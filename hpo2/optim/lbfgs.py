@@ -165,7 +165,7 @@ class LBFGS(CurvatureOptimizer):
                     phi, loss, slope, step0=t, c1=group["ls_c1"], c2=group["ls_c2"], max_evals=max(1, max_eval - evals)
                 )
                 ls_evals = ls.n_evals
-                self._set_flat_params(x0 + ls.step * d)
+                self._move_to(x0, ls.step, d)
                 if ls.step in evaluated:
                     loss, g = evaluated[ls.step]
                 t = ls.step

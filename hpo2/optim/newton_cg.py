@@ -132,7 +132,7 @@ class NewtonCG(CurvatureOptimizer):
                 return value, float(torch.dot(grad, d))
 
             ls = strong_wolfe(phi_wolfe, loss, slope, step0=group["lr"], max_evals=group["max_ls_evals"])
-        self._set_flat_params(x0 + ls.step * d)
+        self._move_to(x0, ls.step, d)
         if ls.step == 0.0:
             self.diagnostics["status"] = "rejected"
         self.diagnostics.update(step_size=ls.step, ls_evals=ls.n_evals, step_norm=ls.step * float(d.norm()))

@@ -4,7 +4,10 @@ One loop serves truncated Newton, Hessian-free and trust-region methods:
 
 * **Preconditioning** by a diagonal :math:`M \approx A` (Hestenes & Stiefel 1952;
   Nocedal & Wright, Alg. 5.3): :math:`y = M^{-1} r`.
-* **Stopping** on the relative residual :math:`\|r\| \le \text{tol}\,\|b\|`, on
+* **Stopping** on the relative residual :math:`\|r\| \le \max(\text{tol},
+  \varepsilon)\,\|b\|` (:math:`\varepsilon` the dtype's machine epsilon: below
+  it the recurrence only propagates round-off, and in float32 the residual then
+  underflows and breaks the recurrence), on
   ``max_iter``, or by **Martens' relative-progress rule** (Martens 2010, sec. 4.4):
   with the quadratic :math:`\phi(x) = \tfrac12 x^\top A x - b^\top x`, stop at
   iteration :math:`i` when :math:`i > k`, :math:`\phi(x_i) < 0` and
@@ -20,6 +23,9 @@ One loop serves truncated Newton, Hessian-free and trust-region methods:
   ``radius`` :math:`\Delta`, CG starts at 0 and, on negative curvature or when an
   iterate would leave :math:`\|x\| \le \Delta`, returns the point on the boundary
   along the current direction.
+* **Breakdown**: a non-finite curvature or iterate, or a direction that underflowed
+  to zero, stops CG with the last finite iterate (``"breakdown"``) instead of
+  returning NaN.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ STOP_REASONS = (
     "max_iter",
     "negative_curvature",
     "trust_region_boundary",
+    "breakdown",
 )
 
 
@@ -111,7 +118,8 @@ def cg(
         b: right-hand side (for a Newton step, the negative gradient).
         x0: start (warm start); zeros when ``None``.
         max_iter: most CG iterations.
-        tol: stop when :math:`\\|r\\| \\le` ``tol`` :math:`\\|b\\|`.
+        tol: stop when :math:`\\|r\\| \\le` ``max(tol, eps)`` :math:`\\|b\\|` (eps: the
+            machine epsilon of ``b``'s dtype).
         preconditioner: the diagonal of :math:`M \\approx A` (positive entries).
         martens_eps: enables Martens' relative-progress rule with this
             :math:`\\epsilon` (5e-4 in the paper); ``None`` disables it.
@@ -141,7 +149,7 @@ def cg(
         x = x0.clone()
         r = b - matvec(x)
         n_products += 1
-    b_norm = float(b.norm())
+    stop_residual = max(tol, torch.finfo(b.dtype).eps) * float(b.norm())
     y = r / preconditioner if preconditioner is not None else r
     p = y.clone()
     rho = torch.dot(r, y)
@@ -164,18 +172,23 @@ def cg(
         )
 
     for i in range(1, max_iter + 1):
-        if float(r.norm()) <= tol * b_norm:
+        if float(r.norm()) <= stop_residual:
             return result(x, i - 1, "residual_tol")
         ap = matvec(p)
         n_products += 1
-        pap = torch.dot(p, ap)
+        pap, pp = float(torch.dot(p, ap)), float(torch.dot(p, p))
+        if not (math.isfinite(pap) and math.isfinite(pp)) or pp == 0.0:
+            return result(x, i - 1, "breakdown")
         if pap <= 0:
-            curvature = float(pap / torch.dot(p, p))
+            curvature = pap / pp
             x_final = _to_boundary(x, p, radius) if radius is not None else x
             return result(x_final, i - 1, "negative_curvature", negative_curvature=p, curvature=curvature)
         alpha = rho / pap
         x_next = x + alpha * p
-        if radius is not None and float(x_next.norm()) >= radius:
+        x_next_norm = float(x_next.norm())
+        if not math.isfinite(x_next_norm):
+            return result(x, i - 1, "breakdown")
+        if radius is not None and x_next_norm >= radius:
             return result(_to_boundary(x, p, radius), i, "trust_region_boundary")
         x = x_next
         r = r - alpha * ap
@@ -191,7 +204,7 @@ def cg(
         rho_next = torch.dot(r, y)
         p = y + (rho_next / rho) * p
         rho = rho_next
-    if float(r.norm()) <= tol * b_norm:
+    if float(r.norm()) <= stop_residual:
         return result(x, max_iter, "residual_tol")
     return result(x, max_iter, "max_iter")
 

@@ -25,6 +25,8 @@ per pixel-sum scale on the original data).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from pydantic import Field
@@ -88,7 +90,17 @@ def quadratic_deep(settings: TaskSettings) -> Task:
 
 def curves_images(n: int, seed: int, size: int = 28, points_per_curve: int = 64, width: float = 0.7) -> Tensor:
     """``n`` images (n, size*size) in [0, 1]: the quadratic through three uniform
-    random points (at t = 0, 1/2, 1), drawn with a Gaussian pen of ``width`` pixels."""
+    random points (at t = 0, 1/2, 1), drawn with a Gaussian pen of ``width`` pixels.
+
+    Drawing costs about 1 ms an image, and a study builds the task for every trial,
+    so the last three image sets (train, validation, test) are cached; each call
+    returns its own copy.
+    """
+    return _draw_curves(n, seed, size, points_per_curve, width).clone()
+
+
+@functools.lru_cache(maxsize=3)
+def _draw_curves(n: int, seed: int, size: int, points_per_curve: int, width: float) -> Tensor:
     rng = np.random.RandomState(seed)
     anchors = rng.uniform(2.0, size - 3.0, size=(n, 3, 2))
     t = np.linspace(0.0, 1.0, points_per_curve)
