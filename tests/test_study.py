@@ -255,3 +255,21 @@ def test_every_shipped_study_file_is_valid():
     from hpo2.tasks import TASKS
 
     assert names == set(TASKS)  # a ready-to-run study for every task
+
+
+def test_pruner_reports_follow_a_geometric_schedule_while_mlflow_gets_every_epoch(tmp_path):
+    """A one-step epoch (full-batch logistic regression) under a long budget must not
+    make a storage round trip per epoch: the pruner sees the checkpoints only."""
+    from hpo2.study.runner import on_checkpoint
+
+    assert [i for i in range(40) if on_checkpoint(i)] == [*range(11), 13, 17, 22, 28, 35]
+    path = write_study(tmp_path, budget={"epochs": 300}, optimizers=["sgd"], n_trials=2, enqueue_defaults=False,
+                       curvature_diagnostics=False, pruner={"name": "median", "n_startup_trials": 1})
+    config, file = load_study_config(path)
+    study = StudyRunner(config, file).run()
+    trial = study.trials[0]
+    assert sorted(trial.intermediate_values) == [i for i in range(300) if on_checkpoint(i)]
+    assert len(trial.intermediate_values) < 30
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = trial.user_attrs["hpo2.mlflow_run_id"]
+    assert len(client.get_metric_history(run_id, "valid_metric")) == 300
