@@ -325,15 +325,21 @@ def test_adahessian_averages_conv_kernel_diagonals_spatially():
     assert torch.equal(spatial_average(flat), flat)
 
 
-@pytest.mark.parametrize("name", ["hessian_free", "newton_cg"])
-def test_second_order_steps_stay_finite_after_convergence_in_float32(name):
-    """Regression: Hessian-free on logistic regression converged in ~35 steps, then its
-    float32 CG underflowed to NaN and a rejected step wrote NaN into the weights."""
+@pytest.mark.parametrize(
+    ("config", "steps"),
+    [({"name": "hessian_free"}, 80), ({"name": "newton_cg"}, 80),
+     ({"name": "newton_cg", "settings": {"globalization": "trust_region", "tr_radius": 0.01}}, 1500)],
+    ids=["hessian_free", "newton_cg", "newton_cg-trust_region"],
+)
+def test_second_order_steps_stay_finite_after_convergence_in_float32(config, steps):
+    """Regressions: Hessian-free on logistic regression converged in ~35 steps, then its
+    float32 CG underflowed to NaN and a rejected step wrote NaN into the weights;
+    Newton-CG's trust region kept shrinking on round-off ratios until the radius was 0."""
     from hpo2.tasks import build_task
     from hpo2.train import Budget, run_training
 
     task = build_task("logreg_breast_cancer")
-    result = run_training(task, {"name": name, "settings": {}}, Budget(steps=80), device="cpu")
+    result = run_training(task, config, Budget(steps=steps), device="cpu")
     assert result.status == "completed", result.reason
     assert all(torch.isfinite(p).all() for p in task.model.parameters())
     assert result.final.valid_metric >= task.target

@@ -150,7 +150,10 @@ class NewtonCG(CurvatureOptimizer):
         rho = (loss - new_loss) / predicted if predicted > 0 and math.isfinite(new_loss) else -math.inf
         s_norm = float(s.norm())
         if rho < 0.25:
-            radius = 0.25 * (s_norm if s_norm > 0 else radius)
+            # Below eps * ||x|| a step is round-off: at a converged point rho is noise,
+            # and shrinking on would underflow the radius to zero.
+            floor = torch.finfo(g.dtype).eps * max(1.0, float(x0.norm()))
+            radius = max(0.25 * (s_norm if s_norm > 0 else radius), floor)
         elif rho > 0.75 and s_norm >= 0.99 * radius:
             radius = min(2.0 * radius, group["tr_max_radius"])
         state["radius"] = radius

@@ -104,35 +104,39 @@ class PerOptimizerSampler(BaseSampler):
         self._proposals.pop(trial.number, None)
 
 
-def _model_factory(config: SamplerConfig) -> Callable[[int], BaseSampler]:
-    """A seeded constructor of the fixed-space sampler that :class:`PerOptimizerSampler` wraps."""
+def plain_sampler(config: SamplerConfig, seed: int) -> BaseSampler:
+    """The sampler ``config`` names, seeded, as hpo2 configures it for a fixed
+    search space (TPE multivariate with ``group`` and constant liar; model samplers
+    with ``n_startup_trials`` random trials first, 5 unless set)."""
     startup = config.n_startup_trials
     name = config.name
+    if name == "tpe":
+        kwargs: dict[str, Any] = {"seed": seed, "multivariate": True, "group": True, "constant_liar": True}
+        if startup is not None:
+            kwargs["n_startup_trials"] = startup
+        return optuna.samplers.TPESampler(**kwargs)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
-        return lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup if startup is not None else 5,
-                                                      warn_independent_sampling=False)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup if startup is not None else 5,
+                                         warn_independent_sampling=False)
     if name == "botorch":
         from optuna_integration import BoTorchSampler
 
-        return lambda seed: BoTorchSampler(seed=seed, n_startup_trials=startup if startup is not None else 5)
-    return lambda seed: optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup if startup is not None else 1,
-                                                     warn_independent_sampling=False)
+        return BoTorchSampler(seed=seed, n_startup_trials=startup if startup is not None else 5)
+    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup if startup is not None else 1,
+                                        warn_independent_sampling=False)
 
 
 def build_sampler(config: StudyConfig, space: SearchSpace) -> BaseSampler:
     """The study's sampler (see the module docstring)."""
     sampler = config.sampler
     seed = sampler.seed if sampler.seed is not None else config.seed
-    if sampler.name == "tpe":
-        kwargs: dict[str, Any] = {"seed": seed, "multivariate": True, "group": True, "constant_liar": True}
-        if sampler.n_startup_trials is not None:
-            kwargs["n_startup_trials"] = sampler.n_startup_trials
-        return optuna.samplers.TPESampler(**kwargs)
-    if sampler.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if sampler.name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-    return PerOptimizerSampler(space, _model_factory(sampler), seed=seed)
+    if sampler.name in ("tpe", "random", "qmc"):
+        return plain_sampler(sampler, seed)
+    return PerOptimizerSampler(space, lambda s: plain_sampler(sampler, s), seed=seed)
 
 
 def build_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
