@@ -12,8 +12,11 @@ each ratio is the median of ratios of back-to-back runs of the path and of a
 gradient, so machine noise hits both alike;
 
 for hpo2's double-backward operator, forward-over-reverse (``torch.func``, with
-``linearize`` for the amortized case), and the reference
-``torch.autograd.functional.hvp`` (which rebuilds everything each call).
+``linearize`` for the amortized case), forward-over-reverse under
+``torch.compile`` (Inductor; double backward cannot be compiled: AOTAutograd
+has no double backward), and the reference ``torch.autograd.functional.hvp``
+(which rebuilds everything each call).  The unit stays the eager gradient; a
+compiled gradient is listed for comparison, and the one-off compile time too.
 
 Run: ``python benchmarks/hvp_cost.py [--device cuda] [--repeats 20] [--no-write]``
 """
@@ -21,8 +24,10 @@ Run: ``python benchmarks/hvp_cost.py [--device cuda] [--repeats 20] [--no-write]
 from __future__ import annotations
 
 import argparse
-import warnings
+import math
 import sys
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,11 +97,25 @@ def measure(name: str, build: Callable, device: torch.device, repeats: int) -> l
         for k in range(n):
             torch.autograd.functional.hvp(as_tuple_loss, tuple(detached.values()), tuple(vs[k]))
 
+    compiled_grad = torch.compile(torch.func.grad(pure))
+    compiled_hvp = torch.compile(lambda p, v: functional_hvp(pure, p, v))
+
+    def compiled_forward_over_reverse(n: int) -> None:
+        for k in range(n):
+            compiled_hvp(detached, v_named[k])
+
     t_grad = median_seconds(gradient, device, repeats)
     rows = [(name, "gradient (unit)", t_grad * 1e3, 1.0)]
+    start = time.perf_counter()
+    compiled_grad(detached)
+    compiled_forward_over_reverse(1)
+    rows.append((name, "torch.compile of gradient + product: one-off compile time", (time.perf_counter() - start) * 1e3, math.nan))
+    t_cgrad, ratio = paired_ratio(lambda: compiled_grad(detached), gradient, device, repeats)
+    rows.append((name, "gradient, torch.compile", t_cgrad * 1e3, ratio))
     paths: dict[str, Callable[[int], None]] = {
         "hpo2 double backward": double_backward,
         "hpo2 forward-over-reverse": forward_over_reverse,
+        "hpo2 forward-over-reverse, torch.compile": compiled_forward_over_reverse,
         "torch.autograd.functional.hvp (reference)": reference,
     }
     for label, fn in paths.items():
@@ -124,7 +143,7 @@ def main() -> None:
     rows = measure("MLP 784-512-512-10, batch 512", mlp, device, args.repeats)
     rows += measure("CNN 2c2d, batch 128", cnn, device, args.repeats)
     lines = ["| model | measurement | median ms | / gradient |", "| --- | --- | ---: | ---: |"]
-    lines += [f"| {m} | {what} | {ms:.2f} | {ratio:.2f} |" for m, what, ms, ratio in rows]
+    lines += [f"| {m} | {what} | {ms:.2f} | {'-' if math.isnan(ratio) else f'{ratio:.2f}'} |" for m, what, ms, ratio in rows]
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
