@@ -3,6 +3,7 @@ the machine's name, and appending a dated table to BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import platform
 import shlex
@@ -12,9 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import torch
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def synchronize(device: torch.device) -> None:
@@ -52,6 +55,19 @@ def paired_ratio(
         times.append(t_fn)
         ratios.append(t_fn / t_unit)
     return statistics.median(times), statistics.median(ratios)
+
+
+def study_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse ``--threads`` (torch CPU threads, 1 by default so two benchmarks can
+    share a 2-core machine; the machine line records it) and ``--no-write`` beside
+    the script's own arguments; set the threads, quiet Optuna, create results/."""
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    RESULTS.mkdir(exist_ok=True)
+    return args
 
 
 def machine(device: torch.device) -> str:

@@ -38,13 +38,12 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section  # noqa: E402
+from common import RESULTS, append_section, study_benchmark_arguments  # noqa: E402
 
 from hpo2.study.config import SamplerConfig, load_study_config  # noqa: E402
 from hpo2.study.runner import StudyRunner  # noqa: E402
 from hpo2.study.samplers import plain_sampler  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 HARTMANN_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
 HARTMANN_A = np.array([
@@ -161,12 +160,7 @@ def main() -> None:
     parser.add_argument("--part", nargs="+", default=["hartmann", "task"], choices=["hartmann", "task"])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=40, help="trials per study on the real task")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    RESULTS.mkdir(exist_ok=True)
+    args = study_benchmark_arguments(parser)
     for part in args.part:
         if part == "hartmann":
             md, raw = hartmann(args.seeds)

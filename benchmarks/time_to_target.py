@@ -40,12 +40,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section  # noqa: E402
+from common import RESULTS, append_section, study_benchmark_arguments  # noqa: E402
 
 from hpo2.study.config import load_study_config  # noqa: E402
 from hpo2.study.runner import StudyRunner  # noqa: E402
@@ -53,7 +52,6 @@ from hpo2.study.space import SearchSpace  # noqa: E402
 from hpo2.tasks import build_task  # noqa: E402
 from hpo2.train import Budget, evaluate, run_training  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 OPTIMIZERS = ["newton_cg", "hessian_free", "lbfgs", "adahessian", "sophia", "adam", "sgd"]
 
 
@@ -218,12 +216,7 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
     parser.add_argument("--trials", type=int, default=8, help="tuning trials per optimizer")
     parser.add_argument("--repeats", type=int, default=3, help="training seeds per configuration")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    RESULTS.mkdir(exist_ok=True)
+    args = study_benchmark_arguments(parser)
     for name in args.tasks:
         case = CASES[name]
         outcomes = run_case(case, args.optimizers, args.trials, args.repeats)
