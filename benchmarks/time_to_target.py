@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 import yaml
 
@@ -64,6 +65,7 @@ class Case:
     budget: dict[str, Any]
     eval_every_steps: int | None
     published: str = ""
+    fixed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 CASES = {
@@ -72,7 +74,10 @@ CASES = {
         "quadratic_deep", {}, {"epochs": 100}, None,
         "DeepOBS quadratic_deep (batch 128, 100 epochs, learning rate tuned on a grid, test loss): "
         "SGD 87.40, Momentum 87.05, Adam 87.11 (Schneider, Balles & Hennig 2019, table 2). "
-        "Same data, model, batch size and epochs here; DeepOBS tuned the learning rate only.",
+        "Same data, model, batch size and epochs here; DeepOBS tuned the learning rate only. "
+        "Sophia runs with its Hutchinson estimator (Sophia-H) here: the quadratic's loss is not a "
+        "likelihood, so the Gauss-Newton-Bartlett default has no labels to sample.",
+        fixed={"sophia": {"estimator": "hutchinson"}},
     ),
     "mnist1d_mlp": Case(
         "mnist1d_mlp", {}, {"seconds": 4}, 36,
@@ -120,7 +125,7 @@ def tune(case: Case, optimizer: str, n_trials: int, workdir: Path) -> tuple[dict
         "name": f"ttt-{case.task}-{optimizer}",
         "task": {"name": case.task, "settings": case.settings},
         "budget": case.budget,
-        "optimizers": [optimizer],
+        "optimizers": [{"name": optimizer, "fixed": case.fixed.get(optimizer, {})}],
         "sampler": {"name": "tpe", "seed": 0},
         "pruner": {"name": "median", "n_startup_trials": 3},
         "n_trials": n_trials,
@@ -131,13 +136,25 @@ def tune(case: Case, optimizer: str, n_trials: int, workdir: Path) -> tuple[dict
     config, path = load_study_config(study_file)
     start = time.perf_counter()
     study = StudyRunner(config, path).run()
-    return SearchSpace(config).optimizer_config(study.best_trial.params), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        return defaults(case, optimizer), seconds  # every trial failed or was pruned
+    return SearchSpace(config).optimizer_config(study.best_trial.params), seconds
+
+
+def defaults(case: Case, optimizer: str) -> dict[str, Any]:
+    """The paper defaults, with the settings this task must fix (see ``Case.fixed``)."""
+    return {"name": optimizer, "settings": dict(case.fixed.get(optimizer, {}))}
 
 
 def train_once(case: Case, optimizer_config: dict[str, Any], seed: int) -> Repeat:
     task = build_task(case.task, case.settings)
-    result = run_training(task, optimizer_config, Budget(**case.budget), seed=seed, device="cpu",
-                          eval_every_steps=case.eval_every_steps)
+    try:
+        result = run_training(task, optimizer_config, Budget(**case.budget), seed=seed, device="cpu",
+                              eval_every_steps=case.eval_every_steps)
+    except Exception as exc:  # a configuration that cannot run is a row, not the end of the benchmark
+        print(f"{case.task} {optimizer_config}: failed: {exc}", file=sys.stderr)
+        return Repeat(seed, f"failed: {type(exc).__name__}", None, None, math.nan, math.nan, None, 0, math.nan)
     final = result.final
     train_loss = evaluate(task, task.train.x, task.train.y)[0] if result.status != "diverged" else math.nan
     test_loss = evaluate(task, task.test.x, task.test.y)[0] if case.task == "quadratic_deep" and task.test else None
@@ -165,9 +182,9 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def spread(values: list[float]) -> str:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
-        return "diverged"
+        return "diverged or failed"
     text = f"{statistics.median(finite):.4g} [{min(finite):.4g}, {max(finite):.4g}]"
-    return text if len(finite) == len(values) else f"{text} ({len(values) - len(finite)} diverged)"
+    return text if len(finite) == len(values) else f"{text} ({len(values) - len(finite)} diverged or failed)"
 
 
 def table(case: Case, outcomes: list[Outcome]) -> str:
@@ -199,7 +216,7 @@ def run_case(case: Case, optimizers: list[str], n_trials: int, repeats: int) -> 
     with tempfile.TemporaryDirectory() as tmp:
         for optimizer in optimizers:
             tuned, tuning_seconds = tune(case, optimizer, n_trials, Path(tmp))
-            variants = [Outcome(optimizer, "defaults", {"name": optimizer, "settings": {}}),
+            variants = [Outcome(optimizer, "defaults", defaults(case, optimizer)),
                         Outcome(optimizer, "tuned", tuned, tuning_seconds=tuning_seconds)]
             for outcome in variants:
                 outcome.repeats = [train_once(case, outcome.config, seed) for seed in range(1, repeats + 1)]
