@@ -23,7 +23,7 @@ steps.  Reported, as medians over the repeats:
   DeepOBS's published baselines.
 
 Run: ``python benchmarks/time_to_target.py [--tasks logreg_breast_cancer ...]
-[--trials 8] [--repeats 3] [--threads 1] [--no-write]``; raw numbers go to
+[--trials 8] [--repeats 3] [--device cpu] [--threads 1] [--no-write]``; raw numbers go to
 ``benchmarks/results/time_to_target-<task>.json``.
 """
 
@@ -118,7 +118,7 @@ class Outcome:
     tuning_seconds: float | None = None
 
 
-def tune(case: Case, optimizer: str, n_trials: int, workdir: Path) -> tuple[dict[str, Any], float]:
+def tune(case: Case, optimizer: str, n_trials: int, workdir: Path, device: str) -> tuple[dict[str, Any], float]:
     """The best config of an hpo2 study over ``optimizer`` alone, and the study's wall seconds."""
     study_file = workdir / f"{optimizer}.yaml"
     study_file.write_text(yaml.safe_dump({
@@ -129,7 +129,7 @@ def tune(case: Case, optimizer: str, n_trials: int, workdir: Path) -> tuple[dict
         "sampler": {"name": "tpe", "seed": 0},
         "pruner": {"name": "median", "n_startup_trials": 3},
         "n_trials": n_trials,
-        "device": "cpu",
+        "device": device,
         "curvature_diagnostics": False,
         "report": False,
     }))
@@ -147,10 +147,10 @@ def defaults(case: Case, optimizer: str) -> dict[str, Any]:
     return {"name": optimizer, "settings": dict(case.fixed.get(optimizer, {}))}
 
 
-def train_once(case: Case, optimizer_config: dict[str, Any], seed: int) -> Repeat:
+def train_once(case: Case, optimizer_config: dict[str, Any], seed: int, device: str) -> Repeat:
     task = build_task(case.task, case.settings)
     try:
-        result = run_training(task, optimizer_config, Budget(**case.budget), seed=seed, device="cpu",
+        result = run_training(task, optimizer_config, Budget(**case.budget), seed=seed, device=device,
                               eval_every_steps=case.eval_every_steps)
     except Exception as exc:  # a configuration that cannot run is a row, not the end of the benchmark
         print(f"{case.task} {optimizer_config}: failed: {exc}", file=sys.stderr)
@@ -211,15 +211,15 @@ def table(case: Case, outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def run_case(case: Case, optimizers: list[str], n_trials: int, repeats: int) -> list[Outcome]:
+def run_case(case: Case, optimizers: list[str], n_trials: int, repeats: int, device: str) -> list[Outcome]:
     outcomes = []
     with tempfile.TemporaryDirectory() as tmp:
         for optimizer in optimizers:
-            tuned, tuning_seconds = tune(case, optimizer, n_trials, Path(tmp))
+            tuned, tuning_seconds = tune(case, optimizer, n_trials, Path(tmp), device)
             variants = [Outcome(optimizer, "defaults", defaults(case, optimizer)),
                         Outcome(optimizer, "tuned", tuned, tuning_seconds=tuning_seconds)]
             for outcome in variants:
-                outcome.repeats = [train_once(case, outcome.config, seed) for seed in range(1, repeats + 1)]
+                outcome.repeats = [train_once(case, outcome.config, seed, device) for seed in range(1, repeats + 1)]
                 outcomes.append(outcome)
                 print(f"{case.task} {optimizer} {outcome.variant}: "
                       f"{[(r.status, fmt(r.seconds_to_target), fmt(r.valid_metric, 4)) for r in outcome.repeats]}",
@@ -233,10 +233,11 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
     parser.add_argument("--trials", type=int, default=8, help="tuning trials per optimizer")
     parser.add_argument("--repeats", type=int, default=3, help="training seeds per configuration")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     args = study_benchmark_arguments(parser)
     for name in args.tasks:
         case = CASES[name]
-        outcomes = run_case(case, args.optimizers, args.trials, args.repeats)
+        outcomes = run_case(case, args.optimizers, args.trials, args.repeats, args.device)
         md = table(case, outcomes)
         print(md)
         (RESULTS / f"time_to_target-{name}.json").write_text(
@@ -248,7 +249,8 @@ def main() -> None:
         if case.published:
             notes += f"\n\nPublished: {case.published}"
         if not args.no_write:
-            append_section(f"Time-to-target: {name} (cpu)", md, torch.device("cpu"), notes)
+            device = torch.device(args.device)
+            append_section(f"Time-to-target: {name} ({device.type})", md, device, notes)
 
 
 if __name__ == "__main__":
