@@ -173,8 +173,8 @@ def main() -> None:
             notes = (f"Each study: {args.trials} trials of 5 epochs, objective validation loss (lower is better), "
                      f"no pruning, defaults not enqueued; median [min, max] over {args.seeds} sampler seeds.")
         print(md)
-        (RESULTS / f"sampler_efficiency-{part}.json").write_text(json.dumps(raw))
         if not args.no_write:
+            (RESULTS / f"sampler_efficiency-{part}.json").write_text(json.dumps(raw))
             append_section(title, md, torch.device("cpu"), notes)
 
 

@@ -24,7 +24,7 @@ steps.  Reported, as medians over the repeats:
 
 Run: ``python benchmarks/time_to_target.py [--tasks logreg_breast_cancer ...]
 [--trials 8] [--repeats 3] [--device cpu] [--threads 1] [--no-write]``; raw numbers go to
-``benchmarks/results/time_to_target-<task>.json``.
+``benchmarks/results/time_to_target-<task>.json`` (not with ``--no-write``).
 """
 
 from __future__ import annotations
@@ -240,15 +240,14 @@ def main() -> None:
         outcomes = run_case(case, args.optimizers, args.trials, args.repeats, args.device)
         md = table(case, outcomes)
         print(md)
-        (RESULTS / f"time_to_target-{name}.json").write_text(
-            json.dumps({"case": asdict(case), "trials": args.trials, "outcomes": [asdict(o) for o in outcomes]}, indent=1)
-        )
         budget = ", ".join(f"{k} {v}" for k, v in case.budget.items())
         notes = (f"Budget per run: {budget}; tuning: {args.trials} TPE trials per optimizer at that budget; "
                  f"{args.repeats} training seeds per row.")
         if case.published:
             notes += f"\n\nPublished: {case.published}"
         if not args.no_write:
+            (RESULTS / f"time_to_target-{name}.json").write_text(json.dumps(
+                {"case": asdict(case), "trials": args.trials, "outcomes": [asdict(o) for o in outcomes]}, indent=1))
             device = torch.device(args.device)
             append_section(f"Time-to-target: {name} ({device.type})", md, device, notes)
 
