@@ -273,3 +273,16 @@ def test_pruner_reports_follow_a_geometric_schedule_while_mlflow_gets_every_epoc
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = trial.user_attrs["hpo2.mlflow_run_id"]
     assert len(client.get_metric_history(run_id, "valid_metric")) == 300
+
+
+def test_qmc_sampler_seed_changes_the_design():
+    from hpo2.study.config import SamplerConfig
+    from hpo2.study.samplers import plain_sampler
+
+    def first_points(seed: int) -> list[float]:
+        study = optuna.create_study(sampler=plain_sampler(SamplerConfig(name="qmc"), seed))
+        study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=4)
+        return [t.params["x"] for t in study.trials]
+
+    assert first_points(0) == first_points(0)
+    assert first_points(0) != first_points(1)

@@ -14,7 +14,9 @@
   setting.
 * ``qmc`` -- Optuna's QMCSampler: a space-filling design, not a model; it covers
   the optimizer choice and, being a design over the intersection space, draws the
-  settings independently (its own fallback).
+  settings independently (its own fallback).  It is scrambled (Owen
+  scrambling of the Sobol' sequence), so that the seed matters: unscrambled,
+  Optuna's QMC gives every seed the same points.
 
 Why this and not one sub-study per optimizer: one Optuna study keeps one trial
 numbering, one pruner over all trials, resume, heartbeats and the dashboard as
@@ -118,7 +120,7 @@ def plain_sampler(config: SamplerConfig, seed: int) -> BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+        return optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup if startup is not None else 5,
                                          warn_independent_sampling=False)
