@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import platform
 import shlex
 import statistics
@@ -99,3 +100,15 @@ def append_section(title: str, table_md: str, device: torch.device, notes: str =
     )
     with BENCHMARKS_MD.open("a") as fh:
         fh.write(header + section)
+
+
+def publish(title: str, table_md: str, device: torch.device, *, write: bool, notes: str = "",
+            raw_name: str | None = None, raw: object = None) -> None:
+    """Print the table; with ``write``, append it to BENCHMARKS.md (:func:`append_section`)
+    and save ``raw`` as ``results/<raw_name>.json`` when given."""
+    print(table_md)
+    if not write:
+        return
+    if raw_name is not None:
+        (RESULTS / f"{raw_name}.json").write_text(json.dumps(raw, indent=1))
+    append_section(title, table_md, device, notes)

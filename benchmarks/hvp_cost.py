@@ -36,7 +36,7 @@ from torch import nn
 from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section, median_seconds, paired_ratio  # noqa: E402
+from common import publish, median_seconds, paired_ratio  # noqa: E402
 
 from hpo2.curvature import HessianOperator, functional_hvp, module_loss_fn  # noqa: E402
 
@@ -145,9 +145,7 @@ def main() -> None:
     lines = ["| model | measurement | median ms | / gradient |", "| --- | --- | ---: | ---: |"]
     lines += [f"| {m} | {what} | {ms:.2f} | {'-' if math.isnan(ratio) else f'{ratio:.2f}'} |" for m, what, ms, ratio in rows]
     table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        append_section(f"HVP cost over gradient cost ({device.type})", table, device)
+    publish(f"HVP cost over gradient cost ({device.type})", table, device, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section, median_seconds, paired_ratio  # noqa: E402
+from common import publish, median_seconds, paired_ratio  # noqa: E402
 
 from hpo2.optim import LBFGS, BatchClosure, HessianFree, NewtonCG  # noqa: E402
 
@@ -96,9 +96,7 @@ def main() -> None:
              "| --- | ---: | --- | ---: |"]
     lines += lbfgs_rows(device, args.repeats) + second_order_rows(device, args.repeats)
     table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        append_section(f"Optimizer step cost ({device.type})", table, device)
+    publish(f"Optimizer step cost ({device.type})", table, device, write=not args.no_write)
 
 
 if __name__ == "__main__":

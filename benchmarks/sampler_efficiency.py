@@ -25,7 +25,6 @@ Run: ``python benchmarks/sampler_efficiency.py [--part hartmann task] [--seeds 5
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, append_section, study_benchmark_arguments  # noqa: E402
+from common import publish, study_benchmark_arguments  # noqa: E402
 
 from hpo2.study.config import SamplerConfig, load_study_config  # noqa: E402
 from hpo2.study.runner import StudyRunner  # noqa: E402
@@ -172,10 +171,8 @@ def main() -> None:
             title = "Search efficiency: digits_mlp over newton_cg, lbfgs, adahessian, adam"
             notes = (f"Each study: {args.trials} trials of 5 epochs, objective validation loss (lower is better), "
                      f"no pruning, defaults not enqueued; median [min, max] over {args.seeds} sampler seeds.")
-        print(md)
-        if not args.no_write:
-            (RESULTS / f"sampler_efficiency-{part}.json").write_text(json.dumps(raw))
-            append_section(title, md, torch.device("cpu"), notes)
+        publish(title, md, torch.device("cpu"), write=not args.no_write, notes=notes,
+                raw_name=f"sampler_efficiency-{part}", raw=raw)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section  # noqa: E402
+from common import publish  # noqa: E402
 
 from hpo2.study.config import load_study_config  # noqa: E402
 from hpo2.study.runner import StudyRunner  # noqa: E402
@@ -76,9 +76,7 @@ def main() -> None:
         lines.append(f"| {label} | {r['trials']} | {r['median_trial_s']:.2f} | {100 * r['median_fraction']:.2f}% | "
                      f"{100 * r['max_fraction']:.2f}% | {r['trials_per_hour']:.0f} |")
     table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        append_section("Study overhead: MLflow tracking share of trial time", table, torch.device("cpu"))
+    publish("Study overhead: MLflow tracking share of trial time", table, torch.device("cpu"), write=not args.no_write)
 
 
 if __name__ == "__main__":

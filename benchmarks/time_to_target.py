@@ -30,7 +30,6 @@ Run: ``python benchmarks/time_to_target.py [--tasks logreg_breast_cancer ...]
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -45,7 +44,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, append_section, study_benchmark_arguments  # noqa: E402
+from common import publish, study_benchmark_arguments  # noqa: E402
 
 from hpo2.study.config import load_study_config  # noqa: E402
 from hpo2.study.runner import StudyRunner  # noqa: E402
@@ -239,17 +238,15 @@ def main() -> None:
         case = CASES[name]
         outcomes = run_case(case, args.optimizers, args.trials, args.repeats, args.device)
         md = table(case, outcomes)
-        print(md)
         budget = ", ".join(f"{k} {v}" for k, v in case.budget.items())
         notes = (f"Budget per run: {budget}; tuning: {args.trials} TPE trials per optimizer at that budget; "
                  f"{args.repeats} training seeds per row.")
         if case.published:
             notes += f"\n\nPublished: {case.published}"
-        if not args.no_write:
-            (RESULTS / f"time_to_target-{name}.json").write_text(json.dumps(
-                {"case": asdict(case), "trials": args.trials, "outcomes": [asdict(o) for o in outcomes]}, indent=1))
-            device = torch.device(args.device)
-            append_section(f"Time-to-target: {name} ({device.type})", md, device, notes)
+        device = torch.device(args.device)
+        publish(f"Time-to-target: {name} ({device.type})", md, device, write=not args.no_write, notes=notes,
+                raw_name=f"time_to_target-{name}",
+                raw={"case": asdict(case), "trials": args.trials, "outcomes": [asdict(o) for o in outcomes]})
 
 
 if __name__ == "__main__":
