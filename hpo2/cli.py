@@ -132,7 +132,8 @@ app.add_typer(study_app, name="study")
 
 def _load_study_file(name_or_file: str, overrides: dict | None = None):  # type: ignore[no-untyped-def]
     from hpo2.optim.settings import SettingsError
-    from hpo2.study.config import find_study_file, load_study_config
+    from hpo2.study.config import load_study_config
+    from hpo2.study.locate import find_study_file
 
     try:
         return load_study_config(find_study_file(name_or_file), overrides)
@@ -303,33 +304,36 @@ def study_report(
 def dashboard(
     port: int = typer.Option(5000, help="port of the MLflow UI"),
     host: str = typer.Option("127.0.0.1", help="bind address (127.0.0.1: this machine only; MLflow has no login)"),
-    tracking_uri: str | None = typer.Option(None, help="backend store (default: studies/mlflow.db if present, else ./mlflow.db)"),
+    tracking_uri: str | None = typer.Option(None, help="backend store to serve (default: studies/mlflow.db, found upward from here)"),
+    study: str | None = typer.Option(None, "--study", help="serve the tracking store of this study (name or file)"),
 ) -> None:
-    """Serve the MLflow UI for the project's tracking store (optuna-dashboard alongside if installed)."""
+    """Serve the MLflow UI for the project's tracking store (optuna-dashboard alongside if installed); Ctrl-C stops it."""
     import shutil
-    import subprocess
-    import sys
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (
-        "sqlite:///studies/mlflow.db" if Path("studies/mlflow.db").is_file() else "sqlite:///mlflow.db"
-    )
     from mlflow.tracking import MlflowClient
 
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    from hpo2.dashboard import runs_url, serve, server_command, tracking_store
+    from hpo2.optim.settings import SettingsError
+    from hpo2.study.locate import studies_folder
+
+    try:
+        uri = tracking_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), study)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    commands = [server_command(uri, host, port)]
     console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
     for exp in MlflowClient(uri).search_experiments():
         if exp.name != "Default":
-            console.print(f"  experiment {exp.name}: http://{host}:{port}/#/experiments/{exp.experiment_id}", highlight=False)
-    extra = None
-    if shutil.which("optuna-dashboard"):
-        storage = next((f"sqlite:///{p}" for p in sorted(Path("studies").glob("*.optuna.db"))), None)
-        if storage:
-            extra = subprocess.Popen(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
-            console.print(f"optuna-dashboard for {storage} at http://{host}:{port + 1}", highlight=False)
-    try:
-        raise typer.Exit(subprocess.call(command))
-    finally:
-        if extra is not None:
-            extra.terminate()
+            console.print(f"  experiment {exp.name}: {runs_url(host, port, exp.experiment_id)}", highlight=False)
+    folder = studies_folder()
+    storage = next((f"sqlite:///{p}" for p in sorted(folder.glob("*.optuna.db"))), None) if folder else None
+    if shutil.which("optuna-dashboard") and storage:
+        commands.append(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
+        console.print(f"optuna-dashboard for {storage} at http://{host}:{port + 1}", highlight=False)
+    code = serve(commands)
+    console.print("stopped the dashboard", highlight=False)
+    raise typer.Exit(code)
+
+
 if __name__ == "__main__":
     app()

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import math
-import socket
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -213,32 +209,6 @@ def test_model_samplers_propose_settings_from_the_model_not_at_random(model_samp
     model, random = late_distances(model_sampler), late_distances("random")
     assert statistics.median(model) < 0.2 * statistics.median(random)
     assert statistics.median(model) < 0.2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_dashboard_serves_the_mlflow_ui_and_rest_api(tmp_path):
-    port = _free_port()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen([sys.executable, "-m", "hpo2.cli", "dashboard", "--port", str(port), "--tracking-uri", uri],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        deadline, page = time.time() + 90, None
-        while time.time() < deadline and page is None:
-            try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-            except OSError:
-                time.sleep(0.5)
-        assert page is not None and "<html" in page.lower()
-        api = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10", timeout=5).read()
-        assert b"experiments" in api
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_every_shipped_study_file_is_valid():

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hpo2.config import validate
 from hpo2.optim.registry import REGISTRY, get_spec, load_config_file
-from hpo2.optim.settings import Choice, FloatRange, IntRange, SettingsError
+from hpo2.optim.settings import Choice, FloatRange, IntRange
 from hpo2.tasks import parse_task_settings
 from hpo2.train import Budget, ConfigSection
 
@@ -175,22 +175,3 @@ def default_storage(config: StudyConfig, study_file: Path) -> str:
 def default_tracking_uri(config: StudyConfig, study_file: Path) -> str:
     """``sqlite:///<dir>/mlflow.db`` beside the study file (MLflow 3's default store)."""
     return config.tracking_uri or f"sqlite:///{study_file.parent / 'mlflow.db'}"
-
-
-def find_study_file(name_or_file: str, search: tuple[Path, ...] = (Path("studies"), Path("."))) -> Path:
-    """A study file path, or the file in ``studies/`` or ``.`` whose ``name`` is ``name_or_file``."""
-    candidate = Path(name_or_file)
-    if candidate.suffix in (".yaml", ".yml", ".json") or candidate.is_file():
-        if not candidate.is_file():
-            raise SettingsError(f"study file {name_or_file!r} does not exist")
-        return candidate
-    for folder in search:
-        for file in sorted(folder.glob("*.y*ml")) if folder.is_dir() else []:
-            try:
-                if load_config_file(file).get("name") == name_or_file:
-                    return file
-            except SettingsError:
-                continue
-    raise SettingsError(
-        f"no study named {name_or_file!r} in {', '.join(str(s) + '/' for s in search)}; pass the study file instead"
-    )

@@ -1,0 +1,79 @@
+"""Finding a project's study files from wherever the user stands.
+
+A study is named on the command line either by its file or by the ``name`` inside
+it.  A name is looked up, in this order, in ``$HPO2_STUDIES`` (when set: that
+folder only), else in the current directory, ``./studies`` and the ``studies/``
+folder of every parent directory (so ``hpo2 study status quickstart`` works from
+the repository root, from ``studies/`` and from any sub-folder of the project).
+The first ``studies/`` folder found upward is also *the* studies folder of the
+project: ``hpo2 study list`` lists it and ``hpo2 dashboard`` serves its
+``mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hpo2.optim.registry import load_config_file
+from hpo2.optim.settings import SettingsError
+
+STUDIES_ENV = "HPO2_STUDIES"
+STUDY_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def search_folders(cwd: Path | None = None) -> list[Path]:
+    """Where a study name is looked for: ``$HPO2_STUDIES`` alone when set, else the
+    current directory, ``./studies`` and ``<parent>/studies`` for every parent."""
+    env = os.environ.get(STUDIES_ENV)
+    if env:
+        return [Path(env).expanduser().resolve()]
+    here = (cwd or Path.cwd()).resolve()
+    folders = [here, here / "studies", *(parent / "studies" for parent in here.parents)]
+    return list(dict.fromkeys(folders))
+
+
+def studies_folder(cwd: Path | None = None) -> Path | None:
+    """The project's studies folder: ``$HPO2_STUDIES``, else the nearest ``studies/``
+    at or above ``cwd`` (``cwd`` itself when it is named ``studies``), else None."""
+    env = os.environ.get(STUDIES_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    here = (cwd or Path.cwd()).resolve()
+    if here.name == "studies":
+        return here
+    return next((folder for folder in search_folders(here)[1:] if folder.is_dir()), None)
+
+
+def study_files(folder: Path) -> list[tuple[Path, dict]]:
+    """The study files in ``folder`` (files with a ``name`` and a ``task`` and no
+    ``optimizer``: train configs live there too) with their raw content."""
+    found = []
+    for file in sorted(p for p in folder.iterdir() if p.suffix in STUDY_SUFFIXES) if folder.is_dir() else []:
+        try:
+            data = load_config_file(file)
+        except SettingsError:
+            continue
+        if isinstance(data, dict) and "name" in data and "task" in data and "optimizer" not in data:
+            found.append((file, data))
+    return found
+
+
+def find_study_file(name_or_file: str, cwd: Path | None = None) -> Path:
+    """A study file given by path, or the file whose ``name`` is ``name_or_file`` in
+    the first of :func:`search_folders` that has one; the error lists where it looked."""
+    candidate = Path(name_or_file)
+    if candidate.suffix in STUDY_SUFFIXES or candidate.is_file():
+        if not candidate.is_file():
+            raise SettingsError(f"study file {name_or_file!r} does not exist")
+        return candidate
+    folders = search_folders(cwd)
+    for folder in folders:
+        for file, data in study_files(folder):
+            if data.get("name") == name_or_file:
+                return file
+    looked = ", ".join(str(folder) for folder in folders if folder.is_dir()) or "nowhere (no such folder exists)"
+    raise SettingsError(
+        f"no study named {name_or_file!r}: looked in {looked}; pass the study file, run from the project, "
+        f"or set {STUDIES_ENV} to the folder of study files"
+    )
