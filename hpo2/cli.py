@@ -32,6 +32,15 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """hpo2: Hessian-vector-product optimizers and the studies that tune them."""
+    quiet_library_logs()
+
+
+def quiet_library_logs() -> None:
+    """MLflow's table-creation INFO lines (mlflow.store, alembic) are not the user's business."""
+    import logging
+
+    for name in ("mlflow.store", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -141,17 +150,22 @@ def _load_study_file(name_or_file: str, overrides: dict | None = None):  # type:
         raise fail(str(exc)) from None
 
 
-def _progress_table(progress) -> Table:  # type: ignore[no-untyped-def]
-    counts = progress.counts()
-    table = Table(show_header=False, title=f"study {progress.study.study_name if progress.study else ''}")
-    table.add_row("trials", f"{counts['complete']} done, {counts['running']} running, {counts['pruned']} pruned, {counts['fail']} failed")
-    best = "-"
-    if progress.study is not None and counts["complete"] and len(progress.study.directions) == 1:
-        best = f"{progress.study.best_value:.5g} (trial {progress.study.best_trial.number}, {progress.study.best_trial.params.get('optimizer')})"
-    table.add_row("best", best)
-    if progress.current_trial is not None:
-        table.add_row("current", f"trial {progress.current_trial} ({progress.current_optimizer}), epoch {progress.current_epoch:.2f}")
-    return table
+def _nothing_to_do(config, path: Path, target: int | None) -> bool:  # type: ignore[no-untyped-def]
+    """A rerun of a study whose trial budget is spent says so and shows its status (no re-render)."""
+    from hpo2.progress import print_status
+    from hpo2.study.catalog import budget_spent, open_existing
+    from hpo2.study.config import default_storage
+
+    try:
+        study = open_existing(config, path)
+    except Exception:  # noqa: BLE001 -- an unreadable storage is reported by the run that follows
+        return False
+    done = None if study is None else budget_spent(study, default_storage(config, path), target)
+    if done is None:
+        return False
+    console.print(f"nothing to do: {done} of {target} trials done (raise --n-trials to run more)", highlight=False)
+    print_status(console, study, config)
+    return True
 
 
 def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: str | None,
@@ -159,6 +173,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     from rich.live import Live
 
     from hpo2.optim.settings import SettingsError
+    from hpo2.progress import StudyDisplay, print_status
     from hpo2.study.runner import Progress, StudyRunner
     from hpo2.tasks import DataMissingError
 
@@ -169,6 +184,9 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device})
+    target = n_trials if n_trials is not None else config.n_trials
+    if _nothing_to_do(config, path, target):
+        return
     progress = Progress()
     try:
         runner = StudyRunner(config, path, progress)
@@ -176,11 +194,12 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
         raise fail(str(exc)) from None
     console.print(f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
                   f"storage {runner.storage_url}, MLflow {runner.tracking_uri}, device {runner.device}", highlight=False)
-    with Live(_progress_table(progress), console=console, refresh_per_second=4) as live:
-        progress.listeners.append(lambda p: live.update(_progress_table(p)))
+    display = StudyDisplay(console, target, timeout if timeout is not None else config.timeout, config.jobs)
+    with Live(display.table(progress), console=console, refresh_per_second=4) as live:
+        progress.listeners.append(lambda p: live.update(display.table(p)))
         runner.run(n_trials, timeout)
     console.print()
-    _print_status(runner.study, config)
+    print_status(console, runner.study, config)
     if progress.trial_seconds:
         console.print(f"tracking took {100 * progress.tracking_seconds / progress.trial_seconds:.2f}% of trial time", highlight=False)
 
@@ -210,25 +229,6 @@ def worker(
     _run_study(file, n_trials, None, storage, tracking_uri, device)
 
 
-def _print_status(study, config) -> None:  # type: ignore[no-untyped-def]
-    from hpo2.study.results import best_per_optimizer, best_trials, state_counts
-
-    counts = state_counts(study)
-    console.print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v), highlight=False)
-    table = Table(title=f"best per optimizer ({', '.join(d.name.lower() for d in study.directions)})")
-    for column in ("optimizer", "trial", "value", "settings"):
-        table.add_column(column)
-    for name, trial in sorted(best_per_optimizer(study).items()):
-        settings = {k.split(".", 1)[1]: v for k, v in trial.params.items() if k.startswith(name + ".")}
-        table.add_row(name, str(trial.number), ", ".join(f"{v:.5g}" for v in trial.values),
-                      ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()))
-    console.print(table)
-    best = best_trials(study)
-    if best:
-        label = "best" if len(best) == 1 else f"Pareto front ({len(best)} trials)"
-        console.print(f"{label}: " + "; ".join(f"trial {t.number} {t.params.get('optimizer')} = {t.values}" for t in best), highlight=False)
-
-
 STORAGE_OPTION = typer.Option(None, "--storage", help="the study's Optuna storage URL, if not the study file's")
 
 
@@ -250,36 +250,44 @@ def study_status(
     storage: str | None = STORAGE_OPTION,
 ) -> None:
     """Trials by state, and the best value and settings per optimizer."""
+    from hpo2.progress import print_status
+
     config, _, study = _existing_study(name_or_file, {"storage": storage})
-    _print_status(study, config)
+    print_status(console, study, config)
 
 
 @study_app.command("best")
 def study_best(
     name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
-    export: Path | None = typer.Option(None, "--export", help="write the best trial as a `hpo2 train --config` file"),
+    export: Path | None = typer.Option(None, "--export", help="where to write the best trial as a `hpo2 train --config` file "
+                                       "(default: <study dir>/<name>.best.yaml)"),
     storage: str | None = STORAGE_OPTION,
 ) -> None:
-    """The best trial, optionally exported as a config for `hpo2 train` and `from_config`."""
+    """The best trial, written as a config for `hpo2 train` and `from_config`."""
     import yaml
 
+    from hpo2.study.locate import beside_study, shown_path
     from hpo2.study.results import best_trials, export_config, write_export
 
-    config, _, study = _existing_study(name_or_file, {"storage": storage})
+    config, path, study = _existing_study(name_or_file, {"storage": storage})
     best = best_trials(study)
     if not best:
         raise fail(f"study {config.name!r} has no complete trial yet")
     exported = export_config(config, best[0])
     console.print(yaml.safe_dump(exported, sort_keys=False), highlight=False)
-    if export is not None:
-        write_export(export, exported)
-        console.print(f"wrote {export}; reuse it with: hpo2 train --config {export}", highlight=False)
+    target = export or beside_study(path, config.name, ".best.yaml")
+    try:
+        write_export(target, exported)
+    except OSError as exc:
+        raise fail(f"--export: cannot write {target} ({exc.strerror}); give a writable path") from None
+    console.print(f"wrote {shown_path(target)}; reuse it with: hpo2 train --config {shown_path(target)}", highlight=False)
 
 
 @study_app.command("report")
 def study_report(
     name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
-    out: Path = typer.Option(Path("report.html"), "--out", help="where to write the self-contained HTML report"),
+    out: Path | None = typer.Option(None, "--out", help="where to write the self-contained HTML report "
+                                    "(default: <study dir>/<name>.report.html)"),
     png: bool = typer.Option(True, help="also render PNGs into MLflow (needs chromium)"),
     storage: str | None = STORAGE_OPTION,
     tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
@@ -289,6 +297,7 @@ def study_report(
 
     from hpo2.report import render_study_report
     from hpo2.study.config import default_tracking_uri
+    from hpo2.study.locate import beside_study, shown_path
     from hpo2.tracking import find_study_run
 
     config, path, study = _existing_study(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
@@ -296,8 +305,51 @@ def study_report(
     run_id = find_study_run(MlflowClient(uri), config.experiment or config.name, config.name)
     if run_id is None:
         raise fail(f"no MLflow run for study {config.name!r} in {uri}")
-    render_study_report(study, config, uri, run_id, out=out, png=png)
-    console.print(f"wrote {out} (and the plots to MLflow run {run_id})", highlight=False)
+    target = out or beside_study(path, config.name, ".report.html")
+    with console.status(f"rendering the plots of {len(study.trials)} trials into MLflow run {run_id}, then {shown_path(target)} ..."):
+        render_study_report(study, config, uri, run_id, out=target, png=png)
+    console.print(f"wrote {shown_path(target)} (and the plots to MLflow run {run_id})", highlight=False)
+
+
+@study_app.command("list")
+def study_list() -> None:
+    """The studies in the project's studies folder: task, trials finished, best value, storage."""
+    from hpo2.study.catalog import list_studies
+    from hpo2.study.locate import STUDIES_ENV, shown_path, studies_folder
+
+    folder = studies_folder()
+    if folder is None or not folder.is_dir():
+        raise fail(f"no studies folder here or above {Path.cwd()}; run from the project or set {STUDIES_ENV}")
+    rows = list_studies(folder)
+    table = Table(title=f"studies in {shown_path(folder)}")
+    for column in ("name", "task", "trials", "best", "storage"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        trials = "not run" if row.finished is None else f"{row.finished}" + ("" if row.n_trials is None else f"/{row.n_trials}")
+        storage = shown_path(Path(row.storage[len("sqlite:///"):])) if row.storage.startswith("sqlite:///") else row.storage
+        table.add_row(row.name, row.task, trials, row.best, storage)
+    console.print(table)
+
+
+@study_app.command("delete")
+def study_delete(
+    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="delete without asking"),
+    storage: str | None = STORAGE_OPTION,
+    tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
+) -> None:
+    """Delete a study's Optuna trials and its MLflow runs (the study file stays)."""
+    from hpo2.study.catalog import Deletion
+
+    config, path = _load_study_file(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
+    plan = Deletion.plan(config, path)
+    if plan.empty:
+        raise fail(f"study {config.name!r} has nothing to delete: no trials in its storage and no MLflow runs")
+    if not yes and not typer.confirm(f"delete {plan.describe()}?", default=False):
+        console.print("nothing deleted", highlight=False)
+        raise typer.Exit(1)
+    plan.execute()
+    console.print(f"deleted {plan.describe()}", highlight=False)
 
 
 @app.command()

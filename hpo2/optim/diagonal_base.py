@@ -111,4 +111,4 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
             diag = gauss_newton_bartlett_diagonal(evaluation.outputs, self._params, loss_name, n_probes, self._generator)
         self._count("n_grad", 1 + n_probes)
-        return float(evaluation.loss), grads, diag
+        return float(evaluation.loss.detach()), grads, diag

@@ -77,3 +77,18 @@ def find_study_file(name_or_file: str, cwd: Path | None = None) -> Path:
         f"no study named {name_or_file!r}: looked in {looked}; pass the study file, run from the project, "
         f"or set {STUDIES_ENV} to the folder of study files"
     )
+
+
+def beside_study(study_file: Path, name: str, suffix: str) -> Path:
+    """``<study dir>/<name><suffix>``: where a study's exports go when no path is given
+    (``studies/quickstart.best.yaml``, ``studies/quickstart.report.html``)."""
+    return study_file.parent / f"{name}{suffix}"
+
+
+def shown_path(path: Path, cwd: Path | None = None) -> str:
+    """``path`` relative to the current directory when it lies below it, else absolute."""
+    absolute = path.resolve()
+    try:
+        return str(absolute.relative_to((cwd or Path.cwd()).resolve()))
+    except ValueError:
+        return str(absolute)

@@ -149,10 +149,6 @@ class Progress:
         for listener in self.listeners:
             listener(self)
 
-    def counts(self) -> dict[str, int]:
-        states = [t.state for t in self.study.get_trials(deepcopy=False)] if self.study else []
-        return {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED, TrialState.FAIL)}
-
 
 class StudyRunner:
     """Runs the trials of one study file (``hpo2 study run`` and ``hpo2 worker``)."""

@@ -1,0 +1,151 @@
+"""What the CLI shows about a study: the live table while trials run (counts, best,
+elapsed time, an ETA), one line per finished trial, and the status summary.
+
+The ETA is the mean duration :math:`\\bar d` of the study's finished trials times
+the work left: with :math:`r` trials still to finish, :math:`e_i` the elapsed time
+of the running ones and :math:`J` parallel jobs,
+
+.. math:: \\mathrm{ETA} = \\max\\Big(0,\\; \\frac{r \\bar d - \\sum_i \\min(e_i, \\bar d)}{J}\\Big),
+
+capped by what is left of the timeout.  Values are printed with 5 significant
+digits, and every objective is named with its direction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.table import Table
+
+from hpo2.study.config import StudyConfig
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def round_values(values: Sequence[float] | None) -> str:
+    """``[0.9666666388511658]`` -> ``0.96667``; several values joined with ", "."""
+    if not values:
+        return "-"
+    return ", ".join(f"{v:.5g}" for v in values)
+
+
+def objectives_label(config: StudyConfig, study: optuna.Study) -> str:
+    """``valid_loss (minimize), grad_equivalents (minimize)``: each objective and its direction."""
+    return ", ".join(f"{o.metric} ({d.name.lower()})" for o, d in zip(config.objective, study.directions))
+
+
+def duration_text(seconds: float | None) -> str:
+    """``75.2`` -> ``1:15``; None -> ``-``."""
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def trial_seconds(trial: FrozenTrial, now: datetime | None = None) -> float | None:
+    """Wall time of a trial (so far, for a running one)."""
+    if trial.datetime_start is None:
+        return None
+    end = trial.datetime_complete or now or datetime.now()
+    return (end - trial.datetime_start).total_seconds()
+
+
+def eta_seconds(
+    trials: Sequence[FrozenTrial], target: int | None, elapsed: float, timeout: float | None, jobs: int = 1
+) -> float | None:
+    """Seconds until ``target`` trials are finished or the timeout ends (module docstring); None if unknown."""
+    estimates = [] if timeout is None else [max(timeout - elapsed, 0.0)]
+    durations = [d for t in trials if t.state in FINISHED and (d := trial_seconds(t)) is not None]
+    if target is not None and durations:
+        mean = sum(durations) / len(durations)
+        remaining = max(target - len(durations), 0)
+        in_progress = sum(min(trial_seconds(t) or 0.0, mean) for t in trials if t.state == TrialState.RUNNING)
+        estimates.append(max(remaining * mean - in_progress, 0.0) / jobs)
+    return min(estimates) if estimates else None
+
+
+def trial_line(trial: FrozenTrial) -> str:
+    """``trial 3  adam  complete  0.95294  1.2s``: one finished trial."""
+    seconds = trial_seconds(trial)
+    return (f"trial {trial.number:>3}  {trial.params.get('optimizer', '?'):<12}  {trial.state.name.lower():<8}  "
+            f"{round_values(trial.values):>10}  {'-' if seconds is None else f'{seconds:.1f}s'}")  # fmt: skip
+
+
+class StudyDisplay:
+    """The live table of a running study, plus a printed line per finished trial.
+
+    ``update`` is a :class:`hpo2.study.runner.Progress` listener: it reads the
+    study's trials once per call and prints the trials that finished since."""
+
+    def __init__(self, console: Console, target: int | None, timeout: float | None, jobs: int = 1) -> None:
+        self.console = console
+        self.target = target
+        self.timeout = timeout
+        self.jobs = jobs
+        self.started = time.monotonic()
+        self.seen: set[int] | None = None  # finished trials already shown (those before this run: not printed)
+
+    def table(self, progress) -> Table:  # type: ignore[no-untyped-def]
+        """The table for ``progress`` (a ``Progress``); prints newly finished trials above it."""
+        study = progress.study
+        trials = study.get_trials(deepcopy=False) if study is not None else []
+        self._print_finished(trials)
+        counts = {s: sum(t.state == s for t in trials) for s in (*FINISHED, TrialState.RUNNING)}
+        table = Table(show_header=False, title=f"study {study.study_name if study else ''}")
+        total = "" if self.target is None else f" of {self.target}"
+        table.add_row("trials", f"{len([t for t in trials if t.state in FINISHED])}{total} finished: "
+                                f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+                                f"{counts[TrialState.FAIL]} failed; {counts[TrialState.RUNNING]} running")  # fmt: skip
+        table.add_row("best", self._best(study, trials))
+        elapsed = time.monotonic() - self.started
+        table.add_row("time", f"{duration_text(elapsed)} elapsed, "
+                              f"ETA {duration_text(eta_seconds(trials, self.target, elapsed, self.timeout, self.jobs))}")  # fmt: skip
+        if progress.current_trial is not None:
+            table.add_row("current", f"trial {progress.current_trial} ({progress.current_optimizer}), epoch {progress.current_epoch:.2f}")
+        return table
+
+    def _print_finished(self, trials: Sequence[FrozenTrial]) -> None:
+        finished = {t.number: t for t in trials if t.state in FINISHED}
+        if self.seen is None:
+            self.seen = set(finished)
+            return
+        for number in sorted(set(finished) - self.seen):
+            self.console.print(trial_line(finished[number]), highlight=False)
+        self.seen |= set(finished)
+
+    @staticmethod
+    def _best(study: optuna.Study | None, trials: Sequence[FrozenTrial]) -> str:
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if study is None or not complete or len(study.directions) != 1:
+            return "-"
+        pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+        best = pick(complete, key=lambda t: t.values[0])
+        return f"{round_values(best.values)} (trial {best.number}, {best.params.get('optimizer')})"
+
+
+def print_status(console: Console, study: optuna.Study, config: StudyConfig) -> None:
+    """Trials by state, a table of the best trial per optimizer, and the best trial(s)."""
+    from hpo2.study.results import best_per_optimizer, best_trials, state_counts
+
+    counts = state_counts(study)
+    console.print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v), highlight=False)
+    console.print(f"objective: {objectives_label(config, study)}", highlight=False)
+    table = Table(title="best per optimizer" + (" (first objective)" if len(study.directions) > 1 else ""))
+    for column in ("optimizer", "trial", "value", "settings"):
+        table.add_column(column)
+    for name, trial in sorted(best_per_optimizer(study).items()):
+        settings = {k.split(".", 1)[1]: v for k, v in trial.params.items() if k.startswith(name + ".")}
+        table.add_row(name, str(trial.number), round_values(trial.values),
+                      ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()))
+    console.print(table)
+    best = best_trials(study)
+    if best:
+        label = "best" if len(best) == 1 else f"Pareto front ({len(best)} trials)"
+        console.print(f"{label}: " + "; ".join(f"trial {t.number} {t.params.get('optimizer')} = {round_values(t.values)}"
+                                               for t in best), highlight=False)

@@ -1,0 +1,187 @@
+"""The studies of a project: which exist, how far each got, and deleting one.
+
+Reading never creates anything: a sqlite or journal storage whose file does not
+exist is a study that was never run (``optuna.load_study`` on a missing sqlite
+file would create an empty database).  Deleting a study removes exactly its
+Optuna study and its MLflow runs (the parent run and every trial's nested run,
+found by the ``hpo2.study`` tag), and its experiment when no other run is left
+in it; MLflow deletes softly (the runs go to the UI's trash) and a later run of
+the same study restores the experiment.  Study files, other studies and their
+runs are not touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from hpo2.study.budget import TrialBudget
+from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
+from hpo2.study.locate import study_files
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _file_of(url: str) -> Path | None:
+    """The local file behind a sqlite or journal URL, else None."""
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix):
+            return Path(url[len(prefix):])
+    return None
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage | str:
+    """A storage to read or delete with: no heartbeat (nothing runs), journal files opened."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
+    return url
+
+
+def shown_url(url: str) -> str:
+    """``url`` with any password masked (``postgresql://hpo2:***@host/db``)."""
+    if "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def open_existing(config: StudyConfig, study_file: Path) -> optuna.Study | None:
+    """The study of ``config`` if its storage holds it, else None (nothing is created)."""
+    url = default_storage(config, study_file)
+    local = _file_of(url)
+    if local is not None and not local.is_file():
+        return None
+    try:
+        return optuna.load_study(study_name=config.name, storage=_storage(url))
+    except KeyError:
+        return None
+
+
+def budget_spent(study: optuna.Study, storage_url: str, limit: int | None) -> int | None:
+    """How many trials count toward ``limit`` when the budget is spent and nothing
+    runs or waits (a rerun has nothing to do), else None."""
+    if limit is None:
+        return None
+    if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in study.get_trials(deepcopy=False)):
+        return None
+    counted = TrialBudget(study, storage_url, limit).counted()
+    return counted if counted >= limit else None
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One line of ``hpo2 study list``."""
+
+    name: str
+    task: str
+    storage: str
+    finished: int | None  # None: never run
+    n_trials: int | None
+    best: str
+
+
+def list_studies(folder: Path) -> list[StudyRow]:
+    """Every valid study file in ``folder`` with its storage's progress."""
+    from hpo2.optim.settings import SettingsError
+    from hpo2.progress import round_values
+    from hpo2.study.config import load_study_config
+    from hpo2.study.results import best_trials
+
+    rows = []
+    for file, _ in study_files(folder):
+        try:
+            config, path = load_study_config(file)
+        except SettingsError:
+            continue
+        study = open_existing(config, path)
+        finished, best = None, "-"
+        if study is not None:
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            front = best_trials(study)
+            if len(front) == 1:
+                best = f"{round_values(front[0].values)} ({front[0].params.get('optimizer')})"
+            elif front:
+                best = f"Pareto front of {len(front)}"
+        rows.append(StudyRow(config.name, config.task.name, shown_url(default_storage(config, path)),
+                             finished, config.n_trials, best))  # fmt: skip
+    return rows
+
+
+@dataclass
+class Deletion:
+    """What deleting one study removes; :meth:`execute` removes it."""
+
+    config: StudyConfig
+    storage_url: str
+    tracking_uri: str
+    n_trials: int | None = None  # None: no Optuna study
+    run_ids: list[str] = field(default_factory=list)
+    experiment_id: str | None = None  # set when the experiment holds nothing else
+
+    @classmethod
+    def plan(cls, config: StudyConfig, study_file: Path) -> Deletion:
+        out = cls(config, default_storage(config, study_file), default_tracking_uri(config, study_file))
+        study = open_existing(config, study_file)
+        if study is not None:
+            out.n_trials = len(study.get_trials(deepcopy=False))
+        local = _file_of(out.tracking_uri)
+        if local is not None and not local.is_file():
+            return out
+        client = MlflowClient(out.tracking_uri)
+        experiment = client.get_experiment_by_name(config.experiment or config.name)
+        if experiment is None or experiment.lifecycle_stage != "active":
+            return out
+        out.run_ids = _run_ids(client, experiment.experiment_id, f"tags.`hpo2.study` = '{config.name}'")
+        others = set(_run_ids(client, experiment.experiment_id, "")) - set(out.run_ids)
+        if not others:
+            out.experiment_id = experiment.experiment_id
+        return out
+
+    @property
+    def empty(self) -> bool:
+        return self.n_trials is None and not self.run_ids
+
+    def describe(self) -> str:
+        parts = []
+        if self.n_trials is not None:
+            parts.append(f"the Optuna study {self.config.name!r} ({self.n_trials} trials) in {shown_url(self.storage_url)}")
+        if self.run_ids:
+            parts.append(f"{len(self.run_ids)} MLflow runs in {shown_url(self.tracking_uri)}")
+        if self.experiment_id is not None:
+            parts.append(f"the MLflow experiment {self.config.experiment or self.config.name!r}")
+        return ", ".join(parts)
+
+    def execute(self) -> None:
+        if self.n_trials is not None:
+            optuna.delete_study(study_name=self.config.name, storage=_storage(self.storage_url))
+        if self.run_ids:
+            client = MlflowClient(self.tracking_uri)
+            for run_id in self.run_ids:
+                client.delete_run(run_id)
+            if self.experiment_id is not None:
+                client.delete_experiment(self.experiment_id)
+
+
+def _run_ids(client: MlflowClient, experiment_id: str, filter_string: str) -> list[str]:
+    """Every active run of the experiment that matches ``filter_string`` (all pages)."""
+    ids: list[str] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        ids.extend(run.info.run_id for run in page)
+        token = page.token
+        if not token:
+            return ids
