@@ -306,7 +306,9 @@ def study_report(
     if run_id is None:
         raise fail(f"no MLflow run for study {config.name!r} in {uri}")
     target = out or beside_study(path, config.name, ".report.html")
-    with console.status(f"rendering the plots of {len(study.trials)} trials into MLflow run {run_id}, then {shown_path(target)} ..."):
+    console.print(f"rendering the plots of {len(study.trials)} trials into MLflow run {run_id}, then {shown_path(target)}"
+                  f"{' (PNG copies take a while)' if png else ''} ...", highlight=False)
+    with console.status("rendering ..."):
         render_study_report(study, config, uri, run_id, out=target, png=png)
     console.print(f"wrote {shown_path(target)} (and the plots to MLflow run {run_id})", highlight=False)
 

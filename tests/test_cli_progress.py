@@ -1,0 +1,106 @@
+"""What a study run shows: elapsed time and ETA, a line per trial, rounded values,
+named objectives, no library noise, and "nothing to do" on a finished study."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+from typer.testing import CliRunner
+
+from hpo2.cli import app
+from hpo2.progress import eta_seconds, round_values
+from hpo2.study.config import load_study_config
+from hpo2.study.runner import StudyRunner
+
+REPO = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 1, 1, 12, 0, 0)
+
+
+def _trial(number: int, state: TrialState, seconds: float) -> FrozenTrial:
+    start = NOW - timedelta(seconds=seconds) if state == TrialState.RUNNING else NOW
+    done = None if state == TrialState.RUNNING else NOW + timedelta(seconds=seconds)
+    return FrozenTrial(number=number, state=state, value=1.0 if state == TrialState.COMPLETE else None,
+                       datetime_start=start, datetime_complete=done, params={"optimizer": "sgd"},
+                       distributions={"optimizer": CategoricalDistribution(["sgd"])}, user_attrs={}, system_attrs={},
+                       intermediate_values={}, trial_id=number)  # fmt: skip
+
+
+def test_eta_is_the_mean_trial_duration_times_the_work_left_capped_by_the_timeout(monkeypatch) -> None:
+    import hpo2.progress
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return NOW
+
+    monkeypatch.setattr(hpo2.progress, "datetime", Clock)
+    trials = [_trial(0, TrialState.COMPLETE, 10.0), _trial(1, TrialState.PRUNED, 20.0), _trial(2, TrialState.RUNNING, 5.0)]
+    # mean 15 s; 3 trials left of 5, one of them 5 s in: 3 * 15 - 5 = 40 s
+    assert eta_seconds(trials, target=5, elapsed=60.0, timeout=None) == pytest.approx(40.0)
+    assert eta_seconds(trials, target=5, elapsed=60.0, timeout=None, jobs=2) == pytest.approx(20.0)
+    assert eta_seconds(trials, target=5, elapsed=90.0, timeout=100.0) == pytest.approx(10.0)
+    assert eta_seconds(trials, target=2, elapsed=60.0, timeout=None) == 0.0
+    assert eta_seconds(trials[2:], target=5, elapsed=5.0, timeout=None) is None  # nothing finished yet
+    assert round_values([0.9666666388511658]) == "0.96667"
+    assert round_values([0.5, 1234567.0]) == "0.5, 1.2346e+06"
+
+
+def _study_file(folder: Path, **fields) -> Path:
+    data = {"name": "t", "task": "logreg_breast_cancer", "budget": {"epochs": 2}, "optimizers": ["sgd", "adam"],
+            "n_trials": 2, "report": False, "curvature_diagnostics": False, **fields}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _hpo2(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real command in a fresh process: what a user's terminal shows, stderr included."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "150"}
+    env.pop("HPO2_STUDIES", None)
+    return subprocess.run([sys.executable, "-m", "hpo2.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_study_run_shows_progress_without_noise_and_a_rerun_has_nothing_to_do(tmp_path: Path) -> None:
+    path = _study_file(tmp_path / "studies", task="digits_mlp", budget={"epochs": 1}, optimizers=["sgd", "sophia"])
+    first = _hpo2(tmp_path, "study", "run", str(path))
+    output = first.stdout + first.stderr
+    assert first.returncode == 0, output
+    for number, optimizer in ((0, "sgd"), (1, "sophia")):  # one line per finished trial, paper defaults first
+        assert re.search(rf"^trial +{number} +{optimizer} +complete +[0-9.]+ +[0-9.]+s$", first.stdout, re.M), first.stdout
+    assert re.search(r"\d+:\d\d elapsed, ETA \d+:\d\d", first.stdout), first.stdout
+    assert "INFO" not in output and "Warning" not in output, output  # MLflow's table creation, torch's UserWarning
+    best = re.search(r"^best: trial \d+ \w+ = (\S+)$", first.stdout, re.M)
+    assert best is not None and len(re.sub(r"\D", "", best.group(1)).lstrip("0")) <= 5, first.stdout
+    assert "objective: valid_metric (maximize)" in first.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'studies' / 'mlflow.db'}")
+    parent = client.search_runs([client.get_experiment_by_name("t").experiment_id], "tags.`hpo2.role` = 'study'")[0]
+    again = _hpo2(tmp_path, "study", "run", str(path))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to do: 2 of 2 trials done" in again.stdout
+    assert "best: trial" in again.stdout  # the status, not a new run
+    assert client.get_run(parent.info.run_id).info.end_time == parent.info.end_time  # the parent run was not reopened
+
+
+def test_a_multi_objective_status_names_its_objectives_and_rounds_the_front(tmp_path: Path) -> None:
+    path = _study_file(tmp_path, objective=["valid_loss", "grad_equivalents"], n_trials=3)
+    StudyRunner(*load_study_config(path)).run()
+    result = CliRunner().invoke(app, ["study", "status", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "objective: valid_loss (minimize), grad_equivalents (minimize)" in result.output
+    front = re.search(r"^(?:best|Pareto front \(\d+ trials\)): (.*)$", result.output, re.M)
+    assert front is not None and re.search(r"= \d", front.group(1)) and not re.search(r"\d\.\d{6,}", front.group(1)), result.output
+    assert optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.optuna.db'}").directions == [
+        optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
