@@ -328,7 +328,8 @@ def study_list() -> None:
         table.add_column(column, overflow="fold")
     for row in rows:
         trials = "not run" if row.finished is None else f"{row.finished}" + ("" if row.n_trials is None else f"/{row.n_trials}")
-        storage = shown_path(Path(row.storage[len("sqlite:///"):])) if row.storage.startswith("sqlite:///") else row.storage
+        local = row.storage.startswith("sqlite:///")  # a file of the listed folder: its name is enough
+        storage = shown_path(Path(row.storage[len("sqlite:///"):]), folder) if local else row.storage
         table.add_row(row.name, row.task, trials, row.best, storage)
     console.print(table)
 

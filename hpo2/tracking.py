@@ -70,11 +70,9 @@ def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
 def experiment_id(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment ``name``, created if missing (as a model-training
     experiment, so MLflow 3's UI opens on its runs, with artifacts at
-    ``artifact_location`` when given); a deleted one is restored."""
+    ``artifact_location`` when given)."""
     found = client.get_experiment_by_name(name)
     if found:
-        if found.lifecycle_stage == "deleted":  # `hpo2 study delete` removed it; the study runs again
-            client.restore_experiment(found.experiment_id)
         return found.experiment_id
     tags = {"mlflow.experimentKind": "custom_model_development"}
     return client.create_experiment(name, artifact_location=artifact_location, tags=tags)

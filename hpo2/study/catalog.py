@@ -5,14 +5,16 @@ exist is a study that was never run (``optuna.load_study`` on a missing sqlite
 file would create an empty database).  Deleting a study removes exactly its
 Optuna study and its MLflow runs (the parent run and every trial's nested run,
 found by the ``hpo2.study`` tag), and its experiment when no other run is left
-in it; MLflow deletes softly (the runs go to the UI's trash) and a later run of
-the same study restores the experiment.  Study files, other studies and their
+in it; MLflow deletes softly (the runs go to the UI's trash; the experiment,
+renamed ``<name> (deleted <time>)``, too) and a later run of the same study
+starts a fresh experiment.  Study files, other studies and their
 runs are not touched.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -172,6 +174,10 @@ class Deletion:
             for run_id in self.run_ids:
                 client.delete_run(run_id)
             if self.experiment_id is not None:
+                # Renamed first: restoring a deleted experiment would bring its runs back, and a
+                # deleted experiment keeps its name, so the study could not create it again.
+                stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+                client.rename_experiment(self.experiment_id, f"{self.config.experiment or self.config.name} (deleted {stamp})")
                 client.delete_experiment(self.experiment_id)
 
 

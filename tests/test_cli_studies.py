@@ -1,0 +1,116 @@
+"""Studies as a user finds and manages them: names found from any folder of the
+project, exports beside the study, ``study list`` and ``study delete``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from hpo2.cli import app
+from hpo2.optim.settings import SettingsError
+from hpo2.study.config import load_study_config
+from hpo2.study.locate import find_study_file
+from hpo2.study.runner import StudyRunner
+
+
+def _study_file(folder: Path, name: str, **fields) -> Path:
+    data = {"name": name, "task": "logreg_breast_cancer", "budget": {"epochs": 2}, "optimizers": ["sgd", "adam"],
+            "n_trials": 2, "report": False, "curvature_diagnostics": False, **fields}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``<tmp>/studies/a-study.yaml`` (study ``a``, run) and ``b-study.yaml`` (study ``b``,
+    run, same MLflow store), and the user standing in ``<tmp>/src/deep``."""
+    monkeypatch.delenv("HPO2_STUDIES", raising=False)
+    for name in ("a", "b"):
+        StudyRunner(*load_study_config(_study_file(tmp_path / "studies", name))).run()
+    (tmp_path / "src" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "src" / "deep")
+    return tmp_path
+
+
+def _cli(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+def test_a_study_name_is_found_from_any_folder_of_the_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HPO2_STUDIES", raising=False)
+    file = _study_file(tmp_path / "studies", "q")
+    (tmp_path / "src" / "deep").mkdir(parents=True)
+    for cwd in (tmp_path, tmp_path / "studies", tmp_path / "src" / "deep"):
+        assert find_study_file("q", cwd).resolve() == file.resolve()
+    elsewhere = tmp_path / "elsewhere"
+    _study_file(elsewhere, "r")
+    monkeypatch.setenv("HPO2_STUDIES", str(elsewhere))
+    assert find_study_file("r", tmp_path / "src").resolve() == (elsewhere / "r-study.yaml").resolve()
+    with pytest.raises(SettingsError, match=f"looked in {elsewhere}"):
+        find_study_file("q", tmp_path)
+    monkeypatch.delenv("HPO2_STUDIES")
+    with pytest.raises(SettingsError) as error:
+        find_study_file("nope", tmp_path / "src" / "deep")
+    assert f"{tmp_path / 'src' / 'deep'}, {tmp_path / 'studies'}" in str(error.value) and "HPO2_STUDIES" in str(error.value)
+
+
+def test_best_and_report_are_written_beside_the_study_not_in_the_current_folder(project: Path) -> None:
+    best = _cli("study", "best", "a")
+    assert best.exit_code == 0, best.output
+    export = project / "studies" / "a.best.yaml"
+    assert yaml.safe_load(export.read_text())["study"]["name"] == "a"
+    assert f"hpo2 train --config {export}" in best.output.replace("\n", "")
+    report = _cli("study", "report", "a", "--no-png")
+    assert report.exit_code == 0, report.output
+    assert "rendering the plots of 2 trials" in report.output  # says what it does before the long part
+    assert (project / "studies" / "a.report.html").is_file() and f"wrote {project / 'studies' / 'a.report.html'}" in report.output.replace("\n", "")
+    assert list((project / "src" / "deep").iterdir()) == []
+
+
+def test_study_list_shows_every_study_with_its_progress(project: Path) -> None:
+    _study_file(project / "studies", "never", n_trials=5)
+    (project / "studies" / "train.yaml").write_text("task: digits_mlp\noptimizer: sgd\n")  # a train config: not a study
+    result = CliRunner().invoke(app, ["study", "list"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in result.output.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip()}  # fmt: skip
+    assert set(rows) == {"a", "b", "never"}, result.output
+    best_a = optuna.load_study(study_name="a", storage=f"sqlite:///{project / 'studies' / 'a.optuna.db'}").best_trial
+    assert rows["a"][:3] == ["logreg_breast_cancer", "2/2", f"{best_a.value:.5g} ({best_a.params['optimizer']})"]
+    assert rows["never"][1:4] == ["not run", "-", "never.optuna.db"]
+    assert not (project / "studies" / "never.optuna.db").exists()  # listing created nothing
+
+
+def test_study_delete_asks_then_removes_that_study_only(project: Path) -> None:
+    studies = project / "studies"
+    client = MlflowClient(f"sqlite:///{studies / 'mlflow.db'}")
+
+    def runs(study: str) -> list:
+        experiment = client.get_experiment_by_name(study)
+        return client.search_runs([experiment.experiment_id], f"tags.`hpo2.study` = '{study}'", ViewType.ACTIVE_ONLY)
+
+    assert len(runs("a")) == 3  # the parent and two trials
+    declined = _cli("study", "delete", "a", input="n\n")
+    assert declined.exit_code == 1 and "3 MLflow runs" in declined.output and "nothing deleted" in declined.output
+    assert len(runs("a")) == 3
+    deleted = _cli("study", "delete", "a", "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert "a" not in optuna.get_all_study_names(f"sqlite:///{studies / 'a.optuna.db'}")
+    assert client.get_experiment_by_name("a") is None
+    trash = client.search_experiments(ViewType.DELETED_ONLY)
+    assert [e.name.startswith("a (deleted ") for e in trash] == [True]
+    assert client.search_runs([trash[0].experiment_id], "", ViewType.ACTIVE_ONLY) == []
+    assert len(runs("b")) == 3 and optuna.get_all_study_names(f"sqlite:///{studies / 'b.optuna.db'}") == ["b"]
+    assert (studies / "a-study.yaml").is_file()
+    assert _cli("study", "delete", "a", "--yes").exit_code == 2  # nothing left to delete
+    rerun = _cli("study", "run", "a")  # runs afresh, none of the deleted runs comes back
+    assert rerun.exit_code == 0, rerun.output
+    assert "nothing to do" not in rerun.output and len(runs("a")) == 3
