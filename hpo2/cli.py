@@ -158,7 +158,7 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:  # type: ign
 
     try:
         study = open_existing(config, path)
-    except Exception:  # noqa: BLE001 -- an unreadable storage is reported by the run that follows
+    except Exception:  # noqa: BLE001 -- any driver's error: the run that follows reports it as a one-line error
         return False
     done = None if study is None else budget_spent(study, default_storage(config, path), target)
     if done is None:
@@ -327,7 +327,8 @@ def study_list() -> None:
     for column in ("name", "task", "trials", "best", "storage"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        trials = "not run" if row.finished is None else f"{row.finished}" + ("" if row.n_trials is None else f"/{row.n_trials}")
+        trials = "?" if not row.readable else "not run" if row.finished is None else (
+            f"{row.finished}" + ("" if row.n_trials is None else f"/{row.n_trials}"))
         local = row.storage.startswith("sqlite:///")  # a file of the listed folder: its name is enough
         storage = shown_path(Path(row.storage[len("sqlite:///"):]), folder) if local else row.storage
         table.add_row(row.name, row.task, trials, row.best, storage)

@@ -89,9 +89,10 @@ class StudyRow:
     name: str
     task: str
     storage: str
-    finished: int | None  # None: never run
+    finished: int | None  # None: never run, or the storage could not be read
     n_trials: int | None
     best: str
+    readable: bool = True
 
 
 def list_studies(folder: Path) -> list[StudyRow]:
@@ -107,8 +108,11 @@ def list_studies(folder: Path) -> list[StudyRow]:
             config, path = load_study_config(file)
         except SettingsError:
             continue
-        study = open_existing(config, path)
-        finished, best = None, "-"
+        finished, best, readable = None, "-", True
+        try:
+            study = open_existing(config, path)
+        except Exception as exc:  # noqa: BLE001 -- any driver's error (server down, no driver, bad URL): list the rest
+            study, best, readable = None, f"storage unreadable ({type(exc).__name__})", False
         if study is not None:
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
@@ -118,7 +122,7 @@ def list_studies(folder: Path) -> list[StudyRow]:
             elif front:
                 best = f"Pareto front of {len(front)}"
         rows.append(StudyRow(config.name, config.task.name, shown_url(default_storage(config, path)),
-                             finished, config.n_trials, best))  # fmt: skip
+                             finished, config.n_trials, best, readable))  # fmt: skip
     return rows
 
 
