@@ -30,11 +30,9 @@ def _study_file(folder: Path, name: str, **fields) -> Path:
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """``<tmp>/studies/a-study.yaml`` (study ``a``, run) and ``b-study.yaml`` (study ``b``,
-    run, same MLflow store), and the user standing in ``<tmp>/src/deep``."""
+    """``<tmp>/studies/a-study.yaml`` (study ``a``, run), the user standing in ``<tmp>/src/deep``."""
     monkeypatch.delenv("HPO2_STUDIES", raising=False)
-    for name in ("a", "b"):
-        StudyRunner(*load_study_config(_study_file(tmp_path / "studies", name))).run()
+    StudyRunner(*load_study_config(_study_file(tmp_path / "studies", "a"))).run()
     (tmp_path / "src" / "deep").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "src" / "deep")
     return tmp_path
@@ -82,7 +80,7 @@ def test_study_list_shows_every_study_with_its_progress(project: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in result.output.splitlines()
             if line.startswith("│") and line.split("│")[1].strip()}  # fmt: skip
-    assert set(rows) == {"a", "b", "never"}, result.output
+    assert set(rows) == {"a", "never"}, result.output
     best_a = optuna.load_study(study_name="a", storage=f"sqlite:///{project / 'studies' / 'a.optuna.db'}").best_trial
     assert rows["a"][:3] == ["logreg_breast_cancer", "2/2", f"{best_a.value:.5g} ({best_a.params['optimizer']})"]
     assert rows["never"][1:4] == ["not run", "-", "never.optuna.db"]
@@ -91,6 +89,7 @@ def test_study_list_shows_every_study_with_its_progress(project: Path) -> None:
 
 def test_study_delete_asks_then_removes_that_study_only(project: Path) -> None:
     studies = project / "studies"
+    StudyRunner(*load_study_config(_study_file(studies, "b"))).run()  # another study in the same MLflow store
     client = MlflowClient(f"sqlite:///{studies / 'mlflow.db'}")
 
     def runs(study: str) -> list:
