@@ -13,6 +13,7 @@ digits, and every objective is named with its direction.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -90,6 +91,7 @@ class StudyDisplay:
         self.jobs = jobs
         self.started = time.monotonic()
         self.seen: set[int] | None = None  # finished trials already shown (those before this run: not printed)
+        self._lock = threading.Lock()  # with `jobs` > 1 the listeners run in several threads
 
     def table(self, progress) -> Table:  # type: ignore[no-untyped-def]
         """The table for ``progress`` (a ``Progress``); prints newly finished trials above it."""
@@ -112,12 +114,13 @@ class StudyDisplay:
 
     def _print_finished(self, trials: Sequence[FrozenTrial]) -> None:
         finished = {t.number: t for t in trials if t.state in FINISHED}
-        if self.seen is None:
-            self.seen = set(finished)
-            return
-        for number in sorted(set(finished) - self.seen):
-            self.console.print(trial_line(finished[number]), highlight=False)
-        self.seen |= set(finished)
+        with self._lock:
+            if self.seen is None:
+                self.seen = set(finished)
+                return
+            for number in sorted(set(finished) - self.seen):
+                self.console.print(trial_line(finished[number]), highlight=False)
+            self.seen |= set(finished)
 
     @staticmethod
     def _best(study: optuna.Study | None, trials: Sequence[FrozenTrial]) -> str:
