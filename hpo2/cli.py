@@ -360,7 +360,7 @@ def study_delete(
 def dashboard(
     port: int = typer.Option(5000, help="port of the MLflow UI"),
     host: str = typer.Option("127.0.0.1", help="bind address (127.0.0.1: this machine only; MLflow has no login)"),
-    tracking_uri: str | None = typer.Option(None, help="backend store to serve (default: studies/mlflow.db, found upward from here)"),
+    tracking_uri: str | None = typer.Option(None, help="backend store to serve, also read from MLFLOW_TRACKING_URI (default: studies/mlflow.db, found upward from here)"),
     study: str | None = typer.Option(None, "--study", help="serve the tracking store of this study (name or file)"),
 ) -> None:
     """Serve the MLflow UI for the project's tracking store (optuna-dashboard alongside if installed); Ctrl-C stops it."""
