@@ -158,6 +158,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     from rich.live import Live
 
     from hpo2.optim.settings import SettingsError
+    from hpo2.redact import redact_url
     from hpo2.study.runner import Progress, StudyRunner
     from hpo2.tasks import DataMissingError
 
@@ -167,17 +168,19 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device})
+    config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device,
+                                           "n_trials": n_trials, "timeout": timeout})
     progress = Progress()
     try:
         runner = StudyRunner(config, path, progress)
     except (SettingsError, DataMissingError, ValueError) as exc:
         raise fail(str(exc)) from None
     console.print(f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
-                  f"storage {runner.storage_url}, MLflow {runner.tracking_uri}, device {runner.device}", highlight=False)
+                  f"storage {redact_url(runner.storage_url)}, MLflow {redact_url(runner.tracking_uri)}, device {runner.device}",
+                  highlight=False)
     with Live(_progress_table(progress), console=console, refresh_per_second=4) as live:
         progress.listeners.append(lambda p: live.update(_progress_table(p)))
-        runner.run(n_trials, timeout)
+        runner.run()  # n_trials and timeout: the validated config, CLI overrides included
     console.print()
     _print_status(runner.study, config)
     if progress.trial_seconds:
@@ -286,6 +289,7 @@ def study_report(
     """Render the study's plots into its MLflow run and write one offline HTML report."""
     from mlflow.tracking import MlflowClient
 
+    from hpo2.redact import redact_url
     from hpo2.report import render_study_report
     from hpo2.study.config import default_tracking_uri
     from hpo2.tracking import find_study_run
@@ -294,7 +298,7 @@ def study_report(
     uri = default_tracking_uri(config, path)
     run_id = find_study_run(MlflowClient(uri), config.experiment or config.name, config.name)
     if run_id is None:
-        raise fail(f"no MLflow run for study {config.name!r} in {uri}")
+        raise fail(f"no MLflow run for study {config.name!r} in {redact_url(uri)}")
     render_study_report(study, config, uri, run_id, out=out, png=png)
     console.print(f"wrote {out} (and the plots to MLflow run {run_id})", highlight=False)
 
@@ -315,8 +319,10 @@ def dashboard(
     )
     from mlflow.tracking import MlflowClient
 
+    from hpo2.redact import redact_url
+
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    console.print(f"MLflow UI for {redact_url(uri)} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
     for exp in MlflowClient(uri).search_experiments():
         if exp.name != "Default":
             console.print(f"  experiment {exp.name}: http://{host}:{port}/#/experiments/{exp.experiment_id}", highlight=False)

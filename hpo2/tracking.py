@@ -41,6 +41,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from hpo2.optim.settings import SettingsError  # noqa: E402
+from hpo2.redact import redact_text, redact_url  # noqa: E402
 
 MAX_BATCH = 1000
 
@@ -56,7 +57,8 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
         urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout)
     except OSError as exc:
         raise SettingsError(
-            f"tracking_uri: the MLflow tracking server at {tracking_uri} does not answer ({exc}). Start it "
+            f"tracking_uri: the MLflow tracking server at {redact_url(tracking_uri)} does not answer "
+            f"({redact_text(str(exc), tracking_uri)}). Start it "
             "(mlflow server --backend-store-uri postgresql://... --host 127.0.0.1), fix the URI, or leave "
             "tracking_uri unset for the local sqlite store; nothing was run"
         ) from None

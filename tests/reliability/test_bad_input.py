@@ -22,7 +22,7 @@ VALID = {"name": "b", "task": "digits_mlp", "n_trials": 2}
 CASES = {
     "malformed yaml": ("name: b\ntask: [digits_mlp\n", "not valid YAML"),
     "wrong type": (yaml.safe_dump({**VALID, "n_trials": "ten"}), "n_trials = 'ten': Input should be a valid integer"),
-    "unknown optimizer": (yaml.safe_dump({**VALID, "optimizers": ["adam", "newtn_cg"]}), "'newtn_cg' is not a known optimizer; allowed: newton_cg"),
+    "unknown optimizer": (yaml.safe_dump({**VALID, "optimizers": ["adam", "newtn_cg"]}), "'newtn_cg' is not a known optimizer (did you mean 'newton_cg'?); allowed: newton_cg"),
     "unknown setting": (yaml.safe_dump({**VALID, "optimizers": [{"name": "adam", "fixed": {"learning_rate": 0.1}}]}), "unknown setting(s) learning_rate; allowed: lr"),
     "range low > high": (yaml.safe_dump({**VALID, "optimizers": [{"name": "sgd", "ranges": {"lr": [0.1, 0.001]}}]}), "ranges.lr = [0.1, 0.001]: give [low, high] with low < high"),
     "storage cannot be opened": (yaml.safe_dump({**VALID, "storage": "postgresql+psycopg2://nobody@127.0.0.1:1/none"}), "storage: cannot open"),
