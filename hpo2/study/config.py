@@ -197,8 +197,10 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
             f"{path} is a `hpo2 train` config (one optimizer, no study name): train with "
             f"`hpo2 train --config {path}`; a study file has name, task and optimizers (see studies/)"
         )
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    config = validate(StudyConfig, data, str(path))
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(given)
+    source = f"{path} (with command-line {', '.join('--' + k.replace('_', '-') for k in given)})" if given else str(path)
+    config = validate(StudyConfig, data, source)
     parse_task_settings(config.task.name, config.task.settings)
     return config, path.resolve()
 

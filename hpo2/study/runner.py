@@ -35,6 +35,7 @@ import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from hpo2.databases import check_sqlite_writable
 from hpo2.diagnostics import curvature_summary
 from hpo2.optim.registry import load_config_file
 from hpo2.optim.settings import SettingsError
@@ -165,6 +166,7 @@ class StudyRunner:
         self.experiment = config.experiment or config.name
         self.device = resolve_device(config.device)
         check_reachable(self.tracking_uri)  # before anything is written
+        check_sqlite_writable(self.storage_url, "storage")
         self.offline_runs: list[TrackedRun] = []  # runs the tracking server has not received yet
         probe = build_task(config.task.name, config.task.settings)
         self.directions = objective_directions(config, probe.higher_is_better)
