@@ -53,7 +53,7 @@ def fail(message: str) -> typer.Exit:
     """Print a user error (no traceback) and exit with code 2."""
     from rich.markup import escape
 
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line: paths stay whole
     return typer.Exit(code=2)
 
 

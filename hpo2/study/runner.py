@@ -165,8 +165,8 @@ class StudyRunner:
         self.tracking_uri = default_tracking_uri(config, study_file)
         self.experiment = config.experiment or config.name
         self.device = resolve_device(config.device)
-        check_reachable(self.tracking_uri)  # before anything is written
-        check_sqlite_writable(self.storage_url, "storage")
+        check_sqlite_writable(self.storage_url, "storage")  # before anything is written
+        check_reachable(self.tracking_uri)
         self.offline_runs: list[TrackedRun] = []  # runs the tracking server has not received yet
         probe = build_task(config.task.name, config.task.settings)
         self.directions = objective_directions(config, probe.higher_is_better)
