@@ -20,6 +20,7 @@ from hpo2.config import load_train_config
 from hpo2.optim.registry import load_config_file, parse_optimizer_config
 from hpo2.optim.settings import FloatRange, SettingsError
 from hpo2.study.config import StudyConfig, load_study_config
+from hpo2.train import TrainConfig
 
 VALID = {"name": "b", "task": "digits_mlp", "n_trials": 2}
 
@@ -138,7 +139,7 @@ def test_servers_bind_to_loopback_unless_asked():
 
 FIELDS = list(StudyConfig.model_fields) + ["bogus", "optimizer", "settings"]
 scalars = st.none() | st.booleans() | st.integers(-5, 100) | st.floats(allow_nan=True) | st.text(max_size=12)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(-3, 3), inner, max_size=4), max_leaves=12)
 random_files = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), values, max_size=8)
 mutated_valid = st.fixed_dictionaries({}).flatmap(
     lambda _: st.dictionaries(st.sampled_from(FIELDS), values, max_size=3).map(lambda extra: {**VALID, **extra})
@@ -154,16 +155,95 @@ with_optimizers = optimizer_entries.map(lambda o: {**VALID, "optimizers": o})
 documents = random_files | mutated_valid | with_optimizers | st.text(max_size=40) | st.lists(scalars, max_size=3)
 
 FUZZ_DIR = Path(tempfile.mkdtemp(prefix="hpo2-fuzz-"))
+# 1,000 fuzzed cases in all (500 study files, 300 train configs, 150 overrides in-process,
+# 50 through the CLI); derandomized so CI sees the same cases every run.
+FUZZ = {"deadline": None, "derandomize": True, "suppress_health_check": [HealthCheck.too_slow]}
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _names_the_field(message: str, document: object, fields: list[str], path: Path) -> bool:
+    """A refusal says what is wrong first: the file itself (YAML syntax, not a mapping,
+    the wrong kind of file), or the field path, a key of the document or of the schema."""
+    if message.startswith(("config file", f"{path} is a")):
+        return True
+    rest = message.removeprefix(f"{path}: ")
+    keys = [str(k) for k in document] if isinstance(document, dict) else []
+    return any(name and rest.startswith(name) for name in [*keys, *fields, "(top level)"])
+
+
+def _write(document: object, name: str) -> Path:
+    path = FUZZ_DIR / name
+    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+    return path
+
+
+@settings(max_examples=500, **FUZZ)
 @given(documents)
 def test_fuzzed_study_files_never_raise_anything_but_a_settings_error(document):
-    path = FUZZ_DIR / "fuzz.yaml"
-    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+    path = _write(document, "fuzz.yaml")
     try:
         config, _ = load_study_config(path)
     except SettingsError as exc:
-        assert str(exc)  # a message for the user
+        assert _names_the_field(str(exc), document, FIELDS, path), str(exc)
     else:
         assert isinstance(config, StudyConfig)
+
+
+TRAIN_FIELDS = list(TrainConfig.model_fields) + ["bogus", "n_trials", "optimizers", "name"]
+VALID_TRAIN = {"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd", "settings": {"lr": 0.1}}}
+train_sections = st.fixed_dictionaries({}, optional={
+    "name": st.sampled_from(["sgd", "adam", "sophia", "lbfgs", "digits_mlp", "nope"]) | values,
+    "settings": st.dictionaries(st.sampled_from(["lr", "momentum", "eps", "estimator", "batch_size", "n_train", "data_dir", "zz"]), values, max_size=3) | values,
+})  # fmt: skip
+train_documents = (
+    st.dictionaries(st.sampled_from(TRAIN_FIELDS), values, max_size=6)
+    | st.dictionaries(st.sampled_from(TRAIN_FIELDS), values, max_size=3).map(lambda extra: {**VALID_TRAIN, **extra})
+    | st.fixed_dictionaries({"task": train_sections, "optimizer": train_sections},
+                            optional={"budget": st.dictionaries(st.sampled_from(["epochs", "steps", "seconds", "grad_equivalents", "epoch"]), values, max_size=2)})
+    | st.text(max_size=40)
+)  # fmt: skip
+
+
+@settings(max_examples=300, **FUZZ)
+@given(train_documents)
+def test_fuzzed_train_configs_never_raise_anything_but_a_settings_error(document):
+    path = _write(document, "train.yaml")
+    try:
+        config = load_train_config(path)
+    except SettingsError as exc:
+        assert _names_the_field(str(exc), document, TRAIN_FIELDS + ["settings", "name"], path), str(exc)
+    else:
+        assert isinstance(config, TrainConfig)
+
+
+OVERRIDES = {"n_trials": st.none() | st.integers(), "timeout": st.none() | st.floats(), "jobs": st.none() | st.integers(-3, 10**6),
+             "device": st.none() | st.text(max_size=8), "storage": st.none() | st.text(max_size=20)}  # fmt: skip
+
+
+@settings(max_examples=150, **FUZZ)
+@given(st.fixed_dictionaries({}, optional=OVERRIDES))
+def test_fuzzed_overrides_are_validated_with_the_file(overrides):
+    path = _write(VALID, "overrides.yaml")
+    try:
+        config, _ = load_study_config(path, overrides)
+    except SettingsError as exc:
+        given_keys = [k for k, v in overrides.items() if v is not None]
+        assert any(f"{k} = " in str(exc) for k in given_keys) and "with command-line" in str(exc), str(exc)
+    else:
+        for key, value in overrides.items():
+            assert value is None or getattr(config, key) == value
+
+
+bad_counts = st.integers(max_value=0) | st.integers(min_value=10**6 + 1) | st.text(min_size=1, max_size=6).filter(lambda t: not t.strip().lstrip("-").isdigit())
+bad_seconds = st.floats(max_value=0) | st.sampled_from(["inf", "nan", "-inf", "1e99"]) | st.text(min_size=1, max_size=6).filter(lambda t: not t.strip().replace(".", "").lstrip("-").isdigit())
+
+
+@settings(max_examples=50, **FUZZ)
+@given(st.sampled_from(["--n-trials", "--timeout"]).flatmap(lambda o: st.tuples(st.just(o), bad_counts if o == "--n-trials" else bad_seconds)))
+def test_fuzzed_bad_command_line_values_exit_2_naming_the_option(option_value):
+    option, value = option_value
+    path = _write(VALID, "cli.yaml")
+    result = CliRunner().invoke(app, ["study", "run", str(path), option, str(value)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.exception
+    field = option.removeprefix("--")
+    assert option in result.output or f"{field.replace('-', '_')} = " in result.output, result.output
