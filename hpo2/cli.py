@@ -62,7 +62,7 @@ def fail(message: str) -> typer.Exit:
     """Print a user error (no traceback) and exit with code 2."""
     from rich.markup import escape
 
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line: paths stay whole
     return typer.Exit(code=2)
 
 
@@ -174,6 +174,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
 
     from hpo2.optim.settings import SettingsError
     from hpo2.progress import StudyDisplay, print_status
+    from hpo2.redact import redact_url
     from hpo2.study.runner import Progress, StudyRunner
     from hpo2.tasks import DataMissingError
 
@@ -183,9 +184,10 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device})
-    target = n_trials if n_trials is not None else config.n_trials
-    if _nothing_to_do(config, path, target):
+    config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device,
+                                           "n_trials": n_trials, "timeout": timeout})
+    target = config.n_trials
+    if target is not None and _nothing_to_do(config, path, target):
         return
     progress = Progress()
     try:
@@ -193,11 +195,12 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     except (SettingsError, DataMissingError, ValueError) as exc:
         raise fail(str(exc)) from None
     console.print(f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
-                  f"storage {runner.storage_url}, MLflow {runner.tracking_uri}, device {runner.device}", highlight=False)
-    display = StudyDisplay(console, target, timeout if timeout is not None else config.timeout, config.jobs)
+                  f"storage {redact_url(runner.storage_url)}, MLflow {redact_url(runner.tracking_uri)}, device {runner.device}",
+                  highlight=False)
+    display = StudyDisplay(console, target, config.timeout, config.jobs)
     with Live(display.table(progress), console=console, refresh_per_second=4) as live:
         progress.listeners.append(lambda p: live.update(display.table(p)))
-        runner.run(n_trials, timeout)
+        runner.run()  # n_trials and timeout: the validated config, CLI overrides included
     console.print()
     print_status(console, runner.study, config)
     if progress.trial_seconds:
@@ -295,6 +298,7 @@ def study_report(
     """Render the study's plots into its MLflow run and write one offline HTML report."""
     from mlflow.tracking import MlflowClient
 
+    from hpo2.redact import redact_url
     from hpo2.report import render_study_report
     from hpo2.study.config import default_tracking_uri
     from hpo2.study.locate import beside_study, shown_path
@@ -304,7 +308,7 @@ def study_report(
     uri = default_tracking_uri(config, path)
     run_id = find_study_run(MlflowClient(uri), config.experiment or config.name, config.name)
     if run_id is None:
-        raise fail(f"no MLflow run for study {config.name!r} in {uri}")
+        raise fail(f"no MLflow run for study {config.name!r} in {redact_url(uri)}")
     target = out or beside_study(path, config.name, ".report.html")
     console.print(f"rendering the plots of {len(study.trials)} trials into MLflow run {run_id}, then {shown_path(target)}"
                   f"{' (PNG copies take a while)' if png else ''} ...", highlight=False)
@@ -370,6 +374,7 @@ def dashboard(
 
     from hpo2.dashboard import runs_url, serve, server_command, tracking_store
     from hpo2.optim.settings import SettingsError
+    from hpo2.redact import redact_url
     from hpo2.study.locate import studies_folder
 
     try:
@@ -377,7 +382,7 @@ def dashboard(
     except SettingsError as exc:
         raise fail(str(exc)) from None
     commands = [server_command(uri, host, port)]
-    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    console.print(f"MLflow UI for {redact_url(uri)} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
     for exp in MlflowClient(uri).search_experiments():
         if exp.name != "Default":
             console.print(f"  experiment {exp.name}: {runs_url(host, port, exp.experiment_id)}", highlight=False)

@@ -3,21 +3,40 @@ field, the value and what is allowed -- never a traceback for a user mistake."""
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from hpo2.optim.registry import load_config_file, parse_optimizer_config
-from hpo2.optim.settings import SettingsError
+from hpo2.optim.settings import SettingsError, did_you_mean
 from hpo2.tasks import parse_task_settings
 from hpo2.train import TrainConfig
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
+def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``loc`` inside ``model``
+    (list indexes and ``X | None`` unwrapped), or None if it is not one."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        current = current.model_fields[part].annotation
+        while typing.get_origin(current) in (list, typing.Union, types.UnionType):
+            current = next((a for a in typing.get_args(current) if a is not type(None)), None)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
 def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
-    """``model(**data)``, turning pydantic's errors into one :class:`SettingsError`."""
+    """``model(**data)``, turning pydantic's errors into one :class:`SettingsError`;
+    an unknown key gets the closest allowed name (``did you mean 'epochs'?``)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -26,13 +45,29 @@ def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" = {value!r}"
-            problems.append(f"{where}{shown}: {err['msg'].removeprefix('Value error, ')}")
+            message = err["msg"].removeprefix("Value error, ")
+            owner = _model_at(model, err["loc"][:-1]) if err["type"] == "extra_forbidden" else None
+            if owner is not None:
+                allowed = list(owner.model_fields)
+                message = f"unknown key{did_you_mean(err['loc'][-1], allowed)}; allowed: {', '.join(allowed)}"
+            problems.append(f"{where}{shown}: {message}")
         raise SettingsError(f"{source}: " + "; ".join(problems)) from None
+
+
+def looks_like_study_file(data: dict[str, Any]) -> bool:
+    """A study file has a search (``optimizers``, ``n_trials``...) but no single ``optimizer``."""
+    return "optimizer" not in data and bool({"n_trials", "optimizers", "sampler", "pruner", "objective"} & set(data))
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read and fully validate a ``hpo2 train`` config (task and optimizer settings included)."""
     data = load_config_file(path)
+    if looks_like_study_file(data):
+        raise SettingsError(
+            f"{path} is a study file (it has {', '.join(k for k in ('n_trials', 'optimizers') if k in data) or 'a search'} "
+            f"and no optimizer): run it with `hpo2 study run {path}`; `hpo2 train --config` takes one optimizer, "
+            "as `hpo2 study best NAME --export best.yaml` writes"
+        )
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     config = validate(TrainConfig, data, str(path))
     parse_optimizer_config(config.optimizer.model_dump())

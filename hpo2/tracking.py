@@ -40,7 +40,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from hpo2.databases import check_sqlite_writable  # noqa: E402
 from hpo2.optim.settings import SettingsError  # noqa: E402
+from hpo2.redact import redact_text, redact_url  # noqa: E402
 
 MAX_BATCH = 1000
 
@@ -49,14 +51,26 @@ logging.getLogger("mlflow.tracking._tracking_service.client").setLevel(logging.W
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
-    """Raise :class:`SettingsError` if an HTTP tracking server does not answer."""
+    """Raise :class:`SettingsError`, before anything is written, if the tracking
+    store cannot take a study: an HTTP server that does not answer, a sqlite file
+    that cannot be written, or MLflow 3's refused file store (``file://``, a path)."""
+    if "://" not in tracking_uri or tracking_uri.startswith("file:"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+            raise SettingsError(
+                f"tracking_uri = {redact_url(tracking_uri)!r}: MLflow 3 refuses the file store; use a sqlite "
+                "database (tracking_uri: sqlite:///mlflow.db, the default beside the study file) or a tracking "
+                "server (http://127.0.0.1:5000)"
+            )
+        return
+    check_sqlite_writable(tracking_uri, "tracking_uri")
     if not tracking_uri.startswith(("http://", "https://")):
         return
     try:
         urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout)
     except OSError as exc:
         raise SettingsError(
-            f"tracking_uri: the MLflow tracking server at {tracking_uri} does not answer ({exc}). Start it "
+            f"tracking_uri: the MLflow tracking server at {redact_url(tracking_uri)} does not answer "
+            f"({redact_text(str(exc), tracking_uri)}). Start it "
             "(mlflow server --backend-store-uri postgresql://... --host 127.0.0.1), fix the URI, or leave "
             "tracking_uri unset for the local sqlite store; nothing was run"
         ) from None

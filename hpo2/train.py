@@ -32,15 +32,19 @@ from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
 from hpo2.tasks import Task, build_task
 
 
+MAX_SECONDS = 30 * 24 * 3600  # 30 days: a longer budget is a typo, not a plan
+
+
 class Budget(BaseModel):
-    """Stop when any set limit is reached."""
+    """Stop when any set limit is reached; every limit is finite and bounded, so a
+    typo (``epochs: 1e9``, ``.inf``) is refused instead of running for ever."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    epochs: float | None = Field(default=None, gt=0)
-    steps: int | None = Field(default=None, ge=1)
-    seconds: float | None = Field(default=None, gt=0)
-    grad_equivalents: float | None = Field(default=None, gt=0)
+    epochs: float | None = Field(default=None, gt=0, le=100_000)
+    steps: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    grad_equivalents: float | None = Field(default=None, gt=0, le=1e12)
 
     @model_validator(mode="after")
     def _at_least_one(self) -> Budget:

@@ -30,8 +30,9 @@ from hpo2.optim.base import CurvatureOptimizer
 from hpo2.optim.hessian_free import HessianFree
 from hpo2.optim.lbfgs import LBFGS
 from hpo2.optim.newton_cg import NewtonCG
-from hpo2.optim.settings import OptimizerSettings, SearchDimension, SettingsError
+from hpo2.optim.settings import OptimizerSettings, SearchDimension, SettingsError, check_known, did_you_mean
 from hpo2.optim.sophia import Sophia
+from hpo2.yaml_loader import load_yaml, yaml_error_message
 
 
 @dataclass(frozen=True)
@@ -73,20 +74,24 @@ REGISTRY: dict[str, OptimizerSpec] = {
 def get_spec(name: str, where: str = "optimizer.name") -> OptimizerSpec:
     """The registered optimizer ``name``, or an error listing the known names."""
     if name not in REGISTRY:
-        raise SettingsError(f"{where}: {name!r} is not a known optimizer; allowed: {', '.join(REGISTRY)}")
+        raise SettingsError(f"{where}: {name!r} is not a known optimizer{did_you_mean(name, REGISTRY)}; allowed: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (safe loader: no code runs) or JSON config file into a dict."""
+    """Read a YAML (safe loader, YAML 1.2 numbers: no code runs, ``1e-4`` is a
+    float) or JSON config file into a dict."""
     path = Path(path)
     if not path.is_file():
         raise SettingsError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SettingsError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        data = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file is not valid YAML: {yaml_error_message(path, exc)}") from None
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"config file is not valid JSON: {path}, line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"config file {str(path)!r} cannot be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise SettingsError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
     return data
@@ -106,9 +111,7 @@ def parse_optimizer_config(config: Mapping[str, Any] | str | Path) -> tuple[Opti
         section = config
     if not isinstance(section, Mapping):
         raise SettingsError(f"{where} must be a mapping with 'name' and 'settings', got {type(section).__name__}")
-    unknown = sorted(set(section) - {"name", "settings"})
-    if unknown:
-        raise SettingsError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: name, settings")
+    check_known(section, ("name", "settings"), where)
     if "name" not in section:
         raise SettingsError(f"{where}.name is missing; allowed: {', '.join(REGISTRY)}")
     spec = get_spec(str(section["name"]), f"{where}.name")

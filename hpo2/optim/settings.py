@@ -15,6 +15,8 @@ turns them into Optuna distributions.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,11 +90,7 @@ class OptimizerSettings(BaseModel):
         """Validate ``values`` into settings, with a one-paragraph error that names
         each bad field (``where.field``), the value given, and what is allowed."""
         values = dict(values or {})
-        unknown = sorted(set(values) - set(cls.model_fields))
-        if unknown:
-            raise SettingsError(
-                f"{where}: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(cls.model_fields)}"
-            )
+        check_known(values, cls.model_fields, where, "setting(s)")
         try:
             return cls(**values)
         except ValidationError as exc:
@@ -105,3 +103,19 @@ class OptimizerSettings(BaseModel):
 
 class SettingsError(ValueError):
     """A user's optimizer config is wrong; the message names the field and the fix."""
+
+
+def did_you_mean(given: Any, allowed: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the allowed name closest to ``given`` (difflib), else ``""``."""
+    close = difflib.get_close_matches(str(given), list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_known(keys: Iterable[Any], allowed: Iterable[str], where: str, kind: str = "key(s)") -> None:
+    """Raise :class:`SettingsError` naming the keys not in ``allowed``, the closest
+    allowed name to each, and the allowed names."""
+    allowed = list(allowed)
+    unknown = sorted({str(k) for k in keys} - set(allowed))
+    if unknown:
+        named = ", ".join(f"{k}{did_you_mean(k, allowed)}" for k in unknown)
+        raise SettingsError(f"{where}: unknown {kind} {named}; allowed: {', '.join(allowed)}")

@@ -13,17 +13,23 @@ beside the study file.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from hpo2.config import validate
-from hpo2.optim.registry import REGISTRY, get_spec, load_config_file
-from hpo2.optim.settings import Choice, FloatRange, IntRange
+from hpo2.optim.registry import REGISTRY, OptimizerSpec, get_spec, load_config_file
+from hpo2.optim.settings import Choice, FloatRange, IntRange, SearchDimension, SettingsError, did_you_mean
+from hpo2.redact import redact_text, redact_url
 from hpo2.tasks import parse_task_settings
-from hpo2.train import Budget, ConfigSection
+from hpo2.train import MAX_SECONDS, Budget, ConfigSection
+
+
+MAX_TRIALS = 1_000_000
+MAX_NAME = 100
 
 
 class Strict(BaseModel):
@@ -43,15 +49,11 @@ class OptimizerChoice(Strict):
         space = spec.search_space()
         for key, value in self.ranges.items():
             if key not in space:
-                raise ValueError(f"ranges.{key}: {key!r} is not a searched setting of {self.name}; allowed: {', '.join(space)}")
-            dim = space[key]
-            if isinstance(dim, Choice):
-                if not value or any(v not in dim.choices for v in value):
-                    raise ValueError(f"ranges.{key} = {value!r}: choices must be a non-empty subset of {list(dim.choices)}")
-            elif len(value) != 2 or not all(isinstance(v, int | float) for v in value) or not value[0] < value[1]:
-                raise ValueError(f"ranges.{key} = {value!r}: give [low, high] with low < high")
-            elif isinstance(dim, FloatRange) and dim.log and value[0] <= 0:
-                raise ValueError(f"ranges.{key} = {value!r}: {key} is searched on a log scale, so low must be > 0")
+                raise ValueError(
+                    f"ranges.{key}: {key!r} is not a searched setting of {self.name}{did_you_mean(key, space)}; "
+                    f"allowed: {', '.join(space)}"
+                )
+            check_range(spec, key, space[key], value)
         spec.settings.parse(self.fixed, where="fixed")
         return self
 
@@ -67,6 +69,33 @@ class OptimizerChoice(Strict):
             else:
                 space[key] = FloatRange(float(value[0]), float(value[1]), dim.log, dim.when)
         return {k: v for k, v in space.items() if k not in self.fixed}
+
+
+def check_range(spec: OptimizerSpec, key: str, dim: SearchDimension, value: list[Any]) -> None:
+    """Refuse a study's range override that the setting itself could never take:
+    a choice outside the declared ones, or a ``[low, high]`` that is not two finite
+    numbers with ``low < high`` each passing the setting's own pydantic constraints
+    (``momentum: [0.5, 1.5]`` fails ``momentum < 1`` at load time, not in every trial)."""
+    where = f"ranges.{key} = {value!r}"
+    if isinstance(dim, Choice):
+        if not value or any(v not in dim.choices for v in value):
+            raise ValueError(f"{where}: choices must be a non-empty subset of {list(dim.choices)}")
+        return
+    if len(value) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{where}: give [low, high], two numbers with low < high")
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError(f"{where}: both ends must be finite numbers (no .inf or .nan)")
+    if not value[0] < value[1]:
+        raise ValueError(f"{where}: give [low, high] with low < high")
+    if isinstance(dim, FloatRange) and dim.log and value[0] <= 0:
+        raise ValueError(f"{where}: {key} is searched on a log scale, so low must be > 0")
+    field = spec.settings.model_fields[key]
+    constraints = TypeAdapter(Annotated[(field.annotation, *field.metadata)])  # type: ignore[valid-type]
+    for end, v in zip(("low", "high"), value):
+        try:
+            constraints.validate_python(v)
+        except ValidationError as exc:
+            raise ValueError(f"{where}: {end} = {v!r} is not a valid {key} ({exc.errors()[0]['msg']})") from None
 
 
 class SamplerConfig(Strict):
@@ -96,17 +125,17 @@ class StudyConfig(Strict):
     optimizers: list[OptimizerChoice] = Field(default_factory=lambda: [OptimizerChoice(name=n) for n in REGISTRY])
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
-    n_trials: int | None = Field(default=20, ge=1)
-    timeout: float | None = Field(default=None, gt=0)
-    jobs: int = Field(default=1, ge=1)
+    n_trials: int | None = Field(default=20, ge=1, le=MAX_TRIALS)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    jobs: int = Field(default=1, ge=1, le=256)
     storage: str | None = None
     tracking_uri: str | None = None
     experiment: str | None = None
     seed: int = 0
     device: str = "auto"
     enqueue_defaults: bool = True
-    heartbeat_interval: int = Field(default=30, ge=1)
-    max_retry: int = Field(default=2, ge=0)
+    heartbeat_interval: int = Field(default=30, ge=1, le=3600)
+    max_retry: int = Field(default=2, ge=0, le=100)
     curvature_diagnostics: bool = True
     report: bool = True
 
@@ -115,6 +144,8 @@ class StudyConfig(Strict):
     def _name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
             raise ValueError("use letters, digits, '_', '.', '-' (it names files and MLflow runs)")
+        if len(value) > MAX_NAME:
+            raise ValueError(f"{len(value)} characters; at most {MAX_NAME} (it names files and MLflow runs)")
         return value
 
     @field_validator("task", mode="before")
@@ -161,8 +192,15 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     beside it.  Errors name the field path, the value and what is allowed."""
     path = Path(path)
     data = load_config_file(path)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    config = validate(StudyConfig, data, str(path))
+    if "optimizer" in data and "name" not in data:
+        raise SettingsError(
+            f"{path} is a `hpo2 train` config (one optimizer, no study name): train with "
+            f"`hpo2 train --config {path}`; a study file has name, task and optimizers (see studies/)"
+        )
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(given)
+    source = f"{path} (with command-line {', '.join('--' + k.replace('_', '-') for k in given)})" if given else str(path)
+    config = validate(StudyConfig, data, source)
     parse_task_settings(config.task.name, config.task.settings)
     return config, path.resolve()
 
@@ -170,6 +208,15 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
 def default_storage(config: StudyConfig, study_file: Path) -> str:
     """``sqlite:///<dir>/<name>.optuna.db`` beside the study file."""
     return config.storage or f"sqlite:///{study_file.parent / (config.name + '.optuna.db')}"
+
+
+def storage_error(url: str, exc: BaseException) -> SettingsError:
+    """The one-paragraph error for a storage URL the driver could not open (password masked)."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return SettingsError(
+        f"storage: cannot open {redact_url(url)!r} ({type(exc).__name__}: {redact_text(first_line, url)}). Check the URL, "
+        "that the database server runs and the database exists, or leave storage unset for a sqlite file beside the study"
+    )
 
 
 def default_tracking_uri(config: StudyConfig, study_file: Path) -> str:

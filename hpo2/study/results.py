@@ -10,7 +10,8 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo2.optim.settings import SettingsError
-from hpo2.study.config import StudyConfig, default_storage
+from hpo2.redact import redact_url
+from hpo2.study.config import StudyConfig, default_storage, storage_error
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
 
 
@@ -20,7 +21,11 @@ def load_study(config: StudyConfig, study_file: Path) -> optuna.Study:
     try:
         return optuna.load_study(study_name=config.name, storage=url)
     except KeyError:
-        raise SettingsError(f"study {config.name!r} has no trials yet in {url}: run `hpo2 study run {study_file}` first") from None
+        raise SettingsError(
+            f"study {config.name!r} has no trials yet in {redact_url(url)}: run `hpo2 study run {study_file}` first"
+        ) from None
+    except Exception as exc:  # any driver error: the URL is wrong, the server down, the file unreadable
+        raise storage_error(url, exc) from None
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:

@@ -35,10 +35,13 @@ import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from hpo2.databases import check_sqlite_writable
 from hpo2.diagnostics import curvature_summary
+from hpo2.optim.registry import load_config_file
 from hpo2.optim.settings import SettingsError
 from hpo2.study.budget import TrialBudget, file_lock
-from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
+from hpo2.redact import redact_url, sanitized_study_text
+from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri, storage_error
 from hpo2.study.samplers import build_pruner, build_sampler
 from hpo2.study.space import SearchSpace
 from hpo2.tasks import build_task
@@ -75,11 +78,7 @@ def open_storage(
             )
         return url
     except Exception as exc:  # any driver error: the user's URL is wrong or unreachable
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise SettingsError(
-            f"storage: cannot open {url!r} ({type(exc).__name__}: {first_line}). Check the URL, that the database "
-            "server runs and the database exists, or leave storage unset for a sqlite file beside the study"
-        ) from None
+        raise storage_error(url, exc) from None
 
 
 def init_lock_path(study_file: Path, name: str) -> Path:
@@ -162,7 +161,8 @@ class StudyRunner:
         self.tracking_uri = default_tracking_uri(config, study_file)
         self.experiment = config.experiment or config.name
         self.device = resolve_device(config.device)
-        check_reachable(self.tracking_uri)  # before anything is written
+        check_sqlite_writable(self.storage_url, "storage")  # before anything is written
+        check_reachable(self.tracking_uri)
         self.offline_runs: list[TrackedRun] = []  # runs the tracking server has not received yet
         probe = build_task(config.task.name, config.task.settings)
         self.directions = objective_directions(config, probe.higher_is_better)
@@ -200,9 +200,17 @@ class StudyRunner:
         self.parent.log_params({"task": self.config.task.name, "sampler": self.config.sampler.name,
                                 "pruner": self.config.pruner.name, "optimizers": ",".join(self.space.names),
                                 "objective": ",".join(o.metric for o in self.config.objective)})
-        self.parent.log_artifact(str(self.study_file))
+        self.log_study_file()
         if self.config.enqueue_defaults:
             self.space.enqueue_defaults(self.study)
+
+    def log_study_file(self) -> None:
+        """Log the study file to the parent run as a copy with URL passwords masked
+        (MLflow's UI has no login: whoever reaches it could read the file)."""
+        with tempfile.TemporaryDirectory(prefix="hpo2-study-") as folder:
+            copy = Path(folder) / self.study_file.name
+            copy.write_text(sanitized_study_text(load_config_file(self.study_file)))
+            self.parent.log_artifact(str(copy))
 
     def run(self, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
         """Run trials until the study holds ``n_trials`` (failed ones not counted;
@@ -255,7 +263,7 @@ class StudyRunner:
             folder = self.study_file.parent / "mlflow-unsent"
             paths = [run.spool(folder) for run in self.offline_runs]
             warnings.warn(
-                f"MLflow tracking at {self.tracking_uri} stayed unreachable: {len(paths)} run(s) were not sent; "
+                f"MLflow tracking at {redact_url(self.tracking_uri)} stayed unreachable: {len(paths)} run(s) were not sent; "
                 f"their params, metrics and tags are saved in {folder}",
                 RuntimeWarning,
                 stacklevel=2,

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
-from hpo2.optim.settings import SettingsError
+from hpo2.optim.settings import SettingsError, check_known, did_you_mean
 
 
 class TaskSettings(BaseModel):
@@ -115,14 +115,10 @@ def register(name: str, settings: type[TaskSettings], summary: str) -> Callable[
 def parse_task_settings(name: str, values: dict[str, Any] | None, where: str = "task") -> tuple[TaskSpec, TaskSettings]:
     """Validate a task name and settings, naming the bad field and what is allowed."""
     if name not in TASKS:
-        raise SettingsError(f"{where}.name: {name!r} is not a known task; allowed: {', '.join(TASKS)}")
+        raise SettingsError(f"{where}.name: {name!r} is not a known task{did_you_mean(name, TASKS)}; allowed: {', '.join(TASKS)}")
     spec = TASKS[name]
     values = dict(values or {})
-    unknown = sorted(set(values) - set(spec.settings.model_fields))
-    if unknown:
-        raise SettingsError(
-            f"{where}.settings: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(spec.settings.model_fields)}"
-        )
+    check_known(values, spec.settings.model_fields, f"{where}.settings", "setting(s)")
     try:
         return spec, spec.settings(**values)
     except ValidationError as exc:

@@ -3,6 +3,8 @@ nothing written; a fuzzed study-file parser never shows a traceback."""
 
 from __future__ import annotations
 
+import math
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -14,34 +16,118 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from hpo2.cli import app
-from hpo2.optim.settings import SettingsError
+from hpo2.config import load_train_config
+from hpo2.optim.registry import load_config_file, parse_optimizer_config
+from hpo2.optim.settings import FloatRange, SettingsError
 from hpo2.study.config import StudyConfig, load_study_config
+from hpo2.train import TrainConfig
 
 VALID = {"name": "b", "task": "digits_mlp", "n_trials": 2}
 
 CASES = {
-    "malformed yaml": ("name: b\ntask: [digits_mlp\n", "not valid YAML"),
+    "malformed yaml": ("name: b\ntask: [digits_mlp\n", "not valid YAML: {tmp}/bad.yaml, line 3, column 1: while parsing a flow sequence"),
     "wrong type": (yaml.safe_dump({**VALID, "n_trials": "ten"}), "n_trials = 'ten': Input should be a valid integer"),
-    "unknown optimizer": (yaml.safe_dump({**VALID, "optimizers": ["adam", "newtn_cg"]}), "'newtn_cg' is not a known optimizer; allowed: newton_cg"),
+    "unknown optimizer": (yaml.safe_dump({**VALID, "optimizers": ["adam", "newtn_cg"]}), "'newtn_cg' is not a known optimizer (did you mean 'newton_cg'?); allowed: newton_cg"),
     "unknown setting": (yaml.safe_dump({**VALID, "optimizers": [{"name": "adam", "fixed": {"learning_rate": 0.1}}]}), "unknown setting(s) learning_rate; allowed: lr"),
     "range low > high": (yaml.safe_dump({**VALID, "optimizers": [{"name": "sgd", "ranges": {"lr": [0.1, 0.001]}}]}), "ranges.lr = [0.1, 0.001]: give [low, high] with low < high"),
     "storage cannot be opened": (yaml.safe_dump({**VALID, "storage": "postgresql+psycopg2://nobody@127.0.0.1:1/none"}), "storage: cannot open"),
     "task data missing": (yaml.safe_dump({**VALID, "task": {"name": "fmnist_mlp", "settings": {"data_dir": "/nonexistent"}}}), "apt-get install dataset-fashion-mnist"),
     "code in yaml": ("name: b\ntask: !!python/object/apply:os.system ['touch pwned']\n", "not valid YAML"),
+    "typo'd key": (yaml.safe_dump({**VALID, "n_trial": 3}), "n_trial = 3: unknown key (did you mean 'n_trials'?); allowed: name, task"),
+    "typo'd budget key": (yaml.safe_dump({**VALID, "budget": {"epoch": 1}}), "budget.epoch = 1: unknown key (did you mean 'epochs'?)"),
+    "typo'd setting": (yaml.safe_dump({**VALID, "optimizers": [{"name": "sgd", "fixed": {"momentm": 0.5}}]}), "unknown setting(s) momentm (did you mean 'momentum'?)"),
+    "too many trials": ("name: b\ntask: digits_mlp\nn_trials: 1e11\n", "n_trials = 100000000000.0: Input should be less than or equal to 1000000"),
+    "too many epochs": (yaml.safe_dump({**VALID, "budget": {"epochs": 1e9}}), "budget.epochs = 1000000000.0: Input should be less than or equal to 100000"),
+    "infinite epochs": (yaml.safe_dump({**VALID, "budget": {"epochs": float("inf")}}), "budget.epochs = inf: Input should be a finite number"),
+    "range outside the setting": (yaml.safe_dump({**VALID, "optimizers": [{"name": "sgd", "ranges": {"momentum": [0.5, 1.5]}}]}), "ranges.momentum = [0.5, 1.5]: high = 1.5 is not a valid momentum (Input should be less than 1)"),
+    "range below the setting": (yaml.safe_dump({**VALID, "optimizers": [{"name": "sophia", "ranges": {"hessian_refresh": [0, 5]}}]}), "ranges.hessian_refresh = [0, 5]: low = 0 is not a valid hessian_refresh (Input should be greater than or equal to 1)"),
+    "infinite range": ("name: b\ntask: digits_mlp\noptimizers: [{name: sgd, ranges: {lr: [1e-4, .inf]}}]\n", "ranges.lr = [0.0001, inf]: both ends must be finite numbers"),
+    "long name": (yaml.safe_dump({**VALID, "name": "n" * 250}), "250 characters; at most 100"),
+    "train config given to study run": (yaml.safe_dump({"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd"}}), "is a `hpo2 train` config (one optimizer, no study name): train with `hpo2 train --config {tmp}/bad.yaml`"),
+    "file store": (yaml.safe_dump({**VALID, "tracking_uri": "file:///{tmp}/mlruns"}), "MLflow 3 refuses the file store; use a sqlite database"),
+    "MLflow store not writable": (yaml.safe_dump({**VALID, "tracking_uri": "sqlite:///{tmp}/bad.yaml/mlflow.db"}), "tracking_uri: cannot write the sqlite database 'sqlite:///{tmp}/bad.yaml/mlflow.db' (Not a directory)"),
+    "study folder not writable": (yaml.safe_dump({**VALID, "storage": "sqlite:///{tmp}/bad.yaml/b.db"}), "storage: cannot write the sqlite database"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_study_file_gives_one_paragraph_exit_2_and_writes_nothing(tmp_path, case):
-    text, message = CASES[case]
+    text, message = (part.replace("{tmp}", str(tmp_path)) for part in CASES[case])
+    _refused_and_nothing_written(tmp_path, text, [], message)
+
+
+def _refused_and_nothing_written(tmp_path: Path, study_text: str, options: list[str], message: str) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    result = CliRunner().invoke(app, ["study", "run", str(path)])
+    path.write_text(study_text)
+    result = CliRunner().invoke(app, ["study", "run", str(path), *options])
     assert result.exit_code == 2, result.output
     output = " ".join(result.output.split())
-    assert message in output and output.startswith("error:")
+    assert message in output and output.startswith("error:"), output
     assert "Traceback" not in result.output and "\n\n" not in result.output.strip()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no storage, no MLflow store, no pwned
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--n-trials", "0"], "(with command-line --n-trials): n_trials = 0: Input should be greater than or equal to 1"),
+        (["--n-trials", "-1"], "n_trials = -1: Input should be greater than or equal to 1"),
+        (["--n-trials", "2000000"], "n_trials = 2000000: Input should be less than or equal to 1000000"),
+        (["--timeout", "0"], "(with command-line --timeout): timeout = 0.0: Input should be greater than 0"),
+        (["--timeout", "-5"], "timeout = -5.0: Input should be greater than 0"),
+        (["--timeout", "inf"], "timeout = inf: Input should be a finite number"),
+    ],
+)
+def test_command_line_overrides_are_validated_like_the_file(tmp_path, options, message):
+    _refused_and_nothing_written(tmp_path, yaml.safe_dump(VALID), options, message)
+
+
+def test_a_read_only_study_database_is_refused_before_anything_runs(tmp_path):
+    db = tmp_path / "ro.db"
+    sqlite3.connect(db).close()
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**VALID, "storage": f"sqlite:///file:{db}?mode=ro&uri=true"}))
+    result = CliRunner().invoke(app, ["study", "run", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "storage: cannot write the sqlite database" in " ".join(result.output.split())
+    assert "attempt to write a readonly database" in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro.db", "s.yaml"]
+
+
+def test_an_unreachable_storage_in_status_is_one_line(tmp_path):
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(VALID))
+    for command in ("status", "best", "report"):
+        result = CliRunner().invoke(app, ["study", command, str(tmp_path / "s.yaml"), "--storage", "postgresql+psycopg2://u:pw@127.0.0.1:1/none"])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert " ".join(result.output.split()).startswith("error: storage: cannot open 'postgresql+psycopg2://u:***@127.0.0.1:1/none'")
+
+
+def test_a_study_file_given_to_train_names_the_right_command(tmp_path):
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(VALID))
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"is a study file (it has n_trials and no optimizer): run it with `hpo2 study run {tmp_path}/s.yaml`" in " ".join(result.output.split())
+
+
+def test_yaml_1_2_numbers_are_read_as_numbers_everywhere(tmp_path):
+    """``1e-4`` is a float in ranges, fixed settings, budgets and train configs (YAML 1.1 made it a string)."""
+    study = tmp_path / "s.yaml"
+    study.write_text("name: b\ntask: digits_mlp\nbudget: {seconds: 1e2, grad_equivalents: 5E3}\ntimeout: 6e2\n"
+                     "optimizers:\n  - {name: sgd, ranges: {lr: [1e-4, 1e-2]}, fixed: {momentum: 5e-1}}\n")
+    config, _ = load_study_config(study)
+    assert config.optimizers[0].space()["lr"] == FloatRange(1e-4, 1e-2, log=True)
+    assert config.optimizers[0].fixed == {"momentum": 0.5} and config.timeout == 600.0
+    assert (config.budget.seconds, config.budget.grad_equivalents) == (100.0, 5000.0)
+    train = tmp_path / "t.yaml"
+    train.write_text("task: {name: digits_mlp}\noptimizer: {name: adam, settings: {lr: 1e-3, eps: 1e-8}}\nbudget: {epochs: 1E0}\n")
+    assert load_train_config(train).budget.epochs == 1.0
+    spec, settings = parse_optimizer_config(train)
+    assert (settings.lr, settings.eps) == (1e-3, 1e-8)
+    assert load_config_file(train)["optimizer"]["settings"]["lr"] == 1e-3
+    special = tmp_path / "special.yaml"
+    special.write_text("a: .inf\nb: -.inf\nc: .nan\nd: 12\ne: '1e-4'\nf: 1.5\n")
+    values = load_config_file(special)
+    assert values["a"] == math.inf and values["b"] == -math.inf and math.isnan(values["c"])
+    assert values["d"] == 12 and isinstance(values["d"], int) and values["e"] == "1e-4" and values["f"] == 1.5
 
 
 def test_servers_bind_to_loopback_unless_asked():
@@ -53,7 +139,7 @@ def test_servers_bind_to_loopback_unless_asked():
 
 FIELDS = list(StudyConfig.model_fields) + ["bogus", "optimizer", "settings"]
 scalars = st.none() | st.booleans() | st.integers(-5, 100) | st.floats(allow_nan=True) | st.text(max_size=12)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(-3, 3), inner, max_size=4), max_leaves=12)
 random_files = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), values, max_size=8)
 mutated_valid = st.fixed_dictionaries({}).flatmap(
     lambda _: st.dictionaries(st.sampled_from(FIELDS), values, max_size=3).map(lambda extra: {**VALID, **extra})
@@ -69,16 +155,95 @@ with_optimizers = optimizer_entries.map(lambda o: {**VALID, "optimizers": o})
 documents = random_files | mutated_valid | with_optimizers | st.text(max_size=40) | st.lists(scalars, max_size=3)
 
 FUZZ_DIR = Path(tempfile.mkdtemp(prefix="hpo2-fuzz-"))
+# 1,000 fuzzed cases in all (500 study files, 300 train configs, 150 overrides in-process,
+# 50 through the CLI); derandomized so CI sees the same cases every run.
+FUZZ = {"deadline": None, "derandomize": True, "suppress_health_check": [HealthCheck.too_slow]}
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _names_the_field(message: str, document: object, fields: list[str], path: Path) -> bool:
+    """A refusal says what is wrong first: the file itself (YAML syntax, not a mapping,
+    the wrong kind of file), or the field path, a key of the document or of the schema."""
+    if message.startswith(("config file", f"{path} is a")):
+        return True
+    rest = message.removeprefix(f"{path}: ")
+    keys = [str(k) for k in document] if isinstance(document, dict) else []
+    return any(name and rest.startswith(name) for name in [*keys, *fields, "(top level)"])
+
+
+def _write(document: object, name: str) -> Path:
+    path = FUZZ_DIR / name
+    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+    return path
+
+
+@settings(max_examples=500, **FUZZ)
 @given(documents)
 def test_fuzzed_study_files_never_raise_anything_but_a_settings_error(document):
-    path = FUZZ_DIR / "fuzz.yaml"
-    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document))
+    path = _write(document, "fuzz.yaml")
     try:
         config, _ = load_study_config(path)
     except SettingsError as exc:
-        assert str(exc)  # a message for the user
+        assert _names_the_field(str(exc), document, FIELDS, path), str(exc)
     else:
         assert isinstance(config, StudyConfig)
+
+
+TRAIN_FIELDS = list(TrainConfig.model_fields) + ["bogus", "n_trials", "optimizers", "name"]
+VALID_TRAIN = {"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd", "settings": {"lr": 0.1}}}
+train_sections = st.fixed_dictionaries({}, optional={
+    "name": st.sampled_from(["sgd", "adam", "sophia", "lbfgs", "digits_mlp", "nope"]) | values,
+    "settings": st.dictionaries(st.sampled_from(["lr", "momentum", "eps", "estimator", "batch_size", "n_train", "data_dir", "zz"]), values, max_size=3) | values,
+})  # fmt: skip
+train_documents = (
+    st.dictionaries(st.sampled_from(TRAIN_FIELDS), values, max_size=6)
+    | st.dictionaries(st.sampled_from(TRAIN_FIELDS), values, max_size=3).map(lambda extra: {**VALID_TRAIN, **extra})
+    | st.fixed_dictionaries({"task": train_sections, "optimizer": train_sections},
+                            optional={"budget": st.dictionaries(st.sampled_from(["epochs", "steps", "seconds", "grad_equivalents", "epoch"]), values, max_size=2)})
+    | st.text(max_size=40)
+)  # fmt: skip
+
+
+@settings(max_examples=300, **FUZZ)
+@given(train_documents)
+def test_fuzzed_train_configs_never_raise_anything_but_a_settings_error(document):
+    path = _write(document, "train.yaml")
+    try:
+        config = load_train_config(path)
+    except SettingsError as exc:
+        assert _names_the_field(str(exc), document, TRAIN_FIELDS + ["settings", "name"], path), str(exc)
+    else:
+        assert isinstance(config, TrainConfig)
+
+
+OVERRIDES = {"n_trials": st.none() | st.integers(), "timeout": st.none() | st.floats(), "jobs": st.none() | st.integers(-3, 10**6),
+             "device": st.none() | st.text(max_size=8), "storage": st.none() | st.text(max_size=20)}  # fmt: skip
+
+
+@settings(max_examples=150, **FUZZ)
+@given(st.fixed_dictionaries({}, optional=OVERRIDES))
+def test_fuzzed_overrides_are_validated_with_the_file(overrides):
+    path = _write(VALID, "overrides.yaml")
+    try:
+        config, _ = load_study_config(path, overrides)
+    except SettingsError as exc:
+        given_keys = [k for k, v in overrides.items() if v is not None]
+        assert any(f"{k} = " in str(exc) for k in given_keys) and "with command-line" in str(exc), str(exc)
+    else:
+        for key, value in overrides.items():
+            assert value is None or getattr(config, key) == value
+
+
+bad_counts = st.integers(max_value=0) | st.integers(min_value=10**6 + 1) | st.text(min_size=1, max_size=6).filter(lambda t: not t.strip().lstrip("-").isdigit())
+bad_seconds = st.floats(max_value=0) | st.sampled_from(["inf", "nan", "-inf", "1e99"]) | st.text(min_size=1, max_size=6).filter(lambda t: not t.strip().replace(".", "").lstrip("-").isdigit())
+
+
+@settings(max_examples=50, **FUZZ)
+@given(st.sampled_from(["--n-trials", "--timeout"]).flatmap(lambda o: st.tuples(st.just(o), bad_counts if o == "--n-trials" else bad_seconds)))
+def test_fuzzed_bad_command_line_values_exit_2_naming_the_option(option_value):
+    option, value = option_value
+    path = _write(VALID, "cli.yaml")
+    result = CliRunner().invoke(app, ["study", "run", str(path), option, str(value)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.exception
+    field = option.removeprefix("--")
+    assert option in result.output or f"{field.replace('-', '_')} = " in result.output, result.output

@@ -1,0 +1,51 @@
+"""Checks on the stores a study writes to, made before anything is written, so a
+store hpo2 cannot write fails in one line instead of a traceback mid-study."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from hpo2.optim.settings import SettingsError
+from hpo2.redact import redact_text, redact_url
+
+
+def check_sqlite_writable(url: str, field: str) -> None:
+    """Raise :class:`SettingsError` if the sqlite database at ``url`` cannot be written.
+
+    A database that does not exist yet needs a folder where a file can be created
+    (tried with a temporary file; nothing is left behind).  An existing one is
+    probed by creating a table inside a transaction that is rolled back: that fails
+    for a read-only file or folder and a ``mode=ro`` URI, and changes nothing.
+    Other URLs are not probed.
+    """
+    if not url.startswith("sqlite:"):
+        return
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if database in ("", ":memory:"):
+        return
+    try:
+        if "uri" not in parsed.query and not Path(database).exists():
+            tempfile.TemporaryFile(dir=Path(database).parent).close()
+            return
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")  # the probe runs its own transaction
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    connection.exec_driver_sql("CREATE TABLE hpo2_write_probe (x INTEGER)")
+                finally:
+                    connection.exec_driver_sql("ROLLBACK")
+        finally:
+            engine.dispose()
+    except (OSError, SQLAlchemyError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise SettingsError(
+            f"{field}: cannot write the sqlite database {redact_url(url)!r} ({redact_text(str(reason), url)}); make "
+            f"its folder and file writable, or give {field} another path; nothing was run"
+        ) from None

@@ -1,0 +1,60 @@
+"""Keep passwords out of everything hpo2 shows or records.
+
+A storage or tracking URL may carry a password (``postgresql://user:pw@host/db``).
+Whatever hpo2 prints, raises, logs to MLflow or writes to a report goes through
+:func:`redact_url` (SQLAlchemy's ``URL.render_as_string(hide_password=True)``,
+which writes ``***``) or :func:`redact_text`; a study file is logged to MLflow only
+as :func:`sanitized_study_text`.  Better still, keep the password out of the URL:
+``PGPASSWORD`` or ``~/.pgpass`` for PostgreSQL (see the README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
+
+import yaml
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+#: The study-file fields that may hold a URL with a password.
+URL_FIELDS = ("storage", "tracking_uri")
+MASK = "***"
+
+
+def url_password(url: str) -> str | None:
+    """The password inside ``url``, or None (also for strings that are not URLs)."""
+    try:
+        return make_url(url).password  # type: ignore[return-value]
+    except (ArgumentError, ValueError):
+        try:
+            return urlsplit(url).password
+        except ValueError:
+            return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (unchanged when it has none)."""
+    password = url_password(url)
+    if not password:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return redact_text(url, url)
+
+
+def redact_text(text: str, *urls: str | None) -> str:
+    """``text`` with the passwords of ``urls`` (plain and URL-encoded) replaced by ``***``."""
+    for url in urls:
+        password = url_password(url) if url else None
+        if password:
+            for form in {password, quote(password, safe=""), quote_plus(password)}:
+                text = text.replace(form, MASK)
+    return text
+
+
+def sanitized_study_text(data: dict[str, Any]) -> str:
+    """A study file's content as YAML with every URL password masked (what MLflow may keep)."""
+    clean = {k: redact_url(v) if k in URL_FIELDS and isinstance(v, str) else v for k, v in data.items()}
+    return "# written by hpo2 from the study file; passwords in URLs are masked\n" + yaml.safe_dump(clean, sort_keys=False)
