@@ -261,12 +261,14 @@ def per_sample_grad_squares(
     inputs: Tensor,
     targets: Tensor,
     params: Sequence[Tensor],
+    weights: Tensor | None = None,
     chunk: int = 64,
 ) -> list[Tensor]:
-    r""":math:`\sum_n (\nabla_\theta \ell_n)^{\odot 2}` for ``params`` by ``torch.func.vmap``
-    over samples (one forward/backward per sample, batched): the general path for
-    parameters :class:`LayerStatistics` does not cover.  Costs several gradients'
-    time; chunks bound the ``N x P`` memory."""
+    r""":math:`\sum_n w_n (\nabla_\theta \ell_n)^{\odot 2}` (``weights`` :math:`w`, default 1)
+    for ``params`` by ``torch.func.vmap`` over samples (one forward/backward per
+    sample, batched): the general path for parameters :class:`LayerStatistics` does
+    not cover.  Costs several gradients' time (about 24 on the benchmark MLP);
+    chunks bound the ``N x P`` memory."""
     wanted = {id(p) for p in params}
     names = {id(p): n for n, p in model.named_parameters()}
     trainable = {n: p.detach() for n, p in model.named_parameters() if id(p) in wanted}
@@ -282,5 +284,8 @@ def per_sample_grad_squares(
     for start in range(0, inputs.shape[0], chunk):
         grads = per_sample(trainable, inputs[start : start + chunk], targets[start : start + chunk])
         for n in total:
-            total[n] += (grads[n] ** 2).sum(0)
+            squares = grads[n] ** 2
+            if weights is not None:
+                squares = squares * weights[start : start + chunk].reshape((-1,) + (1,) * (squares.dim() - 1))
+            total[n] += squares.sum(0)
     return [total[names[id(p)]] for p in params]

@@ -73,6 +73,7 @@ class NewtonCG(CurvatureOptimizer):
         g_norm = float(g.norm())
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
         if not self._check_finite(loss, g_norm):
+            self._finish_diagnostics(operator)
             return torch.tensor(loss)
         if g_norm <= group["tolerance_grad"]:
             self.diagnostics["status"] = "converged"

@@ -16,9 +16,9 @@ turns them into Optuna distributions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,19 @@ class OptimizerSettings(BaseModel):
 
 class SettingsError(ValueError):
     """A user's optimizer config is wrong; the message names the field and the fix."""
+
+
+BatchSize = Annotated[int, Field(ge=1)] | Literal["full"] | None
+
+
+class DataRegimeSettings(OptimizerSettings):
+    """Settings of an optimizer that chooses its own data regime.
+
+    ``batch_size`` is the gradient batch, honoured by the training loop
+    (:func:`hpo2.train.run_training`): ``None`` keeps the task's batch, ``"full"``
+    takes the whole training set, an integer is capped at the training set's size.
+    An epoch stays one pass over the samples, so a larger batch means fewer steps
+    per epoch.  An optimizer used directly gets whatever batch its closure holds.
+    """
+
+    batch_size: Annotated[BatchSize, IntRange(128, 8192, log=True)] = None
