@@ -55,7 +55,7 @@ from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, output_
 from hpo2.curvature.layers import per_sample_grad_squares, per_sample_scale
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure, BatchEvaluation, require_batch_closure
-from hpo2.optim.settings import BatchSize, Choice, DataRegimeSettings, FloatRange, IntRange
+from hpo2.optim.settings import BATCH_CHOICES, BatchSize, Choice, DataRegimeSettings, FloatRange, IntRange
 from hpo2.solvers import CGResult, armijo_backtracking, cg
 
 
@@ -63,7 +63,7 @@ class HessianFreeSettings(DataRegimeSettings):
     """Settings of :class:`HessianFree`; defaults from Martens (2010) and
     Martens & Sutskever (2012)."""
 
-    batch_size: Annotated[BatchSize, IntRange(128, 8192, log=True)] = "full"
+    batch_size: Annotated[BatchSize, BATCH_CHOICES] = "full"
     lr: Annotated[float, Field(gt=0)] = 1.0
     damping: Annotated[float, Field(ge=0), FloatRange(1e-4, 100.0, log=True)] = 1.0
     lm_boost: Annotated[float, Field(gt=1)] = 1.5

@@ -108,6 +108,8 @@ class SettingsError(ValueError):
 
 
 BatchSize = Annotated[int, Field(ge=1)] | Literal["full"] | None
+#: searched gradient batches: the task's own (None), three fixed sizes, the whole training set
+BATCH_CHOICES = Choice((None, 512, 2048, 8192, "full"))
 
 
 class DataRegimeSettings(OptimizerSettings):
@@ -120,4 +122,4 @@ class DataRegimeSettings(OptimizerSettings):
     per epoch.  An optimizer used directly gets whatever batch its closure holds.
     """
 
-    batch_size: Annotated[BatchSize, IntRange(128, 8192, log=True)] = None
+    batch_size: Annotated[BatchSize, BATCH_CHOICES] = None
