@@ -143,6 +143,15 @@ def evaluate(task: Task, x: Tensor, y: Tensor, batch_size: int = 2048) -> tuple[
     return loss_sum, loss_sum if task.metric_fn is None else metric_sum
 
 
+def resolve_batch_size(optimizer: torch.optim.Optimizer, task_batch: int, n_train: int) -> int:
+    """The gradient batch of an optimizer's data regime (its ``batch_size`` setting,
+    :class:`~hpo2.optim.settings.DataRegimeSettings`): the task's batch when unset,
+    the whole training set for ``"full"``, never more than the training set."""
+    wanted = getattr(getattr(optimizer, "settings", None), "batch_size", None)
+    size = task_batch if wanted is None else n_train if wanted == "full" else int(wanted)
+    return max(1, min(size, n_train))
+
+
 Report = Callable[[Evaluation], bool | None]
 StepHook = Callable[[int, dict[str, Any]], None]
 

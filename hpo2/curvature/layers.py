@@ -242,6 +242,9 @@ def per_sample_scale(
     \nabla_{z_n} L \rVert^2`, 0 where the batch gradient vanishes.  Cost: one
     gradient of the loss on the outputs per sample, negligible beside the network.
     """
+    known = _closed_form_scale(getattr(loss_fn, "output_loss", loss_fn), outputs, targets)
+    if known is not None:
+        return known
     z = outputs.detach()
 
     def single(zn: Tensor, yn: Tensor) -> Tensor:
@@ -253,6 +256,27 @@ def per_sample_scale(
     own = per_sample.reshape(z.shape[0], -1)
     norm2 = (batch * batch).sum(1)
     return torch.where(norm2 > 0, (own * batch).sum(1) / norm2.clamp_min(torch.finfo(z.dtype).tiny), torch.zeros_like(norm2))
+
+
+def _closed_form_scale(loss_fn: object, outputs: Tensor, targets: Tensor) -> Tensor | None:
+    """:func:`per_sample_scale` without vmap for the common losses (``None`` for others):
+    ``reduction="sum"``: 1; ``"mean"`` of ``nn.MSELoss`` / ``nn.BCEWithLogitsLoss``: N;
+    of ``nn.CrossEntropyLoss`` with class-index targets, one per sample:
+    :math:`\sum_m w_{y_m} / w_{y_n}` over the non-ignored samples, 0 for ignored ones."""
+    n = outputs.shape[0]
+    ones = torch.ones(n, dtype=outputs.dtype, device=outputs.device)
+    reduction = getattr(loss_fn, "reduction", None)
+    if not isinstance(loss_fn, nn.MSELoss | nn.BCEWithLogitsLoss | nn.CrossEntropyLoss) or reduction not in ("mean", "sum"):
+        return None
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        if targets.dtype not in (torch.int64, torch.int32) or targets.shape != (n,):
+            return None if loss_fn.weight is not None or outputs.dim() != 2 else (ones if reduction == "sum" else ones * n)
+        valid = (targets != loss_fn.ignore_index).to(outputs.dtype)
+        if reduction == "sum":
+            return valid
+        w = valid if loss_fn.weight is None else loss_fn.weight.to(outputs.dtype)[targets.clamp_min(0) * valid.long()] * valid
+        return torch.where(w > 0, w.sum() / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
+    return ones if reduction == "sum" else ones * n
 
 
 def per_sample_grad_squares(

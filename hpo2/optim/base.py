@@ -3,9 +3,11 @@ vectors, diagnostics and non-finite handling.
 
 Diagnostics: after each ``step`` the optimizer's ``diagnostics`` dict holds
 ``loss``, ``grad_norm``, ``status`` and the work done -- ``n_grad`` (gradients),
-``n_hvp`` (curvature products), ``n_loss`` (forward-only evaluations) and
+``n_hvp`` (curvature products, and building a Gauss-Newton operator counted as
+one), ``n_loss`` (forward-only evaluations) and
 ``grad_equivalents = n_grad + n_hvp + n_loss / 3`` (a curvature product costs
-about one gradient, a forward pass about a third of one) -- plus each method's
+about one gradient, a forward pass about a third of one; a pass over a fraction of
+the step's batch counts that fraction) -- plus each method's
 own entries (damping, CG iterations and stop reason, reduction ratio, ...).
 ``status`` is ``"ok"``, ``"converged"``, ``"rejected"`` (no acceptable step),
 ``"nonfinite_loss"`` or ``"nonfinite_grad"``; in the last three the parameters are
@@ -180,7 +182,7 @@ class CurvatureOptimizer(Optimizer):
         total the gradient-equivalents."""
         d = self.diagnostics
         if operator is not None:
-            d["n_hvp"] = float(d["n_hvp"]) + operator.n_products * batch_fraction
+            d["n_hvp"] = float(d["n_hvp"]) + (operator.n_products + operator.setup_cost) * batch_fraction
         d["grad_equivalents"] = float(d["n_grad"]) + float(d["n_hvp"]) + float(d["n_loss"]) / 3
         return d
 
