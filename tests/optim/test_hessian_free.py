@@ -213,7 +213,7 @@ def test_counts_are_fractions_of_the_batch() -> None:
     opt.step(BatchClosure(model, nn.MSELoss(), x, y))
     d = opt.diagnostics
     assert d["n_grad"] == 1
-    assert d["n_hvp"] == pytest.approx(0.25 * (d["cg_iters"] + 0))  # a cold start: one product per iteration
+    assert d["n_hvp"] == pytest.approx(0.25 * (d["cg_iters"] + 1))  # one product per CG iteration (cold start) + building the operator
     # chunk forward for the products, chunk loss before and after, the final line search on the batch
     assert d["n_loss"] == pytest.approx(0.25 * 3 + d["ls_evals"])
     assert d["grad_equivalents"] == pytest.approx(d["n_grad"] + d["n_hvp"] + d["n_loss"] / 3)
