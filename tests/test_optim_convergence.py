@@ -58,7 +58,7 @@ def test_newton_cg_reaches_scipy_trust_ncg_optimum_on_logistic_regression():
     x_ref, f_ref = logistic_scipy_optimum()
     for globalization in ("armijo", "trust_region"):
         model, closure = logistic_problem()
-        opt = NewtonCG(model.parameters(), damping=0.0, globalization=globalization)
+        opt = NewtonCG(model.parameters(), damping=0.0, globalization=globalization, curvature="hessian")
         for _ in range(30):
             opt.step(closure)
             if opt.diagnostics["status"] == "converged":
