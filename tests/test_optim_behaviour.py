@@ -23,16 +23,8 @@ from hpo2.optim import (
     Sophia,
     from_config,
 )
+from tests.problems import Sin
 from tests.reference import dense_ggn
-
-
-class Sin(nn.Module):
-    def __init__(self, w0: float) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor([w0], dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.w * x)
 
 
 def test_lm_damping_rises_after_a_poor_step_with_the_closed_form_ratio():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from hpo2.optim import BatchClosure, NewtonCG
+from tests.problems import Sin
 
 
 def test_a_non_finite_loss_still_reports_its_cost() -> None:
@@ -20,15 +21,6 @@ def test_a_non_finite_loss_still_reports_its_cost() -> None:
     assert opt.diagnostics["status"] == "nonfinite_loss"
     assert opt.diagnostics["grad_equivalents"] >= 1
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-
-
-class Sin(nn.Module):
-    def __init__(self, w0: float) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor([w0], dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.w * x)
 
 
 def _sin_closure(model: Sin) -> BatchClosure:
