@@ -69,6 +69,7 @@ VARIANTS: list[tuple[str, dict[str, object]]] = [
     ("newton_cg", {"curvature": "hessian"}),
     ("newton_cg", {"curvature": "ggn", "globalization": "trust_region"}),
     ("hessian_free", {"curvature_fraction": 1.0}),
+    ("hessian_free", {"batch_size": None, "curvature_fraction": 1.0, "cg_max_iter": 50}),  # the pre-issue-12 row
     ("hessian_free", {"evaluation_batch": "gradient"}),
     ("sophia", {"estimator": "hutchinson"}),
 ]
