@@ -144,3 +144,18 @@ def test_only_the_first_backward_is_recorded() -> None:
         torch.autograd.grad(3 * loss, params)
     for r, g in zip(stats.layers, first):
         torch.testing.assert_close(r.raw_output_grad, g)
+
+
+def test_per_sample_scale_of_a_plain_function_loss_uses_the_generic_path() -> None:
+    """A loss that is not a known module (here 3 x a mean cross-entropy): c_n = N is
+    read off the loss by vmap, and the squares match the loop."""
+    model, x, y = _data("mlp", 5, seed=4)
+
+    def loss_fn(z: Tensor, t: Tensor) -> Tensor:
+        return 3.0 * nn.functional.cross_entropy(z, t)
+
+    stats, scale, _ = _one_pass(model, loss_fn, x, y)  # type: ignore[arg-type]
+    torch.testing.assert_close(scale, torch.full((5,), 5.0, dtype=torch.float64))
+    squares = stats.grad_squares(scale)
+    for p, ref in zip(model.parameters(), _loop_squares(model, loss_fn, x, y)):  # type: ignore[arg-type]
+        torch.testing.assert_close(squares[p], ref, rtol=1e-9, atol=1e-12)
