@@ -7,7 +7,15 @@ each evaluation through a callback -- the loop knows nothing of Optuna or MLflow
 
 Cost is counted in **gradient-equivalents**: hpo2's optimizers report theirs per
 step (gradients + curvature products + forward passes / 3, see
-:mod:`hpo2.optim.base`); a first-order step counts one.  Time-to-target is the
+:mod:`hpo2.optim.base`); a first-order step counts one.  The unit is one gradient
+on the task's batch.
+
+**Data regime.**  An optimizer whose settings carry ``batch_size``
+(:class:`~hpo2.optim.settings.DataRegimeSettings`, e.g. Hessian-free's ``"full"``:
+the gradient on the whole training set, Martens 2010) gets batches of that size;
+an epoch is still one pass over the samples (fewer, larger steps), and its
+gradient-equivalents are scaled by its batch over the task's, so budgets in
+seconds or gradient-equivalents and time-to-target compare with Adam's.  Time-to-target is the
 wall time and gradient-equivalents until the task's target validation metric is
 first reached.
 
@@ -147,6 +155,15 @@ def evaluate(task: Task, x: Tensor, y: Tensor, batch_size: int = 2048) -> tuple[
     return loss_sum, loss_sum if task.metric_fn is None else metric_sum
 
 
+def resolve_batch_size(optimizer: torch.optim.Optimizer, task_batch: int, n_train: int) -> int:
+    """The gradient batch of an optimizer's data regime (its ``batch_size`` setting,
+    :class:`~hpo2.optim.settings.DataRegimeSettings`): the task's batch when unset,
+    the whole training set for ``"full"``, never more than the training set."""
+    wanted = getattr(getattr(optimizer, "settings", None), "batch_size", None)
+    size = task_batch if wanted is None else n_train if wanted == "full" else int(wanted)
+    return max(1, min(size, n_train))
+
+
 Report = Callable[[Evaluation], bool | None]
 StepHook = Callable[[int, dict[str, Any]], None]
 
@@ -190,7 +207,10 @@ def run_training(
     train, valid = task.train.to(dev), task.valid.to(dev)
     optimizer = from_config(optimizer_config, model.parameters())
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    n, bs = len(train), min(task.batch_size, len(train))
+    n = len(train)
+    bs = resolve_batch_size(optimizer, task.batch_size, n)
+    # gradient-equivalents are counted in gradients on the task's batch, whatever batch the optimizer takes
+    unit = bs / min(task.batch_size, n)
     steps_per_epoch = max(1, n // bs)
 
     history: list[Evaluation] = []
@@ -238,7 +258,7 @@ def run_training(
             else:
                 diag = _first_order_step(optimizer, task, xb, yb)
             step += 1
-            grad_eq += float(diag.get("grad_equivalents", 1.0))
+            grad_eq += float(diag.get("grad_equivalents", 1.0)) * unit
             last_train_loss = float(diag.get("loss", math.nan))
             diagnostics_log.append(diag)
             if on_step is not None:

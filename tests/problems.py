@@ -103,3 +103,15 @@ class RosenbrockResiduals(nn.Module):
 
 def rosenbrock_closure(model: RosenbrockResiduals) -> BatchClosure:
     return BatchClosure(model, nn.MSELoss(reduction="sum"), torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
+
+
+class Sin(nn.Module):
+    """z = sin(w x) with a scalar weight: with MSE to 0, f(w) = sin(w)^2 and the
+    Gauss-Newton curvature 2 cos(w)^2 in closed form."""
+
+    def __init__(self, w0: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([w0], dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.w * x)

@@ -36,7 +36,7 @@ def test_hessian_free_without_damping_solves_least_squares_in_one_step(seed, dev
     y = torch.randn(40, 2, dtype=torch.float64, generator=gen)
     model = nn.Linear(6, 2, bias=False).double()
     x, y, model = x.to(device), y.to(device), model.to(device)
-    opt = HessianFree(model.parameters(), damping=0.0, martens_eps=1e-12, cg_max_iter=200)
+    opt = HessianFree(model.parameters(), damping=0.0, martens_eps=1e-12, cg_max_iter=200, curvature_fraction=1.0)
     opt.step(BatchClosure(model, nn.MSELoss(), x, y))
     expected = torch.linalg.lstsq(x, y).solution.T
     torch.testing.assert_close(model.weight.detach(), expected, rtol=1e-7, atol=1e-9)
@@ -58,7 +58,7 @@ def test_newton_cg_reaches_scipy_trust_ncg_optimum_on_logistic_regression():
     x_ref, f_ref = logistic_scipy_optimum()
     for globalization in ("armijo", "trust_region"):
         model, closure = logistic_problem()
-        opt = NewtonCG(model.parameters(), damping=0.0, globalization=globalization)
+        opt = NewtonCG(model.parameters(), damping=0.0, globalization=globalization, curvature="hessian")
         for _ in range(30):
             opt.step(closure)
             if opt.diagnostics["status"] == "converged":

@@ -6,10 +6,11 @@ r"""Stochastic estimators of a curvature matrix's diagonal.
   averages ``n_probes`` probes.
 * **Gauss-Newton-Bartlett** (Sophia, Liu et al. 2023, Alg. 2): sample labels
   :math:`\hat y \sim p(y \mid z)` from the model's own predictive distribution,
-  take the gradient :math:`\hat g` of the mean loss on them; by Bartlett's second
-  identity :math:`\mathbb E[M\, \hat g \odot \hat g] = \mathrm{diag}(G)` where
-  :math:`M` is the number of independent terms the loss averages.  One backward
-  pass per probe, no Hessian product at all.
+  take the gradient :math:`\hat g` of the loss's terms weighted by the square roots
+  of their weights in the loss; by Bartlett's second identity
+  :math:`\mathbb E[\hat g \odot \hat g] = \mathrm{diag}(G)` for any reduction,
+  class weights or ignored targets.  One backward pass per probe, no Hessian
+  product at all.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hpo2.curvature._validate import as_param_list
@@ -55,58 +56,106 @@ def hutchinson_diagonal(
 
 
 _GNB_LOSSES = ("cross_entropy", "bce_with_logits", "mse")
+_GNB_MODULES: dict[type, str] = {nn.CrossEntropyLoss: "cross_entropy", nn.BCEWithLogitsLoss: "bce_with_logits", nn.MSELoss: "mse"}
 
 
-def _sample_loss(outputs: Tensor, loss: str, generator: torch.Generator | None) -> tuple[Tensor, int]:
-    """Mean loss on labels drawn from the model's predictive distribution, and the
-    number of independent terms that mean is taken over.  Labels are drawn on the
-    generator's device (a CPU generator serves CUDA models)."""
+def _term_weights(loss: str | nn.Module, outputs: Tensor, targets: Tensor | None) -> tuple[str, Tensor]:
+    r"""The loss's name and its weights :math:`\kappa_t` in :math:`L = \sum_t \kappa_t\,
+    \mathrm{nll}_t(z_t, y_t)`, one per term (per position for cross-entropy, shaped
+    like the targets; per element otherwise), read off the loss module: its
+    ``reduction``, class ``weight`` and ``ignore_index`` (cross-entropy) or
+    elementwise ``weight`` (binary cross-entropy).  A name means ``reduction="mean"``."""
+    module = loss if isinstance(loss, nn.Module) else None
+    name = loss if isinstance(loss, str) else next((n for c, n in _GNB_MODULES.items() if isinstance(loss, c)), None)
+    if name not in _GNB_LOSSES:
+        allowed = ", ".join([*_GNB_LOSSES, *(c.__name__ for c in _GNB_MODULES)])
+        raise ValueError(f"loss={loss!r} is not supported by the Gauss-Newton-Bartlett estimator; allowed: {allowed}")
+    reduction = getattr(module, "reduction", "mean")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"loss reduction={reduction!r} is not supported by the Gauss-Newton-Bartlett estimator; allowed: mean, sum")
+    z = outputs.detach()
+    if name == "cross_entropy":
+        shape = z.movedim(1, -1).shape[:-1]
+        kappa = torch.ones(shape, dtype=z.dtype, device=z.device)
+        if module is not None and targets is not None and targets.dtype in (torch.int64, torch.int32) and targets.shape == shape:
+            valid = targets != module.ignore_index
+            if module.weight is not None:
+                kappa = module.weight.to(z.dtype)[targets.clamp_min(0) * valid]
+            kappa = kappa * valid
+    else:
+        if name == "bce_with_logits" and module is not None and module.pos_weight is not None:
+            raise ValueError("BCEWithLogitsLoss with pos_weight is not supported by the Gauss-Newton-Bartlett estimator")
+        weight = getattr(module, "weight", None)
+        kappa = torch.ones_like(z) if weight is None else weight.to(z.dtype).expand_as(z).clone()
+    if reduction == "mean":
+        kappa = kappa / (kappa.sum() if name == "cross_entropy" and module is not None else kappa.numel())
+    return name, kappa
+
+
+def _sampled_loss(outputs: Tensor, name: str, kappa: Tensor, generator: torch.Generator | None) -> Tensor:
+    r""":math:`\hat L = \sum_t \sqrt{\kappa_t}\, \mathrm{nll}_t(z_t, \hat y_t)` with labels drawn
+    from the model's predictive distribution (on the generator's device: a CPU
+    generator serves CUDA models)."""
     z = outputs.detach()
     if generator is not None:
         z = z.to(generator.device)
-    if loss == "cross_entropy":
+    root = kappa.sqrt()
+    if name == "cross_entropy":
         probs = torch.softmax(z.movedim(1, -1).reshape(-1, z.shape[1]), dim=-1)
         labels = torch.multinomial(probs, 1, generator=generator).view(z.movedim(1, -1).shape[:-1])
-        return F.cross_entropy(outputs, labels.to(outputs.device)), labels.numel()
-    if loss == "bce_with_logits":
+        nll = F.cross_entropy(outputs, labels.to(outputs.device), reduction="none")
+    elif name == "bce_with_logits":
         labels = torch.bernoulli(torch.sigmoid(z), generator=generator)
-        return F.binary_cross_entropy_with_logits(outputs, labels.to(outputs.device)), labels.numel()
-    # mse: (z - y)^2 is the negative log-likelihood of N(z, 1/2) up to constants.
-    noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
-    labels = z + noise / 2**0.5
-    return F.mse_loss(outputs, labels.to(outputs.device)), labels.numel()
+        nll = F.binary_cross_entropy_with_logits(outputs, labels.to(outputs.device), reduction="none")
+    else:  # mse: (z - y)^2 is the negative log-likelihood of N(z, 1/2) up to constants
+        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        nll = (outputs - (z + noise / 2**0.5).to(outputs.device)) ** 2
+    return (root.to(nll.device) * nll).sum()
 
 
 def gauss_newton_bartlett_diagonal(
     outputs: Tensor,
     params: Iterable[Tensor],
-    loss: str = "cross_entropy",
+    loss: str | nn.Module = "cross_entropy",
     n_probes: int = 1,
     generator: torch.Generator | None = None,
     retain_graph: bool = False,
+    targets: Tensor | None = None,
 ) -> list[Tensor]:
     r"""Sophia's Gauss-Newton-Bartlett estimate of :math:`\mathrm{diag}(J^\top H_L J)`.
+
+    For a loss :math:`L = \sum_t \kappa_t\, \mathrm{nll}_t` (the weights
+    :math:`\kappa` come from the loss's reduction, class weights and
+    ``ignore_index``), sample labels :math:`\hat y_t` from the model and take the
+    gradient :math:`\hat g` of :math:`\sum_t \sqrt{\kappa_t}\,\mathrm{nll}_t(\hat y_t)`:
+    the terms' scores are independent with mean zero and covariance :math:`H_t`
+    (Bartlett), so :math:`\mathbb E[\hat g \odot \hat g] = \sum_t \kappa_t
+    \mathrm{diag}(J_t^\top H_t J_t)`, the diagonal of the loss's own Gauss-Newton
+    matrix, whatever its reduction.
 
     Args:
         outputs: model outputs (logits for the classification losses) with graph.
         params: parameters the diagonal is taken for.
-        loss: ``"cross_entropy"`` (class dim 1), ``"bce_with_logits"`` or ``"mse"``;
-            the training loss with ``reduction="mean"``.
+        loss: the training loss module (``nn.CrossEntropyLoss`` with class dim 1,
+            ``nn.BCEWithLogitsLoss`` or ``nn.MSELoss``, any reduction of mean/sum,
+            class/element weights, ``ignore_index``), or the name
+            ``"cross_entropy"``, ``"bce_with_logits"`` or ``"mse"`` for its unweighted
+            mean-reduced form.
         n_probes: label samples averaged (one backward pass each).
         generator: seeded generator for reproducible samples.
         retain_graph: keep the outputs' graph after the last probe (for a further
             backward pass on the same forward).
+        targets: the true targets (needed for class weights and ``ignore_index``).
     """
-    if loss not in _GNB_LOSSES:
-        raise ValueError(f"loss={loss!r} is not supported by the Gauss-Newton-Bartlett estimator; allowed: {', '.join(_GNB_LOSSES)}")
     if n_probes < 1:
         raise ValueError(f"n_probes={n_probes} must be >= 1")
+    name, kappa = _term_weights(loss, outputs, targets)
     plist = as_param_list(params)
     acc = [torch.zeros_like(p) for p in plist]
     for k in range(n_probes):
-        sampled_loss, n_terms = _sample_loss(outputs, loss, generator)
+        sampled_loss = _sampled_loss(outputs, name, kappa, generator)
         grads = torch.autograd.grad(sampled_loss, plist, retain_graph=retain_graph or k < n_probes - 1, allow_unused=True)
         for a, g in zip(acc, grads):
             if g is not None:
-                a.add_(g * g, alpha=float(n_terms))
+                a.add_(g * g)
     return [a / n_probes for a in acc]

@@ -69,6 +69,8 @@ class CurvatureOperator(ABC):
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         self.n_products = 0
+        #: work done building the operator, in gradients of its batch (for budgets)
+        self.setup_cost = 0.0
 
     def matvec(self, vectors: Sequence[Tensor]) -> list[Tensor]:
         """Return :math:`C v` for ``v`` given as one tensor per parameter."""
@@ -213,6 +215,7 @@ class GGNOperator(CurvatureOperator):
         jt_dummy = torch.autograd.grad(outputs, plist, grad_outputs=self._dummy, create_graph=True, allow_unused=True)
         self._used = [i for i, g in enumerate(jt_dummy) if g is not None]
         self._jt_dummy = [jt_dummy[i] for i in self._used]
+        self.setup_cost = 1.0  # the backward pass above, with its graph kept
 
     def jvp(self, vectors: Sequence[Tensor]) -> Tensor:
         """Return :math:`J v`, shaped like the outputs."""

@@ -3,9 +3,11 @@ vectors, diagnostics and non-finite handling.
 
 Diagnostics: after each ``step`` the optimizer's ``diagnostics`` dict holds
 ``loss``, ``grad_norm``, ``status`` and the work done -- ``n_grad`` (gradients),
-``n_hvp`` (curvature products), ``n_loss`` (forward-only evaluations) and
+``n_hvp`` (curvature products, and building a Gauss-Newton operator counted as
+one), ``n_loss`` (forward-only evaluations) and
 ``grad_equivalents = n_grad + n_hvp + n_loss / 3`` (a curvature product costs
-about one gradient, a forward pass about a third of one) -- plus each method's
+about one gradient, a forward pass about a third of one; a pass over a fraction of
+the step's batch counts that fraction) -- plus each method's
 own entries (damping, CG iterations and stop reason, reduction ratio, ...).
 ``status`` is ``"ok"``, ``"converged"``, ``"rejected"`` (no acceptable step),
 ``"nonfinite_loss"`` or ``"nonfinite_grad"``; in the last three the parameters are
@@ -119,6 +121,8 @@ class CurvatureOptimizer(Optimizer):
                 found = torch.autograd.grad(full.loss, self._params, retain_graph=fraction == 1.0, allow_unused=True)
                 grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
                 part = full if fraction == 1.0 else batch.evaluate(fraction)
+                if fraction != 1.0:
+                    self._count("n_loss", fraction)  # the curvature chunk's own forward pass
                 if curvature == "hessian":
                     operator = HessianOperator(part.loss, self._params)
                 else:
@@ -166,14 +170,20 @@ class CurvatureOptimizer(Optimizer):
     def _start_diagnostics(self, **entries: float | int | str) -> None:
         self.diagnostics = {"status": "ok", "n_grad": 0, "n_hvp": 0, "n_loss": 0, **entries}
 
-    def _count(self, key: str, n: int = 1) -> None:
-        self.diagnostics[key] = int(self.diagnostics.get(key, 0)) + n
+    def _count(self, key: str, n: float = 1) -> None:
+        """Add ``n`` to a work counter; a pass over a fraction of the step's batch
+        counts that fraction."""
+        self.diagnostics[key] = float(self.diagnostics.get(key, 0)) + n
 
-    def _finish_diagnostics(self, operator: CurvatureOperator | None = None) -> dict[str, float | int | str]:
+    def _finish_diagnostics(
+        self, operator: CurvatureOperator | None = None, batch_fraction: float = 1.0
+    ) -> dict[str, float | int | str]:
+        """Add the operator's products (each on ``batch_fraction`` of the batch) and
+        total the gradient-equivalents."""
         d = self.diagnostics
         if operator is not None:
-            d["n_hvp"] = int(d["n_hvp"]) + operator.n_products
-        d["grad_equivalents"] = int(d["n_grad"]) + int(d["n_hvp"]) + int(d["n_loss"]) / 3
+            d["n_hvp"] = float(d["n_hvp"]) + (operator.n_products + operator.setup_cost) * batch_fraction
+        d["grad_equivalents"] = float(d["n_grad"]) + float(d["n_hvp"]) + float(d["n_loss"]) / 3
         return d
 
     def _check_finite(self, loss: float, grad_norm: float) -> bool:

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 
@@ -55,17 +56,37 @@ class BatchClosure:
         self.targets = targets
         self.batch_size = inputs.shape[0]
 
-    def evaluate(self, fraction: float = 1.0) -> BatchEvaluation:
-        """Forward pass on the first ``ceil(fraction * batch)`` samples."""
+    def chunk_size(self, fraction: float) -> int:
+        """``ceil(fraction * batch)`` samples, at least one."""
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction={fraction} must be in (0, 1]")
-        n = max(1, math.ceil(fraction * self.batch_size))
-        inputs, targets = (self.inputs, self.targets) if n == self.batch_size else (self.inputs[:n], self.targets[:n])
+        return max(1, math.ceil(fraction * self.batch_size))
+
+    def n_chunks(self, fraction: float) -> int:
+        """How many disjoint chunks of :meth:`chunk_size` fit in the batch."""
+        return max(1, self.batch_size // self.chunk_size(fraction))
+
+    def evaluate(self, fraction: float = 1.0, chunk: int = 0) -> BatchEvaluation:
+        """Forward pass on chunk number ``chunk`` (``0 <= chunk <``
+        :meth:`n_chunks`) of ``ceil(fraction * batch)`` consecutive samples; cycling
+        ``chunk`` over the steps gives Martens' (2010, sec. 4.3) cycling curvature chunk."""
+        n = self.chunk_size(fraction)
+        if not 0 <= chunk < self.n_chunks(fraction):
+            raise ValueError(f"chunk={chunk} must be in [0, {self.n_chunks(fraction)}) for fraction={fraction}")
+        start = chunk * n
+        whole = n == self.batch_size
+        inputs = self.inputs if whole else self.inputs[start : start + n]
+        targets = self.targets if whole else self.targets[start : start + n]
         outputs = self.model(inputs)
         return BatchEvaluation(outputs=outputs, targets=targets, loss=self.loss_fn(outputs, targets))
 
     def __call__(self) -> Tensor:
         return self.evaluate().loss
+
+    def loss_value(self, fraction: float = 1.0, chunk: int = 0) -> float:
+        """The loss on a chunk, forward only (no graph)."""
+        with torch.no_grad():
+            return float(self.evaluate(fraction, chunk).loss)
 
     def has_active_dropout(self) -> bool:
         """Whether dropout is on: it makes curvature products on one batch inconsistent."""

@@ -14,11 +14,7 @@ from hpo2.curvature import HessianOperator, gauss_newton_bartlett_diagonal, hutc
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import require_batch_closure
 
-_GNB_LOSS_NAMES: dict[type, str] = {
-    nn.CrossEntropyLoss: "cross_entropy",
-    nn.BCEWithLogitsLoss: "bce_with_logits",
-    nn.MSELoss: "mse",
-}
+_GNB_LOSSES = (nn.CrossEntropyLoss, nn.BCEWithLogitsLoss, nn.MSELoss)
 
 
 class DiagonalCurvatureOptimizer(CurvatureOptimizer):
@@ -96,11 +92,10 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
             return float(op.loss), op.gradient, diag
         batch = require_batch_closure(closure, type(self).__name__, "the Gauss-Newton-Bartlett estimator")
         output_loss = getattr(batch.loss_fn, "output_loss", batch.loss_fn)  # see output_hessian_for
-        loss_name = next((name for cls, name in _GNB_LOSS_NAMES.items() if isinstance(output_loss, cls)), None)
-        if loss_name is None:
+        if not isinstance(output_loss, tuple(_GNB_LOSSES)):
             raise ValueError(
                 f"{type(self).__name__}: the Gauss-Newton-Bartlett estimator needs the loss to be one of "
-                f"{', '.join(t.__name__ for t in _GNB_LOSS_NAMES)}, got {type(batch.loss_fn).__name__}; "
+                f"{', '.join(t.__name__ for t in _GNB_LOSSES)}, got {type(batch.loss_fn).__name__}; "
                 "use estimator='hutchinson' for other losses"
             )
         for p in self._params:
@@ -109,6 +104,8 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
             evaluation = batch.evaluate()
             found = torch.autograd.grad(evaluation.loss, self._params, retain_graph=True, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
-            diag = gauss_newton_bartlett_diagonal(evaluation.outputs, self._params, loss_name, n_probes, self._generator)
+            diag = gauss_newton_bartlett_diagonal(
+                evaluation.outputs, self._params, output_loss, n_probes, self._generator, targets=evaluation.targets
+            )
         self._count("n_grad", 1 + n_probes)
         return float(evaluation.loss.detach()), grads, diag

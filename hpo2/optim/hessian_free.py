@@ -2,28 +2,41 @@ r"""Hessian-free optimisation (Martens 2010; Martens & Sutskever 2012).
 
 Each step minimises the damped Gauss-Newton model
 
-.. math::  q(p) = g^\top p + \tfrac12 p^\top (G + \lambda I) p
+.. math::  q(p) = g^\top p + \tfrac12 p^\top (G_c + \lambda I) p
 
 by preconditioned CG, with the details that make HF work:
 
-* **Gauss-Newton curvature** :math:`G = J^\top H_L J` (PSD; sec. 4.2), on the whole
-  batch or its first ``curvature_fraction`` (a separate, smaller curvature
-  minibatch, sec. 4.3; needs a :class:`~hpo2.optim.closure.BatchClosure`).
-* **Warm start** :math:`p_0 = \text{cg\_decay} \cdot p_{\text{prev}}` (sec. 4.5,
-  decay 0.95 per Martens & Sutskever 2012 sec. 8.7); reset to zero after a
+* **Data regime** (sec. 4.3): the gradient :math:`g` on a large batch
+  (``batch_size``, default the whole training set, honoured by the training loop)
+  and the Gauss-Newton curvature :math:`G_c = J^\top H_L J` (PSD; sec. 4.2) on a
+  chunk of ``curvature_fraction`` of it (default 1/10) that cycles through the
+  batch from step to step.
+* **Warm start** :math:`p_0 = \text{cg\_decay} \cdot x_{\text{prev}}` from the
+  *final* CG iterate of the previous step (sec. 4.5, decay 0.95 per Martens &
+  Sutskever 2012 sec. 8.7), not the backtracked one; reset to zero after a
   rejected step.
-* **Martens' stopping rule** (sec. 4.4) with :math:`\epsilon = 5\cdot10^{-4}`.
-* **Preconditioner** :math:`M = (\mathrm{diag}(\tfrac1N\sum_i \nabla\ell_i^2) + \lambda)^{0.75}`
-  from per-sample gradients (sec. 4.7), computed with ``torch.func``.
+* **Martens' stopping rule** (sec. 4.4) with :math:`\epsilon = 5\cdot10^{-4}`,
+  CG capped at ``cg_max_iter``.
+* **Preconditioner** :math:`M = (\mathrm{diag}(\sum_n w_n \nabla\ell_n^{\odot 2}) + \lambda)^{0.75}`
+  (sec. 4.7) with :math:`L = \sum_n w_n \ell_n` (:math:`w_n = 1/N` for a mean),
+  from the gradient's own backward pass (:class:`~hpo2.curvature.LayerStatistics`);
+  parameters outside ``nn.Linear`` / ``nn.Conv2d`` fall back to ``torch.func``
+  per-sample gradients (one warning names them).
 * **CG backtracking** (sec. 4.6): of the iterates stored at
-  :math:`\lceil 1.3^j \rceil`, walk back from the last while the loss keeps falling.
+  :math:`\lceil 1.3^j \rceil`, walk back from the last while the loss on the
+  evaluation batch keeps falling.
 * **Levenberg-Marquardt damping** (sec. 4.1): with the reduction ratio
-  :math:`\rho = (f(\theta + p) - f(\theta)) / q(p)`, multiply :math:`\lambda` by
+  :math:`\rho = (f(\theta + p) - f(\theta)) / q_0(p)` on the evaluation batch, with
+  the *undamped* model :math:`q_0(p) = q(p) - \tfrac\lambda2 \lVert p\rVert^2`
+  (read off CG's residual, at no extra product), multiply :math:`\lambda` by
   ``lm_boost`` (3/2) when :math:`\rho < 1/4` and by ``lm_drop`` (2/3) when
-  :math:`\rho > 3/4`.  :math:`q(p)` is read off CG's residual, at no extra product.
+  :math:`\rho > 3/4`.
+* ``evaluation_batch``: ``"curvature"`` (Martens' code: backtracking and
+  :math:`\rho` on the curvature chunk, forward passes on 1/10 of the batch) or
+  ``"gradient"`` (on the whole gradient batch: less noisy, more expensive).
 * **Final line search** (Martens & Sutskever 2012, sec. 8.8): Armijo backtracking
-  from ``lr`` with :math:`c = 10^{-2}`, shrinking by 0.8; no acceptable step
-  rejects the update.
+  on the gradient batch from ``lr`` with :math:`c = 10^{-2}`, shrinking by 0.8;
+  every step taken has been evaluated; no acceptable step rejects the update.
 
 Dropout makes the curvature products on one batch inconsistent: a warning is
 raised when it is active (call ``model.eval()`` or remove it).
@@ -32,23 +45,25 @@ raised when it is active (call ``model.eval()`` or remove it).
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from hpo2.curvature import DampedOperator
+from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, output_hessian_for
+from hpo2.curvature.layers import per_sample_grad_squares, per_sample_scale
 from hpo2.optim.base import Closure, CurvatureOptimizer
-from hpo2.optim.closure import BatchClosure, require_batch_closure
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
-from hpo2.solvers import armijo_backtracking, cg
+from hpo2.optim.closure import BatchClosure, BatchEvaluation, require_batch_closure
+from hpo2.optim.settings import BATCH_CHOICES, BatchSize, Choice, DataRegimeSettings, FloatRange, IntRange
+from hpo2.solvers import CGResult, armijo_backtracking, cg
 
 
-class HessianFreeSettings(OptimizerSettings):
+class HessianFreeSettings(DataRegimeSettings):
     """Settings of :class:`HessianFree`; defaults from Martens (2010) and
     Martens & Sutskever (2012)."""
 
+    batch_size: Annotated[BatchSize, BATCH_CHOICES] = "full"
     lr: Annotated[float, Field(gt=0)] = 1.0
     damping: Annotated[float, Field(ge=0), FloatRange(1e-4, 100.0, log=True)] = 1.0
     lm_boost: Annotated[float, Field(gt=1)] = 1.5
@@ -56,34 +71,14 @@ class HessianFreeSettings(OptimizerSettings):
     cg_max_iter: Annotated[int, Field(ge=1), IntRange(10, 250, log=True)] = 250
     cg_decay: Annotated[float, Field(ge=0, le=1), FloatRange(0.5, 0.99)] = 0.95
     martens_eps: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-2, log=True)] = 5e-4
-    curvature_fraction: Annotated[float, Field(gt=0, le=1), FloatRange(0.1, 1.0, log=True)] = 1.0
+    curvature_fraction: Annotated[float, Field(gt=0, le=1), FloatRange(0.02, 1.0, log=True)] = 0.1
+    evaluation_batch: Annotated[Literal["curvature", "gradient"], Choice(("curvature", "gradient"))] = "curvature"
     preconditioner: bool = True
     preconditioner_exponent: Annotated[float, Field(ge=0, le=1)] = 0.75
     backtracking: bool = True
     ls_c1: Annotated[float, Field(gt=0, lt=1)] = 1e-2
     ls_shrink: Annotated[float, Field(gt=0, lt=1)] = 0.8
     max_ls_evals: Annotated[int, Field(ge=1)] = 60
-
-
-def _per_sample_grad_squares(batch: BatchClosure, params: list[Tensor], chunk: int = 64) -> Tensor:
-    r""":math:`\frac1N \sum_i \nabla\ell_i \odot \nabla\ell_i` (flat) with ``torch.func.vmap``."""
-    model = batch.model
-    names = [n for n, p in model.named_parameters() if any(p is q for q in params)]
-    detached = {n: p.detach() for n, p in model.named_parameters() if n in names}
-    buffers = dict(model.named_buffers())
-
-    def sample_loss(ps: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        out = torch.func.functional_call(model, {**buffers, **ps}, (x.unsqueeze(0),))
-        return batch.loss_fn(out, y.unsqueeze(0))
-
-    per_sample = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0), randomness="different")
-    order = {id(p): n for n, p in model.named_parameters()}
-    total = {n: torch.zeros_like(t) for n, t in detached.items()}
-    for start in range(0, batch.batch_size, chunk):  # chunks bound the N x P memory
-        grads = per_sample(detached, batch.inputs[start : start + chunk], batch.targets[start : start + chunk])
-        for n in total:
-            total[n] += (grads[n] ** 2).sum(0)
-    return torch.cat([total[order[id(p)]].reshape(-1) for p in params]) / batch.batch_size
 
 
 class HessianFree(CurvatureOptimizer):
@@ -95,54 +90,75 @@ class HessianFree(CurvatureOptimizer):
 
     Settings = HessianFreeSettings
 
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self._statistics: LayerStatistics | None = None  # built on the first step (warns once)
+
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         group = self.param_groups[0]
         state = self.global_state
         batch = require_batch_closure(closure, "HessianFree", "Gauss-Newton curvature")
         damping = float(state.get("damping", group["damping"]))
-        self._start_diagnostics(damping=damping)
-        loss, grads, operator = self._gradient_and_curvature(batch, "ggn", group["curvature_fraction"])
+        fraction = batch.chunk_size(group["curvature_fraction"]) / batch.batch_size
+        chunk = int(state.get("chunk", 0)) % batch.n_chunks(fraction)
+        state["chunk"] = chunk + 1
+        self._start_diagnostics(damping=damping, curvature_samples=round(fraction * batch.batch_size))
+
+        full, grads, squares = self._gradient_and_squares(batch, group["preconditioner"], retain=fraction == 1.0)
+        loss = float(full.loss.detach())
         g = self._flatten(grads)
         g_norm = float(g.norm())
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
         if not self._check_finite(loss, g_norm):
-            self._finish_diagnostics(operator)
+            self._finish_diagnostics()
             return torch.tensor(loss)
+        preconditioner = None if squares is None else (squares + damping) ** group["preconditioner_exponent"]
 
-        preconditioner = None
-        if group["preconditioner"]:
-            squares = _per_sample_grad_squares(batch, self._params)
-            self._count("n_grad")
-            preconditioner = (squares + damping) ** group["preconditioner_exponent"]
-
+        with torch.enable_grad():
+            part = full if fraction == 1.0 else batch.evaluate(fraction, chunk)
+            if fraction != 1.0:
+                self._count("n_loss", fraction)
+            operator = GGNOperator(part.outputs, self._params, output_hessian_for(batch.loss_fn, part.outputs, part.targets))
         previous = state.get("cg_solution")
-        x_start = group["cg_decay"] * previous if previous is not None else None
         result = cg(
             DampedOperator(operator, damping).mv,
             -g,
-            x_start,
+            group["cg_decay"] * previous if previous is not None else None,
             max_iter=group["cg_max_iter"],
             tol=0.0,
             preconditioner=preconditioner,
             martens_eps=group["martens_eps"],
             store_iterates=group["backtracking"],
         )
+        del part, full  # the graphs are not needed any more
         self.diagnostics.update(cg_iters=result.n_iter, cg_stop=result.stop_reason,
                                 negative_curvature=int(result.negative_curvature is not None))
 
         x0 = self._flat_params()
+        on_chunk = group["evaluation_batch"] == "curvature"
+        eval_fraction, eval_chunk = (fraction, chunk) if on_chunk else (1.0, 0)
+        old_eval_loss = batch.loss_value(eval_fraction, eval_chunk) if on_chunk and fraction != 1.0 else loss
+        if on_chunk and fraction != 1.0:
+            self._count("n_loss", fraction)
+
+        def eval_loss_at(p: Tensor) -> float:
+            self._set_flat_params(x0 + p)
+            self._count("n_loss", eval_fraction)
+            return batch.loss_value(eval_fraction, eval_chunk)
 
         def loss_at(p: Tensor) -> float:
             self._set_flat_params(x0 + p)
-            return self._loss_value(batch)
+            self._count("n_loss")
+            return batch.loss_value()
 
-        step_p, quad, new_loss = result.x, result.quad_value, None
+        step_p, quad, new_eval_loss = result.x, result.quad_value, None
         if group["backtracking"] and result.iterates:
-            step_p, quad, new_loss = self._backtrack(result, loss_at)
-        if new_loss is None:
-            new_loss = loss_at(step_p)
+            step_p, quad, new_eval_loss = self._backtrack(result, eval_loss_at)
+        if new_eval_loss is None:
+            new_eval_loss = eval_loss_at(step_p)
 
-        rho = (new_loss - loss) / quad if quad < 0 and math.isfinite(new_loss) else -math.inf
+        undamped = quad - 0.5 * damping * float(torch.dot(step_p, step_p))
+        rho = (new_eval_loss - old_eval_loss) / undamped if undamped < 0 and math.isfinite(new_eval_loss) else -math.inf
         if rho < 0.25:
             damping *= group["lm_boost"]
         elif rho > 0.75:
@@ -150,24 +166,23 @@ class HessianFree(CurvatureOptimizer):
         state["damping"] = damping
 
         slope = float(torch.dot(g, step_p))
-        accepted_t = 0.0
+        accepted_t, n_ls = 0.0, 0
         if slope < 0:
-            if math.isfinite(new_loss) and new_loss <= loss + group["ls_c1"] * group["lr"] * slope:
-                accepted_t, n_ls = group["lr"], 0  # the backtracked iterate already passes Armijo
+            evaluated = (not on_chunk or fraction == 1.0) and group["lr"] == 1.0  # f(x0 + p) on the gradient batch is known
+            if evaluated and math.isfinite(new_eval_loss) and new_eval_loss <= loss + group["ls_c1"] * slope:
+                accepted_t = 1.0
             else:
                 ls = armijo_backtracking(
                     lambda t: loss_at(t * step_p), loss, slope, step0=group["lr"],
                     c1=group["ls_c1"], shrink=group["ls_shrink"], max_evals=group["max_ls_evals"],
                 )
                 accepted_t, n_ls = ls.step, ls.n_evals
-        else:
-            n_ls = 0
         self._move_to(x0, accepted_t, step_p)
         if accepted_t == 0.0:
             state["cg_solution"] = None  # a rejected step must not warm-start the next solve
             self.diagnostics["status"] = "rejected"
         else:
-            state["cg_solution"] = step_p.detach().clone()
+            state["cg_solution"] = result.x.detach().clone()  # Martens: the final CG iterate, not the backtracked one
         self.diagnostics.update(
             reduction_ratio=rho if math.isfinite(rho) else -1e30,
             damping_next=damping,
@@ -175,11 +190,46 @@ class HessianFree(CurvatureOptimizer):
             ls_evals=n_ls,
             step_norm=accepted_t * float(step_p.norm()) if accepted_t else 0.0,
         )
-        self._finish_diagnostics(operator)
+        self._finish_diagnostics(operator, fraction)
         return torch.tensor(loss)
 
-    @staticmethod
-    def _backtrack(result, loss_at) -> tuple[Tensor, float, float]:  # type: ignore[no-untyped-def]
+    def _gradient_and_squares(
+        self, batch: BatchClosure, with_squares: bool, retain: bool
+    ) -> tuple[BatchEvaluation, list[Tensor], Tensor | None]:
+        r"""Loss, gradient and (when asked) :math:`\sum_n w_n \nabla\ell_n^{\odot 2}`
+        from one forward and one backward pass on the whole batch."""
+        for p in self._params:
+            p.grad = None
+        if not with_squares:
+            with torch.enable_grad():
+                full = batch.evaluate()
+                found = torch.autograd.grad(full.loss, self._params, retain_graph=retain, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            self._count("n_grad")
+            self._store_grads(grads)
+            return full, grads, None
+        if self._statistics is None:
+            self._statistics = LayerStatistics(batch.model, self._params)
+        with torch.enable_grad(), self._statistics as stats:
+            full = batch.evaluate()
+            found = torch.autograd.grad(full.loss, [*self._params, full.outputs], retain_graph=retain, allow_unused=True)
+        self._count("n_grad")
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+        self._store_grads(grads)
+        if found[-1] is None or not all(torch.isfinite(g).all() for g in grads):
+            return full, grads, None
+        # the empirical Fisher of L = sum_n w_n l_n weighs sample n by w_n = 1 / c_n
+        scale = per_sample_scale(batch.loss_fn, full.outputs, full.targets, found[-1])
+        by_param = stats.grad_squares(scale.clamp_min(0).sqrt())
+        missing = [p for p in self._params if p not in by_param]
+        if missing:
+            weights = torch.where(scale > 0, 1 / scale.clamp_min(torch.finfo(scale.dtype).tiny), torch.zeros_like(scale))
+            by_param.update(zip(missing, per_sample_grad_squares(
+                batch.model, batch.loss_fn, batch.inputs, batch.targets, missing, weights=weights)))
+            self._count("n_grad")  # the per-sample fallback: see per_sample_grad_squares for its real cost
+        return full, grads, self._flatten(by_param[p] for p in self._params)
+
+    def _backtrack(self, result: CGResult, loss_at) -> tuple[Tensor, float, float]:  # type: ignore[no-untyped-def]
         """Martens (2010) sec. 4.6: from the last stored CG iterate walk back while
         the loss falls; return the chosen iterate, its model value and its loss."""
         iterates = result.iterates
@@ -191,4 +241,5 @@ class HessianFree(CurvatureOptimizer):
                 break
             best, best_loss = j, candidate
         i, x = iterates[best]
+        self.diagnostics["backtracked_to_iter"] = i
         return x, result.quad_values[i], best_loss

@@ -1,8 +1,20 @@
-r"""Truncated Newton (Newton-CG) on exact Hessian or Gauss-Newton products.
+r"""Truncated Newton (Newton-CG) on Gauss-Newton or exact Hessian products.
 
 Each step solves the damped Newton system
 
-.. math::  (C + \lambda I)\, d = -g, \qquad C \in \{H, G\},
+.. math::  (C + \lambda I)\, d = -g, \qquad C \in \{G, H\},
+
+with the Gauss-Newton matrix :math:`G = J^\top H_L J` by default when the closure
+is a :class:`~hpo2.optim.closure.BatchClosure` (``curvature="auto"``; PSD, so CG is
+not cut short by negative curvature on networks; Schraudolph 2002, Martens 2010)
+and the Hessian otherwise or when asked (``curvature="hessian"``).  The curvature
+may be taken on a ``curvature_fraction`` of the batch (a subsampled Hessian, Byrd,
+Chin, Neveitt & Nocedal 2011).  The damping :math:`\lambda` adapts by
+Levenberg-Marquardt's rule under every globalization (``damping_rule="lm"``):
+with :math:`\rho = (f(\theta + s) - f(\theta)) / q_0(s)`, :math:`q_0` the undamped
+quadratic model of the step :math:`s` taken, :math:`\lambda \leftarrow 3/2\,\lambda`
+when :math:`\rho < 1/4` and :math:`2/3\,\lambda` when :math:`\rho > 3/4` (Moré 1978;
+Martens 2010 sec. 4.1); ``"fixed"`` keeps it.  :math:`\lambda = 0` stays 0.
 
 approximately by conjugate gradient (Dembo, Eisenstat & Steihaug 1982; Nocedal &
 Wright 2006, Alg. 7.1), stopping when :math:`\|r\| \le \eta \|g\|` with the
@@ -34,18 +46,24 @@ from torch import Tensor
 
 from hpo2.curvature import DampedOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer
-from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.closure import BatchClosure
+from hpo2.optim.settings import Choice, DataRegimeSettings, FloatRange, IntRange
 from hpo2.solvers import armijo_backtracking, cg, strong_wolfe
 
 
-class NewtonCGSettings(OptimizerSettings):
-    """Settings of :class:`NewtonCG`; defaults after Nocedal & Wright (2006), ch. 7."""
+class NewtonCGSettings(DataRegimeSettings):
+    """Settings of :class:`NewtonCG`; defaults after Nocedal & Wright (2006), ch. 7,
+    Martens (2010) for the damping rule."""
 
     lr: Annotated[float, Field(gt=0), FloatRange(0.1, 1.0, log=True)] = 1.0
     damping: Annotated[float, Field(ge=0), FloatRange(1e-6, 1.0, log=True)] = 1e-3
     cg_max_iter: Annotated[int, Field(ge=1), IntRange(5, 100, log=True)] = 50
     cg_tol: Annotated[float, Field(gt=0, le=1), FloatRange(1e-3, 0.5, log=True)] = 0.5
-    curvature: Annotated[Literal["hessian", "ggn"], Choice(("hessian", "ggn"))] = "hessian"
+    curvature: Annotated[Literal["auto", "ggn", "hessian"], Choice(("auto", "hessian"))] = "auto"
+    curvature_fraction: Annotated[float, Field(gt=0, le=1), FloatRange(0.05, 1.0, log=True)] = 1.0
+    damping_rule: Annotated[Literal["lm", "fixed"], Choice(("lm", "fixed"))] = "lm"
+    lm_boost: Annotated[float, Field(gt=1)] = 1.5
+    lm_drop: Annotated[float, Field(gt=0, lt=1)] = 2.0 / 3.0
     globalization: Annotated[
         Literal["armijo", "strong_wolfe", "trust_region", "none"], Choice(("armijo", "trust_region"))
     ] = "armijo"
@@ -67,26 +85,40 @@ class NewtonCG(CurvatureOptimizer):
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         group = self.param_groups[0]
-        self._start_diagnostics(damping=group["damping"])
-        loss, grads, operator = self._gradient_and_curvature(closure, group["curvature"])  # type: ignore[arg-type]
+        state = self.global_state
+        damping = float(state.get("damping", group["damping"]))
+        self._start_diagnostics(damping=damping)
+        curvature = group["curvature"]
+        if curvature == "auto":
+            curvature = "ggn" if isinstance(closure, BatchClosure) else "hessian"
+        fraction = group["curvature_fraction"]
+        loss, grads, operator = self._gradient_and_curvature(closure, curvature, fraction)  # type: ignore[arg-type]
         g = self._flatten(grads)
         g_norm = float(g.norm())
-        self.diagnostics.update(loss=loss, grad_norm=g_norm)
+        self.diagnostics.update(loss=loss, grad_norm=g_norm, curvature=curvature)
         if not self._check_finite(loss, g_norm):
+            self._finish_diagnostics(operator, fraction)
             return torch.tensor(loss)
         if g_norm <= group["tolerance_grad"]:
             self.diagnostics["status"] = "converged"
-            self._finish_diagnostics(operator)
+            self._finish_diagnostics(operator, fraction)
             return torch.tensor(loss)
 
-        damped = DampedOperator(operator, group["damping"]).mv
+        damped = DampedOperator(operator, damping).mv
         forcing = min(group["cg_tol"], math.sqrt(g_norm))
         x0 = self._flat_params()
         if group["globalization"] == "trust_region":
-            self._trust_region_step(closure, x0, loss, g, damped, forcing)  # type: ignore[arg-type]
+            rho = self._trust_region_step(closure, x0, loss, g, damped, forcing)  # type: ignore[arg-type]
         else:
-            self._line_search_step(closure, x0, loss, g, damped, forcing)  # type: ignore[arg-type]
-        self._finish_diagnostics(operator)
+            rho = self._line_search_step(closure, x0, loss, g, damped, forcing, operator, damping)  # type: ignore[arg-type]
+        if group["damping_rule"] == "lm":
+            if rho < 0.25:
+                damping *= group["lm_boost"]
+            elif rho > 0.75:
+                damping *= group["lm_drop"]
+        state["damping"] = damping
+        self.diagnostics.update(reduction_ratio=rho if math.isfinite(rho) else -1e30, damping_next=damping)
+        self._finish_diagnostics(operator, fraction)
         return torch.tensor(loss)
 
     def _record_cg(self, result: object) -> None:
@@ -96,27 +128,40 @@ class NewtonCG(CurvatureOptimizer):
             negative_curvature=int(result.negative_curvature is not None),  # type: ignore[attr-defined]
         )
 
-    def _line_search_step(self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped, forcing: float) -> None:
+    def _line_search_step(  # type: ignore[no-untyped-def]
+        self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped, forcing: float, operator, damping: float
+    ) -> float:
+        """Solve, search along the direction, move; return the reduction ratio of the
+        step taken against the undamped model (``-inf`` when rejected)."""
         group = self.param_groups[0]
         result = cg(damped, -g, max_iter=group["cg_max_iter"], tol=forcing)
         self._record_cg(result)
         d = result.x
+        # d^T C d of CG's own iterate from its model value phi = g^T d + d^T (C + lambda) d / 2
+        curv_d = 2 * (result.quad_value - float(torch.dot(g, d))) - damping * float(torch.dot(d, d))
+        from_cg = True
         if result.negative_curvature is not None:
             if group["negative_curvature"] == "direction":
                 p = result.negative_curvature
                 sign = -1.0 if float(torch.dot(g, p)) > 0 else 1.0
                 d = d + sign * p * (g.norm() / p.norm())
+                from_cg = False
             elif result.n_iter == 0:
-                d = -g
+                d, from_cg = -g, False
         slope = float(torch.dot(g, d))
         if slope >= 0:  # CG from zero always gives descent; guard against round-off
-            d, slope = -g, -float(torch.dot(g, g))
+            d, slope, from_cg = -g, -float(torch.dot(g, g)), False
+        if not from_cg and group["damping_rule"] == "lm":
+            curv_d = float(torch.dot(d, operator.mv(d)))  # one more product, only off CG's path
         kind = group["globalization"]
         if kind == "none":
             t = group["lr"]
             self._set_flat_params(x0 + t * d)
             self.diagnostics.update(step_size=t, ls_evals=0, step_norm=t * float(d.norm()))
-            return
+            if group["damping_rule"] != "lm":
+                return math.nan
+            new_loss = self._loss_value(closure)
+            return self._ratio(new_loss - loss, t * slope + 0.5 * t * t * curv_d)
         if kind == "armijo":
 
             def phi(t: float) -> float:
@@ -136,8 +181,18 @@ class NewtonCG(CurvatureOptimizer):
         if ls.step == 0.0:
             self.diagnostics["status"] = "rejected"
         self.diagnostics.update(step_size=ls.step, ls_evals=ls.n_evals, step_norm=ls.step * float(d.norm()))
+        if ls.step == 0.0:
+            return -math.inf
+        t = ls.step
+        return self._ratio(ls.value - loss, t * slope + 0.5 * t * t * curv_d)
 
-    def _trust_region_step(self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped, forcing: float) -> None:
+    @staticmethod
+    def _ratio(actual: float, predicted: float) -> float:
+        """:math:`\rho` = actual / predicted change; ``-inf`` unless the model predicts a
+        decrease and the loss is finite."""
+        return actual / predicted if predicted < 0 and math.isfinite(actual) else -math.inf
+
+    def _trust_region_step(self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped, forcing: float) -> float:  # type: ignore[no-untyped-def]
         group = self.param_groups[0]
         state = self.global_state
         radius = float(state.get("radius", group["tr_radius"]))
@@ -161,8 +216,5 @@ class NewtonCG(CurvatureOptimizer):
         if not accepted:
             self._set_flat_params(x0)
             self.diagnostics["status"] = "rejected"
-        self.diagnostics.update(
-            reduction_ratio=rho if math.isfinite(rho) else -1e30,
-            radius=radius,
-            step_norm=s_norm if accepted else 0.0,
-        )
+        self.diagnostics.update(radius=radius, step_norm=s_norm if accepted else 0.0)
+        return rho

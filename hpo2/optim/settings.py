@@ -18,9 +18,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 @dataclass(frozen=True)
@@ -119,3 +119,21 @@ def check_known(keys: Iterable[Any], allowed: Iterable[str], where: str, kind: s
     if unknown:
         named = ", ".join(f"{k}{did_you_mean(k, allowed)}" for k in unknown)
         raise SettingsError(f"{where}: unknown {kind} {named}; allowed: {', '.join(allowed)}")
+
+
+BatchSize = Annotated[int, Field(ge=1)] | Literal["full"] | None
+#: searched gradient batches: the task's own (None), three fixed sizes, the whole training set
+BATCH_CHOICES = Choice((None, 512, 2048, 8192, "full"))
+
+
+class DataRegimeSettings(OptimizerSettings):
+    """Settings of an optimizer that chooses its own data regime.
+
+    ``batch_size`` is the gradient batch, honoured by the training loop
+    (:func:`hpo2.train.run_training`): ``None`` keeps the task's batch, ``"full"``
+    takes the whole training set, an integer is capped at the training set's size.
+    An epoch stays one pass over the samples, so a larger batch means fewer steps
+    per epoch.  An optimizer used directly gets whatever batch its closure holds.
+    """
+
+    batch_size: Annotated[BatchSize, BATCH_CHOICES] = None
