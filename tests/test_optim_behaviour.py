@@ -15,11 +15,13 @@ from torch import nn
 from hpo2.optim import (
     LBFGS,
     REGISTRY,
+    SOAP,
     AdaHessian,
     BatchClosure,
     HessianFree,
     NewtonCG,
     SettingsError,
+    Shampoo,
     Sophia,
     from_config,
 )
@@ -160,6 +162,8 @@ OPTIMIZERS = {
     "adahessian": lambda p: AdaHessian(p, lr=0.05, hessian_refresh=2),
     "sophia_gnb": lambda p: Sophia(p, lr=0.01, hessian_refresh=2),
     "sophia_hutchinson": lambda p: Sophia(p, lr=0.01, hessian_refresh=2, estimator="hutchinson"),
+    "shampoo": lambda p: Shampoo(p, lr=0.01, precondition_frequency=2, start_preconditioning_step=2),
+    "soap": lambda p: SOAP(p, lr=0.01, precondition_frequency=2),
 }
 
 
