@@ -20,6 +20,7 @@ from hpo2.optim import (
     BatchClosure,
     HessianFree,
     NewtonCG,
+    SaddleFreeNewton,
     SettingsError,
     Shampoo,
     Sophia,
@@ -164,6 +165,7 @@ OPTIMIZERS = {
     "sophia_hutchinson": lambda p: Sophia(p, lr=0.01, hessian_refresh=2, estimator="hutchinson"),
     "shampoo": lambda p: Shampoo(p, lr=0.01, precondition_frequency=2, start_preconditioning_step=2),
     "soap": lambda p: SOAP(p, lr=0.01, precondition_frequency=2),
+    "saddle_free_newton": lambda p: SaddleFreeNewton(p, rank=4, refresh_every=2),
 }
 
 

@@ -9,6 +9,7 @@ from hpo2.optim.muon import MuonSettings, MuonWithAdamW
 from hpo2.optim.newton_cg import NewtonCG, NewtonCGSettings
 from hpo2.optim.registry import REGISTRY, OptimizerSpec, from_config, get_spec, parse_optimizer_config
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, SettingsError
+from hpo2.optim.saddle_free import SaddleFreeNewton, SaddleFreeNewtonSettings
 from hpo2.optim.shampoo import Shampoo, ShampooSettings
 from hpo2.optim.soap import SOAP, SOAPSettings
 from hpo2.optim.sophia import Sophia, SophiaSettings
@@ -35,6 +36,8 @@ __all__ = [
     "OptimizerSpec",
     "SOAP",
     "SOAPSettings",
+    "SaddleFreeNewton",
+    "SaddleFreeNewtonSettings",
     "SettingsError",
     "Shampoo",
     "ShampooSettings",

@@ -31,6 +31,7 @@ from hpo2.optim.hessian_free import HessianFree
 from hpo2.optim.lbfgs import LBFGS
 from hpo2.optim.muon import MuonSettings, build_muon
 from hpo2.optim.newton_cg import NewtonCG
+from hpo2.optim.saddle_free import SaddleFreeNewton
 from hpo2.optim.settings import OptimizerSettings, SearchDimension, SettingsError
 from hpo2.optim.shampoo import Shampoo
 from hpo2.optim.soap import SOAP
@@ -66,6 +67,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec("lbfgs", LBFGS.Settings, _curvature(LBFGS), True, "limited-memory BFGS"),
         OptimizerSpec("adahessian", AdaHessian.Settings, _curvature(AdaHessian), True, "AdaHessian (Hutchinson diagonal)"),
         OptimizerSpec("sophia", Sophia.Settings, _curvature(Sophia), True, "Sophia (clipped diagonal Newton)"),
+        OptimizerSpec("saddle_free_newton", SaddleFreeNewton.Settings, _curvature(SaddleFreeNewton), True, "low-rank saddle-free Newton (Lanczos |H|)"),
         OptimizerSpec("shampoo", Shampoo.Settings, _curvature(Shampoo), True, "Shampoo (Kronecker-factored, Adam grafting)"),
         OptimizerSpec("soap", SOAP.Settings, _curvature(SOAP), True, "SOAP (Adam in Shampoo's eigenbasis)"),
         OptimizerSpec("sgd", SGDSettings, build_sgd, False, "SGD with momentum (torch.optim)"),  # type: ignore[arg-type]
