@@ -1,6 +1,7 @@
 """The Hessian-vector-product core everything second-order in hpo2 builds on."""
 
 from hpo2.curvature.diagonal import gauss_newton_bartlett_diagonal, hutchinson_diagonal, rademacher_like
+from hpo2.curvature.layers import LayerRecord, LayerStatistics, per_sample_grad_squares, per_sample_scale
 from hpo2.curvature.output_hessians import (
     bce_with_logits_output_hessian,
     cross_entropy_output_hessian,
@@ -31,6 +32,8 @@ __all__ = [
     "DampedOperator",
     "GGNOperator",
     "HessianOperator",
+    "LayerRecord",
+    "LayerStatistics",
     "MatrixOperator",
     "bce_with_logits_output_hessian",
     "cross_entropy_output_hessian",
@@ -45,6 +48,8 @@ __all__ = [
     "module_loss_fn",
     "mse_output_hessian",
     "output_hessian_for",
+    "per_sample_grad_squares",
+    "per_sample_scale",
     "rademacher_like",
     "spectral_density",
     "top_eigenvalues",
