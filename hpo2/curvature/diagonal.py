@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hpo2.curvature._validate import as_param_list
@@ -55,9 +55,27 @@ def hutchinson_diagonal(
 
 
 _GNB_LOSSES = ("cross_entropy", "bce_with_logits", "mse")
+_LIKELIHOODS: dict[type, str] = {
+    nn.CrossEntropyLoss: "cross_entropy",
+    nn.BCEWithLogitsLoss: "bce_with_logits",
+    nn.MSELoss: "mse",
+}
 
 
-def _sample_loss(outputs: Tensor, loss: str, generator: torch.Generator | None) -> tuple[Tensor, int]:
+def likelihood_name(loss_fn: object) -> str | None:
+    """The predictive distribution a training loss is the negative log-likelihood of
+    (``"cross_entropy"``, ``"bce_with_logits"``, ``"mse"``), or ``None``.  A wrapper
+    exposing ``output_loss`` (see ``output_hessian_for``) is looked through."""
+    output_loss = getattr(loss_fn, "output_loss", loss_fn)
+    return next((name for cls, name in _LIKELIHOODS.items() if isinstance(output_loss, cls)), None)
+
+
+def supported_likelihoods() -> str:
+    """The loss classes :func:`likelihood_name` recognises, for error messages."""
+    return ", ".join(t.__name__ for t in _LIKELIHOODS)
+
+
+def sampled_label_loss(outputs: Tensor, loss: str, generator: torch.Generator | None) -> tuple[Tensor, int]:
     """Mean loss on labels drawn from the model's predictive distribution, and the
     number of independent terms that mean is taken over.  Labels are drawn on the
     generator's device (a CPU generator serves CUDA models)."""
@@ -104,7 +122,7 @@ def gauss_newton_bartlett_diagonal(
     plist = as_param_list(params)
     acc = [torch.zeros_like(p) for p in plist]
     for k in range(n_probes):
-        sampled_loss, n_terms = _sample_loss(outputs, loss, generator)
+        sampled_loss, n_terms = sampled_label_loss(outputs, loss, generator)
         grads = torch.autograd.grad(sampled_loss, plist, retain_graph=retain_graph or k < n_probes - 1, allow_unused=True)
         for a, g in zip(acc, grads):
             if g is not None:

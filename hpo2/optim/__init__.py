@@ -4,6 +4,7 @@ from hpo2.optim.adahessian import AdaHessian, AdaHessianSettings
 from hpo2.optim.base import CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure, BatchEvaluation
 from hpo2.optim.hessian_free import HessianFree, HessianFreeSettings
+from hpo2.optim.kfac import KFAC, KFACSettings
 from hpo2.optim.lbfgs import LBFGS, LBFGSSettings
 from hpo2.optim.muon import MuonSettings, MuonWithAdamW
 from hpo2.optim.newton_cg import NewtonCG, NewtonCGSettings
@@ -27,6 +28,8 @@ __all__ = [
     "HessianFree",
     "HessianFreeSettings",
     "IntRange",
+    "KFAC",
+    "KFACSettings",
     "LBFGSSettings",
     "MuonSettings",
     "MuonWithAdamW",

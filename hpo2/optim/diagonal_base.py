@@ -8,20 +8,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hpo2.curvature import HessianOperator, gauss_newton_bartlett_diagonal, hutchinson_diagonal
-from hpo2.optim.base import Closure, CurvatureOptimizer
+from hpo2.curvature.diagonal import likelihood_name, supported_likelihoods
+from hpo2.optim.base import Closure
 from hpo2.optim.closure import require_batch_closure
-
-_GNB_LOSS_NAMES: dict[type, str] = {
-    nn.CrossEntropyLoss: "cross_entropy",
-    nn.BCEWithLogitsLoss: "bce_with_logits",
-    nn.MSELoss: "mse",
-}
+from hpo2.optim.seeded import SeededOptimizer
 
 
-class DiagonalCurvatureOptimizer(CurvatureOptimizer):
+class DiagonalCurvatureOptimizer(SeededOptimizer):
     """Base of per-parameter methods that precondition with a curvature diagonal.
 
     Param groups are allowed (each with its own settings).  The probe generator is
@@ -30,20 +26,6 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
     """
 
     joint = False
-
-    def __init__(self, params: Any, settings: Any = None, **kwargs: Any) -> None:
-        super().__init__(params, settings, **kwargs)
-        self._generator = torch.Generator().manual_seed(int(self.settings.seed))  # type: ignore[attr-defined]
-
-    def state_dict(self) -> dict[str, Any]:
-        self.global_state["rng_state"] = bytes(self._generator.get_state().tolist())
-        return super().state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        saved = self.global_state.get("rng_state")
-        if saved is not None:
-            self._generator.set_state(torch.tensor(list(saved), dtype=torch.uint8))
 
     def _prepare_step(self, closure: Closure | None, estimator: str) -> tuple[float, list[Tensor], list[Tensor] | None] | None:
         """Count the step, take the gradient (and the diagonal on refresh steps),
@@ -95,12 +77,11 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
             self._count("n_hvp", op.n_products)
             return float(op.loss), op.gradient, diag
         batch = require_batch_closure(closure, type(self).__name__, "the Gauss-Newton-Bartlett estimator")
-        output_loss = getattr(batch.loss_fn, "output_loss", batch.loss_fn)  # see output_hessian_for
-        loss_name = next((name for cls, name in _GNB_LOSS_NAMES.items() if isinstance(output_loss, cls)), None)
+        loss_name = likelihood_name(batch.loss_fn)
         if loss_name is None:
             raise ValueError(
                 f"{type(self).__name__}: the Gauss-Newton-Bartlett estimator needs the loss to be one of "
-                f"{', '.join(t.__name__ for t in _GNB_LOSS_NAMES)}, got {type(batch.loss_fn).__name__}; "
+                f"{supported_likelihoods()}, got {type(batch.loss_fn).__name__}; "
                 "use estimator='hutchinson' for other losses"
             )
         for p in self._params:

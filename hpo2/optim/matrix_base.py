@@ -59,6 +59,21 @@ def inverse_root(matrix: Tensor, exponent: float, eps: float) -> tuple[Tensor, f
     return root, float(shifted[-1] / shifted[0])
 
 
+def charge_overhead(optimizer: CurvatureOptimizer, grad_seconds: float, work_seconds: float) -> None:
+    """Add ``work_seconds`` of preconditioner work to the finished step's
+    ``grad_equivalents``, in units of the running mean of ``grad_seconds`` (the
+    seconds of one gradient, measured each step; the mean lives in the optimizer
+    state)."""
+    state = optimizer.global_state
+    n = int(state.get("timed_gradients", 0)) + 1
+    mean = float(state.get("mean_grad_seconds", 0.0))
+    mean += (grad_seconds - mean) / n
+    state["timed_gradients"], state["mean_grad_seconds"] = n, mean
+    overhead = work_seconds / max(mean, 1e-9)
+    optimizer.diagnostics["overhead_grad_equivalents"] = overhead
+    optimizer.diagnostics["grad_equivalents"] = float(optimizer.diagnostics["grad_equivalents"]) + overhead
+
+
 class MatrixPreconditioner(CurvatureOptimizer):
     """Base of per-parameter methods driven by the gradient alone (param groups allowed).
 
@@ -85,13 +100,8 @@ class MatrixPreconditioner(CurvatureOptimizer):
             for group, p in self._parameters():
                 self._update(group, p, p.grad, self.state[p])  # type: ignore[arg-type]
         self._summarise()
-        mean_grad = float(state.get("mean_grad_seconds", 0.0))
-        mean_grad += (grad_seconds - mean_grad) / state["global_step"]
-        state["mean_grad_seconds"] = mean_grad
-        overhead = (time.perf_counter() - started) / max(mean_grad, 1e-9)
-        self.diagnostics["overhead_grad_equivalents"] = overhead
         self._finish_diagnostics()
-        self.diagnostics["grad_equivalents"] = float(self.diagnostics["grad_equivalents"]) + overhead
+        charge_overhead(self, grad_seconds, time.perf_counter() - started)
         return torch.tensor(loss)
 
     def _parameters(self) -> Iterator[tuple[dict[str, Any], Tensor]]:

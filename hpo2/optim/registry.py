@@ -28,6 +28,7 @@ from hpo2.optim.adahessian import AdaHessian
 from hpo2.optim.baselines import AdamSettings, AdamWSettings, SGDSettings, build_adam, build_sgd
 from hpo2.optim.base import CurvatureOptimizer
 from hpo2.optim.hessian_free import HessianFree
+from hpo2.optim.kfac import KFAC
 from hpo2.optim.lbfgs import LBFGS
 from hpo2.optim.muon import MuonSettings, build_muon
 from hpo2.optim.newton_cg import NewtonCG
@@ -67,6 +68,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec("lbfgs", LBFGS.Settings, _curvature(LBFGS), True, "limited-memory BFGS"),
         OptimizerSpec("adahessian", AdaHessian.Settings, _curvature(AdaHessian), True, "AdaHessian (Hutchinson diagonal)"),
         OptimizerSpec("sophia", Sophia.Settings, _curvature(Sophia), True, "Sophia (clipped diagonal Newton)"),
+        OptimizerSpec("kfac", KFAC.Settings, _curvature(KFAC), True, "K-FAC (Kronecker factors, KL-clipped)"),
         OptimizerSpec("saddle_free_newton", SaddleFreeNewton.Settings, _curvature(SaddleFreeNewton), True, "low-rank saddle-free Newton (Lanczos |H|)"),
         OptimizerSpec("shampoo", Shampoo.Settings, _curvature(Shampoo), True, "Shampoo (Kronecker-factored, Adam grafting)"),
         OptimizerSpec("soap", SOAP.Settings, _curvature(SOAP), True, "SOAP (Adam in Shampoo's eigenbasis)"),
