@@ -13,6 +13,7 @@ import yaml
 from torch import nn
 
 from hpo2.optim import (
+    KFAC,
     LBFGS,
     REGISTRY,
     SOAP,
@@ -166,6 +167,8 @@ OPTIMIZERS = {
     "shampoo": lambda p: Shampoo(p, lr=0.01, precondition_frequency=2, start_preconditioning_step=2),
     "soap": lambda p: SOAP(p, lr=0.01, precondition_frequency=2),
     "saddle_free_newton": lambda p: SaddleFreeNewton(p, rank=4, refresh_every=2),
+    "kfac": lambda p: KFAC(p, lr=0.05, cov_update_every=2, inverse_update_every=3),
+    "kfac_empirical": lambda p: KFAC(p, lr=0.05, fisher="empirical", cov_update_every=2, inverse_update_every=3),
 }
 
 

@@ -42,7 +42,7 @@ from pydantic import Field
 from torch import Tensor
 
 from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix, block_slices, inverse_root
-from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
 
 
 class ShampooSettings(OptimizerSettings):
@@ -52,7 +52,7 @@ class ShampooSettings(OptimizerSettings):
     beta1: Annotated[float, Field(ge=0, lt=1), FloatRange(0.0, 0.99)] = 0.9
     beta2: Annotated[float, Field(gt=0, le=1), FloatRange(0.9, 0.9999, log=True)] = 0.999
     epsilon: Annotated[float, Field(gt=0), FloatRange(1e-12, 1e-4, log=True)] = 1e-12
-    grafting: Annotated[Literal["adam", "none"], Choice(("adam",))] = "adam"
+    grafting: Literal["adam", "none"] = "adam"
     graft_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
     graft_eps: Annotated[float, Field(gt=0)] = 1e-8
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
