@@ -63,12 +63,18 @@ def lbfgs_rows(device: torch.device, repeats: int) -> list[str]:
     return rows
 
 
-def second_order_rows(device: torch.device, repeats: int) -> list[str]:
-    rows = []
+def gradient_unit(device: torch.device, repeats: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, nn.Module, float]:
+    """The benchmark problem, its loss, and the median seconds of one gradient on it (the unit)."""
     base, x, y = problem(device)
     loss_fn = nn.CrossEntropyLoss()
     unit_model = copy.deepcopy(base)
     t_grad = median_seconds(lambda: torch.autograd.grad(loss_fn(unit_model(x), y), list(unit_model.parameters())), device, repeats)
+    return base, x, y, loss_fn, t_grad
+
+
+def second_order_rows(device: torch.device, repeats: int) -> list[str]:
+    rows = []
+    base, x, y, loss_fn, t_grad = gradient_unit(device, repeats)
     makers = {
         "NewtonCG (Hessian, cg_max_iter 20)": lambda p: NewtonCG(p, damping=1e-2, cg_max_iter=20),
         "NewtonCG (GGN, cg_max_iter 20)": lambda p: NewtonCG(p, damping=1e-2, cg_max_iter=20, curvature="ggn"),
@@ -91,10 +97,7 @@ def second_order_rows(device: torch.device, repeats: int) -> list[str]:
 
 def amortized_rows(device: torch.device, steps: int) -> list[str]:
     rows = []
-    base, x, y = problem(device)
-    loss_fn = nn.CrossEntropyLoss()
-    unit_model = copy.deepcopy(base)
-    t_grad = median_seconds(lambda: torch.autograd.grad(loss_fn(unit_model(x), y), list(unit_model.parameters())), device, 15)
+    base, x, y, loss_fn, t_grad = gradient_unit(device, 15)
     makers = {
         "Shampoo (defaults: roots every 20 steps)": Shampoo,
         "SOAP (defaults: bases every 10 steps)": SOAP,

@@ -75,7 +75,8 @@ class KFACSettings(OptimizerSettings):
     inverse_update_every: Annotated[int, Field(ge=1), IntRange(1, 200, log=True)] = 100
     fisher: Annotated[Literal["sampled", "empirical"], Choice(("sampled", "empirical"))] = "sampled"
     fallback_lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
-    fallback_betas: tuple[float, float] = (0.9, 0.999)
+    fallback_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    fallback_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
     fallback_eps: Annotated[float, Field(gt=0)] = 1e-8
     seed: int = 0
 
@@ -258,7 +259,7 @@ class KFAC(SeededOptimizer):
 
     def _adam(self, p: Tensor, group: dict[str, Any]) -> None:
         """The fallback for parameters K-FAC does not factor (Kingma & Ba 2015)."""
-        st, (b1, b2) = self.state[p], group["fallback_betas"]
+        st, b1, b2 = self.state[p], group["fallback_beta1"], group["fallback_beta2"]
         if "exp_avg" not in st:
             st["exp_avg"], st["exp_avg_sq"], st["adam_step"] = torch.zeros_like(p), torch.zeros_like(p), 0
         st["adam_step"] += 1
