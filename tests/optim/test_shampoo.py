@@ -145,3 +145,24 @@ def test_matches_pytorch_optimizer_shampoo_where_conventions_match():
         ref.step()
     for a, b in zip(ours_model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_a_torch_style_closure_that_calls_backward_gives_the_same_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    ours = Shampoo(model.parameters(), precondition_frequency=1, start_preconditioning_step=2)
+    torch_style = Shampoo(twin.parameters(), precondition_frequency=1, start_preconditioning_step=2)
+
+    def closure() -> torch.Tensor:
+        torch_style.zero_grad()
+        loss = nn.functional.mse_loss(twin(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        ours.step(BatchClosure(model, nn.MSELoss(), x, y))
+        torch_style.step(closure)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
