@@ -52,7 +52,8 @@ from hpo2.study.space import SearchSpace  # noqa: E402
 from hpo2.tasks import build_task  # noqa: E402
 from hpo2.train import Budget, evaluate, run_training  # noqa: E402
 
-OPTIMIZERS = ["newton_cg", "hessian_free", "lbfgs", "adahessian", "sophia", "adam", "sgd"]
+OPTIMIZERS = ["newton_cg", "hessian_free", "lbfgs", "adahessian", "sophia", "kfac", "shampoo", "soap", "saddle_free_newton",
+              "muon", "adam", "sgd"]
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,17 @@ import yaml
 from torch import nn
 
 from hpo2.optim import (
+    KFAC,
     LBFGS,
     REGISTRY,
+    SOAP,
     AdaHessian,
     BatchClosure,
     HessianFree,
     NewtonCG,
+    SaddleFreeNewton,
     SettingsError,
+    Shampoo,
     Sophia,
     from_config,
 )
@@ -152,6 +156,11 @@ OPTIMIZERS = {
     "adahessian": lambda p: AdaHessian(p, lr=0.05, hessian_refresh=2),
     "sophia_gnb": lambda p: Sophia(p, lr=0.01, hessian_refresh=2),
     "sophia_hutchinson": lambda p: Sophia(p, lr=0.01, hessian_refresh=2, estimator="hutchinson"),
+    "shampoo": lambda p: Shampoo(p, lr=0.01, precondition_frequency=2, start_preconditioning_step=2),
+    "soap": lambda p: SOAP(p, lr=0.01, precondition_frequency=2),
+    "saddle_free_newton": lambda p: SaddleFreeNewton(p, rank=4, refresh_every=2),
+    "kfac": lambda p: KFAC(p, lr=0.05, cov_update_every=2, inverse_update_every=3),
+    "kfac_empirical": lambda p: KFAC(p, lr=0.05, fisher="empirical", cov_update_every=2, inverse_update_every=3),
 }
 
 

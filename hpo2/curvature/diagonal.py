@@ -56,7 +56,27 @@ def hutchinson_diagonal(
 
 
 _GNB_LOSSES = ("cross_entropy", "bce_with_logits", "mse")
-_GNB_MODULES: dict[type, str] = {nn.CrossEntropyLoss: "cross_entropy", nn.BCEWithLogitsLoss: "bce_with_logits", nn.MSELoss: "mse"}
+_LIKELIHOODS: dict[type, str] = {
+    nn.CrossEntropyLoss: "cross_entropy",
+    nn.BCEWithLogitsLoss: "bce_with_logits",
+    nn.MSELoss: "mse",
+}
+
+
+def likelihood_name(loss_fn: object) -> str | None:
+    """The predictive distribution a training loss is the negative log-likelihood of
+    (``"cross_entropy"``, ``"bce_with_logits"``, ``"mse"``), or ``None``.  A wrapper
+    exposing ``output_loss`` (see ``output_hessian_for``) is looked through."""
+    output_loss = getattr(loss_fn, "output_loss", loss_fn)
+    return next((name for cls, name in _LIKELIHOODS.items() if isinstance(output_loss, cls)), None)
+
+
+def supported_likelihoods() -> str:
+    """The loss classes :func:`likelihood_name` recognises, for error messages."""
+    return ", ".join(t.__name__ for t in _LIKELIHOODS)
+
+
+
 
 
 def _term_weights(loss: str | nn.Module, outputs: Tensor, targets: Tensor | None) -> tuple[str, Tensor]:
@@ -66,9 +86,9 @@ def _term_weights(loss: str | nn.Module, outputs: Tensor, targets: Tensor | None
     ``reduction``, class ``weight`` and ``ignore_index`` (cross-entropy) or
     elementwise ``weight`` (binary cross-entropy).  A name means ``reduction="mean"``."""
     module = loss if isinstance(loss, nn.Module) else None
-    name = loss if isinstance(loss, str) else next((n for c, n in _GNB_MODULES.items() if isinstance(loss, c)), None)
+    name = loss if isinstance(loss, str) else likelihood_name(loss)
     if name not in _GNB_LOSSES:
-        allowed = ", ".join([*_GNB_LOSSES, *(c.__name__ for c in _GNB_MODULES)])
+        allowed = ", ".join(_GNB_LOSSES) + ", " + supported_likelihoods()
         raise ValueError(f"loss={loss!r} is not supported by the Gauss-Newton-Bartlett estimator; allowed: {allowed}")
     reduction = getattr(module, "reduction", "mean")
     if reduction not in ("mean", "sum"):
@@ -159,3 +179,15 @@ def gauss_newton_bartlett_diagonal(
             if g is not None:
                 a.add_(g * g)
     return [a / n_probes for a in acc]
+
+
+def sampled_label_loss(outputs: Tensor, loss: str, generator: torch.Generator | None) -> tuple[Tensor, int]:
+    """Mean loss on labels drawn from the model's predictive distribution, and the
+    number of independent terms that mean is taken over (K-FAC's true Fisher).  Labels
+    are drawn on the generator's device (a CPU generator serves CUDA models)."""
+    z = outputs.detach()
+    shape = z.movedim(1, -1).shape[:-1] if loss == "cross_entropy" else z.shape
+    n_terms = shape.numel()
+    kappa = torch.full(shape, 1.0 / n_terms, dtype=z.dtype, device=z.device)
+    # sum_t sqrt(1/n) nll_t = sqrt(n) * mean_t nll_t
+    return _sampled_loss(outputs, loss, kappa, generator) / n_terms**0.5, n_terms

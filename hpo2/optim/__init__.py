@@ -4,10 +4,15 @@ from hpo2.optim.adahessian import AdaHessian, AdaHessianSettings
 from hpo2.optim.base import CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure, BatchEvaluation
 from hpo2.optim.hessian_free import HessianFree, HessianFreeSettings
+from hpo2.optim.kfac import KFAC, KFACSettings
 from hpo2.optim.lbfgs import LBFGS, LBFGSSettings
+from hpo2.optim.muon import MuonSettings, MuonWithAdamW
 from hpo2.optim.newton_cg import NewtonCG, NewtonCGSettings
 from hpo2.optim.registry import REGISTRY, OptimizerSpec, from_config, get_spec, parse_optimizer_config
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, SettingsError
+from hpo2.optim.saddle_free import SaddleFreeNewton, SaddleFreeNewtonSettings
+from hpo2.optim.shampoo import Shampoo, ShampooSettings
+from hpo2.optim.soap import SOAP, SOAPSettings
 from hpo2.optim.sophia import Sophia, SophiaSettings
 
 __all__ = [
@@ -23,12 +28,22 @@ __all__ = [
     "HessianFree",
     "HessianFreeSettings",
     "IntRange",
+    "KFAC",
+    "KFACSettings",
     "LBFGSSettings",
+    "MuonSettings",
+    "MuonWithAdamW",
     "NewtonCG",
     "NewtonCGSettings",
     "OptimizerSettings",
     "OptimizerSpec",
+    "SOAP",
+    "SOAPSettings",
+    "SaddleFreeNewton",
+    "SaddleFreeNewtonSettings",
     "SettingsError",
+    "Shampoo",
+    "ShampooSettings",
     "Sophia",
     "SophiaSettings",
     "from_config",

@@ -8,16 +8,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hpo2.curvature import HessianOperator, gauss_newton_bartlett_diagonal, hutchinson_diagonal
-from hpo2.optim.base import Closure, CurvatureOptimizer
+from hpo2.curvature.diagonal import likelihood_name, supported_likelihoods
+from hpo2.optim.base import Closure
 from hpo2.optim.closure import require_batch_closure
+from hpo2.optim.seeded import SeededOptimizer
 
-_GNB_LOSSES = (nn.CrossEntropyLoss, nn.BCEWithLogitsLoss, nn.MSELoss)
 
-
-class DiagonalCurvatureOptimizer(CurvatureOptimizer):
+class DiagonalCurvatureOptimizer(SeededOptimizer):
     """Base of per-parameter methods that precondition with a curvature diagonal.
 
     Param groups are allowed (each with its own settings).  The probe generator is
@@ -26,20 +26,6 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
     """
 
     joint = False
-
-    def __init__(self, params: Any, settings: Any = None, **kwargs: Any) -> None:
-        super().__init__(params, settings, **kwargs)
-        self._generator = torch.Generator().manual_seed(int(self.settings.seed))  # type: ignore[attr-defined]
-
-    def state_dict(self) -> dict[str, Any]:
-        self.global_state["rng_state"] = bytes(self._generator.get_state().tolist())
-        return super().state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        saved = self.global_state.get("rng_state")
-        if saved is not None:
-            self._generator.set_state(torch.tensor(list(saved), dtype=torch.uint8))
 
     def _prepare_step(self, closure: Closure | None, estimator: str) -> tuple[float, list[Tensor], list[Tensor] | None] | None:
         """Count the step, take the gradient (and the diagonal on refresh steps),
@@ -92,10 +78,10 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
             return float(op.loss), op.gradient, diag
         batch = require_batch_closure(closure, type(self).__name__, "the Gauss-Newton-Bartlett estimator")
         output_loss = getattr(batch.loss_fn, "output_loss", batch.loss_fn)  # see output_hessian_for
-        if not isinstance(output_loss, tuple(_GNB_LOSSES)):
+        if likelihood_name(output_loss) is None:
             raise ValueError(
                 f"{type(self).__name__}: the Gauss-Newton-Bartlett estimator needs the loss to be one of "
-                f"{', '.join(t.__name__ for t in _GNB_LOSSES)}, got {type(batch.loss_fn).__name__}; "
+                f"{supported_likelihoods()}, got {type(batch.loss_fn).__name__}; "
                 "use estimator='hutchinson' for other losses"
             )
         for p in self._params:

@@ -28,9 +28,14 @@ from hpo2.optim.adahessian import AdaHessian
 from hpo2.optim.baselines import AdamSettings, AdamWSettings, SGDSettings, build_adam, build_sgd
 from hpo2.optim.base import CurvatureOptimizer
 from hpo2.optim.hessian_free import HessianFree
+from hpo2.optim.kfac import KFAC
 from hpo2.optim.lbfgs import LBFGS
+from hpo2.optim.muon import MuonSettings, build_muon
 from hpo2.optim.newton_cg import NewtonCG
+from hpo2.optim.saddle_free import SaddleFreeNewton
 from hpo2.optim.settings import OptimizerSettings, SearchDimension, SettingsError, check_known, did_you_mean
+from hpo2.optim.shampoo import Shampoo
+from hpo2.optim.soap import SOAP
 from hpo2.optim.sophia import Sophia
 from hpo2.yaml_loader import load_yaml, yaml_error_message
 
@@ -64,9 +69,14 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec("lbfgs", LBFGS.Settings, _curvature(LBFGS), True, "limited-memory BFGS"),
         OptimizerSpec("adahessian", AdaHessian.Settings, _curvature(AdaHessian), True, "AdaHessian (Hutchinson diagonal)"),
         OptimizerSpec("sophia", Sophia.Settings, _curvature(Sophia), True, "Sophia (clipped diagonal Newton)"),
+        OptimizerSpec("kfac", KFAC.Settings, _curvature(KFAC), True, "K-FAC (Kronecker factors, KL-clipped)"),
+        OptimizerSpec("saddle_free_newton", SaddleFreeNewton.Settings, _curvature(SaddleFreeNewton), True, "low-rank saddle-free Newton (Lanczos |H|)"),
+        OptimizerSpec("shampoo", Shampoo.Settings, _curvature(Shampoo), True, "Shampoo (Kronecker-factored, Adam grafting)"),
+        OptimizerSpec("soap", SOAP.Settings, _curvature(SOAP), True, "SOAP (Adam in Shampoo's eigenbasis)"),
         OptimizerSpec("sgd", SGDSettings, build_sgd, False, "SGD with momentum (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec("adam", AdamSettings, build_adam, False, "Adam (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec("adamw", AdamWSettings, build_adam, False, "AdamW (torch.optim)"),  # type: ignore[arg-type]
+        OptimizerSpec("muon", MuonSettings, build_muon, False, "Muon on 2-d weights + AdamW (torch.optim)"),  # type: ignore[arg-type]
     ]
 }
 

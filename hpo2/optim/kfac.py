@@ -1,0 +1,271 @@
+r"""K-FAC (Martens & Grosse, "Optimizing neural networks with Kronecker-factored
+approximate curvature", ICML 2015; convolutions: Grosse & Martens, "A
+Kronecker-factored approximate Fisher matrix for convolution layers", ICML 2016;
+KL-clipping: Ba, Grosse & Martens, "Distributed second-order optimization using
+Kronecker-factored approximations", ICLR 2017).
+
+For each ``nn.Linear`` / ``nn.Conv2d`` layer with homogeneous input
+:math:`\bar a = [a; 1]` and output gradient :math:`g`, the Fisher block of its
+weight matrix :math:`W` (``(out, in [+ 1])``, the bias as the last column; conv
+kernels as ``(out, C_in kh kw)`` on unfolded patches) is approximated by
+:math:`A \otimes G`, with :math:`A = \mathbb E[\bar a \bar a^\top]` and
+:math:`G = \mathbb E[g g^\top]` from :mod:`hpo2.curvature.layers`.  ``g`` comes from
+a backward pass of the loss on labels **sampled from the model's predictive
+distribution** (``fisher="sampled"``, the true Fisher = the Gauss-Newton matrix in
+expectation; one extra backward pass, counted in ``n_grad``), or of the training
+loss itself (``fisher="empirical"``).  For losses that average over :math:`D`
+outputs per sample (MSE, BCE) the sampled :math:`G` is scaled so that its
+expectation is the Gauss-Newton block, not :math:`1/D` of it.
+
+Every ``cov_update_every`` steps the factors take the new batch's statistics as an
+exponential moving average (``stat_decay``); every ``inverse_update_every`` steps
+they are eigendecomposed, :math:`A = Q_A \Lambda_A Q_A^\top`,
+:math:`G = Q_G \Lambda_G Q_G^\top`.  The preconditioned gradient uses **factored
+Tikhonov damping with the π correction** (Martens & Grosse 2015, sec. 6.3):
+
+.. math::
+   V = Q_G \Big[ \frac{Q_G^\top \nabla_W Q_A}{(\lambda_G + \sqrt\gamma/\pi)\,
+       (\lambda_A + \pi\sqrt\gamma)^\top} \Big] Q_A^\top
+       \approx \big((A + \pi\sqrt\gamma I) \otimes (G + \tfrac{\sqrt\gamma}{\pi} I)\big)^{-1} \nabla_W,
+   \qquad \pi = \sqrt{\frac{\mathrm{tr}(A)/\dim A}{\mathrm{tr}(G)/\dim G}},
+
+(:math:`\gamma` = ``damping``; ``weight_decay`` is added to :math:`\nabla_W` first).
+**KL-clipping** (Ba et al. 2017, sec. 5) scales every :math:`V` by
+:math:`\nu = \min(1, \sqrt{\kappa / (\eta^2 \sum_\ell \langle V_\ell, \nabla_\ell \rangle)})`
+(:math:`\kappa` = ``kl_clip``; 0 turns it off), then heavy-ball momentum:
+:math:`b \leftarrow \mu b + \nu V`, :math:`W \leftarrow W - \eta b`.
+
+Parameters K-FAC cannot factor (norm scales, embeddings, weight-shared layers, any
+parameter :class:`~hpo2.curvature.layers.LayerStatistics` lists as fallback; a
+warning names them) are stepped by **Adam** with ``fallback_lr``.  Defaults are
+those of kfac-pytorch (Pauloski et al. 2020) / Ba et al.'s ImageNet runs.
+The closure must be a :class:`~hpo2.optim.closure.BatchClosure`; the training loss
+should use ``reduction="mean"``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from hpo2.curvature.diagonal import likelihood_name, sampled_label_loss, supported_likelihoods
+from hpo2.curvature.layers import LayerRecord, LayerStatistics, per_sample_scale
+from hpo2.optim.base import Closure
+from hpo2.optim.closure import BatchClosure, require_batch_closure
+from hpo2.optim.matrix_base import charge_overhead
+from hpo2.optim.seeded import SeededOptimizer
+from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
+
+
+class KFACSettings(OptimizerSettings):
+    """Settings of :class:`KFAC` (kfac-pytorch / Ba et al. 2017 defaults)."""
+
+    lr: Annotated[float, Field(gt=0), FloatRange(1e-3, 1.0, log=True)] = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1), FloatRange(0.0, 0.99)] = 0.9
+    damping: Annotated[float, Field(gt=0), FloatRange(1e-5, 1.0, log=True)] = 1e-3
+    stat_decay: Annotated[float, Field(ge=0, lt=1), FloatRange(0.8, 0.999)] = 0.95
+    kl_clip: Annotated[float, Field(ge=0), FloatRange(1e-4, 0.1, log=True)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    cov_update_every: Annotated[int, Field(ge=1), IntRange(1, 50, log=True)] = 10
+    inverse_update_every: Annotated[int, Field(ge=1), IntRange(1, 200, log=True)] = 100
+    fisher: Annotated[Literal["sampled", "empirical"], Choice(("sampled", "empirical"))] = "sampled"
+    fallback_lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
+    fallback_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    fallback_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    fallback_eps: Annotated[float, Field(gt=0)] = 1e-8
+    seed: int = 0
+
+
+def _weight_matrix(weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``[W | b]`` as ``(out, in [+ 1])`` (conv kernels flattened like unfolded patches)."""
+    w = weight.reshape(weight.shape[0], -1)
+    return torch.cat([w, bias.reshape(-1, 1)], dim=1) if bias is not None else w
+
+
+class KFAC(SeededOptimizer):
+    """K-FAC as a ``torch.optim.Optimizer`` (one parameter group); see the module docstring.
+
+    Diagnostics per step: ``damping``, ``cov_updated`` / ``inverse_updated`` (0/1)
+    and their running counts ``cov_updates`` / ``inverse_updates``,
+    ``inverse_failures``, ``inverse_seconds``, ``condition_number`` (largest over the
+    damped factors, from the last eigendecomposition), ``kl_scale`` (ν),
+    ``kfac_layers`` and ``fallback_params``.
+    """
+
+    Settings = KFACSettings
+
+    def __init__(self, params: Any, settings: Any = None, **kwargs: Any) -> None:
+        super().__init__(params, settings, **kwargs)
+        self._statistics: LayerStatistics | None = None
+
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+        group, state = self.param_groups[0], self.global_state
+        t = int(state.get("global_step", 0)) + 1
+        update_cov = (t - 1) % group["cov_update_every"] == 0
+        update_inverse = (t - 1) % group["inverse_update_every"] == 0
+        self._start_diagnostics(damping=group["damping"], cov_updated=int(update_cov), inverse_updated=0, inverse_seconds=0.0)
+        batch = require_batch_closure(closure, type(self).__name__, "per-layer statistics and sampled labels")
+        started = time.perf_counter()
+        loss, grads, records, scale = self._forward_backward(batch, update_cov, group["fisher"])
+        grad_seconds = (time.perf_counter() - started) / int(self.diagnostics["n_grad"])
+        g_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        self.diagnostics.update(loss=loss, grad_norm=g_norm)
+        if not self._check_finite(loss, g_norm):
+            self._finish_diagnostics()
+            return torch.tensor(loss)
+        self._store_grads(grads)
+        started = time.perf_counter()
+        with torch.no_grad():
+            for record in records:
+                self._accumulate(record, scale, group["stat_decay"])
+            layers = self._layers()
+            if update_inverse or any("vec_A" not in self.state[w] for w, _ in layers):
+                self._invert(layers, group["damping"])
+            state["global_step"] = t
+            state["cov_updates"] = int(state.get("cov_updates", 0)) + int(update_cov)
+            self._apply(group, layers)
+        self.diagnostics.update(cov_updates=state["cov_updates"], inverse_updates=int(state.get("inverse_updates", 0)),
+                                inverse_failures=int(state.get("inverse_failures", 0)),
+                                condition_number=float(state.get("condition_number", math.nan)))
+        self._finish_diagnostics()
+        charge_overhead(self, grad_seconds, time.perf_counter() - started)
+        return torch.tensor(loss)
+
+    # -- statistics
+    def _forward_backward(
+        self, batch: BatchClosure, record: bool, fisher: str
+    ) -> tuple[float, list[Tensor], list[LayerRecord], Tensor | float]:
+        """Loss and gradient; when ``record``, also the layers' statistics from the
+        sampled-label backward pass (first, so the hooks record it) or the loss's own."""
+        for p in self._params:
+            p.grad = None
+        if not record:
+            with torch.enable_grad():
+                evaluation = batch.evaluate()
+                found = torch.autograd.grad(evaluation.loss, self._params, allow_unused=True)
+            self._count("n_grad")
+            return float(evaluation.loss.detach()), self._fill(found), [], 1.0
+        if self._statistics is None:
+            self._statistics = LayerStatistics(batch.model, self._params)
+        with torch.enable_grad(), self._statistics as stats:
+            evaluation = batch.evaluate()
+            outputs = evaluation.outputs
+            if fisher == "sampled":
+                name = likelihood_name(batch.loss_fn)
+                if name is None:
+                    raise ValueError(
+                        f"{type(self).__name__}: fisher='sampled' needs the loss to be one of {supported_likelihoods()}, "
+                        f"got {type(batch.loss_fn).__name__}; use fisher='empirical' for other losses"
+                    )
+                sampled, n_terms = sampled_label_loss(outputs, name, self._generator)
+                torch.autograd.grad(sampled, self._params, retain_graph=True, allow_unused=True)
+                self._count("n_grad")
+                # G's expectation must be the Gauss-Newton block of the per-sample loss:
+                # scale^2 = N * n_terms (= N^2 for cross-entropy, N^2 D for a mean over D outputs).
+                scale: Tensor | float = math.sqrt(outputs.shape[0] * n_terms)
+                found = torch.autograd.grad(evaluation.loss, self._params, allow_unused=True)
+            else:
+                *found, output_grad = torch.autograd.grad(evaluation.loss, [*self._params, outputs], allow_unused=True)
+                scale = per_sample_scale(batch.loss_fn, outputs.detach(), evaluation.targets, output_grad)
+        self._count("n_grad")
+        records = [r for r in stats.layers if r.raw_output_grad is not None]
+        return float(evaluation.loss.detach()), self._fill(found), records, scale
+
+    def _fill(self, found: Any) -> list[Tensor]:
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+
+    def _accumulate(self, record: LayerRecord, scale: Tensor | float, decay: float) -> None:
+        """EMA of the layer's factors, kept in its weight's state (with its bias's index)."""
+        a_new, g_new = record.kronecker_factors(scale)
+        module = record.module
+        st = self.state[module.weight]
+        if "A" not in st:
+            st["A"], st["G"] = a_new.clone(), g_new.clone()
+            st["bias_index"] = next((i for i, p in enumerate(self._params) if p is module.bias), -1)
+        else:
+            st["A"].mul_(decay).add_(a_new, alpha=1 - decay)
+            st["G"].mul_(decay).add_(g_new, alpha=1 - decay)
+
+    def _layers(self) -> list[tuple[Tensor, Tensor | None]]:
+        """(weight, bias) of every layer that has factors."""
+        return [
+            (p, self._params[self.state[p]["bias_index"]] if self.state[p]["bias_index"] >= 0 else None)
+            for p in self._params
+            if "A" in self.state[p]
+        ]
+
+    # -- inverses
+    def _invert(self, layers: list[tuple[Tensor, Tensor | None]], damping: float) -> None:
+        started = time.perf_counter()
+        state, condition = self.global_state, 0.0
+        for weight, _ in layers:
+            st = self.state[weight]
+            try:
+                values_a, vectors_a = torch.linalg.eigh(st["A"])
+                values_g, vectors_g = torch.linalg.eigh(st["G"])
+            except torch.linalg.LinAlgError:
+                state["inverse_failures"] = int(state.get("inverse_failures", 0)) + 1
+                continue
+            values_a, values_g = values_a.clamp_min(0.0), values_g.clamp_min(0.0)
+            trace_g = float(values_g.mean())
+            pi = math.sqrt(float(values_a.mean()) / trace_g) if trace_g > 0 and float(values_a.mean()) > 0 else 1.0
+            root = math.sqrt(damping)
+            st["damped_A"], st["vec_A"] = values_a + pi * root, vectors_a
+            st["damped_G"], st["vec_G"] = values_g + root / pi, vectors_g
+            st["pi"] = pi
+            for damped in (st["damped_A"], st["damped_G"]):
+                condition = max(condition, float(damped.max() / damped.min()))
+        state["inverse_updates"] = int(state.get("inverse_updates", 0)) + 1
+        state["condition_number"] = condition
+        self.diagnostics["inverse_updated"] = 1
+        self.diagnostics["inverse_seconds"] = time.perf_counter() - started
+
+    # -- the update
+    def _apply(self, group: dict[str, Any], layers: list[tuple[Tensor, Tensor | None]]) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        directions: list[tuple[Tensor, Tensor | None, Tensor]] = []
+        vg = 0.0
+        for weight, bias in layers:
+            st = self.state[weight]
+            grad = _weight_matrix(weight.grad, bias.grad if bias is not None else None)  # type: ignore[arg-type]
+            if wd:
+                grad = grad + wd * _weight_matrix(weight, bias)
+            rotated = st["vec_G"].T @ grad @ st["vec_A"]
+            v = st["vec_G"] @ (rotated / (st["damped_G"][:, None] * st["damped_A"][None, :])) @ st["vec_A"].T
+            vg += float((v * grad).sum()) * lr**2
+            directions.append((weight, bias, v))
+        nu = min(1.0, math.sqrt(group["kl_clip"] / vg)) if group["kl_clip"] > 0 and vg > 0 else 1.0
+        self.diagnostics.update(kl_scale=nu, kfac_layers=len(layers))
+        factored: set[int] = set()
+        for weight, bias, v in directions:
+            parts = [(weight, v[:, : v.shape[1] - (bias is not None)].reshape(weight.shape))]
+            if bias is not None:
+                parts.append((bias, v[:, -1]))
+            for p, d in parts:
+                factored.add(id(p))
+                st = self.state[p]
+                buf = st.get("momentum_buffer")
+                st["momentum_buffer"] = d.mul(nu) if buf is None else buf.mul_(group["momentum"]).add_(d, alpha=nu)
+                p.add_(st["momentum_buffer"], alpha=-lr)
+        fallback = [p for p in self._params if id(p) not in factored]
+        for p in fallback:
+            self._adam(p, group)
+        self.diagnostics["fallback_params"] = len(fallback)
+
+    def _adam(self, p: Tensor, group: dict[str, Any]) -> None:
+        """The fallback for parameters K-FAC does not factor (Kingma & Ba 2015)."""
+        st, b1, b2 = self.state[p], group["fallback_beta1"], group["fallback_beta2"]
+        if "exp_avg" not in st:
+            st["exp_avg"], st["exp_avg_sq"], st["adam_step"] = torch.zeros_like(p), torch.zeros_like(p), 0
+        st["adam_step"] += 1
+        grad = p.grad + group["weight_decay"] * p if group["weight_decay"] else p.grad
+        st["exp_avg"].mul_(b1).add_(grad, alpha=1 - b1)
+        st["exp_avg_sq"].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        m_hat = st["exp_avg"] / (1 - b1 ** st["adam_step"])
+        v_hat = st["exp_avg_sq"] / (1 - b2 ** st["adam_step"])
+        p.addcdiv_(m_hat, v_hat.sqrt().add_(group["fallback_eps"]), value=-group["fallback_lr"])

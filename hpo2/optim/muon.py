@@ -1,0 +1,98 @@
+r"""Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers in neural
+networks", kellerjordan.github.io/posts/muon) as a first-order comparison point:
+``torch.optim.Muon`` for the 2-d weight matrices, ``torch.optim.AdamW`` for every
+other parameter (biases, norm scales, and conv kernels, which ``torch.optim.Muon``
+refuses).
+
+Muon's update for a weight matrix with gradient :math:`G_t`:
+
+.. math::
+   B_t = \mu B_{t-1} + G_t,\qquad
+   O_t = \mathrm{NS}_5(G_t + \mu B_t)\ \text{(Nesterov)},\qquad
+   W \leftarrow (1-\eta\lambda) W - \eta \sqrt{\max(1, m/n)}\; O_t,
+
+where :math:`\mathrm{NS}_5` is five quintic Newton-Schulz iterations that map
+:math:`U S V^\top` to approximately :math:`U V^\top` (singular values land in about
+[0.7, 1.2] rather than exactly 1: the coefficients trade accuracy for speed).
+Defaults are Jordan et al.'s (lr 0.02, momentum 0.95, Nesterov, 5 steps, no weight
+decay); the AdamW part uses Adam's paper defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+
+
+class MuonSettings(OptimizerSettings):
+    """Settings of :class:`MuonWithAdamW` (Muon's published defaults; ``adamw_*`` for
+    the non-matrix parameters)."""
+
+    lr: Annotated[float, Field(gt=0), FloatRange(1e-4, 0.3, log=True)] = 0.02
+    momentum: Annotated[float, Field(ge=0, lt=1), FloatRange(0.8, 0.99)] = 0.95
+    nesterov: bool = True
+    ns_steps: Annotated[int, Field(ge=1, lt=100), IntRange(3, 8)] = 5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    adamw_lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
+    adamw_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    adamw_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    adamw_eps: Annotated[float, Field(gt=0)] = 1e-8
+    adamw_weight_decay: Annotated[float, Field(ge=0)] = 0.0
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Steps ``torch.optim.Muon`` on the 2-d parameters and ``torch.optim.AdamW`` on
+    the rest, as one optimizer.
+
+    Its ``param_groups`` are the Muon groups followed by the AdamW groups and both
+    inner optimizers share its ``state``, so ``state_dict`` / ``load_state_dict``
+    and ``zero_grad`` work as for any torch optimizer.
+    """
+
+    def __init__(self, params: Iterable[Tensor], settings: MuonSettings | None = None) -> None:
+        s = settings or MuonSettings()
+        params = [p for p in params if p.requires_grad]
+        matrices, others = [p for p in params if p.dim() == 2], [p for p in params if p.dim() != 2]
+        self._parts: list[torch.optim.Optimizer] = []
+        if matrices:
+            self._parts.append(torch.optim.Muon(matrices, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, ns_steps=s.ns_steps, weight_decay=s.weight_decay))
+        if others:
+            self._parts.append(torch.optim.AdamW(others, lr=s.adamw_lr, betas=(s.adamw_beta1, s.adamw_beta2), eps=s.adamw_eps, weight_decay=s.adamw_weight_decay))
+        if not self._parts:
+            raise ValueError("MuonWithAdamW got no parameters that require grad")
+        self.settings = s
+        super().__init__([group for part in self._parts for group in part.param_groups], {})
+        self._link()
+
+    def _link(self) -> None:
+        """Point the inner optimizers at this one's groups and state (again after a load)."""
+        start = 0
+        for part in self._parts:
+            n = len(part.param_groups)
+            part.param_groups = self.param_groups[start : start + n]
+            part.state = self.state
+            start += n
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._link()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for part in self._parts:
+            part.step()
+        return loss
+
+
+def build_muon(params: Iterable[Any], settings: MuonSettings) -> torch.optim.Optimizer:
+    return MuonWithAdamW(params, settings)

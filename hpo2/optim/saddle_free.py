@@ -1,0 +1,110 @@
+r"""Low-rank saddle-free Newton (Dauphin, Pascanu, Gulcehre, Cho, Ganguli & Bengio,
+"Identifying and attacking the saddle point problem in high-dimensional non-convex
+optimization", NIPS 2014, sec. 5-6).
+
+Newton's step :math:`-H^{-1} g` is attracted to saddle points: along an eigenvector
+with :math:`\lambda < 0` it moves *up* the gradient.  Saddle-free Newton rescales by
+:math:`|H|` instead, which keeps Newton's step sizes and always descends.  Dauphin
+et al. build :math:`|H|` in a Krylov subspace; here it is the rank-:math:`k`
+approximation from hpo2's Lanczos (:func:`hpo2.curvature.spectrum.lanczos`, started
+at the gradient, ``lanczos_iter`` Hessian-vector products): the :math:`k` Ritz
+pairs :math:`(\lambda_i, v_i)` of largest :math:`|\lambda_i|`, refreshed every
+``refresh_every`` steps and reused in between.  With :math:`V = [v_1 \dots v_k]`:
+
+.. math::
+   d = -V \operatorname{diag}\!\Big(\frac{1}{|\lambda_i| + \delta}\Big) V^\top g
+       \;-\; \eta\,(I - V V^\top)\, g,
+
+a damped (:math:`\delta` = ``damping``) saddle-free Newton step in the subspace and
+a gradient step (learning rate :math:`\eta` = ``lr``) in its complement.  On a
+convex quadratic with :math:`k = n` and :math:`\delta = 0` this is Newton's step.
+
+Cost: one gradient per step; on refresh steps the gradient comes from the
+double-backward graph and Lanczos adds ``lanczos_iter`` products.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from hpo2.curvature import lanczos
+from hpo2.optim.base import Closure, CurvatureOptimizer
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+
+
+class SaddleFreeNewtonSettings(OptimizerSettings):
+    """Settings of :class:`SaddleFreeNewton`."""
+
+    lr: Annotated[float, Field(gt=0), FloatRange(1e-4, 1.0, log=True)] = 0.05
+    damping: Annotated[float, Field(ge=0), FloatRange(1e-3, 10.0, log=True)] = 0.1
+    rank: Annotated[int, Field(ge=1), IntRange(1, 32, log=True)] = 8
+    lanczos_iter: Annotated[int, Field(ge=1)] = 20
+    refresh_every: Annotated[int, Field(ge=1), IntRange(1, 100, log=True)] = 10
+
+
+class SaddleFreeNewton(CurvatureOptimizer):
+    """Low-rank saddle-free Newton as a ``torch.optim.Optimizer``; the closure
+    returns the loss (no ``backward()``).  See the module docstring.
+
+    Diagnostics: ``refreshed``, ``rank`` (Ritz pairs in use), ``eigenvalue_max`` /
+    ``eigenvalue_min`` (of those pairs), ``negative_eigenvalues``,
+    ``subspace_fraction`` (:math:`\\|V^\\top g\\| / \\|g\\|`), ``damping``.
+    """
+
+    Settings = SaddleFreeNewtonSettings
+
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+        group, state = self.param_groups[0], self.global_state
+        step = int(state.get("global_step", 0)) + 1
+        refresh = (step - 1) % group["refresh_every"] == 0 or "eigenvectors" not in state
+        self._start_diagnostics(damping=group["damping"], refreshed=int(refresh))
+        operator = None
+        if refresh:
+            loss, grads, operator = self._gradient_and_curvature(closure, "hessian")
+            g = self._flatten(grads)
+        else:
+            loss, g = self._value_and_grad(closure)  # type: ignore[arg-type]
+        g_norm = float(g.norm())
+        self.diagnostics.update(loss=loss, grad_norm=g_norm)
+        if not self._check_finite(loss, g_norm):
+            self._finish_diagnostics(operator)
+            return torch.tensor(loss)
+        if operator is not None and g_norm > 0:
+            pairs = self._top_pairs(operator, g, group["rank"], group["lanczos_iter"])
+            if pairs is not None:
+                state["eigenvalues"], state["eigenvectors"] = pairs
+        state["global_step"] = step
+        values, vectors = state.get("eigenvalues"), state.get("eigenvectors")
+        if vectors is None:
+            direction = -group["lr"] * g
+        else:
+            coefficients = vectors @ g
+            inside = vectors.T @ (coefficients / (values.abs() + group["damping"]))
+            direction = -inside - group["lr"] * (g - vectors.T @ coefficients)
+            self.diagnostics.update(
+                rank=int(values.numel()),
+                eigenvalue_max=float(values.max()),
+                eigenvalue_min=float(values.min()),
+                negative_eigenvalues=int((values < 0).sum()),
+                subspace_fraction=float(coefficients.norm()) / max(g_norm, 1e-30),
+            )
+        self._set_flat_params(self._flat_params() + direction)
+        self._finish_diagnostics(operator)
+        return torch.tensor(loss)
+
+    @staticmethod
+    def _top_pairs(operator: object, g: Tensor, rank: int, n_iter: int) -> tuple[Tensor, Tensor] | None:
+        """The ``rank`` Ritz pairs of largest |value| from Lanczos started at ``g``;
+        ``None`` if they are not finite (the previous pairs are kept)."""
+        tri = lanczos(operator, g, max(n_iter, rank))  # type: ignore[arg-type]
+        theta, s = tri.eigh()
+        order = torch.argsort(theta.abs(), descending=True)[:rank]
+        values = theta[order].to(g.dtype)
+        vectors = s[:, order].T.to(g.dtype) @ tri.basis
+        if not (torch.isfinite(values).all() and torch.isfinite(vectors).all()):
+            return None
+        return values, vectors

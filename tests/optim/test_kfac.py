@@ -1,0 +1,170 @@
+"""K-FAC against dense float64 references: Kronecker factors from explicit loops
+over samples and positions (MLP and CNN, empirical and sampled Fisher), the
+pi-damped Kronecker solve with KL-clipping, the exact Gauss-Newton solve of a
+linear layer with MSE, the Adam fallback, and honest gradient counts."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from hpo2.optim import KFAC, BatchClosure
+from tests.reference import dense_hessian
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3, bias=False)).double()
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, stride=2), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, 3)).double()
+
+
+def _patches(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """(N, T, C kh kw) patches by explicit loops over output positions (not unfold)."""
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    padded = F.pad(x, (pw, pw, ph, ph))
+    rows = (padded.shape[2] - kh) // sh + 1
+    cols = (padded.shape[3] - kw) // sw + 1
+    out = [padded[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw].reshape(x.shape[0], -1) for i in range(rows) for j in range(cols)]
+    return torch.stack(out, dim=1)
+
+
+def _reference_factors(model: nn.Module, x: Tensor, labels: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """A = 1/N sum_{n,t} a a^T (bias coordinate appended), G = 1/(N T) sum_{n,t} g g^T with
+    g = d(loss of sample n alone)/d(layer output), one backward per sample."""
+    layers = [m for m in model if isinstance(m, nn.Linear | nn.Conv2d)]
+    sums = [None] * len(layers)
+    for n in range(x.shape[0]):
+        h, outputs, inputs = x[n : n + 1], [], []
+        for module in model:
+            if module in layers:
+                inputs.append(h)
+                h = module(h)
+                h.retain_grad()
+                outputs.append(h)
+            else:
+                h = module(h)
+        F.cross_entropy(h, labels[n : n + 1]).backward()
+        for i, (module, a_in, s) in enumerate(zip(layers, inputs, outputs)):
+            if isinstance(module, nn.Conv2d):
+                a, g = _patches(a_in, module)[0], s.grad[0].reshape(s.shape[1], -1).T
+            else:
+                a, g = a_in, s.grad
+            if module.bias is not None:
+                a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], dim=1)
+            aa, gg = a.T @ a, g.T @ g / g.shape[0]
+            sums[i] = (aa, gg) if sums[i] is None else (sums[i][0] + aa, sums[i][1] + gg)
+    return [(aa / x.shape[0], gg / x.shape[0]) for aa, gg in sums]
+
+
+def _data(kind: str) -> tuple[nn.Module, Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    if kind == "mlp":
+        return _mlp(), torch.randn(12, 4, dtype=torch.float64, generator=gen), torch.randint(0, 3, (12,), generator=gen)
+    return _cnn(), torch.randn(6, 2, 5, 5, dtype=torch.float64, generator=gen), torch.randint(0, 3, (6,), generator=gen)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("fisher", ["empirical", "sampled"])
+def test_factors_equal_explicit_per_sample_loops(kind, fisher):
+    model, x, y = _data(kind)
+    if fisher == "sampled":  # the labels K-FAC draws with its seeded generator
+        gen = torch.Generator().manual_seed(0)
+        labels = torch.multinomial(torch.softmax(model(x).detach(), dim=-1), 1, generator=gen).view(-1)
+    else:
+        labels = y
+    reference = _reference_factors(copy.deepcopy(model), x, labels)
+    opt = KFAC(model.parameters(), fisher=fisher, seed=0)
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+    weights = [m.weight for m in model if isinstance(m, nn.Linear | nn.Conv2d)]
+    for weight, (a_ref, g_ref) in zip(weights, reference):
+        torch.testing.assert_close(opt.state[weight]["A"], a_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(opt.state[weight]["G"], g_ref, rtol=1e-10, atol=1e-12)
+    assert opt.diagnostics["n_grad"] == (2 if fisher == "sampled" else 1)
+
+
+def test_direction_is_the_pi_damped_kronecker_solve_scaled_by_the_kl_clip():
+    model, x, y = _data("mlp")
+    before = [p.detach().clone() for p in model.parameters()]
+    lr, damping, kappa = 0.5, 0.3, 1e-4
+    opt = KFAC(model.parameters(), lr=lr, damping=damping, kl_clip=kappa, momentum=0.0, fisher="empirical")
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+    w1, b1, w2 = list(model.parameters())
+    g1 = torch.cat([w1.grad, b1.grad[:, None]], dim=1)
+    directions, vg = [], 0.0
+    for weight, grad in [(w1, g1), (w2, w2.grad)]:
+        a, g = opt.state[weight]["A"], opt.state[weight]["G"]
+        pi = ((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0])).sqrt()
+        damped = torch.kron(a + pi * damping**0.5 * torch.eye(a.shape[0], dtype=a.dtype),
+                            g + damping**0.5 / pi * torch.eye(g.shape[0], dtype=g.dtype))
+        # column-wise vec: (A (x) G) vec(X) = vec(G X A^T)
+        v = torch.linalg.solve(damped, grad.T.reshape(-1)).reshape(grad.shape[1], grad.shape[0]).T
+        directions.append(v)
+        vg += float((v * grad).sum()) * lr**2
+    nu = min(1.0, (kappa / vg) ** 0.5)
+    assert nu < 1 and opt.diagnostics["kl_scale"] == pytest.approx(nu, rel=1e-10)
+    expected = [before[0] - lr * nu * directions[0][:, :-1], before[1] - lr * nu * directions[0][:, -1], before[2] - lr * nu * directions[1]]
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-9, atol=1e-12)
+
+
+def test_linear_layer_with_mse_steps_to_the_exact_gauss_newton_solve():
+    """One linear layer, MSE over D = 2 outputs: the Gauss-Newton matrix is exactly
+    A (x) (2/D) I; sampled Gaussian labels give G -> (2/D) I as N grows."""
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    model = nn.Linear(4, 2).double()
+    x = torch.randn(4000, 4, dtype=torch.float64, generator=gen) + 0.5
+    y = torch.randn(4000, 2, dtype=torch.float64, generator=gen)
+    loss_fn = nn.MSELoss()
+    theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    gn = dense_hessian(model, loss_fn, x, y)  # = Gauss-Newton: the loss is quadratic in the parameters
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_fn(model(x), y), list(model.parameters()))])
+    newton = -torch.linalg.solve(gn, grad)
+    opt = KFAC(model.parameters(), lr=1.0, damping=1e-12, kl_clip=0.0, momentum=0.0, fisher="sampled")
+    opt.step(BatchClosure(model, loss_fn, x, y))
+    step = torch.cat([p.detach().reshape(-1) for p in model.parameters()]) - theta0
+    assert float((step - newton).norm() / newton.norm()) < 0.05
+
+
+def test_unfactored_parameters_take_adam_with_a_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Linear(5, 3)).double()
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    norm = copy.deepcopy(model[1])
+    reference = torch.optim.Adam(norm.parameters(), lr=0.01)
+    closure = BatchClosure(model, nn.CrossEntropyLoss(), x, y)
+    nn.functional.cross_entropy(model(x), y).backward()
+    for ours, ref in zip(model[1].parameters(), norm.parameters()):
+        ref.grad = ours.grad.clone()
+    reference.step()
+    opt = KFAC(model.parameters(), fallback_lr=0.01)
+    with pytest.warns(UserWarning, match=r"1\.weight, 1\.bias"):
+        opt.step(closure)
+    assert opt.diagnostics["fallback_params"] == 2 and opt.diagnostics["kfac_layers"] == 2
+    for ours, ref in zip(model[1].parameters(), norm.parameters()):
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_gradient_counts_and_refresh_schedule():
+    model, x, y = _data("mlp")
+    opt = KFAC(model.parameters(), cov_update_every=2, inverse_update_every=3)
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(6):
+            opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+            d = opt.diagnostics
+            seen.append((d["n_grad"], d["cov_updated"], d["inverse_updated"]))
+            assert d["grad_equivalents"] >= d["n_grad"]
+    assert seen == [(2, 1, 1), (1, 0, 0), (2, 1, 0), (1, 0, 1), (2, 1, 0), (1, 0, 0)]
+    assert opt.diagnostics["cov_updates"] == 3 and opt.diagnostics["inverse_updates"] == 2
+    assert opt.diagnostics["condition_number"] > 1
