@@ -7,7 +7,10 @@ each evaluation through a callback -- the loop knows nothing of Optuna or MLflow
 
 Cost is counted in **gradient-equivalents**: hpo2's optimizers report theirs per
 step (gradients + curvature products + forward passes / 3, see
-:mod:`hpo2.optim.base`); a first-order step counts one.  Time-to-target is the
+:mod:`hpo2.optim.base`); a first-order step counts one.  An optimizer with a
+``snapshot(data)`` method (SVRG) gets it called at each epoch start with a
+:class:`~hpo2.optim.closure.BatchClosure` over the training set; the
+gradient-equivalents it returns are added and its wall time is training time.  Time-to-target is the
 wall time and gradient-equivalents until the task's target validation metric is
 first reached.
 
@@ -29,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
+from hpo2.optim.sam import SAM
 from hpo2.tasks import Task, build_task
 
 
@@ -225,10 +229,13 @@ def run_training(
     stop = False
     while budget_left() and not stop:
         order = torch.randperm(n, generator=generator).to(dev)
+        snapshot = getattr(optimizer, "snapshot", None)
+        if snapshot is not None:  # snapshot protocol (hpo2.optim.svrg): its cost counts, its time is training time
+            grad_eq += float(snapshot(BatchClosure(model, task.loss_fn, train.x, train.y)))
         for b in range(steps_per_epoch):
             idx = order[b * bs : (b + 1) * bs]
             xb, yb = train.x[idx], train.y[idx]
-            if isinstance(optimizer, CurvatureOptimizer):
+            if isinstance(optimizer, CurvatureOptimizer | SAM):
                 optimizer.step(BatchClosure(model, task.loss_fn, xb, yb))
                 diag = dict(optimizer.diagnostics)
             else:
