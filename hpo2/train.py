@@ -8,8 +8,8 @@ each evaluation through a callback -- the loop knows nothing of Optuna or MLflow
 Cost is counted in **gradient-equivalents**: hpo2's optimizers report theirs per
 step (gradients + curvature products + forward passes / 3, see
 :mod:`hpo2.optim.base`); a first-order step counts one.  An optimizer with a
-``snapshot(data)`` method (SVRG) gets it called at each epoch start with a
-:class:`~hpo2.optim.closure.BatchClosure` over the training set; the
+``snapshot(data, batch_size)`` method (SVRG) gets it called at each epoch start
+with a :class:`~hpo2.optim.closure.BatchClosure` over the training set; the
 gradient-equivalents it returns are added and its wall time is training time.  Time-to-target is the
 wall time and gradient-equivalents until the task's target validation metric is
 first reached.
@@ -231,7 +231,7 @@ def run_training(
         order = torch.randperm(n, generator=generator).to(dev)
         snapshot = getattr(optimizer, "snapshot", None)
         if snapshot is not None:  # snapshot protocol (hpo2.optim.svrg): its cost counts, its time is training time
-            grad_eq += float(snapshot(BatchClosure(model, task.loss_fn, train.x, train.y)))
+            grad_eq += float(snapshot(BatchClosure(model, task.loss_fn, train.x, train.y), bs))
         for b in range(steps_per_epoch):
             idx = order[b * bs : (b + 1) * bs]
             xb, yb = train.x[idx], train.y[idx]

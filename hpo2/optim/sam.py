@@ -152,10 +152,10 @@ class SAM(Optimizer):
         self.diagnostics = diag
         return torch.tensor(loss)
 
-    def snapshot(self, data: Any) -> float:
+    def snapshot(self, data: Any, batch_size: int) -> float:
         """The training loop's snapshot protocol (:mod:`hpo2.optim.svrg`), passed to the base."""
         base_snapshot = getattr(self.base, "snapshot", None)
-        return 0.0 if base_snapshot is None else float(base_snapshot(data))
+        return 0.0 if base_snapshot is None else float(base_snapshot(data, batch_size))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)

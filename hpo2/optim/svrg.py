@@ -23,9 +23,10 @@ norm in training mode make :math:`\nabla f_B(w)` and :math:`\nabla f_B(\tilde w)
 see different masks or statistics, which spoils the correction.
 
 **Snapshot protocol** (honoured by :func:`hpo2.train.run_training`): an optimizer
-with a ``snapshot(data)`` method gets it called at the start of every epoch with a
-:class:`~hpo2.optim.closure.BatchClosure` over the whole training set; it returns
-the gradient-equivalents it spent (its wall time falls inside the training time).
+with a ``snapshot(data, batch_size)`` method gets it called at the start of every
+epoch with a :class:`~hpo2.optim.closure.BatchClosure` over the whole training set
+and the training minibatch size; it returns the gradient-equivalents it spent
+(gradients over ``batch_size`` samples; its wall time is training time).
 SVRG refreshes its snapshot on every ``snapshot_every``-th call.
 
 **Variance reduction achieved** (diagnostics ``variance_plain``,
@@ -96,7 +97,7 @@ class SVRG(CurvatureOptimizer):
         finally:
             self._set_flat_params(current)
 
-    def snapshot(self, data: BatchClosure) -> float:
+    def snapshot(self, data: BatchClosure, batch_size: int) -> float:
         """Called at each epoch start; every ``snapshot_every``-th call takes
         :math:`\\tilde w, \\tilde\\mu`.  Returns the gradient-equivalents spent."""
         st, group = self.global_state, self.param_groups[0]
@@ -106,7 +107,7 @@ class SVRG(CurvatureOptimizer):
         n = len(data.inputs)
         size = n if group["snapshot_samples"] is None else min(n, int(group["snapshot_samples"]))
         index = torch.randperm(n, generator=self._generator)[:size].to(data.inputs.device)
-        batch = int(st.get("batch_size", min(n, 128)))
+        batch = min(n, int(batch_size))
         w = self._flat_params()
         mu = self._batch_gradient(data, index)
         spent = size / batch
@@ -139,8 +140,6 @@ class SVRG(CurvatureOptimizer):
                 "SVRG needs optimizer.snapshot(BatchClosure(model, loss_fn, train_x, train_y)) before its first step; "
                 "hpo2.train calls it at every epoch start"
             )
-        if isinstance(closure, BatchClosure):
-            st["batch_size"] = closure.batch_size
         self._start_diagnostics()
         loss, g_w = self._value_and_grad(closure)  # type: ignore[arg-type]
         if not self._check_finite(loss, float(g_w.norm())):
