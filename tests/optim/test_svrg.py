@@ -142,3 +142,29 @@ def test_training_loop_counts_the_snapshot() -> None:
     assert steps_per_epoch >= 1
     assert "variance_ratio" in result.step_diagnostics[-1]
     assert isinstance(from_config({"name": "svrg"}, task.model.parameters()), SVRG)
+
+
+def test_variance_estimates_match_the_exact_sampling_variance() -> None:
+    """Minibatches of b out of n without replacement: Var[mean_B v_i] = (n-b)/(b(n-1)) * mean_i ||v_i - v_bar||^2,
+    with v_i = g_i(w) (plain) and v_i = g_i(w) - g_i(w~) (corrected), g_i in closed form."""
+    model, x, y, _ = least_squares(0)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model.weight.copy_(3 * torch.randn(1, D, dtype=torch.float64, generator=gen))
+    opt = SVRG(model.parameters(), snapshot_every=1, variance_probes=400, seed=3)
+    opt.snapshot(BatchClosure(model, half_mse, x, y), BATCH)
+    w_old = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(0.5 * torch.randn(1, D, dtype=torch.float64, generator=gen))
+    opt.snapshot(BatchClosure(model, half_mse, x, y), BATCH)
+
+    def per_sample(w: torch.Tensor) -> torch.Tensor:
+        return x * (x @ w.T - y)  # gradient of (x_i w - y_i)^2 / 2
+
+    def sampling_variance(v: torch.Tensor) -> float:
+        return float((v - v.mean(0)).pow(2).sum(1).mean()) * (N - BATCH) / (BATCH * (N - 1))
+
+    g_now = per_sample(model.weight.detach())
+    d = opt.snapshot_diagnostics
+    assert d["variance_plain"] == pytest.approx(sampling_variance(g_now), rel=0.25)
+    assert d["variance_corrected"] == pytest.approx(sampling_variance(g_now - per_sample(w_old)), rel=0.25)
