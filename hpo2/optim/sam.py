@@ -132,6 +132,7 @@ class SAM(Optimizer):
             return torch.tensor(loss)
         s = self.settings
         epsilon = ascent_step(self._params, grads, s.rho, s.adaptive, s.eta)
+        saved = [p.detach().clone() for p in self._params] if not self.curvature_base else []
         self._shift(epsilon, +1.0)
         if self.curvature_base:
             self.base.step(closure)  # everything the base evaluates is at w + eps
@@ -140,7 +141,9 @@ class SAM(Optimizer):
             perturbed_loss = float(diag.get("loss", math.nan))
         else:
             perturbed_loss, perturbed_grads = self._gradient(closure)
-            self._shift(epsilon, -1.0)
+            with torch.no_grad():
+                for p, w in zip(self._params, saved):
+                    p.copy_(w)  # exactly w, not w + eps - eps
             for p, g in zip(self._params, perturbed_grads):
                 p.grad = g
             self.base.step()
