@@ -79,3 +79,49 @@ def test_m_sharpness_equals_a_direct_computation(m: int, seed: int) -> None:
     assert model.training  # mode restored
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p.detach(), b)  # parameters restored exactly
+
+
+def test_a_study_logs_flatness_per_trial_searches_sam_and_plots_sharpness(tmp_path) -> None:
+    import optuna
+    import yaml
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    from hpo2.optim import SAM, from_config
+    from hpo2.report import sharpness_figure
+    from hpo2.study.config import load_study_config
+    from hpo2.study.results import export_config
+    from hpo2.study.runner import StudyRunner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "task": "logreg_breast_cancer", "budget": {"epochs": 12}, "n_trials": 3, "report": False,
+        "pruner": {"name": "none"}, "sampler": {"name": "random", "seed": 0},
+        "optimizers": [{"name": "sgd", "sam": {"rho": [0.01, 0.5], "adaptive": True}}, "adam"],
+    }))  # fmt: skip
+    config, study_file = load_study_config(path)
+    study = StudyRunner(config, study_file).run()
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for t in trials:
+        flat = t.user_attrs["hpo2.flatness"]
+        run_id = t.user_attrs["hpo2.mlflow_run_id"]
+        # 12 evaluations: the last is not a pruner checkpoint, so this is the end-of-trial measurement
+        assert flat["step"] == max(m.step for m in client.get_metric_history(run_id, "valid_metric"))
+        assert flat["valid_metric"] == pytest.approx(t.value)
+        assert all(math.isfinite(flat[k]) for k in ("top_eigenvalue", "hessian_trace", "m_sharpness", "generalization_gap"))
+        assert flat["seconds"] > 0
+        history = client.get_metric_history(run_id, "curvature.m_sharpness")
+        assert history and history[-1].value == pytest.approx(flat["m_sharpness"])
+        if t.params["optimizer"] == "sgd":
+            assert 0.01 <= t.params["sgd.sam.rho"] <= 0.5
+            exported = export_config(config, t)
+            assert exported["optimizer"]["settings"]["sam"] == {"rho": t.params["sgd.sam.rho"], "adaptive": True}
+            built = from_config(exported, [torch.nn.Parameter(torch.zeros(2))])
+            assert isinstance(built, SAM) and built.settings.adaptive
+    figure = sharpness_figure(study)
+    assert figure is not None
+    assert sorted(tr.name for tr in figure.data) == sorted({t.params["optimizer"] for t in trials})
+    assert sum(len(tr.x) for tr in figure.data) == 3

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hpo2.config import validate
 from hpo2.optim.registry import REGISTRY, get_spec, load_config_file
+from hpo2.optim.sam import SAM_KEY, SAMSettings
 from hpo2.optim.settings import Choice, FloatRange, IntRange, SettingsError
 from hpo2.tasks import parse_task_settings
 from hpo2.train import Budget, ConfigSection
@@ -31,11 +32,19 @@ class Strict(BaseModel):
 
 
 class OptimizerChoice(Strict):
-    """One optimizer to search over, with optional range overrides and fixed settings."""
+    """One optimizer to search over, with optional range overrides and fixed settings.
+
+    ``sam`` wraps every trial of this optimizer in SAM (:mod:`hpo2.optim.sam`):
+    ``true`` searches SAM's declared space (``rho`` on a log range, ``adaptive``);
+    a mapping such as ``{rho: [0.01, 0.5], adaptive: false}`` searches the settings
+    given as a list (``[low, high]`` or choices) and fixes the others given.  The
+    search params are ``<optimizer>.sam.<setting>``.
+    """
 
     name: str
     ranges: dict[str, list[Any]] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
+    sam: bool | dict[str, Any] = False
 
     @model_validator(mode="after")
     def _check(self) -> OptimizerChoice:
@@ -53,7 +62,41 @@ class OptimizerChoice(Strict):
             elif isinstance(dim, FloatRange) and dim.log and value[0] <= 0:
                 raise ValueError(f"ranges.{key} = {value!r}: {key} is searched on a log scale, so low must be > 0")
         spec.settings.parse(self.fixed, where="fixed")
+        self.sam_space()
         return self
+
+    def sam_space(self) -> tuple[dict[str, FloatRange | IntRange | Choice], dict[str, Any]]:
+        """SAM's searched dimensions and fixed values, keyed ``sam.<setting>``."""
+        if self.sam is False:
+            return {}, {}
+        declared = SAMSettings.search_space()
+        given = dict(declared) if self.sam is True else dict(self.sam)
+        dims: dict[str, FloatRange | IntRange | Choice] = {}
+        fixed: dict[str, Any] = {}
+        for key, value in given.items():
+            if key not in SAMSettings.model_fields:
+                raise ValueError(f"sam.{key}: unknown SAM setting; allowed: {', '.join(SAMSettings.model_fields)}")
+            if not isinstance(value, list | FloatRange | Choice):
+                fixed[key] = value
+                continue
+            if key not in declared:
+                raise ValueError(f"sam.{key} = {value!r}: not searchable; searchable: {', '.join(declared)}")
+            dim = declared[key]
+            if isinstance(value, list) and isinstance(dim, Choice):
+                if not value or any(v not in dim.choices for v in value):
+                    raise ValueError(f"sam.{key} = {value!r}: choices must be a non-empty subset of {list(dim.choices)}")
+                dim = Choice(tuple(value))
+            elif isinstance(value, list):
+                if len(value) != 2 or not all(isinstance(v, int | float) for v in value) or not 0 < value[0] < value[1]:
+                    raise ValueError(f"sam.{key} = {value!r}: give [low, high] with 0 < low < high (a log range)")
+                dim = FloatRange(float(value[0]), float(value[1]), log=True)
+            dims[key] = dim
+        SAMSettings.parse(fixed, where="sam")
+        return {f"{SAM_KEY}.{k}": d for k, d in dims.items()}, {f"{SAM_KEY}.{k}": v for k, v in fixed.items()}
+
+    def fixed_settings(self) -> dict[str, Any]:
+        """The fixed settings, SAM's fixed ones included (``sam.<setting>``)."""
+        return {**self.fixed, **self.sam_space()[1]}
 
     def space(self) -> dict[str, FloatRange | IntRange | Choice]:
         """The declared space with this study's overrides applied and fixed settings removed."""
@@ -66,7 +109,7 @@ class OptimizerChoice(Strict):
                 space[key] = IntRange(int(value[0]), int(value[1]), dim.log, dim.when)
             else:
                 space[key] = FloatRange(float(value[0]), float(value[1]), dim.log, dim.when)
-        return {k: v for k, v in space.items() if k not in self.fixed}
+        return {**{k: v for k, v in space.items() if k not in self.fixed}, **self.sam_space()[0]}
 
 
 class SamplerConfig(Strict):
