@@ -31,6 +31,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def override_dimension(where: str, value: list[Any], dim: FloatRange | IntRange | Choice) -> FloatRange | IntRange | Choice:
+    """``dim`` narrowed to a study file's ``[low, high]`` or list of choices, or a
+    ValueError naming ``where``, the value and what is allowed."""
+    if isinstance(dim, Choice):
+        if not value or any(v not in dim.choices for v in value):
+            raise ValueError(f"{where} = {value!r}: choices must be a non-empty subset of {list(dim.choices)}")
+        return Choice(tuple(value), dim.when)
+    if len(value) != 2 or not all(isinstance(v, int | float) for v in value) or not value[0] < value[1]:
+        raise ValueError(f"{where} = {value!r}: give [low, high] with low < high")
+    if dim.log and value[0] <= 0:
+        raise ValueError(f"{where} = {value!r}: it is searched on a log scale, so low must be > 0")
+    if isinstance(dim, IntRange):
+        return IntRange(int(value[0]), int(value[1]), dim.log, dim.when)
+    return FloatRange(float(value[0]), float(value[1]), dim.log, dim.when)
+
+
 class OptimizerChoice(Strict):
     """One optimizer to search over, with optional range overrides and fixed settings.
 
@@ -53,14 +69,7 @@ class OptimizerChoice(Strict):
         for key, value in self.ranges.items():
             if key not in space:
                 raise ValueError(f"ranges.{key}: {key!r} is not a searched setting of {self.name}; allowed: {', '.join(space)}")
-            dim = space[key]
-            if isinstance(dim, Choice):
-                if not value or any(v not in dim.choices for v in value):
-                    raise ValueError(f"ranges.{key} = {value!r}: choices must be a non-empty subset of {list(dim.choices)}")
-            elif len(value) != 2 or not all(isinstance(v, int | float) for v in value) or not value[0] < value[1]:
-                raise ValueError(f"ranges.{key} = {value!r}: give [low, high] with low < high")
-            elif isinstance(dim, FloatRange) and dim.log and value[0] <= 0:
-                raise ValueError(f"ranges.{key} = {value!r}: {key} is searched on a log scale, so low must be > 0")
+            override_dimension(f"ranges.{key}", value, space[key])
         spec.settings.parse(self.fixed, where="fixed")
         self.sam_space()
         return self
@@ -70,27 +79,19 @@ class OptimizerChoice(Strict):
         if self.sam is False:
             return {}, {}
         declared = SAMSettings.search_space()
-        given = dict(declared) if self.sam is True else dict(self.sam)
+        if self.sam is True:
+            return {f"{SAM_KEY}.{k}": d for k, d in declared.items()}, {}
         dims: dict[str, FloatRange | IntRange | Choice] = {}
         fixed: dict[str, Any] = {}
-        for key, value in given.items():
+        for key, value in self.sam.items():
             if key not in SAMSettings.model_fields:
                 raise ValueError(f"sam.{key}: unknown SAM setting; allowed: {', '.join(SAMSettings.model_fields)}")
-            if not isinstance(value, list | FloatRange | Choice):
+            if not isinstance(value, list):
                 fixed[key] = value
-                continue
-            if key not in declared:
+            elif key not in declared:
                 raise ValueError(f"sam.{key} = {value!r}: not searchable; searchable: {', '.join(declared)}")
-            dim = declared[key]
-            if isinstance(value, list) and isinstance(dim, Choice):
-                if not value or any(v not in dim.choices for v in value):
-                    raise ValueError(f"sam.{key} = {value!r}: choices must be a non-empty subset of {list(dim.choices)}")
-                dim = Choice(tuple(value))
-            elif isinstance(value, list):
-                if len(value) != 2 or not all(isinstance(v, int | float) for v in value) or not 0 < value[0] < value[1]:
-                    raise ValueError(f"sam.{key} = {value!r}: give [low, high] with 0 < low < high (a log range)")
-                dim = FloatRange(float(value[0]), float(value[1]), log=True)
-            dims[key] = dim
+            else:
+                dims[key] = override_dimension(f"sam.{key}", value, declared[key])
         SAMSettings.parse(fixed, where="sam")
         return {f"{SAM_KEY}.{k}": d for k, d in dims.items()}, {f"{SAM_KEY}.{k}": v for k, v in fixed.items()}
 
@@ -102,13 +103,7 @@ class OptimizerChoice(Strict):
         """The declared space with this study's overrides applied and fixed settings removed."""
         space = dict(get_spec(self.name).search_space())
         for key, value in self.ranges.items():
-            dim = space[key]
-            if isinstance(dim, Choice):
-                space[key] = Choice(tuple(value), dim.when)
-            elif isinstance(dim, IntRange):
-                space[key] = IntRange(int(value[0]), int(value[1]), dim.log, dim.when)
-            else:
-                space[key] = FloatRange(float(value[0]), float(value[1]), dim.log, dim.when)
+            space[key] = override_dimension(f"ranges.{key}", value, space[key])
         return {**{k: v for k, v in space.items() if k not in self.fixed}, **self.sam_space()[0]}
 
 

@@ -139,3 +139,37 @@ def test_state_dict_round_trip_continues_identically() -> None:
         opt.step(lambda model=model: nn.functional.mse_loss(model(x), y))
     for p, q in zip(first.parameters(), second.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_study_file_sam_entry_makes_rho_a_search_dimension() -> None:
+    import optuna
+    from pydantic import ValidationError
+
+    from hpo2.optim.settings import Choice, FloatRange
+    from hpo2.study.config import StudyConfig
+    from hpo2.study.space import SearchSpace
+
+    config = StudyConfig(name="s", task="digits_mlp", optimizers=[
+        {"name": "sgd", "sam": {"rho": [0.02, 0.4], "adaptive": True}}, {"name": "newton_cg", "sam": True}, "adam"])  # fmt: skip
+    space = SearchSpace(config)
+    assert space.optimizers["sgd"].dimensions["sam.rho"] == FloatRange(0.02, 0.4, log=True)
+    assert space.optimizers["sgd"].fixed == {"sam.adaptive": True}
+    assert isinstance(space.optimizers["newton_cg"].dimensions["sam.adaptive"], Choice)
+    assert not any(k.startswith("sam.") for k in space.optimizers["adam"].dimensions)
+    assert space.optimizers["sgd"].default_params()["sgd.sam.rho"] == 0.05  # Foret et al.'s default, enqueued first
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        name, settings = space.suggest(study.ask())
+        seen.add(name)
+        if name == "sgd":
+            assert settings["sam"]["adaptive"] is True and 0.02 <= settings["sam"]["rho"] <= 0.4
+            assert isinstance(from_config({"name": name, "settings": settings}, [nn.Parameter(torch.zeros(1))]), SAM)
+        elif name == "adam":
+            assert "sam" not in settings
+    assert seen == {"sgd", "newton_cg", "adam"}
+    for bad, message in [({"rho": [0.5, 0.1]}, "sam.rho = \\[0.5, 0.1\\]: give \\[low, high\\]"),
+                         ({"rho": [0.0, 0.1]}, "log scale"), ({"eta": [0.1, 0.2]}, "sam.eta .* not searchable"),
+                         ({"radius": 0.1}, "sam.radius: unknown SAM setting"), ({"rho": -1.0}, "sam.rho")]:  # fmt: skip
+        with pytest.raises(ValidationError, match=message):
+            StudyConfig(name="s", task="digits_mlp", optimizers=[{"name": "sgd", "sam": bad}])
