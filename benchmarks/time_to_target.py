@@ -126,9 +126,10 @@ class Outcome:
 
 def tune(case: Case, optimizer: str, n_trials: int, workdir: Path, device: str) -> tuple[dict[str, Any], float]:
     """The best config of an hpo2 study over ``optimizer`` alone, and the study's wall seconds."""
-    study_file = workdir / f"{optimizer}.yaml"
+    label = optimizer.replace("+", "-")  # study names take letters, digits, '_', '.', '-'
+    study_file = workdir / f"{label}.yaml"
     study_file.write_text(yaml.safe_dump({
-        "name": f"ttt-{case.task}-{optimizer}",
+        "name": f"ttt-{case.task}-{label}",
         "task": {"name": case.task, "settings": case.settings},
         "budget": case.budget,
         "optimizers": [optimizer_choice(case, optimizer)],
