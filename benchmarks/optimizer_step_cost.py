@@ -3,9 +3,10 @@
 * hpo2 ``LBFGS`` against ``torch.optim.LBFGS`` with the same settings (fixed step
   and strong Wolfe), one ``step`` call of ``max_iter`` inner iterations on a
   full batch: the ratio of median seconds (goal: at most 1.0).
-* Newton-CG and Hessian-free: seconds per step and gradient-equivalents per step
-  (from the optimizers' own diagnostics), with the seconds of one gradient on
-  the same batch as the unit.
+* Newton-CG, Hessian-free, SVRG (after a snapshot on the batch) and SAM over SGD
+  and Newton-CG: seconds per step and gradient-equivalents per step (from the
+  optimizers' own diagnostics), with the seconds of one gradient on the same
+  batch as the unit.
 
 Run: ``python benchmarks/optimizer_step_cost.py [--repeats 15] [--no-write]``
 """
@@ -25,7 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish, median_seconds, paired_ratio  # noqa: E402
 
-from hpo2.optim import LBFGS, BatchClosure, HessianFree, NewtonCG  # noqa: E402
+from hpo2.optim import LBFGS, SAM, SVRG, BatchClosure, HessianFree, NewtonCG  # noqa: E402
 
 
 def problem(device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -69,11 +70,16 @@ def second_order_rows(device: torch.device, repeats: int) -> list[str]:
         "NewtonCG (Hessian, cg_max_iter 20)": lambda p: NewtonCG(p, damping=1e-2, cg_max_iter=20),
         "NewtonCG (GGN, cg_max_iter 20)": lambda p: NewtonCG(p, damping=1e-2, cg_max_iter=20, curvature="ggn"),
         "HessianFree (cg_max_iter 50)": lambda p: HessianFree(p, cg_max_iter=50),
+        "SVRG": lambda p: SVRG(p, lr=0.01),
+        "SAM + SGD": lambda p: SAM(torch.optim.SGD(p, lr=0.01), rho=0.05),
+        "SAM + NewtonCG (Hessian, cg_max_iter 20)": lambda p: SAM(NewtonCG(p, damping=1e-2, cg_max_iter=20), rho=0.05),
     }
     for label, make in makers.items():
         model = copy.deepcopy(base)
         opt = make(model.parameters())
         closure = BatchClosure(model, loss_fn, x, y)
+        if isinstance(opt, SVRG):
+            opt.snapshot(closure, len(x))
         seconds, grad_eq = [], []
         for _ in range(repeats):
             start = time.perf_counter()
