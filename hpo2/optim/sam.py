@@ -117,6 +117,11 @@ class SAM(Optimizer):
         return float(loss.detach()), grads
 
     @torch.no_grad()
+    def _restore(self, saved: list[Tensor]) -> None:
+        for p, w in zip(self._params, saved):
+            p.copy_(w)
+
+    @torch.no_grad()
     def _shift(self, epsilon: list[Tensor], sign: float) -> None:
         for p, e in zip(self._params, epsilon):
             p.add_(e, alpha=sign)
@@ -132,22 +137,25 @@ class SAM(Optimizer):
             return torch.tensor(loss)
         s = self.settings
         epsilon = ascent_step(self._params, grads, s.rho, s.adaptive, s.eta)
-        saved = [p.detach().clone() for p in self._params] if not self.curvature_base else []
+        saved = [p.detach().clone() for p in self._params]
         self._shift(epsilon, +1.0)
         if self.curvature_base:
             self.base.step(closure)  # everything the base evaluates is at w + eps
-            self._shift(epsilon, -1.0)  # w + eps + Delta  ->  w + Delta
             diag = dict(self.base.diagnostics)  # type: ignore[attr-defined]
             perturbed_loss = float(diag.get("loss", math.nan))
+            if diag.get("status") in ("ok", "converged"):
+                self._shift(epsilon, -1.0)  # w + eps + Delta  ->  w + Delta
+            else:
+                self._restore(saved)  # no step: exactly w
         else:
             perturbed_loss, perturbed_grads = self._gradient(closure)
-            with torch.no_grad():
-                for p, w in zip(self._params, saved):
-                    p.copy_(w)  # exactly w, not w + eps - eps
-            for p, g in zip(self._params, perturbed_grads):
-                p.grad = g
-            self.base.step()
-            diag = {"status": "ok", "n_grad": 1, "grad_equivalents": 1.0}
+            self._restore(saved)  # exactly w, not w + eps - eps
+            finite = math.isfinite(perturbed_loss) and all(bool(torch.isfinite(g).all()) for g in perturbed_grads)
+            if finite:
+                for p, g in zip(self._params, perturbed_grads):
+                    p.grad = g
+                self.base.step()
+            diag = {"status": "ok" if finite else "nonfinite_grad", "n_grad": 1, "grad_equivalents": 1.0}
         diag["n_grad"] = int(diag.get("n_grad", 0)) + 1
         diag["grad_equivalents"] = float(diag.get("grad_equivalents", 0.0)) + 1.0
         diag.update(loss=loss, grad_norm=grad_norm, sam_perturbed_loss=perturbed_loss,

@@ -173,3 +173,19 @@ def test_study_file_sam_entry_makes_rho_a_search_dimension() -> None:
                          ({"radius": 0.1}, "sam.radius: unknown SAM setting"), ({"rho": -1.0}, "sam.rho")]:  # fmt: skip
         with pytest.raises(ValidationError, match=message):
             StudyConfig(name="s", task="digits_mlp", optimizers=[{"name": "sgd", "sam": bad}])
+
+
+@pytest.mark.parametrize("base", ["sgd", "newton_cg"])
+def test_a_nonfinite_perturbed_point_leaves_w_exactly(base: str) -> None:
+    """The ascent lands where the loss is not finite: no step, w unchanged bit for bit."""
+    w = nn.Parameter(torch.tensor([0.5, -0.3], dtype=torch.float64))
+    opt = from_config({"name": base, "settings": {"sam": {"rho": 1.0}}}, [w])
+    before = w.detach().clone()
+
+    def loss() -> Tensor:  # finite at w, infinite once ||w|| > 0.9 (the ascent goes outward)
+        r2 = (w**2).sum()
+        return torch.where(r2 < 0.81, r2, r2 * torch.tensor(float("inf"), dtype=torch.float64))
+
+    opt.step(loss)
+    assert opt.diagnostics["status"].startswith("nonfinite")
+    assert torch.equal(w.detach(), before)
