@@ -8,9 +8,9 @@ to the trial's nested MLflow run with the flatness at the pruner's checkpoints a
 at the end (:func:`hpo2.diagnostics.flatness_summary` on 512 training samples: top
 Hessian eigenvalue by 10 Lanczos steps and trace by 4 Hutchinson probes on 128 of
 them, m-sharpness, train metric and generalization gap; logged as
-``curvature.*``, the last one kept in the trial's ``hpo2.flatness`` attribute;
-not counted as training time; the seconds it took are its ``seconds``).  A diverged run is pruned with its reason; an
-exception fails that trial only (``catch=(Exception,)``); the study, its storage
+``curvature.*``, the last one kept in the trial's ``hpo2.flatness`` attribute,
+whose ``seconds`` is the time it took; not counted as training time).  A diverged
+run is pruned with its reason; an exception fails that trial only (``catch=(Exception,)``); the study, its storage
 and every finished trial survive.
 
 Storage: any Optuna URL.  RDB storages (sqlite, PostgreSQL) get a heartbeat, so a
