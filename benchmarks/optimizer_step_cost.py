@@ -27,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import _timed, paired_ratio, publish, synchronize  # noqa: E402
 
-from hpo2.optim import LBFGS, BatchClosure, CurvatureOptimizer, from_config  # noqa: E402
+from hpo2.optim import LBFGS, SAM, BatchClosure, CurvatureOptimizer, from_config  # noqa: E402
 from hpo2.optim.registry import REGISTRY  # noqa: E402
 from hpo2.train import resolve_batch_size  # noqa: E402
 
@@ -72,13 +72,17 @@ VARIANTS: list[tuple[str, dict[str, object]]] = [
     ("hessian_free", {"batch_size": None, "curvature_fraction": 1.0, "cg_max_iter": 50}),  # the pre-issue-12 row
     ("hessian_free", {"evaluation_batch": "gradient"}),
     ("sophia", {"estimator": "hutchinson"}),
+    ("sgd", {"sam": {"rho": 0.05}}),
+    ("newton_cg", {"sam": {"rho": 0.05}}),
 ]
 
 
 def _step_fn(name: str, optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor):  # type: ignore[no-untyped-def]
     """One step as the training loop takes it, and its counted gradient-equivalents."""
-    if isinstance(optimizer, CurvatureOptimizer):
+    if isinstance(optimizer, CurvatureOptimizer | SAM):
         closure = BatchClosure(model, loss_fn, x, y)
+        if hasattr(optimizer, "snapshot"):  # SVRG: the loop takes its snapshot at epoch starts, not per step
+            optimizer.snapshot(closure, len(x))
 
         def curvature_step() -> float:
             optimizer.step(closure)

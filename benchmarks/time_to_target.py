@@ -22,6 +22,12 @@ steps.  Reported, as medians over the repeats:
 * for ``quadratic_deep``, the test loss after DeepOBS's 100 epochs, beside
   DeepOBS's published baselines.
 
+``<optimizer>+sam`` (e.g. ``adam+sam``) runs the optimizer wrapped in SAM: its
+defaults add ``sam: {rho: 0.05}`` (Foret et al.), its tuning study also searches
+``sam.rho`` in [0.01, 0.5] (log), with the same number of trials.  The table's
+``gap`` is the final training-set metric minus the validation metric (for a
+metric to maximise; reversed for one to minimise): positive means overfitting.
+
 Run: ``python benchmarks/time_to_target.py [--tasks logreg_breast_cancer ...]
 [--trials 8] [--repeats 3] [--variants defaults tuned] [--device cpu] [--threads 1] [--no-write]``; raw numbers go to
 ``benchmarks/results/time_to_target-<task>.json`` (not with ``--no-write``).
@@ -111,6 +117,7 @@ class Repeat:
     grad_equivalents_to_target: float | None
     valid_metric: float
     train_loss: float
+    train_metric: float
     test_loss: float | None
     steps: int
     wall_seconds: float
@@ -127,12 +134,13 @@ class Outcome:
 
 def tune(case: Case, optimizer: str, n_trials: int, workdir: Path, device: str) -> tuple[dict[str, Any], float]:
     """The best config of an hpo2 study over ``optimizer`` alone, and the study's wall seconds."""
-    study_file = workdir / f"{optimizer}.yaml"
+    label = optimizer.replace("+", "-")  # study names take letters, digits, '_', '.', '-'
+    study_file = workdir / f"{label}.yaml"
     study_file.write_text(yaml.safe_dump({
-        "name": f"ttt-{case.task}-{optimizer}",
+        "name": f"ttt-{case.task}-{label}",
         "task": {"name": case.task, "settings": case.settings},
         "budget": case.budget,
-        "optimizers": [{"name": optimizer, "fixed": case.fixed.get(optimizer, {})}],
+        "optimizers": [optimizer_choice(case, optimizer)],
         "sampler": {"name": "tpe", "seed": 0},
         "pruner": {"name": "median", "n_startup_trials": 3},
         "n_trials": n_trials,
@@ -149,9 +157,24 @@ def tune(case: Case, optimizer: str, n_trials: int, workdir: Path, device: str) 
     return SearchSpace(config).optimizer_config(study.best_trial.params), seconds
 
 
+SAM_SUFFIX = "+sam"
+SAM_SEARCH = {"rho": [0.01, 0.5]}
+
+
+def optimizer_choice(case: Case, optimizer: str) -> dict[str, Any]:
+    """The study file's ``optimizers`` entry for ``optimizer`` (``name+sam`` searches SAM's rho too)."""
+    name = optimizer.removesuffix(SAM_SUFFIX)
+    choice: dict[str, Any] = {"name": name, "fixed": case.fixed.get(name, {})}
+    return {**choice, "sam": SAM_SEARCH} if optimizer.endswith(SAM_SUFFIX) else choice
+
+
 def defaults(case: Case, optimizer: str) -> dict[str, Any]:
     """The paper defaults, with the settings this task must fix (see ``Case.fixed``)."""
-    return {"name": optimizer, "settings": dict(case.fixed.get(optimizer, {}))}
+    name = optimizer.removesuffix(SAM_SUFFIX)
+    settings: dict[str, Any] = dict(case.fixed.get(name, {}))
+    if optimizer.endswith(SAM_SUFFIX):
+        settings["sam"] = {"rho": 0.05}
+    return {"name": name, "settings": settings}
 
 
 def train_once(case: Case, optimizer_config: dict[str, Any], seed: int, device: str) -> Repeat:
@@ -161,15 +184,15 @@ def train_once(case: Case, optimizer_config: dict[str, Any], seed: int, device: 
                               eval_every_steps=case.eval_every_steps)
     except Exception as exc:  # a configuration that cannot run is a row, not the end of the benchmark
         print(f"{case.task} {optimizer_config}: failed: {exc}", file=sys.stderr)
-        return Repeat(seed, f"failed: {type(exc).__name__}", None, None, math.nan, math.nan, None, 0, math.nan)
+        return Repeat(seed, f"failed: {type(exc).__name__}", None, None, math.nan, math.nan, math.nan, None, 0, math.nan)
     final = result.final
-    train_loss = evaluate(task, task.train.x, task.train.y)[0] if result.status != "diverged" else math.nan
+    train_loss, train_metric = evaluate(task, task.train.x, task.train.y) if result.status != "diverged" else (math.nan, math.nan)
     test_loss = evaluate(task, task.test.x, task.test.y)[0] if case.task == "quadratic_deep" and task.test else None
     return Repeat(
         seed=seed, status=result.status, seconds_to_target=result.time_to_target_seconds,
         grad_equivalents_to_target=result.time_to_target_grad_equivalents,
         valid_metric=final.valid_metric if final and result.status != "diverged" else math.nan,
-        train_loss=train_loss, test_loss=test_loss, steps=result.steps, wall_seconds=result.wall_seconds,
+        train_loss=train_loss, train_metric=train_metric, test_loss=test_loss, steps=result.steps, wall_seconds=result.wall_seconds,
     )
 
 
@@ -178,6 +201,13 @@ def median_to_target(values: list[float | None]) -> float | None:
     ranked = sorted(math.inf if v is None else v for v in values)
     middle = statistics.median(ranked)
     return None if math.isinf(middle) else middle
+
+
+def median_gap(repeats: list[Repeat], higher_is_better: bool) -> float | None:
+    """Median of train metric - valid metric (valid - train for a metric to minimise)."""
+    gaps = [(r.train_metric - r.valid_metric) * (1 if higher_is_better else -1) for r in repeats]
+    finite = [g for g in gaps if math.isfinite(g)]
+    return statistics.median(finite) if finite else None
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -199,9 +229,9 @@ def table(case: Case, outcomes: list[Outcome]) -> str:
     direction = ">=" if task.higher_is_better else "<="
     with_test = case.task == "quadratic_deep"
     head = (f"| optimizer | settings | reached {task.metric} {direction} {task.target:g} | s to target | "
-            f"grad-eq to target | final valid {task.metric} median [min, max] | final train loss |"
+            f"grad-eq to target | final valid {task.metric} median [min, max] | final train loss | gap |"
             + (" test loss |" if with_test else ""))
-    lines = [head, "| --- | --- | ---: | ---: | ---: | --- | ---: |" + (" ---: |" if with_test else "")]
+    lines = [head, "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |" + (" ---: |" if with_test else "")]
     for o in outcomes:
         reps = o.repeats
         reached = sum(r.seconds_to_target is not None for r in reps)
@@ -210,7 +240,8 @@ def table(case: Case, outcomes: list[Outcome]) -> str:
                f"{fmt(median_to_target([r.seconds_to_target for r in reps]))} | "
                f"{fmt(median_to_target([r.grad_equivalents_to_target for r in reps]))} | "
                f"{spread([r.valid_metric for r in reps])} | "
-               f"{fmt(statistics.median(finite_train) if finite_train else None, 4)} |")
+               f"{fmt(statistics.median(finite_train) if finite_train else None, 4)} | "
+               f"{fmt(median_gap(reps, task.higher_is_better), 3)} |")
         if with_test:
             tests = [r.test_loss for r in reps if r.test_loss is not None and math.isfinite(r.test_loss)]
             row += f" {fmt(statistics.median(tests) if tests else None, 4)} |"

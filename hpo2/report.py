@@ -6,7 +6,8 @@ least two finished trials, parallel coordinates and hyperparameter importances
 (fANOVA, Optuna's default evaluator) over its own settings; importances across the
 whole study; the Pareto front for multi-objective studies; the learning curves of
 each optimizer's best trial against wall time and against gradient-equivalents
-(read back from MLflow).  :func:`trial_curvature_figure` plots one trial's
+(read back from MLflow); sharpness against the validation metric over trials,
+coloured by optimizer (:func:`sharpness_figure`).  :func:`trial_curvature_figure` plots one trial's
 damping, CG iterations and top Hessian eigenvalue over steps.
 
 Each figure is logged to the study's parent MLflow run as HTML (plotly.js from
@@ -70,6 +71,29 @@ def learning_curves(study: optuna.Study, client: MlflowClient, x_key: str, title
     return fig
 
 
+def sharpness_figure(study: optuna.Study) -> go.Figure | None:
+    """m-sharpness against the validation metric at each trial's last flatness
+    measurement (finished and pruned trials), one colour per optimizer; hover shows
+    the top Hessian eigenvalue and the generalization gap.  None without data."""
+    points: dict[str, list[tuple[float, float, str]]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        flat = t.user_attrs.get("hpo2.flatness") or {}
+        x, y = flat.get("m_sharpness"), flat.get("valid_metric")
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        label = f"trial {t.number}<br>top eigenvalue {flat.get('top_eigenvalue', math.nan):.3g}<br>gap {flat.get('generalization_gap', math.nan):.3g}"
+        points.setdefault(str(t.params.get(OPTIMIZER_PARAM)), []).append((x, y, label))
+    if not points:
+        return None
+    fig = go.Figure()
+    for name, rows in sorted(points.items()):
+        xs, ys, labels = zip(*rows)
+        fig.add_trace(go.Scatter(x=xs, y=ys, text=labels, mode="markers", name=name, hovertemplate="%{text}"))
+    fig.update_layout(title="Sharpness against validation metric (one point per trial)",
+                      xaxis_title="m-sharpness (rho 0.05, training sample)", yaxis_title="validation metric")  # fmt: skip
+    return fig
+
+
 def study_figures(study: optuna.Study, config: StudyConfig, client: MlflowClient) -> dict[str, go.Figure]:
     """Every study-level figure that the trials so far can support, by file stem."""
     from optuna import visualization as vis
@@ -99,6 +123,9 @@ def study_figures(study: optuna.Study, config: StudyConfig, client: MlflowClient
                 pass
     if len(study.directions) > 1:
         figures["pareto_front"] = vis.plot_pareto_front(study, target_names=[o.metric for o in config.objective])
+    sharpness = sharpness_figure(study)
+    if sharpness is not None:
+        figures["sharpness_vs_validation"] = sharpness
     figures["learning_curves_wall_time"] = learning_curves(study, client, "wall_seconds", "Best trial of each optimizer: validation metric against wall time")
     figures["learning_curves_grad_equivalents"] = learning_curves(
         study, client, "grad_equivalents", "Best trial of each optimizer: validation metric against gradient-equivalents"

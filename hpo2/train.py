@@ -15,7 +15,14 @@ on the task's batch.
 the gradient on the whole training set, Martens 2010) gets batches of that size;
 an epoch is still one pass over the samples (fewer, larger steps), and its
 gradient-equivalents are scaled by its batch over the task's, so budgets in
-seconds or gradient-equivalents and time-to-target compare with Adam's.  Time-to-target is the
+seconds or gradient-equivalents and time-to-target compare with Adam's.
+
+**Snapshots.**  An optimizer with a
+``snapshot(data, batch_size)`` method (SVRG) gets it called at each epoch start
+with a :class:`~hpo2.optim.closure.BatchClosure` over the training set; the
+gradient-equivalents it returns are added and its wall time is training time.
+
+Time-to-target is the
 wall time and gradient-equivalents until the task's target validation metric is
 first reached.
 
@@ -37,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
+from hpo2.optim.sam import SAM
 from hpo2.tasks import Task, build_task
 
 
@@ -158,8 +166,10 @@ def evaluate(task: Task, x: Tensor, y: Tensor, batch_size: int = 2048) -> tuple[
 def resolve_batch_size(optimizer: torch.optim.Optimizer, task_batch: int, n_train: int) -> int:
     """The gradient batch of an optimizer's data regime (its ``batch_size`` setting,
     :class:`~hpo2.optim.settings.DataRegimeSettings`): the task's batch when unset,
-    the whole training set for ``"full"``, never more than the training set."""
-    wanted = getattr(getattr(optimizer, "settings", None), "batch_size", None)
+    the whole training set for ``"full"``, never more than the training set.  A
+    wrapper with a ``base`` optimizer (SAM) keeps its base's regime."""
+    regime = getattr(optimizer, "base", optimizer)
+    wanted = getattr(getattr(regime, "settings", None), "batch_size", None)
     size = task_batch if wanted is None else n_train if wanted == "full" else int(wanted)
     return max(1, min(size, n_train))
 
@@ -249,10 +259,13 @@ def run_training(
     stop = False
     while budget_left() and not stop:
         order = torch.randperm(n, generator=generator).to(dev)
+        snapshot = getattr(optimizer, "snapshot", None)
+        if snapshot is not None:  # snapshot protocol (hpo2.optim.svrg): its cost counts, its time is training time
+            grad_eq += float(snapshot(BatchClosure(model, task.loss_fn, train.x, train.y), bs))
         for b in range(steps_per_epoch):
             idx = order[b * bs : (b + 1) * bs]
             xb, yb = train.x[idx], train.y[idx]
-            if isinstance(optimizer, CurvatureOptimizer):
+            if isinstance(optimizer, CurvatureOptimizer | SAM):
                 optimizer.step(BatchClosure(model, task.loss_fn, xb, yb))
                 diag = dict(optimizer.diagnostics)
             else:

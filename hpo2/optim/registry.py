@@ -10,7 +10,8 @@ Config format (the ``optimizer`` section of ``hpo2 train --config`` files and of
       settings: {damping: 0.5, cg_max_iter: 100}
 
 A bare optimizer section (``{"name": ..., "settings": ...}``) or just a name works
-too; missing settings take the paper defaults.
+too; missing settings take the paper defaults.  ``settings.sam: {rho, adaptive}``
+wraps any optimizer in sharpness-aware minimization (:mod:`hpo2.optim.sam`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from hpo2.optim.lbfgs import LBFGS
 from hpo2.optim.muon import MuonSettings, build_muon
 from hpo2.optim.newton_cg import NewtonCG
 from hpo2.optim.saddle_free import SaddleFreeNewton
+from hpo2.optim.sam import SAM, SAM_KEY, SAMSettings, parse_sam
 from hpo2.optim.settings import OptimizerSettings, SearchDimension, SettingsError, check_known, did_you_mean
 from hpo2.optim.shampoo import Shampoo
 from hpo2.optim.soap import SOAP
 from hpo2.optim.sophia import Sophia
+from hpo2.optim.svrg import SVRG
 from hpo2.yaml_loader import load_yaml, yaml_error_message
 
 
@@ -77,6 +80,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec("adam", AdamSettings, build_adam, False, "Adam (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec("adamw", AdamWSettings, build_adam, False, "AdamW (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec("muon", MuonSettings, build_muon, False, "Muon on 2-d weights + AdamW (torch.optim)"),  # type: ignore[arg-type]
+        OptimizerSpec("svrg", SVRG.Settings, _curvature(SVRG), False, "SVRG (variance-reduced SGD, Johnson & Zhang 2013)"),
     ]
 }
 
@@ -109,6 +113,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def parse_optimizer_config(config: Mapping[str, Any] | str | Path) -> tuple[OptimizerSpec, OptimizerSettings]:
     """Validate an optimizer config (see the module docstring) into its spec and settings."""
+    spec, settings, _ = parse_optimizer_config_with_sam(config)
+    return spec, settings
+
+
+def parse_optimizer_config_with_sam(
+    config: Mapping[str, Any] | str | Path,
+) -> tuple[OptimizerSpec, OptimizerSettings, SAMSettings | None]:
+    """:func:`parse_optimizer_config` plus the optional ``settings.sam`` part."""
     if isinstance(config, Path) or (isinstance(config, str) and (config.endswith((".yaml", ".yml", ".json")) or "/" in config)):
         config = load_config_file(config)
     where = "optimizer"
@@ -128,7 +140,9 @@ def parse_optimizer_config(config: Mapping[str, Any] | str | Path) -> tuple[Opti
     settings = section.get("settings") or {}
     if not isinstance(settings, Mapping):
         raise SettingsError(f"{where}.settings must be a mapping of setting: value, got {type(settings).__name__}")
-    return spec, spec.settings.parse(dict(settings), where=f"{where}.settings")
+    settings = dict(settings)
+    sam = parse_sam(settings.pop(SAM_KEY, None), where=f"{where}.settings.{SAM_KEY}")
+    return spec, spec.settings.parse(settings, where=f"{where}.settings"), sam
 
 
 def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any]) -> Optimizer:
@@ -139,5 +153,6 @@ def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any]) -
     or a registry name.  Unknown names or settings raise
     :class:`~hpo2.optim.settings.SettingsError` listing what is allowed.
     """
-    spec, settings = parse_optimizer_config(config)
-    return spec.build(params, settings)
+    spec, settings, sam = parse_optimizer_config_with_sam(config)
+    optimizer = spec.build(params, settings)
+    return optimizer if sam is None else SAM(optimizer, sam)

@@ -21,7 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from hpo2.config import validate
-from hpo2.optim.registry import REGISTRY, OptimizerSpec, get_spec, load_config_file
+from hpo2.optim.registry import REGISTRY, get_spec, load_config_file
+from hpo2.optim.sam import SAM_KEY, SAMSettings
 from hpo2.optim.settings import Choice, FloatRange, IntRange, SearchDimension, SettingsError, did_you_mean
 from hpo2.redact import redact_text, redact_url
 from hpo2.tasks import parse_task_settings
@@ -36,12 +37,55 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def override_dimension(
+    where: str, value: list[Any], dim: SearchDimension, settings: type[BaseModel], key: str
+) -> SearchDimension:
+    """``dim`` narrowed to a study file's ``[low, high]`` or list of choices.
+
+    Refused, with a ValueError naming ``where``, the value and what is allowed: a
+    choice outside the declared ones, or a ``[low, high]`` that is not two finite
+    numbers with ``low < high`` each passing the setting's own pydantic constraints
+    in ``settings`` (``momentum: [0.5, 1.5]`` fails ``momentum < 1`` at load time,
+    not in every trial)."""
+    shown = f"{where} = {value!r}"
+    if isinstance(dim, Choice):
+        if not value or any(v not in dim.choices for v in value):
+            raise ValueError(f"{shown}: choices must be a non-empty subset of {list(dim.choices)}")
+        return Choice(tuple(value), dim.when)
+    if len(value) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{shown}: give [low, high], two numbers with low < high")
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError(f"{shown}: both ends must be finite numbers (no .inf or .nan)")
+    if not value[0] < value[1]:
+        raise ValueError(f"{shown}: give [low, high] with low < high")
+    if dim.log and value[0] <= 0:
+        raise ValueError(f"{shown}: {key} is searched on a log scale, so low must be > 0")
+    field = settings.model_fields[key]
+    constraints = TypeAdapter(Annotated[(field.annotation, *field.metadata)])  # type: ignore[valid-type]
+    for end, v in zip(("low", "high"), value):
+        try:
+            constraints.validate_python(v)
+        except ValidationError as exc:
+            raise ValueError(f"{shown}: {end} = {v!r} is not a valid {key} ({exc.errors()[0]['msg']})") from None
+    if isinstance(dim, IntRange):
+        return IntRange(int(value[0]), int(value[1]), dim.log, dim.when)
+    return FloatRange(float(value[0]), float(value[1]), dim.log, dim.when)
+
+
 class OptimizerChoice(Strict):
-    """One optimizer to search over, with optional range overrides and fixed settings."""
+    """One optimizer to search over, with optional range overrides and fixed settings.
+
+    ``sam`` wraps every trial of this optimizer in SAM (:mod:`hpo2.optim.sam`):
+    ``true`` searches SAM's declared space (``rho`` on a log range, ``adaptive``);
+    a mapping such as ``{rho: [0.01, 0.5], adaptive: false}`` searches the settings
+    given as a list (``[low, high]`` or choices) and fixes the others given.  The
+    search params are ``<optimizer>.sam.<setting>``.
+    """
 
     name: str
     ranges: dict[str, list[Any]] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
+    sam: bool | dict[str, Any] = False
 
     @model_validator(mode="after")
     def _check(self) -> OptimizerChoice:
@@ -53,49 +97,43 @@ class OptimizerChoice(Strict):
                     f"ranges.{key}: {key!r} is not a searched setting of {self.name}{did_you_mean(key, space)}; "
                     f"allowed: {', '.join(space)}"
                 )
-            check_range(spec, key, space[key], value)
+            override_dimension(f"ranges.{key}", value, space[key], spec.settings, key)
         spec.settings.parse(self.fixed, where="fixed")
+        self.sam_space()
         return self
+
+    def sam_space(self) -> tuple[dict[str, FloatRange | IntRange | Choice], dict[str, Any]]:
+        """SAM's searched dimensions and fixed values, keyed ``sam.<setting>``."""
+        if self.sam is False:
+            return {}, {}
+        declared = SAMSettings.search_space()
+        if self.sam is True:
+            return {f"{SAM_KEY}.{k}": d for k, d in declared.items()}, {}
+        dims: dict[str, FloatRange | IntRange | Choice] = {}
+        fixed: dict[str, Any] = {}
+        for key, value in self.sam.items():
+            if key not in SAMSettings.model_fields:
+                raise ValueError(f"sam.{key}: unknown SAM setting; allowed: {', '.join(SAMSettings.model_fields)}")
+            if not isinstance(value, list):
+                fixed[key] = value
+            elif key not in declared:
+                raise ValueError(f"sam.{key} = {value!r}: not searchable; searchable: {', '.join(declared)}")
+            else:
+                dims[key] = override_dimension(f"sam.{key}", value, declared[key], SAMSettings, key)
+        SAMSettings.parse(fixed, where="sam")
+        return {f"{SAM_KEY}.{k}": d for k, d in dims.items()}, {f"{SAM_KEY}.{k}": v for k, v in fixed.items()}
+
+    def fixed_settings(self) -> dict[str, Any]:
+        """The fixed settings, SAM's fixed ones included (``sam.<setting>``)."""
+        return {**self.fixed, **self.sam_space()[1]}
 
     def space(self) -> dict[str, FloatRange | IntRange | Choice]:
         """The declared space with this study's overrides applied and fixed settings removed."""
-        space = dict(get_spec(self.name).search_space())
+        spec = get_spec(self.name)
+        space = dict(spec.search_space())
         for key, value in self.ranges.items():
-            dim = space[key]
-            if isinstance(dim, Choice):
-                space[key] = Choice(tuple(value), dim.when)
-            elif isinstance(dim, IntRange):
-                space[key] = IntRange(int(value[0]), int(value[1]), dim.log, dim.when)
-            else:
-                space[key] = FloatRange(float(value[0]), float(value[1]), dim.log, dim.when)
-        return {k: v for k, v in space.items() if k not in self.fixed}
-
-
-def check_range(spec: OptimizerSpec, key: str, dim: SearchDimension, value: list[Any]) -> None:
-    """Refuse a study's range override that the setting itself could never take:
-    a choice outside the declared ones, or a ``[low, high]`` that is not two finite
-    numbers with ``low < high`` each passing the setting's own pydantic constraints
-    (``momentum: [0.5, 1.5]`` fails ``momentum < 1`` at load time, not in every trial)."""
-    where = f"ranges.{key} = {value!r}"
-    if isinstance(dim, Choice):
-        if not value or any(v not in dim.choices for v in value):
-            raise ValueError(f"{where}: choices must be a non-empty subset of {list(dim.choices)}")
-        return
-    if len(value) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"{where}: give [low, high], two numbers with low < high")
-    if not all(math.isfinite(v) for v in value):
-        raise ValueError(f"{where}: both ends must be finite numbers (no .inf or .nan)")
-    if not value[0] < value[1]:
-        raise ValueError(f"{where}: give [low, high] with low < high")
-    if isinstance(dim, FloatRange) and dim.log and value[0] <= 0:
-        raise ValueError(f"{where}: {key} is searched on a log scale, so low must be > 0")
-    field = spec.settings.model_fields[key]
-    constraints = TypeAdapter(Annotated[(field.annotation, *field.metadata)])  # type: ignore[valid-type]
-    for end, v in zip(("low", "high"), value):
-        try:
-            constraints.validate_python(v)
-        except ValidationError as exc:
-            raise ValueError(f"{where}: {end} = {v!r} is not a valid {key} ({exc.errors()[0]['msg']})") from None
+            space[key] = override_dimension(f"ranges.{key}", value, space[key], spec.settings, key)
+        return {**{k: v for k, v in space.items() if k not in self.fixed}, **self.sam_space()[0]}
 
 
 class SamplerConfig(Strict):

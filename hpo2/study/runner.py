@@ -4,10 +4,13 @@ optimizers and MLflow tracking meet.
 Per trial: the search space suggests an optimizer and its settings, the task is
 built fresh (seeded), :func:`hpo2.train.run_training` trains it and reports each
 validation point, which goes to Optuna (``trial.report`` / ``should_prune``) and
-to the trial's nested MLflow run with the curvature at that point (top Hessian
-eigenvalue by 10 Lanczos steps, trace by 4 Hutchinson probes, on 128 validation
-samples; not counted as training time).  A diverged run is pruned with its reason; an
-exception fails that trial only (``catch=(Exception,)``); the study, its storage
+to the trial's nested MLflow run with the flatness at the pruner's checkpoints and
+at the end (:func:`hpo2.diagnostics.flatness_summary` on 512 training samples: top
+Hessian eigenvalue by 10 Lanczos steps and trace by 4 Hutchinson probes on 128 of
+them, m-sharpness, train metric and generalization gap; logged as
+``curvature.*``, the last one kept in the trial's ``hpo2.flatness`` attribute,
+whose ``seconds`` is the time it took; not counted as training time).  A diverged
+run is pruned with its reason; an exception fails that trial only (``catch=(Exception,)``); the study, its storage
 and every finished trial survive.
 
 Storage: any Optuna URL.  RDB storages (sqlite, PostgreSQL) get a heartbeat, so a
@@ -36,7 +39,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from hpo2.databases import check_sqlite_writable
-from hpo2.diagnostics import curvature_summary
+from hpo2.diagnostics import flatness_summary
 from hpo2.optim.registry import load_config_file
 from hpo2.optim.settings import SettingsError
 from hpo2.study.budget import TrialBudget, file_lock
@@ -302,7 +305,17 @@ class StudyRunner:
         single = not self.config.multi_objective
         evaluations: list[Evaluation] = []
 
-        curvature_batch = task.valid.head(128).to(self.device)
+        flatness_batch = task.train.head(512).to(self.device)
+        flatness: dict[str, float] = {"seconds": 0.0}
+
+        def measure_flatness(evaluation: Evaluation) -> None:
+            started = time.perf_counter()
+            summary = flatness_summary(task.model, task.loss_fn, task.metric_fn, flatness_batch.x, flatness_batch.y,
+                                       evaluation.valid_metric, task.higher_is_better, seed=self.config.seed)  # fmt: skip
+            tracker.curvature(summary, evaluation.step)
+            flatness.update(summary, step=evaluation.step, valid_metric=evaluation.valid_metric,
+                            seconds=flatness["seconds"] + time.perf_counter() - started)  # fmt: skip
+            trial.set_user_attr("hpo2.flatness", flatness)
 
         def report(evaluation: Evaluation) -> bool:
             index = len(evaluations)
@@ -313,9 +326,7 @@ class StudyRunner:
             if not on_checkpoint(index):
                 return False
             if self.config.curvature_diagnostics and math.isfinite(evaluation.train_loss):
-                summary = curvature_summary(task.model, task.loss_fn, curvature_batch.x, curvature_batch.y,
-                                            lanczos_iter=10, trace_probes=4, seed=self.config.seed)
-                tracker.curvature(summary, evaluation.step)
+                measure_flatness(evaluation)
             if single and first_metric in ("valid_metric", "valid_loss", "train_loss"):
                 value = getattr(evaluation, first_metric)
                 if math.isfinite(value):
@@ -327,6 +338,9 @@ class StudyRunner:
             task, {"name": optimizer_name, "settings": settings}, self.config.budget,
             seed=self.config.seed, device=self.device, report=report, on_step=tracker.step,
         )  # fmt: skip
+        final = result.final
+        if self.config.curvature_diagnostics and final is not None and math.isfinite(final.train_loss) and flatness.get("step") != final.step:
+            measure_flatness(final)
         trial.set_user_attr("hpo2.status", result.status)
         trial.set_user_attr("hpo2.reason", result.reason)
         trial.set_user_attr("hpo2.wall_seconds", result.wall_seconds)

@@ -1,7 +1,8 @@
 """The search space: the optimizer is a categorical choice (param ``optimizer``)
 and its settings a conditional space, one Optuna param per setting named
 ``<optimizer>.<setting>`` (names never collide across optimizers, whose ranges
-differ).  Everything comes from each optimizer's own declaration
+differ); a study file's ``sam`` entry adds ``<optimizer>.sam.<setting>``, nested
+into the settings' ``sam`` mapping.  Everything comes from each optimizer's own declaration
 (:meth:`~hpo2.optim.settings.OptimizerSettings.search_space`) with the study
 file's overrides."""
 
@@ -14,10 +15,12 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo2.optim.registry import get_spec
+from hpo2.optim.sam import SAM_KEY, SAMSettings, nest_sam
 from hpo2.optim.settings import Choice, FloatRange, IntRange
 from hpo2.study.config import StudyConfig
 
 OPTIMIZER_PARAM = "optimizer"
+SAM_DEFAULTS = {f"{SAM_KEY}.{k}": v for k, v in SAMSettings.paper_defaults().items()}
 
 
 def to_distribution(dim: FloatRange | IntRange | Choice) -> BaseDistribution:
@@ -48,7 +51,7 @@ class OptimizerSpace:
 
     def default_params(self) -> dict[str, Any]:
         """The paper defaults as params (those inside this study's ranges)."""
-        defaults = {**get_spec(self.name).paper_defaults(), **self.fixed}
+        defaults = {**get_spec(self.name).paper_defaults(), **SAM_DEFAULTS, **self.fixed}
         params: dict[str, Any] = {OPTIMIZER_PARAM: self.name}
         for key, dist in self.distributions.items():
             value = defaults[key.split(".", 1)[1]]
@@ -70,14 +73,14 @@ class OptimizerSpace:
                 if current not in allowed:
                     continue
             settings[key] = params[full]
-        return settings
+        return nest_sam(settings)
 
 
 class SearchSpace:
     """The whole conditional space of a study."""
 
     def __init__(self, config: StudyConfig) -> None:
-        self.optimizers = {c.name: OptimizerSpace(c.name, c.space(), dict(c.fixed)) for c in config.optimizers}
+        self.optimizers = {c.name: OptimizerSpace(c.name, c.space(), c.fixed_settings()) for c in config.optimizers}
 
     @property
     def names(self) -> list[str]:
