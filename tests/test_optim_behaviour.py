@@ -262,7 +262,7 @@ def test_from_config_errors_name_the_field_and_what_is_allowed(tmp_path):
     params = list(_mlp().parameters())
     with pytest.raises(SettingsError, match=r"optimizer.name: 'newton' is not a known optimizer; allowed: newton_cg, hessian_free"):
         from_config({"name": "newton"}, params)
-    with pytest.raises(SettingsError, match=r"unknown setting\(s\) dampening; allowed: lr, damping"):
+    with pytest.raises(SettingsError, match=r"unknown setting\(s\) dampening; allowed: batch_size, lr, damping"):
         from_config({"name": "newton_cg", "settings": {"dampening": 1}}, params)
     with pytest.raises(SettingsError, match=r"optimizer.settings.cg_max_iter = 0: Input should be greater than or equal to 1"):
         from_config({"name": "newton_cg", "settings": {"cg_max_iter": 0}}, params)

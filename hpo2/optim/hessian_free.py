@@ -45,7 +45,7 @@ raised when it is active (call ``model.eval()`` or remove it).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -55,7 +55,14 @@ from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, output_
 from hpo2.curvature.layers import per_sample_grad_squares, per_sample_scale
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure, BatchEvaluation, require_batch_closure
-from hpo2.optim.settings import BATCH_CHOICES, BatchSize, Choice, DataRegimeSettings, FloatRange, IntRange
+from hpo2.optim.settings import (
+    BATCH_CHOICES,
+    BatchSize,
+    Choice,
+    DataRegimeSettings,
+    FloatRange,
+    IntRange,
+)
 from hpo2.solvers import CGResult, armijo_backtracking, cg
 
 
@@ -90,7 +97,7 @@ class HessianFree(CurvatureOptimizer):
 
     Settings = HessianFreeSettings
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # CurvatureOptimizer's arguments
         super().__init__(*args, **kwargs)
         self._statistics: LayerStatistics | None = None  # built on the first step (warns once)
 

@@ -4,7 +4,6 @@ Sophia steps where the curvature, not the clip, sets the step (issue 12)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
