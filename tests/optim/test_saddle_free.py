@@ -53,7 +53,7 @@ def test_escapes_the_saddle_that_the_exact_newton_step_converges_to():
     assert opt.diagnostics["negative_eigenvalues"] == 1
     # |H| = 2I: x -> 0 in one step and y doubles every step (moves down the -y^2 side).
     torch.testing.assert_close(problem.theta.detach(), torch.tensor([0.0, 1e-3 * 2**6], dtype=torch.float64))
-    assert float(problem()) < -4e-3
+    assert float(problem().detach()) < -4e-3
 
 
 def test_full_rank_on_a_convex_quadratic_is_the_newton_step():
