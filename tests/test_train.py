@@ -109,7 +109,7 @@ def test_hpo2_train_end_to_end_with_mlflow(tmp_path):
         ({"task": {"name": "nope"}, "optimizer": {"name": "sgd"}}, "task.name: 'nope' is not a known task"),
         ({"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd", "settings": {"lr": -1}}}, "optimizer.settings.lr = -1"),
         ({"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd"}, "budget": {}}, "set at least one of epochs"),
-        ({"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd"}, "bugdet": {"epochs": 1}}, "bugdet: Extra inputs are not permitted"),
+        ({"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd"}, "bugdet": {"epochs": 1}}, "bugdet: unknown key (did you mean 'budget'?); allowed: task, optimizer, budget"),
     ],
 )
 def test_hpo2_train_bad_config_exits_2_with_the_field(tmp_path, config, message):

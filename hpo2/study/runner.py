@@ -211,7 +211,7 @@ class StudyRunner:
         """Log the study file to the parent run as a copy with URL passwords masked
         (MLflow's UI has no login: whoever reaches it could read the file)."""
         with tempfile.TemporaryDirectory(prefix="hpo2-study-") as folder:
-            copy = Path(folder) / self.study_file.name
+            copy = Path(folder) / f"{self.study_file.stem}.yaml"
             copy.write_text(sanitized_study_text(load_config_file(self.study_file)))
             self.parent.log_artifact(str(copy))
 
