@@ -271,19 +271,28 @@ class StudyRunner:
 
     def _run_trials(self, budget: TrialBudget) -> None:
         poll = min(5.0, float(self.config.heartbeat_interval))
+        # A dead worker's trial goes stale within the grace period (2 heartbeats, see
+        # open_storage); one that is still RUNNING after 3 is alive, or died before its
+        # first heartbeat (Optuna never fails those): stop waiting for it then.
+        patience = 3.0 * self.config.heartbeat_interval + poll
 
         def admitted(trial: optuna.Trial) -> float | list[float]:
             budget.release()  # the trial now exists in storage: other workers may count it
             return self.objective(trial)
 
         def work() -> None:
+            waiting_since: float | None = None
             while not self.stop.requested and self._time_left() > 0:
                 decision = budget.admit()
                 if decision is Admission.FULL:
                     return
                 if decision is Admission.WAIT:  # a trial still RUNNING elsewhere may be a dead worker's
+                    waiting_since = waiting_since or time.monotonic()
+                    if time.monotonic() - waiting_since > patience:
+                        return
                     self.stop.event.wait(min(poll, self._time_left()))
                     continue
+                waiting_since = None
                 try:
                     self.study.optimize(admitted, n_trials=1, catch=(Exception,), gc_after_trial=True,
                                         callbacks=[lambda study, trial: self.progress.changed()])
@@ -367,6 +376,7 @@ class StudyRunner:
         except KeyboardInterrupt:  # a stop request (or a second Ctrl-C) reached this trial
             _INTERRUPTED_LOGS.numbers.add(trial.number)
             trial.set_user_attr("hpo2.status", INTERRUPTED)
+            trial.set_user_attr("hpo2.reason", f"{INTERRUPTED}: retried on resume")
             if tracker is not None:
                 tracker.end("KILLED", reason=INTERRUPTED, status_tag=INTERRUPTED)
             raise TrialInterrupted(trial.number) from None
