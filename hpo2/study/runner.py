@@ -251,6 +251,7 @@ class StudyRunner:
 
         Raises :class:`~hpo2.study.recovery.StudyInterrupted` after Ctrl-C or SIGTERM,
         once the running trials are failed and queued for retry and the MLflow runs closed."""
+        _INTERRUPTED_LOGS.numbers.clear()  # trial numbers of this study only
         self.start()
         budget = TrialBudget(self.study, self.storage_url, n_trials if n_trials is not None else self.config.n_trials)
         limit = timeout if timeout is not None else self.config.timeout
