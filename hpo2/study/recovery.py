@@ -31,6 +31,7 @@ from types import FrameType
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from hpo2.study.budget import retried_trial_numbers
@@ -94,6 +95,17 @@ class StopRequest:
         """Raise :class:`TrialInterrupted` if a stop was requested."""
         if self.event.is_set():
             raise TrialInterrupted(trial_number)
+
+
+def beat_now(study: optuna.Study, trial_id: int) -> None:
+    """Record the trial's first heartbeat now (RDB storages).
+
+    Optuna's heartbeat thread records it concurrently with the objective, and a
+    trial killed before any heartbeat is never failed as stale: it would stay
+    RUNNING for good.  Beating here, first thing in the objective, narrows that
+    window to the instant between ``study.ask`` and the objective."""
+    if is_heartbeat_enabled(study._storage):
+        study._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
 
 
 def retry_trial(study: optuna.Study, trial_number: int) -> None:

@@ -50,6 +50,7 @@ from hpo2.study.recovery import (
     StopRequest,
     StudyInterrupted,
     TrialInterrupted,
+    beat_now,
     close_orphan_runs,
     pause_for_tests,
     retry_trial,
@@ -361,6 +362,7 @@ class StudyRunner:
 
     # -- one trial
     def objective(self, trial: optuna.Trial) -> float | list[float]:
+        beat_now(self.study, trial._trial_id)
         optimizer_name, settings = self.space.suggest(trial)
         self.progress.current_trial, self.progress.current_optimizer, self.progress.current_epoch = trial.number, optimizer_name, 0.0
         self.progress.changed()
