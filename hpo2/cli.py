@@ -197,14 +197,33 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     console.print(f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
                   f"storage {redact_url(runner.storage_url)}, MLflow {redact_url(runner.tracking_uri)}, device {runner.device}",
                   highlight=False)
+    from hpo2.study.recovery import StudyInterrupted
+
     display = StudyDisplay(console, target, config.timeout, config.jobs)
-    with Live(display.table(progress), console=console, refresh_per_second=4) as live:
-        progress.listeners.append(lambda p: live.update(display.table(p)))
-        runner.run()  # n_trials and timeout: the validated config, CLI overrides included
+    try:
+        with Live(display.table(progress), console=console, refresh_per_second=4) as live:
+            progress.listeners.append(lambda p: live.update(display.table(p)))
+            runner.run()  # n_trials and timeout: the validated config, CLI overrides included
+    except StudyInterrupted as stopped:
+        raise _interrupted(stopped.retried) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: a hard stop, recovered like a killed worker
+        raise _interrupted([]) from None
     console.print()
     print_status(console, runner.study, config)
     if progress.trial_seconds:
         console.print(f"tracking took {100 * progress.tracking_seconds / progress.trial_seconds:.2f}% of trial time", highlight=False)
+
+
+def _interrupted(retried: list[int]) -> typer.Exit:
+    """One line after Ctrl-C or SIGTERM, and exit code 130 (128 + SIGINT, the shell's convention)."""
+    if len(retried) == 1:
+        what = f"trial {retried[0]} will be retried"
+    elif retried:
+        what = f"trials {', '.join(map(str, retried))} will be retried"
+    else:
+        what = "no trial was cut short"
+    console.print(f"interrupted: {what}; rerun the same command to resume", highlight=False)
+    return typer.Exit(code=130)
 
 
 @study_app.command("run")
@@ -358,6 +377,29 @@ def study_delete(
         raise typer.Exit(1)
     plan.execute()
     console.print(f"deleted {plan.describe()}", highlight=False)
+
+
+@study_app.command("sync")
+def study_sync(
+    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    storage: str | None = STORAGE_OPTION,
+    tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
+) -> None:
+    """Send the study's runs saved in mlflow-unsent/ (tracking was unreachable) to MLflow."""
+    from hpo2.optim.settings import SettingsError
+    from hpo2.study.config import default_tracking_uri
+    from hpo2.study.sync import sync_unsent
+
+    config, path, study = _existing_study(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
+    try:
+        sent, left = sync_unsent(study, path.parent / "mlflow-unsent", default_tracking_uri(config, path),
+                                 config.experiment or config.name)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"sent {sent} run(s) to MLflow" + (f"; {left} still unsent (tracking unreachable), kept" if left else ""),
+                  highlight=False)
+    if left:
+        raise typer.Exit(code=1)
 
 
 @app.command()

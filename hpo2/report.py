@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from hpo2.study.config import StudyConfig
-from hpo2.study.results import best_per_optimizer, best_trials, export_config, state_counts
+from hpo2.study.results import best_per_optimizer, best_trials, export_config, mlflow_run_id, state_counts
 from hpo2.study.space import OPTIMIZER_PARAM
 
 
@@ -62,7 +62,7 @@ def learning_curves(study: optuna.Study, client: MlflowClient, x_key: str, title
     """Validation metric of each optimizer's best trial against ``x_key``."""
     fig = go.Figure()
     for name, trial in sorted(best_per_optimizer(study).items()):
-        run_id = trial.user_attrs.get("hpo2.mlflow_run_id")
+        run_id = mlflow_run_id(study, trial)
         if run_id is None:
             continue
         x, y = _metric_curve(client, run_id, x_key, "valid_metric")
@@ -247,7 +247,7 @@ def render_study_report(
         client.log_artifact(parent_run_id, str(folder / "report.html"))
         trial_figures: dict[str, go.Figure] = {}
         for t in study.get_trials(deepcopy=False):
-            run_id = t.user_attrs.get("hpo2.mlflow_run_id")
+            run_id = mlflow_run_id(study, t)
             fig = trial_curvature_figure(client, run_id, f"trial {t.number}: curvature") if run_id else None
             if fig is not None:
                 trial_figures[run_id] = fig

@@ -10,7 +10,7 @@ timer, and waiting for it at the end of each trial cost more than it saved.)
 When the tracking server stops answering, nothing is lost and training goes
 on: the queue keeps the unsent operations, the user is told once, every later
 flush retries them, and :meth:`TrackedRun.spool` writes what is still unsent to
-a JSON file at the end.  A server that is unreachable *before* a study starts is
+a JSON file at the end (``hpo2 study sync`` sends it later).  A server that is unreachable *before* a study starts is
 a clear error instead (:func:`check_reachable`).
 
 The default store is a sqlite file (MLflow 3's default ``sqlite:///mlflow.db``);
@@ -26,8 +26,9 @@ import os
 import threading
 import time
 import urllib.request
+import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,14 @@ class TrackedRun:
     server is down; ``run_id`` is known once the creation went through.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str | None = None, name: str = "run") -> None:
+    def __init__(
+        self, client: MlflowClient, run_id: str | None = None, name: str = "run",
+        on_created: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
         self.client = client
         self.run_id = run_id
         self.name = name
+        self.on_created = on_created  # told the run id once the creation went through, however late
         self._buffer: list[Metric] = []
         self._ops: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
@@ -122,13 +127,15 @@ class TrackedRun:
         parent_run_id: str | None = None,
         artifact_location: str | None = None,
         experiment_id_: str | None = None,
+        on_created: Callable[[str], None] | None = None,
     ) -> TrackedRun:
-        """Start a run (nested under ``parent_run_id`` if given); the creation is queued."""
+        """Start a run (nested under ``parent_run_id`` if given); the creation is queued
+        and ``on_created`` gets the run id when it goes through."""
         client = MlflowClient(tracking_uri=tracking_uri)
         all_tags = dict(tags or {})
         if parent_run_id is not None:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = cls(client, name=run_name)
+        run = cls(client, name=run_name, on_created=on_created)
         run._ops.append(("create", (experiment_id_, experiment, artifact_location, all_tags, run_name)))
         run._submit()
         run.wait()
@@ -167,7 +174,16 @@ class TrackedRun:
                         )
                     return
                 self._ops.pop(0)
+                if kind == "create" and self.on_created is not None:
+                    self._tell_created()
             self.offline_error = None
+
+    def _tell_created(self) -> None:
+        try:
+            self.on_created(self.run_id)  # type: ignore[misc]
+        except Exception as exc:  # the run exists; only the link back to it is missing
+            warnings.warn(f"MLflow run {self.run_id} of {self.name} was created but could not be recorded: {exc}",
+                          RuntimeWarning, stacklevel=2)
 
     def _submit(self) -> None:
         self._pending.append(self._writer.submit(self._drain))
@@ -232,17 +248,55 @@ class TrackedRun:
             self._writer.shutdown(wait=False)  # nothing more will be queued
         return self.sent
 
-    def spool(self, folder: Path) -> Path:
-        """Write the still-unsent operations to ``folder/<name>.json`` (nothing is lost)."""
+    def spool(self, folder: Path, study: str) -> Path:
+        """Write the still-unsent operations to a new file in ``folder`` (nothing is lost).
+
+        The file is named by the study, the run and a random suffix, so studies and
+        runs sharing a folder never overwrite each other; :meth:`from_spool` reads it back."""
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.name}.json"
-        records = []
-        for kind, payload in self._ops:
-            if kind in ("params", "metrics", "tags"):
-                payload = [e.to_dictionary() if hasattr(e, "to_dictionary") else vars(e) for e in payload]
-            records.append({"op": kind, "payload": payload})
-        path.write_text(json.dumps({"run_id": self.run_id, "operations": records}, default=str, indent=1))
+        path = folder / f"{study}.{self.name}.{uuid.uuid4().hex[:12]}.json"
+        self.write_spool(path, study)
         return path
+
+    def write_spool(self, path: Path, study: str) -> None:
+        """Write the still-unsent operations to ``path`` (replaced whole, never half-written)."""
+        records = [{"op": kind, "payload": _encode(kind, payload)} for kind, payload in self._ops]
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps({"study": study, "name": self.name, "run_id": self.run_id, "operations": records}, indent=1))
+        partial.replace(path)
+
+    @property
+    def spooled_tags(self) -> dict[str, str]:
+        """The tags its queued creation will give the run (empty once it exists)."""
+        return next((dict(payload[3]) for kind, payload in self._ops if kind == "create"), {})
+
+    @classmethod
+    def from_spool(cls, client: MlflowClient, data: Mapping[str, Any], on_created: Callable[[str], None] | None = None) -> TrackedRun:
+        """The run a spool file describes, its unsent operations queued again (send them with :meth:`retry`)."""
+        run = cls(client, data.get("run_id"), name=data.get("name", "run"), on_created=on_created)
+        run._ops = [(record["op"], _decode(record["op"], record["payload"])) for record in data["operations"]]
+        run._ended = any(kind == "end" for kind, _ in run._ops)
+        return run
+
+
+def _encode(kind: str, payload: Any) -> Any:
+    if kind == "metrics":
+        return [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in payload]
+    if kind in ("params", "tags"):
+        return [{"key": e.key, "value": e.value} for e in payload]
+    return payload  # create: a tuple of strings and a dict; end: a status string
+
+
+def _decode(kind: str, payload: Any) -> Any:
+    if kind == "metrics":
+        return [Metric(e["key"], e["value"], e["timestamp"], e["step"]) for e in payload]
+    if kind == "params":
+        return [Param(e["key"], e["value"]) for e in payload]
+    if kind == "tags":
+        return [RunTag(e["key"], e["value"]) for e in payload]
+    if kind == "create":
+        return tuple(payload)
+    return payload
 
 
 def find_study_run(client: MlflowClient, experiment: str, study_name: str) -> str | None:

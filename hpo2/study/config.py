@@ -218,6 +218,8 @@ class StudyConfig(Strict):
             raise ValueError("sampler.name = 'cmaes' optimises one objective; use tpe, gp, botorch, random or qmc")
         if self.n_trials is None and self.timeout is None:
             raise ValueError("set n_trials or timeout (or both)")
+        if not self.budget.finite and self.timeout is None:
+            raise ValueError(self.budget.endless_message("a trial") + ", or a study timeout")
         return self
 
     @property

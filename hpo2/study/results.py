@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 import yaml
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo2.optim.settings import SettingsError
@@ -26,6 +27,30 @@ def load_study(config: StudyConfig, study_file: Path) -> optuna.Study:
         ) from None
     except Exception as exc:  # any driver error: the URL is wrong, the server down, the file unreadable
         raise storage_error(url, exc) from None
+
+
+RUN_ID_ATTR = "hpo2.mlflow_run_id"
+
+
+def record_mlflow_run_id(study: optuna.Study, trial_number: int, run_id: str) -> None:
+    """Link trial ``trial_number`` to its MLflow run.
+
+    A running trial gets the user attribute ``hpo2.mlflow_run_id``; a finished one
+    cannot be changed any more (Optuna refuses), so a run created after its trial
+    ended -- the tracking server came back late, or ``hpo2 study sync`` sent it --
+    is recorded on the study as ``hpo2.mlflow_run_id.<trial number>``.
+    """
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
+    try:
+        storage.set_trial_user_attr(trial_id, RUN_ID_ATTR, run_id)
+    except UpdateFinishedTrialError:
+        study.set_user_attr(f"{RUN_ID_ATTR}.{trial_number}", run_id)
+
+
+def mlflow_run_id(study: optuna.Study, trial: FrozenTrial) -> str | None:
+    """The MLflow run of ``trial`` (see :func:`record_mlflow_run_id`), if it has one."""
+    return study.user_attrs.get(f"{RUN_ID_ATTR}.{trial.number}") or trial.user_attrs.get(RUN_ID_ATTR)
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:

@@ -11,16 +11,22 @@ them, m-sharpness, train metric and generalization gap; logged as
 ``curvature.*``, the last one kept in the trial's ``hpo2.flatness`` attribute,
 whose ``seconds`` is the time it took; not counted as training time).  A diverged
 run is pruned with its reason; an exception fails that trial only (``catch=(Exception,)``); the study, its storage
-and every finished trial survive.
+and every finished trial survive.  A study ``timeout`` also caps the running
+trial's training seconds (a trial it cuts short is pruned with that reason).
 
 Storage: any Optuna URL.  RDB storages (sqlite, PostgreSQL) get a heartbeat, so a
 trial whose worker was killed is marked failed and retried by the next run
-(``RetryHeartbeatStaleTrialCallback``).
+(``RetryHeartbeatStaleTrialCallback``, run before the budget counts, see
+:mod:`hpo2.study.budget`); its MLflow run is closed KILLED
+(:func:`~hpo2.study.recovery.close_orphan_runs`, also on every start).  Ctrl-C
+and SIGTERM stop at a safe point and the running trial is retried on resume
+(:mod:`hpo2.study.recovery`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import tempfile
 import threading
@@ -42,14 +48,25 @@ from hpo2.databases import check_sqlite_writable
 from hpo2.diagnostics import flatness_summary
 from hpo2.optim.registry import load_config_file
 from hpo2.optim.settings import SettingsError
-from hpo2.study.budget import TrialBudget, file_lock
+from hpo2.study.budget import Admission, TrialBudget, file_lock
 from hpo2.redact import redact_url, sanitized_study_text
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri, storage_error
+from hpo2.study.recovery import (
+    INTERRUPTED,
+    StopRequest,
+    StudyInterrupted,
+    TrialInterrupted,
+    beat_now,
+    close_orphan_runs,
+    pause_for_tests,
+    retry_trial,
+)
+from hpo2.study.results import record_mlflow_run_id
 from hpo2.study.samplers import build_pruner, build_sampler
 from hpo2.study.space import SearchSpace
 from hpo2.tasks import build_task
-from hpo2.tracking import TrackedRun, check_reachable, flatten_params, study_parent_run
-from hpo2.train import Evaluation, TrainResult, resolve_device, run_training
+from hpo2.tracking import TrackedRun, check_reachable, experiment_id, flatten_params, study_parent_run
+from hpo2.train import Budget, Evaluation, TrainResult, resolve_device, run_training
 
 DIRECTIONS = {"valid_loss": "minimize", "train_loss": "minimize", "wall_seconds": "minimize", "grad_equivalents": "minimize"}
 
@@ -124,6 +141,21 @@ def on_checkpoint(index: int, dense: int = 10, growth: float = 1.25) -> bool:
     return checkpoint == index
 
 
+class _HideInterruptedFailures(logging.Filter):
+    """Optuna logs a failed trial with its traceback: an interrupted trial is not an error worth one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.getMessage().startswith(f"Trial {n} failed") for n in self.numbers)
+
+
+_INTERRUPTED_LOGS = _HideInterruptedFailures()
+logging.getLogger("optuna.study._optimize").addFilter(_INTERRUPTED_LOGS)
+
+
 def objective_value(metric: str, result: TrainResult) -> float:
     final = result.final
     if metric == "wall_seconds":
@@ -167,6 +199,9 @@ class StudyRunner:
         check_sqlite_writable(self.storage_url, "storage")  # before anything is written
         check_reachable(self.tracking_uri)
         self.offline_runs: list[TrackedRun] = []  # runs the tracking server has not received yet
+        self.stop = StopRequest()
+        self.deadline: float | None = None  # time.monotonic() when the study's timeout ends
+        self.retried: list[int] = []  # trials interrupted in this run, retried on resume
         probe = build_task(config.task.name, config.task.settings)
         self.directions = objective_directions(config, probe.higher_is_better)
         # Workers starting together on one machine would race to create the sqlite
@@ -174,7 +209,7 @@ class StudyRunner:
         with file_lock(init_lock_path(study_file, config.name)):
             self.study = optuna.create_study(
                 study_name=config.name,
-                storage=open_storage(self.storage_url, config, self._close_lost_trial_run),
+                storage=open_storage(self.storage_url, config, self._close_lost_trial_runs),
                 sampler=build_sampler(config, self.space),
                 pruner=build_pruner(config),
                 directions=self.directions,
@@ -188,22 +223,24 @@ class StudyRunner:
                 {"hpo2.task": config.task.name, "hpo2.sampler": config.sampler.name}, artifacts,
             )  # fmt: skip
 
-    def _close_lost_trial_run(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """A worker died mid-trial: its MLflow run must not stay RUNNING forever."""
-        run_id = trial.user_attrs.get("hpo2.mlflow_run_id")
-        if run_id is None:
-            return
-        run = TrackedRun(self.parent.client, run_id, name=f"trial-{trial.number}")
-        run.set_tags({"hpo2.status": "failed", "hpo2.reason": "worker lost: no heartbeat; the trial is retried"})
-        if not run.end("KILLED"):
-            self.offline_runs.append(run)
+    def _close_lost_trial_runs(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> None:
+        """A worker died mid-trial: its MLflow run must not stay RUNNING forever
+        (found by the run's trial-number tag: the kill may have come before the
+        trial's ``hpo2.mlflow_run_id`` attribute)."""
+        try:
+            close_orphan_runs(self.parent.client, experiment_id(self.parent.client, self.experiment), study)
+        except Exception as exc:  # tracking lost: the next start closes them
+            warnings.warn(f"MLflow runs of lost trials could not be closed now ({type(exc).__name__}: {exc}); "
+                          "the next `hpo2 study run` closes them", RuntimeWarning, stacklevel=2)
 
     def start(self) -> None:
-        """Log the study's params and file to its parent run; enqueue the paper defaults."""
+        """Log the study's params and file to its parent run; close the MLflow runs
+        of trials lost earlier; enqueue the paper defaults."""
         self.parent.log_params({"task": self.config.task.name, "sampler": self.config.sampler.name,
                                 "pruner": self.config.pruner.name, "optimizers": ",".join(self.space.names),
                                 "objective": ",".join(o.metric for o in self.config.objective)})
         self.log_study_file()
+        self._close_lost_trial_runs(self.study)
         if self.config.enqueue_defaults:
             self.space.enqueue_defaults(self.study)
 
@@ -218,21 +255,60 @@ class StudyRunner:
     def run(self, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
         """Run trials until the study holds ``n_trials`` (failed ones not counted;
         the count continues on resume and is shared by every worker) or until
-        ``timeout`` seconds have passed; ``jobs`` threads run trials at once."""
+        ``timeout`` seconds have passed; ``jobs`` threads run trials at once.
+
+        Raises :class:`~hpo2.study.recovery.StudyInterrupted` after Ctrl-C or SIGTERM,
+        once the running trials are failed and queued for retry and the MLflow runs closed."""
+        _INTERRUPTED_LOGS.numbers.clear()  # trial numbers of this study only
         self.start()
         budget = TrialBudget(self.study, self.storage_url, n_trials if n_trials is not None else self.config.n_trials)
         limit = timeout if timeout is not None else self.config.timeout
-        deadline = None if limit is None else time.monotonic() + limit
+        self.deadline = None if limit is None else time.monotonic() + limit
+        with self.stop.installed():
+            try:
+                self._run_trials(budget)
+                if not self.stop.requested:
+                    self.finish()
+            except KeyboardInterrupt:  # a second signal, or one during the report
+                self.stop.event.set()
+            if self.stop.requested:
+                self._end_interrupted()
+        return self.study
+
+    def _time_left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - time.monotonic()
+
+    def _run_trials(self, budget: TrialBudget) -> None:
+        poll = min(5.0, float(self.config.heartbeat_interval))
+        # A dead worker's trial goes stale within the grace period (2 heartbeats, see
+        # open_storage); one that is still RUNNING after 3 is alive, or died before its
+        # first heartbeat (Optuna never fails those): stop waiting for it then.
+        patience = 3.0 * self.config.heartbeat_interval + poll
 
         def admitted(trial: optuna.Trial) -> float | list[float]:
             budget.release()  # the trial now exists in storage: other workers may count it
             return self.objective(trial)
 
         def work() -> None:
-            while (deadline is None or time.monotonic() < deadline) and budget.admit():
+            waiting_since: float | None = None
+            while not self.stop.requested and self._time_left() > 0:
+                decision = budget.admit()
+                if decision is Admission.FULL:
+                    return
+                if decision is Admission.WAIT:  # a trial still RUNNING elsewhere may be a dead worker's
+                    waiting_since = waiting_since or time.monotonic()
+                    if time.monotonic() - waiting_since > patience:
+                        return
+                    self.stop.event.wait(min(poll, self._time_left()))
+                    continue
+                waiting_since = None
                 try:
                     self.study.optimize(admitted, n_trials=1, catch=(Exception,), gc_after_trial=True,
                                         callbacks=[lambda study, trial: self.progress.changed()])
+                except TrialInterrupted as stopped:
+                    retry_trial(self.study, stopped.trial_number)
+                    self.retried.append(stopped.trial_number)
+                    return
                 finally:
                     budget.release()
 
@@ -244,8 +320,15 @@ class StudyRunner:
                 thread.start()
             for thread in threads:
                 thread.join()
-        self.finish()
-        return self.study
+
+    def _end_interrupted(self) -> None:
+        """Close the parent run KILLED, keep what the tracking server missed, raise StudyInterrupted."""
+        self.parent.set_tags({"hpo2.status": INTERRUPTED, "hpo2.reason": INTERRUPTED})
+        if not self.parent.end("KILLED"):
+            self.offline_runs.append(self.parent)
+        self.retry_offline()
+        self._spool_offline()
+        raise StudyInterrupted(sorted(self.retried))
 
     def finish(self) -> None:
         """Tag the parent run with the best result and close it."""
@@ -258,16 +341,24 @@ class StudyRunner:
         if self.config.report and not self.offline_runs:
             from hpo2.report import render_study_report
 
+            self.stop.immediate = True  # the report has no safe points: a signal stops it at once
+            pause_for_tests("report", None, self.stop.event)
             render_study_report(self.study, self.config, self.tracking_uri, self.parent.run_id)
+            self.stop.immediate = False
         if not self.parent.end("FINISHED"):
             self.offline_runs.append(self.parent)
         self.retry_offline()
+        self._spool_offline()
+
+    def _spool_offline(self) -> None:
+        """Save what the tracking server never received under ``mlflow-unsent/`` (``hpo2 study sync`` sends it)."""
         if self.offline_runs:
             folder = self.study_file.parent / "mlflow-unsent"
-            paths = [run.spool(folder) for run in self.offline_runs]
+            paths = [run.spool(folder, self.config.name) for run in self.offline_runs]
+            self.offline_runs = []
             warnings.warn(
                 f"MLflow tracking at {redact_url(self.tracking_uri)} stayed unreachable: {len(paths)} run(s) were not sent; "
-                f"their params, metrics and tags are saved in {folder}",
+                f"their params, metrics and tags are saved in {folder}; send them with `hpo2 study sync {self.study_file}`",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -278,19 +369,32 @@ class StudyRunner:
 
     # -- one trial
     def objective(self, trial: optuna.Trial) -> float | list[float]:
+        beat_now(self.study, trial._trial_id)
         optimizer_name, settings = self.space.suggest(trial)
         self.progress.current_trial, self.progress.current_optimizer, self.progress.current_epoch = trial.number, optimizer_name, 0.0
         self.progress.changed()
-        tracker = _TrialTracker(self, trial, optimizer_name, settings)
+        tracker: _TrialTracker | None = None
         try:
+            pause_for_tests("before_run", trial.number, self.stop.event)
+            self.stop.check(trial.number)
+            tracker = _TrialTracker(self, trial, optimizer_name, settings)
+            self.stop.check(trial.number)
             return self._train(trial, optimizer_name, settings, tracker)
         except optuna.TrialPruned:
-            tracker.end("KILLED", status_tag="pruned")
+            tracker.end("KILLED", status_tag="pruned")  # type: ignore[union-attr]
             raise
+        except KeyboardInterrupt:  # a stop request (or a second Ctrl-C) reached this trial
+            _INTERRUPTED_LOGS.numbers.add(trial.number)
+            trial.set_user_attr("hpo2.status", INTERRUPTED)
+            trial.set_user_attr("hpo2.reason", f"{INTERRUPTED}: retried on resume")
+            if tracker is not None:
+                tracker.end("KILLED", reason=INTERRUPTED, status_tag=INTERRUPTED)
+            raise TrialInterrupted(trial.number) from None
         except Exception as exc:
             trial.set_user_attr("hpo2.status", "failed")
             trial.set_user_attr("hpo2.reason", f"{type(exc).__name__}: {exc}"[:2000])
-            tracker.end("FAILED", reason=f"{type(exc).__name__}: {exc}", status_tag="failed")
+            if tracker is not None:
+                tracker.end("FAILED", reason=f"{type(exc).__name__}: {exc}", status_tag="failed")
             # Whoever keeps the exception (Optuna's log, a log handler) must not keep the
             # failed trial's model and tensors alive: drop the finished frames' locals.
             traceback.clear_frames(exc.__traceback__)
@@ -317,7 +421,13 @@ class StudyRunner:
                             seconds=flatness["seconds"] + time.perf_counter() - started)  # fmt: skip
             trial.set_user_attr("hpo2.flatness", flatness)
 
+        def on_step(step: int, diagnostics: dict[str, Any]) -> None:
+            tracker.step(step, diagnostics)
+            pause_for_tests("step", trial.number, self.stop.event)
+            self.stop.check(trial.number)
+
         def report(evaluation: Evaluation) -> bool:
+            self.stop.check(trial.number)
             index = len(evaluations)
             evaluations.append(evaluation)
             self.progress.current_epoch = evaluation.epoch
@@ -334,10 +444,14 @@ class StudyRunner:
                     return trial.should_prune()
             return False
 
+        budget, capped = self._trial_budget()
         result = run_training(
-            task, {"name": optimizer_name, "settings": settings}, self.config.budget,
-            seed=self.config.seed, device=self.device, report=report, on_step=tracker.step,
+            task, {"name": optimizer_name, "settings": settings}, budget,
+            seed=self.config.seed, device=self.device, report=report, on_step=on_step,
         )  # fmt: skip
+        if capped and result.status == "completed" and result.wall_seconds >= budget.seconds:  # type: ignore[operator]
+            result.status = "stopped"
+            result.reason = f"the study's timeout ended the trial after {result.wall_seconds:.1f} s of training"
         final = result.final
         if self.config.curvature_diagnostics and final is not None and math.isfinite(final.train_loss) and flatness.get("step") != final.step:
             measure_flatness(final)
@@ -360,6 +474,17 @@ class StudyRunner:
         return values[0] if single else values
 
 
+    def _trial_budget(self) -> tuple[Budget, bool]:
+        """The study's budget, its seconds capped by the time the study's timeout leaves
+        (True if the cap applies): an endless budget still ends with the study."""
+        budget, left = self.config.budget, self._time_left()
+        if budget.seconds is not None and budget.seconds <= left:
+            return budget, False
+        if math.isinf(left):
+            return budget, False
+        return budget.model_copy(update={"seconds": max(left, 1e-3)}), True
+
+
 class _TrialTracker:
     """The nested MLflow run of one trial; times itself to keep tracking cheap."""
 
@@ -368,15 +493,19 @@ class _TrialTracker:
         self.started = time.perf_counter()
         self.seconds = 0.0
         self.ended = False
+        number = trial.number
+
+        def created(run_id: str) -> None:  # now, or when a lost server comes back (then maybe after the trial)
+            pause_for_tests("after_run", number, runner.stop.event)
+            record_mlflow_run_id(runner.study, number, run_id)
+
         with self._timed():
             self.run = TrackedRun.create(
-                runner.tracking_uri, runner.experiment, f"trial-{trial.number}-{optimizer}",
-                {"hpo2.study": runner.config.name, "hpo2.trial_number": str(trial.number), "hpo2.optimizer": optimizer},
-                parent_run_id=runner.parent.run_id,
+                runner.tracking_uri, runner.experiment, f"trial-{number}-{optimizer}",
+                {"hpo2.study": runner.config.name, "hpo2.trial_number": str(number), "hpo2.optimizer": optimizer},
+                parent_run_id=runner.parent.run_id, on_created=created,
             )  # fmt: skip
             self.run.log_params({"optimizer": optimizer, **flatten_params("", settings)})
-        if self.run.run_id is not None:
-            trial.set_user_attr("hpo2.mlflow_run_id", self.run.run_id)
 
     @contextmanager
     def _timed(self) -> Iterator[None]:

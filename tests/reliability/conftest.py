@@ -92,3 +92,17 @@ def mlflow_server(postgres: dict[str, str]) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=30)
         shutil.rmtree(artifacts, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_db_template() -> Iterator[Path]:
+    """An empty MLflow sqlite store, its tables created once: each test copies it
+    (creating the tables takes seconds, which add up over many subprocess tests)."""
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="hpo2-mlflow-db-"))
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    try:
+        yield folder / "mlflow.db"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

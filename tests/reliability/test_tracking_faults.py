@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from hpo2.cli import app
 from hpo2.study.config import load_study_config
+from hpo2.study.results import mlflow_run_id
 from hpo2.study.runner import StudyRunner
 from tests.reliability.conftest import free_port, wait_http
 
@@ -95,10 +97,81 @@ def test_lost_tracking_server_mid_study_buffers_retries_and_tells_the_user(tmp_p
             during = by_trial[1]  # ran while the server was down: sent on retry
             assert len(client.get_metric_history(during.info.run_id, "valid_metric")) == 2
             assert not (tmp_path / "mlflow-unsent").exists()
+            # runs created late are linked to their trials all the same (the report reads the link)
+            assert all(mlflow_run_id(study, t) == by_trial[t.number].info.run_id for t in study.trials)
         else:
             spooled = sorted((tmp_path / "mlflow-unsent").glob("*.json"))
             assert len(spooled) >= 3  # trials 1-3 and the study's parent run, nothing lost
             assert "unsent" not in messages or "saved in" in messages
             assert "saved in" in messages
+    finally:
+        server.stop()
+
+
+def test_server_back_mid_trial_links_the_late_run_to_its_trial_while_it_runs(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        path = _study(tmp_path, server.url, n_trials=1)
+        path.write_text(path.read_text().replace("epochs: 2", "epochs: 4"))
+        config, file = load_study_config(path)
+        runner = StudyRunner(config, file)
+        seen: dict[str, object] = {}
+
+        def back(progress) -> None:
+            if progress.current_trial == 0 and "stopped" not in seen:
+                seen["stopped"] = True
+                server.stop()  # the trial starts with no server: its run cannot be created yet
+            if progress.current_epoch >= 1 and "restarted" not in seen:
+                seen["restarted"] = True
+                server.start()
+
+        runner.progress.listeners.append(back)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study = runner.run()
+        # linked on the trial itself, which Optuna allows only while it runs (not on the study, the late path)
+        run_id = study.trials[0].user_attrs.get("hpo2.mlflow_run_id")
+        assert run_id is not None and "hpo2.mlflow_run_id.0" not in study.user_attrs
+        run = MlflowClient(server.url).get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["hpo2.trial_number"] == "0"
+    finally:
+        server.stop()
+
+
+def test_two_studies_spool_into_one_folder_and_sync_makes_mlflow_agree_with_optuna(tmp_path):
+    server = MlflowServer(tmp_path)
+    studies = {}
+    for name in ("a", "b"):  # same optimizers, so the same run names: their spool files must not collide
+        server.start()
+        path = _study(tmp_path, server.url, n_trials=2)
+        path = path.rename(tmp_path / f"{name}.yaml")
+        path.write_text(path.read_text().replace("name: s", f"name: {name}"))
+        config, file = load_study_config(path)
+        runner = StudyRunner(config, file)
+        runner.progress.listeners.append(lambda p: server.stop() if p.current_trial == 1 else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            studies[name] = (path, runner.run())
+    spooled = sorted((tmp_path / "mlflow-unsent").glob("*.json"))
+    assert len(spooled) == 4  # per study: trial 1's run (never created) and the parent run's end
+
+    server.start()
+    try:
+        for name, (path, _) in studies.items():
+            result = CliRunner().invoke(app, ["study", "sync", str(path)])
+            assert result.exit_code == 0 and "sent 2 run(s)" in result.output, result.output
+        assert not list((tmp_path / "mlflow-unsent").glob("*"))
+        client = MlflowClient(server.url)
+        for name, (path, study) in studies.items():
+            study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / f'{name}.optuna.db'}")
+            runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+            assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 3  # parent + 2 trials
+            for trial in study.trials:
+                run = client.get_run(mlflow_run_id(study, trial))
+                assert run.data.tags["hpo2.study"] == name and run.data.tags["hpo2.trial_number"] == str(trial.number)
+                assert len(client.get_metric_history(run.info.run_id, "valid_metric")) == 2
+        again = CliRunner().invoke(app, ["study", "sync", str(studies["a"][0])])
+        assert again.exit_code == 0 and "sent 0 run(s)" in again.output  # nothing sent twice
     finally:
         server.stop()

@@ -1,0 +1,52 @@
+"""``hpo2 study sync``: send the runs a lost tracking server missed, so MLflow agrees with Optuna.
+
+A study whose tracking server stayed unreachable saves each unsent run under
+``mlflow-unsent/`` beside the study file (:meth:`hpo2.tracking.TrackedRun.spool`:
+one file per run, named by study, run and a random suffix).  Sync replays each
+file of the study in order -- the run's creation if it never happened, its
+params, metrics, tags and end -- and deletes the file only once everything in it
+was sent; a file sent in part is rewritten with what is left, so a second sync
+never creates a run twice.  A run created now is linked to its Optuna trial
+(:func:`hpo2.study.results.record_mlflow_run_id`), and trial runs still RUNNING
+whose trial has ended are closed (:func:`hpo2.study.recovery.close_orphan_runs`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from hpo2.optim.settings import SettingsError
+from hpo2.study.recovery import close_orphan_runs
+from hpo2.study.results import record_mlflow_run_id
+from hpo2.tracking import TrackedRun, check_reachable, experiment_id
+
+
+def sync_unsent(study: optuna.Study, folder: Path, tracking_uri: str, experiment: str) -> tuple[int, int]:
+    """Send ``study``'s spooled runs from ``folder``; returns (runs sent, runs still unsent)."""
+    check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    sent = left = 0
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SettingsError(f"{path}: not a spooled MLflow run ({exc}); move it out of {folder}") from None
+        if not isinstance(data, dict) or data.get("study") != study.study_name:
+            continue
+        run = TrackedRun.from_spool(client, data)
+        number = run.spooled_tags.get("hpo2.trial_number")
+        if number is not None:
+            run.on_created = lambda run_id, n=int(number): record_mlflow_run_id(study, n, run_id)
+        if run.retry():
+            path.unlink()
+            sent += 1
+        else:
+            run.write_spool(path, study.study_name)
+            left += 1
+    if not left:
+        close_orphan_runs(client, experiment_id(client, experiment), study)
+    return sent, left
