@@ -153,14 +153,16 @@ def _load_study_file(name_or_file: str, overrides: dict | None = None):  # type:
 def _nothing_to_do(config, path: Path, target: int | None) -> bool:  # type: ignore[no-untyped-def]
     """A rerun of a study whose trial budget is spent says so and shows its status (no re-render)."""
     from hpo2.progress import print_status
-    from hpo2.study.catalog import budget_spent, open_existing
+    from hpo2.study.catalog import budget_spent, open_existing, study_closed
     from hpo2.study.config import default_storage
 
     try:
         study = open_existing(config, path)
+        if study is None or not study_closed(config, path):  # never run, or its end (report) was cut short
+            return False
     except Exception:  # noqa: BLE001 -- any driver's error: the run that follows reports it as a one-line error
         return False
-    done = None if study is None else budget_spent(study, default_storage(config, path), target)
+    done = budget_spent(study, default_storage(config, path), target)
     if done is None:
         return False
     console.print(f"nothing to do: {done} of {target} trials done (raise --n-trials to run more)", highlight=False)

@@ -68,16 +68,6 @@ class Budget(BaseModel):
             raise ValueError("set at least one of epochs, steps, seconds, grad_equivalents")
         return self
 
-    @property
-    def finite(self) -> bool:
-        """Whether some limit is finite, so that training ends without a timeout."""
-        return any(v is not None and math.isfinite(v) for v in (self.epochs, self.steps, self.seconds, self.grad_equivalents))
-
-    def endless_message(self, where: str) -> str:
-        limits = ", ".join(f"{k}: {v}" for k, v in self.model_dump(exclude_none=True).items())
-        return (f"budget = {{{limits}}}: no limit is finite, so {where} would never end; "
-                "give a finite epochs, steps, seconds or grad_equivalents")
-
 
 class ConfigSection(BaseModel):
     """``{name, settings}`` of a task or an optimizer."""
@@ -103,12 +93,6 @@ class TrainConfig(BaseModel):
     tracking_uri: str | None = None
     experiment: str = "hpo2-train"
     study: dict[str, Any] | None = Field(default=None, description="provenance written by `hpo2 study best --export`")
-
-    @model_validator(mode="after")
-    def _ends(self) -> TrainConfig:
-        if not self.budget.finite:
-            raise ValueError(self.budget.endless_message("training"))
-        return self
 
 
 @dataclass

@@ -22,6 +22,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from hpo2.redact import redact_url
 from hpo2.study.budget import TrialBudget
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.locate import study_files
@@ -46,19 +47,6 @@ def _storage(url: str) -> optuna.storages.BaseStorage | str:
     return url
 
 
-def shown_url(url: str) -> str:
-    """``url`` with any password masked (``postgresql://hpo2:***@host/db``)."""
-    if "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
 def open_existing(config: StudyConfig, study_file: Path) -> optuna.Study | None:
     """The study of ``config`` if its storage holds it, else None (nothing is created)."""
     url = default_storage(config, study_file)
@@ -69,6 +57,23 @@ def open_existing(config: StudyConfig, study_file: Path) -> optuna.Study | None:
         return optuna.load_study(study_name=config.name, storage=_storage(url))
     except KeyError:
         return None
+
+
+def study_closed(config: StudyConfig, study_file: Path) -> bool:
+    """Whether the study's MLflow parent run ended FINISHED (a run killed during its
+    final report is not: a rerun must finish it).  Nothing is created."""
+    uri = default_tracking_uri(config, study_file)
+    local = _file_of(uri)
+    if local is not None and not local.is_file():
+        return False
+    from hpo2.tracking import find_study_run
+
+    client = MlflowClient(uri)
+    experiment = config.experiment or config.name
+    if client.get_experiment_by_name(experiment) is None:
+        return False
+    run_id = find_study_run(client, experiment, config.name)
+    return run_id is not None and client.get_run(run_id).info.status == "FINISHED"
 
 
 def budget_spent(study: optuna.Study, storage_url: str, limit: int | None) -> int | None:
@@ -121,7 +126,7 @@ def list_studies(folder: Path) -> list[StudyRow]:
                 best = f"{round_values(front[0].values)} ({front[0].params.get('optimizer')})"
             elif front:
                 best = f"Pareto front of {len(front)}"
-        rows.append(StudyRow(config.name, config.task.name, shown_url(default_storage(config, path)),
+        rows.append(StudyRow(config.name, config.task.name, redact_url(default_storage(config, path)),
                              finished, config.n_trials, best, readable))  # fmt: skip
     return rows
 
@@ -163,9 +168,9 @@ class Deletion:
     def describe(self) -> str:
         parts = []
         if self.n_trials is not None:
-            parts.append(f"the Optuna study {self.config.name!r} ({self.n_trials} trials) in {shown_url(self.storage_url)}")
+            parts.append(f"the Optuna study {self.config.name!r} ({self.n_trials} trials) in {redact_url(self.storage_url)}")
         if self.run_ids:
-            parts.append(f"{len(self.run_ids)} MLflow runs in {shown_url(self.tracking_uri)}")
+            parts.append(f"{len(self.run_ids)} MLflow runs in {redact_url(self.tracking_uri)}")
         if self.experiment_id is not None:
             parts.append(f"the MLflow experiment {self.config.experiment or self.config.name!r}")
         return ", ".join(parts)

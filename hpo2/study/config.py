@@ -58,8 +58,6 @@ def override_dimension(
         raise ValueError(f"{shown}: both ends must be finite numbers (no .inf or .nan)")
     if not value[0] < value[1]:
         raise ValueError(f"{shown}: give [low, high] with low < high")
-    if dim.log and value[0] <= 0:
-        raise ValueError(f"{shown}: {key} is searched on a log scale, so low must be > 0")
     field = settings.model_fields[key]
     constraints = TypeAdapter(Annotated[(field.annotation, *field.metadata)])  # type: ignore[valid-type]
     for end, v in zip(("low", "high"), value):
@@ -67,6 +65,8 @@ def override_dimension(
             constraints.validate_python(v)
         except ValidationError as exc:
             raise ValueError(f"{shown}: {end} = {v!r} is not a valid {key} ({exc.errors()[0]['msg']})") from None
+    if dim.log and value[0] <= 0:
+        raise ValueError(f"{shown}: {key} is searched on a log scale, so low must be > 0")
     if isinstance(dim, IntRange):
         return IntRange(int(value[0]), int(value[1]), dim.log, dim.when)
     return FloatRange(float(value[0]), float(value[1]), dim.log, dim.when)
@@ -218,8 +218,6 @@ class StudyConfig(Strict):
             raise ValueError("sampler.name = 'cmaes' optimises one objective; use tpe, gp, botorch, random or qmc")
         if self.n_trials is None and self.timeout is None:
             raise ValueError("set n_trials or timeout (or both)")
-        if not self.budget.finite and self.timeout is None:
-            raise ValueError(self.budget.endless_message("a trial") + ", or a study timeout")
         return self
 
     @property

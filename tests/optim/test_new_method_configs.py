@@ -36,7 +36,7 @@ def test_bad_settings_name_the_field_and_the_rule():
         from_config({"name": "kfac", "settings": {"inverse_update_every": 0}}, params)
     with pytest.raises(SettingsError, match=r"optimizer.settings.fisher = 'exact'"):
         from_config({"name": "kfac", "settings": {"fisher": "exact"}}, params)
-    with pytest.raises(SettingsError, match=r"unknown setting\(s\) precondition_freq; allowed: lr"):
+    with pytest.raises(SettingsError, match=r"unknown setting\(s\) precondition_freq \(did you mean 'precondition_frequency'\?\); allowed: lr"):
         from_config({"name": "soap", "settings": {"precondition_freq": 5}}, params)
 
 def test_kfac_sampled_fisher_refuses_a_loss_without_a_likelihood():
