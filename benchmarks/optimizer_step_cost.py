@@ -29,7 +29,7 @@ from common import _timed, paired_ratio, publish, synchronize  # noqa: E402
 
 from hpo2.optim import LBFGS, SAM, BatchClosure, CurvatureOptimizer, from_config  # noqa: E402
 from hpo2.optim.registry import REGISTRY  # noqa: E402
-from hpo2.train import resolve_batch_size  # noqa: E402
+from hpo2.train import first_order_step as train_step, resolve_batch_size  # noqa: E402
 
 
 def problem(device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -91,10 +91,7 @@ def _step_fn(name: str, optimizer: torch.optim.Optimizer, model: nn.Module, loss
         return curvature_step
 
     def first_order_step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-        return 1.0  # what hpo2.train counts for a first-order step
+        return float(train_step(optimizer, model, loss_fn, x, y)["grad_equivalents"])  # as hpo2.train counts it
 
     return first_order_step
 

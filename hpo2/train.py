@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import Tensor
+from torch import Tensor, nn
 
 from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
 from hpo2.optim.sam import SAM
@@ -178,14 +178,25 @@ Report = Callable[[Evaluation], bool | None]
 StepHook = Callable[[int, dict[str, Any]], None]
 
 
-def _first_order_step(optimizer: torch.optim.Optimizer, task: Task, xb: Tensor, yb: Tensor) -> dict[str, Any]:
+def first_order_step(optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, xb: Tensor, yb: Tensor) -> dict[str, Any]:
+    """One torch-style step (``backward()`` then ``optimizer.step()``) and what it
+    costs: one gradient, plus, for an optimizer whose ``step`` does work comparable
+    to a gradient (``charges_step_time = True``, e.g. Muon's Newton-Schulz
+    iterations), the step's measured seconds in units of this step's own gradient
+    seconds, so a budget in gradient-equivalents does not flatter it."""
     optimizer.zero_grad(set_to_none=True)
-    loss = task.loss_fn(task.model(xb), yb)
+    started = time.perf_counter()
+    loss = loss_fn(model(xb), yb)
     loss.backward()
-    value = float(loss.detach())
+    value = float(loss.detach())  # waits for the backward on a GPU
+    grad_seconds = time.perf_counter() - started
+    cost = 1.0
     if math.isfinite(value):
+        started = time.perf_counter()
         optimizer.step()
-    return {"loss": value, "status": "ok" if math.isfinite(value) else "nonfinite_loss", "grad_equivalents": 1.0}
+        if getattr(optimizer, "charges_step_time", False):
+            cost += (time.perf_counter() - started) / max(grad_seconds, 1e-9)
+    return {"loss": value, "status": "ok" if math.isfinite(value) else "nonfinite_loss", "grad_equivalents": cost}
 
 
 def run_training(
@@ -269,7 +280,7 @@ def run_training(
                 optimizer.step(BatchClosure(model, task.loss_fn, xb, yb))
                 diag = dict(optimizer.diagnostics)
             else:
-                diag = _first_order_step(optimizer, task, xb, yb)
+                diag = first_order_step(optimizer, task.model, task.loss_fn, xb, yb)
             step += 1
             grad_eq += float(diag.get("grad_equivalents", 1.0)) * unit
             last_train_loss = float(diag.get("loss", math.nan))

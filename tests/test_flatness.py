@@ -125,3 +125,13 @@ def test_a_study_logs_flatness_per_trial_searches_sam_and_plots_sharpness(tmp_pa
     assert figure is not None
     assert sorted(tr.name for tr in figure.data) == sorted({t.params["optimizer"] for t in trials})
     assert sum(len(tr.x) for tr in figure.data) == 3
+
+
+def test_checkpoint_flatness_stays_within_its_share_of_trial_time() -> None:
+    from hpo2.study.runner import curvature_due
+
+    assert curvature_due(0.0, 0.0, 0.1)  # the first checkpoint always measures
+    assert not curvature_due(1.0, 5.0, 0.1)  # 1 s of 6 s is 17% > 10%
+    assert curvature_due(1.0, 9.0, 0.1)  # 1 s of 10 s is 10%
+    assert not curvature_due(1.0, 8.9, 0.1)
+    assert curvature_due(1.0, 1.0, 0.5)

@@ -53,7 +53,13 @@ class MuonWithAdamW(torch.optim.Optimizer):
     Its ``param_groups`` are the Muon groups followed by the AdamW groups and both
     inner optimizers share its ``state``, so ``state_dict`` / ``load_state_dict``
     and ``zero_grad`` work as for any torch optimizer.
+
+    ``charges_step_time``: its Newton-Schulz iterations cost about 0.7 of a gradient
+    on the benchmark MLP (BENCHMARKS.md), so :func:`hpo2.train.first_order_step`
+    counts the step's measured time on top of the gradient.
     """
+
+    charges_step_time = True
 
     def __init__(self, params: Iterable[Tensor], settings: MuonSettings | None = None) -> None:
         s = settings or MuonSettings()

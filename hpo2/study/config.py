@@ -175,6 +175,8 @@ class StudyConfig(Strict):
     heartbeat_interval: int = Field(default=30, ge=1, le=3600)
     max_retry: int = Field(default=2, ge=0, le=100)
     curvature_diagnostics: bool = True
+    #: the most of a trial's time the checkpoint flatness measurements may take (the end-of-trial one is always taken)
+    curvature_share: float = Field(default=0.1, gt=0, le=1)
     report: bool = True
 
     @field_validator("name")

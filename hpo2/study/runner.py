@@ -156,6 +156,15 @@ _INTERRUPTED_LOGS = _HideInterruptedFailures()
 logging.getLogger("optuna.study._optimize").addFilter(_INTERRUPTED_LOGS)
 
 
+def curvature_due(spent_seconds: float, training_seconds: float, share: float) -> bool:
+    """Whether a checkpoint may measure flatness: only while the measurements so far
+    took at most ``share`` of the trial's time (training plus measuring), so a
+    study's trials spend at most about that share on it (one measurement of
+    overshoot; the end-of-trial measurement is always taken).  Without the cap a
+    3-10 s trial spent a quarter to a half of its time there (BENCHMARKS.md)."""
+    return spent_seconds <= share * (training_seconds + spent_seconds)
+
+
 def objective_value(metric: str, result: TrainResult) -> float:
     final = result.final
     if metric == "wall_seconds":
@@ -435,7 +444,8 @@ class StudyRunner:
             tracker.epoch(evaluation)
             if not on_checkpoint(index):
                 return False
-            if self.config.curvature_diagnostics and math.isfinite(evaluation.train_loss):
+            if (self.config.curvature_diagnostics and math.isfinite(evaluation.train_loss)
+                    and curvature_due(flatness["seconds"], evaluation.wall_seconds, self.config.curvature_share)):
                 measure_flatness(evaluation)
             if single and first_metric in ("valid_metric", "valid_loss", "train_loss"):
                 value = getattr(evaluation, first_metric)
