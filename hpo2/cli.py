@@ -341,6 +341,7 @@ def study_report(
 @study_app.command("list")
 def study_list() -> None:
     """The studies in the project's studies folder: task, trials finished, best value, storage."""
+    from hpo2.databases import local_file
     from hpo2.study.catalog import list_studies
     from hpo2.study.locate import STUDIES_ENV, shown_path, studies_folder
 
@@ -354,8 +355,8 @@ def study_list() -> None:
     for row in rows:
         trials = "?" if not row.readable else "not run" if row.finished is None else (
             f"{row.finished}" + ("" if row.n_trials is None else f"/{row.n_trials}"))
-        local = row.storage.startswith("sqlite:///")  # a file of the listed folder: its name is enough
-        storage = shown_path(Path(row.storage[len("sqlite:///"):]), folder) if local else row.storage
+        local = local_file(row.storage)  # a file of the listed folder: its name is enough
+        storage = row.storage if local is None else shown_path(local, folder)
         table.add_row(row.name, row.task, trials, row.best, storage)
     console.print(table)
 

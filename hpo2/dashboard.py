@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from hpo2.databases import local_file
 from hpo2.optim.settings import SettingsError
 from hpo2.study.locate import STUDIES_ENV, search_folders, studies_folder
 
@@ -58,7 +59,8 @@ def tracking_store(tracking_uri: str | None = None, study: str | None = None, cw
 
 def _existing(uri: str, what: str) -> str:
     """``uri`` unless it names a sqlite file that does not exist."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    store = local_file(uri)
+    if store is not None and not store.is_file():
         raise SettingsError(f"{what} ({uri}) does not exist yet: run the study first, or give --tracking-uri URI")
     return uri
 

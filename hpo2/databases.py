@@ -6,12 +6,34 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import optuna
+
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpo2.optim.settings import SettingsError
 from hpo2.redact import redact_text, redact_url
+
+LOCAL_PREFIXES = ("sqlite:///", "journal:")
+
+
+def local_file(url: str) -> Path | None:
+    """The file behind a ``sqlite:///PATH`` or ``journal:PATH`` store, else None."""
+    for prefix in LOCAL_PREFIXES:
+        if url.startswith(prefix):
+            return Path(url[len(prefix):])
+    return None
+
+
+def open_journal(url: str) -> optuna.storages.BaseStorage | None:
+    """A ``journal:PATH`` URL as Optuna's journal-file storage (several processes on
+    one machine, no heartbeat); None for any other URL."""
+    if not url.startswith("journal:"):
+        return None
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
 
 
 def check_sqlite_writable(url: str, field: str) -> None:

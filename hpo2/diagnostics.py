@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from hpo2.curvature import HessianOperator, hutchinson_trace, top_eigenvalues
 from hpo2.optim.sam import ascent_step
+from hpo2.tasks import loss_and_metric
 
 SHARPNESS_RHO = 0.05  # Foret et al.'s default radius: the same for every trial, so trials compare
 SHARPNESS_M = 128
@@ -89,19 +90,6 @@ def m_sharpness(
     return total / max(chunks, 1)
 
 
-@torch.no_grad()
-def _loss_and_metric(model: nn.Module, loss_fn: nn.Module, metric_fn: Callable[[Tensor, Tensor], float] | None,
-                     x: Tensor, y: Tensor) -> tuple[float, float]:  # fmt: skip
-    was_training = model.training
-    model.eval()
-    try:
-        out = model(x)
-        loss = float(loss_fn(out, y))
-        return loss, loss if metric_fn is None else float(metric_fn(out, y))
-    finally:
-        model.train(was_training)
-
-
 def flatness_summary(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -127,7 +115,7 @@ def flatness_summary(
     summary = curvature_summary(model, loss_fn, train_x[:curvature_samples], train_y[:curvature_samples],
                                 lanczos_iter=lanczos_iter, trace_probes=trace_probes, seed=seed)  # fmt: skip
     summary["m_sharpness"] = m_sharpness(model, loss_fn, train_x, train_y)
-    summary["train_loss"], summary["train_metric"] = _loss_and_metric(model, loss_fn, metric_fn, train_x, train_y)
+    summary["train_loss"], summary["train_metric"] = loss_and_metric(model, loss_fn, metric_fn, train_x, train_y)
     gap = summary["train_metric"] - valid_metric
     summary["generalization_gap"] = gap if higher_is_better else -gap
     return summary

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
 from hpo2.optim.sam import SAM
-from hpo2.tasks import Task, build_task
+from hpo2.tasks import Task, build_task, loss_and_metric
 
 
 MAX_SECONDS = 30 * 24 * 3600  # 30 days: a longer budget is a typo, not a plan
@@ -146,21 +146,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-@torch.no_grad()
 def evaluate(task: Task, x: Tensor, y: Tensor, batch_size: int = 2048) -> tuple[float, float]:
     """Mean loss and metric of the task's model over a split (eval mode, batched)."""
-    was_training = task.model.training
-    task.model.eval()
-    loss_sum, metric_sum, n = 0.0, 0.0, len(x)
-    for start in range(0, n, batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        out = task.model(xb)
-        weight = len(xb) / n
-        loss_sum += float(task.loss_fn(out, yb)) * weight
-        if task.metric_fn is not None:
-            metric_sum += task.metric_fn(out, yb) * weight
-    task.model.train(was_training)
-    return loss_sum, loss_sum if task.metric_fn is None else metric_sum
+    return loss_and_metric(task.model, task.loss_fn, task.metric_fn, x, y, batch_size)
 
 
 def resolve_batch_size(optimizer: torch.optim.Optimizer, task_batch: int, n_train: int) -> int:

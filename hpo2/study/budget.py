@@ -39,6 +39,8 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 from sqlalchemy import text
 
+from hpo2.databases import local_file
+
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
@@ -52,11 +54,8 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def _lock_file_for(url: str) -> Path | None:
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):] + ".hpo2-budget.lock")
-    if url.startswith("journal:"):
-        return Path(url[len("journal:"):] + ".hpo2-budget.lock")
-    return None
+    store = local_file(url)
+    return None if store is None else Path(f"{store}.hpo2-budget.lock")
 
 
 class Admission(enum.Enum):

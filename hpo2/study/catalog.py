@@ -22,6 +22,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from hpo2.databases import local_file, open_journal
 from hpo2.redact import redact_url
 from hpo2.study.budget import TrialBudget
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
@@ -30,31 +31,14 @@ from hpo2.study.locate import study_files
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def _file_of(url: str) -> Path | None:
-    """The local file behind a sqlite or journal URL, else None."""
-    for prefix in ("sqlite:///", "journal:"):
-        if url.startswith(prefix):
-            return Path(url[len(prefix):])
-    return None
-
-
-def _storage(url: str) -> optuna.storages.BaseStorage | str:
-    """A storage to read or delete with: no heartbeat (nothing runs), journal files opened."""
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
-    return url
-
-
 def open_existing(config: StudyConfig, study_file: Path) -> optuna.Study | None:
     """The study of ``config`` if its storage holds it, else None (nothing is created)."""
     url = default_storage(config, study_file)
-    local = _file_of(url)
+    local = local_file(url)
     if local is not None and not local.is_file():
         return None
     try:
-        return optuna.load_study(study_name=config.name, storage=_storage(url))
+        return optuna.load_study(study_name=config.name, storage=open_journal(url) or url)
     except KeyError:
         return None
 
@@ -63,7 +47,7 @@ def study_closed(config: StudyConfig, study_file: Path) -> bool:
     """Whether the study's MLflow parent run ended FINISHED (a run killed during its
     final report is not: a rerun must finish it).  Nothing is created."""
     uri = default_tracking_uri(config, study_file)
-    local = _file_of(uri)
+    local = local_file(uri)
     if local is not None and not local.is_file():
         return False
     from hpo2.tracking import find_study_run
@@ -148,7 +132,7 @@ class Deletion:
         study = open_existing(config, study_file)
         if study is not None:
             out.n_trials = len(study.get_trials(deepcopy=False))
-        local = _file_of(out.tracking_uri)
+        local = local_file(out.tracking_uri)
         if local is not None and not local.is_file():
             return out
         client = MlflowClient(out.tracking_uri)
@@ -177,7 +161,7 @@ class Deletion:
 
     def execute(self) -> None:
         if self.n_trials is not None:
-            optuna.delete_study(study_name=self.config.name, storage=_storage(self.storage_url))
+            optuna.delete_study(study_name=self.config.name, storage=open_journal(self.storage_url) or self.storage_url)
         if self.run_ids:
             client = MlflowClient(self.tracking_uri)
             for run_id in self.run_ids:

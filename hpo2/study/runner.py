@@ -44,12 +44,11 @@ import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from hpo2.databases import check_sqlite_writable
+from hpo2.databases import check_sqlite_writable, open_journal
 from hpo2.diagnostics import flatness_summary
 from hpo2.optim.registry import load_config_file
-from hpo2.optim.settings import SettingsError
-from hpo2.study.budget import Admission, TrialBudget, file_lock
 from hpo2.redact import redact_url, sanitized_study_text
+from hpo2.study.budget import Admission, TrialBudget, file_lock
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri, storage_error
 from hpo2.study.recovery import (
     INTERRUPTED,
@@ -78,10 +77,9 @@ def open_storage(
     (``on_stale`` runs too, for each trial whose worker stopped beating).
     ``journal:PATH`` opens a journal file (several processes on one machine, no heartbeat)."""
     try:
-        if url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend
-
-            return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
+        journal = open_journal(url)
+        if journal is not None:
+            return journal
         if "://" in url and not url.startswith(("redis", "grpc")):
             retry = RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry)
 

@@ -51,6 +51,33 @@ class Split:
 Metric = Callable[[Tensor, Tensor], float]
 
 
+@torch.no_grad()
+def loss_and_metric(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    metric_fn: Callable[[Tensor, Tensor], float] | None,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 2048,
+) -> tuple[float, float]:
+    """Mean loss and metric of ``model`` on ``x, y`` (eval mode, in batches, the
+    model's mode restored); the metric is the loss when ``metric_fn`` is None."""
+    was_training = model.training
+    model.eval()
+    try:
+        loss_sum, metric_sum, n = 0.0, 0.0, len(x)
+        for start in range(0, n, batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            out = model(xb)
+            weight = len(xb) / n
+            loss_sum += float(loss_fn(out, yb)) * weight
+            if metric_fn is not None:
+                metric_sum += metric_fn(out, yb) * weight
+    finally:
+        model.train(was_training)
+    return loss_sum, loss_sum if metric_fn is None else metric_sum
+
+
 def accuracy(outputs: Tensor, targets: Tensor) -> float:
     """Fraction of correct predictions (argmax over classes, or logit > 0 for one output)."""
     if outputs.dim() == 2 and outputs.shape[1] == 1:
