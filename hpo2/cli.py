@@ -74,8 +74,8 @@ def train(
 ) -> None:
     """Train a task with one optimizer config and print a per-epoch table."""
     from hpo2.config import load_train_config
-    from hpo2.optim.settings import SettingsError
-    from hpo2.tasks import DataMissingError
+    from hpo2.errors import SettingsError
+    from hpo2.errors import DataMissingError
     from rich.live import Live
 
     from hpo2.train import Evaluation, resolve_device, train_from_config
@@ -140,7 +140,7 @@ app.add_typer(study_app, name="study")
 
 
 def _load_study_file(name_or_file: str, overrides: dict | None = None):  # type: ignore[no-untyped-def]
-    from hpo2.optim.settings import SettingsError
+    from hpo2.errors import SettingsError
     from hpo2.study.config import load_study_config
     from hpo2.study.locate import find_study_file
 
@@ -174,11 +174,11 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
                tracking_uri: str | None, device: str | None) -> None:
     from rich.live import Live
 
-    from hpo2.optim.settings import SettingsError
+    from hpo2.errors import SettingsError
     from hpo2.progress import StudyDisplay, print_status
     from hpo2.redact import redact_url
     from hpo2.study.runner import Progress, StudyRunner
-    from hpo2.tasks import DataMissingError
+    from hpo2.errors import DataMissingError
 
     import optuna
 
@@ -258,7 +258,7 @@ STORAGE_OPTION = typer.Option(None, "--storage", help="the study's Optuna storag
 
 def _existing_study(name_or_file: str, overrides: dict):  # type: ignore[no-untyped-def]
     """The study file's config, its path and the study already in storage (or exit 2)."""
-    from hpo2.optim.settings import SettingsError
+    from hpo2.errors import SettingsError
     from hpo2.study.results import load_study
 
     config, path = _load_study_file(name_or_file, overrides)
@@ -389,7 +389,7 @@ def study_sync(
     tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
 ) -> None:
     """Send the study's runs saved in mlflow-unsent/ (tracking was unreachable) to MLflow."""
-    from hpo2.optim.settings import SettingsError
+    from hpo2.errors import SettingsError
     from hpo2.study.config import default_tracking_uri
     from hpo2.study.sync import sync_unsent
 
@@ -418,7 +418,7 @@ def dashboard(
     from mlflow.tracking import MlflowClient
 
     from hpo2.dashboard import runs_url, serve, server_command, tracking_store
-    from hpo2.optim.settings import SettingsError
+    from hpo2.errors import SettingsError
     from hpo2.redact import redact_url
     from hpo2.study.locate import studies_folder
 

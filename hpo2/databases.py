@@ -12,7 +12,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo2.optim.settings import SettingsError
+from hpo2.errors import SettingsError
 from hpo2.redact import redact_text, redact_url
 
 LOCAL_PREFIXES = ("sqlite:///", "journal:")

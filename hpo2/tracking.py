@@ -42,7 +42,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from hpo2.databases import check_sqlite_writable  # noqa: E402
-from hpo2.optim.settings import SettingsError  # noqa: E402
+from hpo2.errors import SettingsError  # noqa: E402
 from hpo2.redact import redact_text, redact_url  # noqa: E402
 
 MAX_BATCH = 1000

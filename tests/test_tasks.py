@@ -13,7 +13,8 @@ import torch
 
 from hpo2.optim import NewtonCG
 from hpo2.optim.closure import BatchClosure
-from hpo2.tasks import TASKS, DataMissingError, build_task
+from hpo2.errors import DataMissingError
+from hpo2.tasks import TASKS, build_task
 from hpo2.tasks.files import read_idx
 from hpo2.tasks.image_classification import FASHION_MNIST_DEFAULT
 from hpo2.tasks.synthetic import curves_images, deepobs_quadratic_hessian, haar_rotation

@@ -86,7 +86,7 @@ class StudyRow:
 
 def list_studies(folder: Path) -> list[StudyRow]:
     """Every valid study file in ``folder`` with its storage's progress."""
-    from hpo2.optim.settings import SettingsError
+    from hpo2.errors import SettingsError
     from hpo2.progress import round_values
     from hpo2.study.config import load_study_config
     from hpo2.study.results import best_trials

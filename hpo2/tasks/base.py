@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
-from hpo2.optim.settings import SettingsError, check_known, did_you_mean
+from hpo2.errors import SettingsError, check_known, did_you_mean
 
 
 class TaskSettings(BaseModel):
@@ -165,10 +165,6 @@ def build_task(name: str, settings: dict[str, Any] | None = None) -> Task:
     if parsed.batch_size is not None:
         task.batch_size = parsed.batch_size
     return task
-
-
-class DataMissingError(RuntimeError):
-    """A task's data files are not where the task looks; the message says how to get them."""
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:

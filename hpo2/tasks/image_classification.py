@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpo2.tasks.base import DataMissingError, Split, Task, TaskSettings, accuracy, mlp, register, seeded_split
+from hpo2.errors import DataMissingError
+from hpo2.tasks.base import Split, Task, TaskSettings, accuracy, mlp, register, seeded_split
 from hpo2.tasks.files import find_file, read_cifar10, read_idx
 
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"

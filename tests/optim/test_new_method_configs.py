@@ -8,7 +8,8 @@ import torch
 import yaml
 from torch import nn
 
-from hpo2.optim import KFAC, REGISTRY, SOAP, BatchClosure, MuonWithAdamW, SaddleFreeNewton, SettingsError, Shampoo, from_config
+from hpo2.errors import SettingsError
+from hpo2.optim import KFAC, REGISTRY, SOAP, BatchClosure, MuonWithAdamW, SaddleFreeNewton, Shampoo, from_config
 
 NEW = {
     "kfac": (KFAC, "inverse_update_every"),
