@@ -15,7 +15,7 @@ import torch
 from hpo2.errors import DataMissingError
 from hpo2.optim import NewtonCG
 from hpo2.optim.closure import BatchClosure
-from hpo2.tasks import TASKS, build_task
+from hpo2.tasks import TASKS, build_task, check_task_data
 from hpo2.tasks.files import read_idx
 from hpo2.tasks.image_classification import FASHION_MNIST_DEFAULT
 from hpo2.tasks.synthetic import curves_images, deepobs_quadratic_hessian, haar_rotation
@@ -161,3 +161,20 @@ def test_a_registration_that_disagrees_with_its_task_is_refused(monkeypatch):
     monkeypatch.setitem(TASKS, "quadratic_deep", dataclasses.replace(spec, higher_is_better=True))
     with pytest.raises(RuntimeError, match="built with higher_is_better=False, registered with True"):
         build_task("quadratic_deep", {"n_train": 64, "n_valid": 32})
+
+
+FILE_TASKS = {"fmnist_mlp", "fmnist_2c2d", "mnist_mlp", "cifar10_3c3d", "fmnist_autoencoder"}  # read data files
+
+
+def test_every_task_that_reads_files_checks_them_without_building():
+    assert {name for name, spec in TASKS.items() if spec.check_data is not None} == FILE_TASKS
+
+
+@pytest.mark.parametrize("name", sorted(FILE_TASKS))
+def test_the_data_check_fails_as_the_build_does(name, tmp_path):
+    settings = {"data_dir": str(tmp_path / "none")}
+    with pytest.raises(DataMissingError) as built:
+        build_task(name, settings)
+    with pytest.raises(DataMissingError) as checked:
+        check_task_data(name, settings)
+    assert str(checked.value) == str(built.value)

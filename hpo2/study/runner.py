@@ -71,7 +71,7 @@ from hpo2.study.samplers import build_pruner, build_sampler
 from hpo2.study.space import SearchSpace
 from hpo2.study.storage import init_lock_path, open_storage
 from hpo2.study.trial_tracking import TrialTracker
-from hpo2.tasks import TASKS, build_task
+from hpo2.tasks import TASKS, build_task, check_task_data
 from hpo2.tracking import TrackedRun, check_reachable, experiment_id, quick_failing_http, study_parent_run
 from hpo2.train import Budget, Evaluation, resolve_device, run_training
 
@@ -134,7 +134,7 @@ class StudyRunner:
         check_sqlite_writable(self.storage_url, "storage")
         check_reachable(self.tracking_uri)
         # missing data files are a one-line error now, not a failure in every trial
-        build_task(self.config.task.name, self.config.task.settings)
+        check_task_data(self.config.task.name, self.config.task.settings)
         # Workers starting together on one machine would race to create the sqlite
         # tables of Optuna and MLflow: the first one creates them, the others wait.
         with file_lock(init_lock_path(self.study_file, self.config.name)):

@@ -42,13 +42,19 @@ def _cache_dir(name: str) -> Path:
     return Path(os.environ.get("HPO2_DATA_DIR", Path.home() / ".cache" / "hpo2")) / name
 
 
-def load_idx_dataset(directory: Path, how_to_get: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Train/test images and labels from the four IDX files in ``directory``."""
+def idx_files(directory: Path, how_to_get: str) -> list[Path]:
+    """The four IDX files in ``directory``; :class:`DataMissingError` naming the missing ones."""
     paths = [find_file(directory, stem) for stem in IDX_FILES]
     missing = [stem for stem, p in zip(IDX_FILES, paths) if p is None]
     if missing:
         raise DataMissingError(f"missing {', '.join(missing)} (or .gz) in {directory}. {how_to_get}")
-    return tuple(read_idx(p) for p in paths)  # type: ignore[return-value,arg-type]
+    return paths  # type: ignore[return-value]  # no None left
+
+
+def load_idx_dataset(directory: Path, how_to_get: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train/test images and labels from the four IDX files in ``directory``."""
+    images, labels, test_images, test_labels = (read_idx(p) for p in idx_files(directory, how_to_get))
+    return images, labels, test_images, test_labels
 
 
 def _idx_splits(arrays: tuple[np.ndarray, ...], seed: int) -> tuple[Split, Split, Split]:
@@ -61,13 +67,24 @@ def _idx_splits(arrays: tuple[np.ndarray, ...], seed: int) -> tuple[Split, Split
     return Split(x[train_idx], y[train_idx]), Split(x[valid_idx], y[valid_idx]), test
 
 
+FASHION_MNIST_HOW = (
+    "Install Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the "
+    "four IDX files there and pass task.settings.data_dir (or set HPO2_FASHION_MNIST_DIR)."
+)
+MNIST_HOW = "Pass task.settings.download=true (needs torchvision and internet) or put the IDX files there."
+
+
+def _fashion_mnist_dir(settings: TaskSettings) -> Path:
+    return Path(settings.data_dir or os.environ.get("HPO2_FASHION_MNIST_DIR", FASHION_MNIST_DEFAULT))
+
+
+def check_fashion_mnist(settings: TaskSettings) -> None:
+    """Raise :class:`DataMissingError` unless the Fashion-MNIST files are there (nothing is read)."""
+    idx_files(_fashion_mnist_dir(settings), FASHION_MNIST_HOW)
+
+
 def fashion_mnist_splits(settings: TaskSettings) -> tuple[Split, Split, Split]:
-    directory = Path(settings.data_dir or os.environ.get("HPO2_FASHION_MNIST_DIR", FASHION_MNIST_DEFAULT))
-    how = (
-        "Install Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the "
-        "four IDX files there and pass task.settings.data_dir (or set HPO2_FASHION_MNIST_DIR)."
-    )
-    return _idx_splits(load_idx_dataset(directory, how), settings.seed)
+    return _idx_splits(load_idx_dataset(_fashion_mnist_dir(settings), FASHION_MNIST_HOW), settings.seed)
 
 
 def two_conv_two_dense() -> nn.Module:
@@ -119,14 +136,24 @@ def _download_with_torchvision(kind: str, root: Path) -> None:
         datasets.CIFAR10(str(root), download=True)  # writes root/cifar-10-batches-py
 
 
+def _mnist_dir(settings: ImageTaskSettings) -> Path:
+    return Path(settings.data_dir) if settings.data_dir else _cache_dir("MNIST") / "raw"
+
+
+def check_mnist(settings: ImageTaskSettings) -> None:
+    """Raise :class:`DataMissingError` unless the MNIST files are there or may be downloaded."""
+    if not settings.download:
+        idx_files(_mnist_dir(settings), MNIST_HOW)
+
+
 def mnist_mlp(settings: ImageTaskSettings) -> Task:
     """MNIST with the DeepOBS MLP; reads the IDX files from ``data_dir`` (default
     ``~/.cache/hpo2/MNIST/raw``, torchvision's layout); target 97% validation accuracy."""
-    directory = Path(settings.data_dir) if settings.data_dir else _cache_dir("MNIST") / "raw"
+    directory = _mnist_dir(settings)
     if settings.download and find_file(directory, IDX_FILES[0]) is None:
         _download_with_torchvision("MNIST", directory.parent.parent)
-    how = "Pass task.settings.download=true (needs torchvision and internet) or put the IDX files there."
-    return _classification("mnist_mlp", mlp([784, 1000, 500, 100, 10]), _idx_splits(load_idx_dataset(directory, how), settings.seed), 0.97, "")
+    splits = _idx_splits(load_idx_dataset(directory, MNIST_HOW), settings.seed)
+    return _classification("mnist_mlp", mlp([784, 1000, 500, 100, 10]), splits, 0.97, "")
 
 
 def three_conv_three_dense() -> nn.Module:
@@ -139,16 +166,26 @@ def three_conv_three_dense() -> nn.Module:
     )  # fmt: skip
 
 
+def _cifar_dir(settings: ImageTaskSettings) -> Path:
+    return Path(settings.data_dir) if settings.data_dir else _cache_dir("cifar-10-batches-py")
+
+
+def check_cifar10(settings: ImageTaskSettings) -> None:
+    """Raise :class:`DataMissingError` unless the CIFAR-10 batches are there or may be downloaded."""
+    directory = _cifar_dir(settings)
+    if not (directory / "test_batch").is_file() and not settings.download:
+        raise DataMissingError(
+            f"CIFAR-10 python batches not found in {directory}. Pass task.settings.download=true "
+            "(needs torchvision and internet) or put data_batch_1..5 and test_batch there."
+        )
+
+
 def cifar10_3c3d(settings: ImageTaskSettings) -> Task:
     """CIFAR-10 with DeepOBS's 3c3d network; reads the python batches from
     ``data_dir`` (default ``~/.cache/hpo2/cifar-10-batches-py``); target 75% validation accuracy."""
-    directory = Path(settings.data_dir) if settings.data_dir else _cache_dir("cifar-10-batches-py")
+    directory = _cifar_dir(settings)
     if not (directory / "test_batch").is_file():
-        if not settings.download:
-            raise DataMissingError(
-                f"CIFAR-10 python batches not found in {directory}. Pass task.settings.download=true "
-                "(needs torchvision and internet) or put data_batch_1..5 and test_batch there."
-            )
+        check_cifar10(settings)
         _download_with_torchvision("CIFAR-10", directory.parent)
     x_train, y_train, x_test, y_test = read_cifar10(directory)
     x = torch.from_numpy(x_train).float() / 255.0

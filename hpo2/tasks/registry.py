@@ -23,11 +23,21 @@ from pydantic import ValidationError
 from hpo2.errors import SettingsError, check_known, did_you_mean
 from hpo2.tasks.autoencoder import AutoencoderSettings, fmnist_autoencoder
 from hpo2.tasks.base import Task, TaskSettings
-from hpo2.tasks.image_classification import ImageTaskSettings, cifar10_3c3d, fmnist_2c2d, fmnist_mlp, mnist_mlp
+from hpo2.tasks.image_classification import (
+    ImageTaskSettings,
+    check_cifar10,
+    check_fashion_mnist,
+    check_mnist,
+    cifar10_3c3d,
+    fmnist_2c2d,
+    fmnist_mlp,
+    mnist_mlp,
+)
 from hpo2.tasks.small import digits_mlp, logreg_breast_cancer, mnist1d_mlp
 from hpo2.tasks.synthetic import CurvesSettings, curves_autoencoder, quadratic_deep
 
 TaskBuilder = Callable[[Any], Task]
+DataCheck = Callable[[Any], None]
 
 
 @dataclass(frozen=True)
@@ -36,29 +46,35 @@ class TaskSpec:
 
     ``higher_is_better`` is the direction of the task's metric, so a study sets its
     objective's direction without loading a data set (:func:`build_task` checks that
-    the built task agrees)."""
+    the built task agrees); ``check_data`` raises
+    :class:`~hpo2.errors.DataMissingError` when the task's data files are not there,
+    without reading them (None: the task generates or bundles its data)."""
 
     name: str
     settings: type[TaskSettings]
     build: TaskBuilder
     summary: str
     higher_is_better: bool
+    check_data: DataCheck | None = None
 
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in [
-        TaskSpec("fmnist_mlp", TaskSettings, fmnist_mlp, "Fashion-MNIST, MLP 784-1000-500-100-10 (DeepOBS)", True),
-        TaskSpec("fmnist_2c2d", TaskSettings, fmnist_2c2d, "Fashion-MNIST, 2 conv + 2 dense layers (DeepOBS)", True),
+        TaskSpec("fmnist_mlp", TaskSettings, fmnist_mlp, "Fashion-MNIST, MLP 784-1000-500-100-10 (DeepOBS)", True,
+                 check_fashion_mnist),
+        TaskSpec("fmnist_2c2d", TaskSettings, fmnist_2c2d, "Fashion-MNIST, 2 conv + 2 dense layers (DeepOBS)", True,
+                 check_fashion_mnist),
         TaskSpec("mnist_mlp", ImageTaskSettings, mnist_mlp,
-                 "MNIST, MLP 784-1000-500-100-10 (files or torchvision download)", True),
+                 "MNIST, MLP 784-1000-500-100-10 (files or torchvision download)", True, check_mnist),
         TaskSpec("cifar10_3c3d", ImageTaskSettings, cifar10_3c3d,
-                 "CIFAR-10, 3 conv + 3 dense layers (DeepOBS; files or torchvision download)", True),
+                 "CIFAR-10, 3 conv + 3 dense layers (DeepOBS; files or torchvision download)", True, check_cifar10),
         TaskSpec("quadratic_deep", TaskSettings, quadratic_deep, "DeepOBS noisy quadratic, 100 dims", False),
         TaskSpec("curves_autoencoder", CurvesSettings, curves_autoencoder,
                  "Martens' deep autoencoder on generated CURVES-like images", False),
         TaskSpec("fmnist_autoencoder", AutoencoderSettings, fmnist_autoencoder,
-                 "Fashion-MNIST deep autoencoder 784-1000-500-250-30 (Hinton & Salakhutdinov)", False),
+                 "Fashion-MNIST deep autoencoder 784-1000-500-250-30 (Hinton & Salakhutdinov)", False,
+                 check_fashion_mnist),
         TaskSpec("digits_mlp", TaskSettings, digits_mlp, "scikit-learn digits, MLP 64-64-10", True),
         TaskSpec("logreg_breast_cancer", TaskSettings, logreg_breast_cancer,
                  "scikit-learn breast cancer, L2 logistic regression", True),
@@ -82,6 +98,14 @@ def parse_task_settings(name: str, values: dict[str, Any] | None, where: str = "
             f"{where}.settings.{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in exc.errors()
         ]
         raise SettingsError("; ".join(problems)) from None
+
+
+def check_task_data(name: str, settings: dict[str, Any] | None = None) -> None:
+    """Validate the task's settings and check that its data files are there, reading
+    none of them (:class:`~hpo2.errors.DataMissingError` says how to get them)."""
+    spec, parsed = parse_task_settings(name, settings)
+    if spec.check_data is not None:
+        spec.check_data(parsed)
 
 
 def build_task(name: str, settings: dict[str, Any] | None = None) -> Task:
