@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from hpo2.curvature import CurvatureOperator, GGNOperator, HessianOperator, output_hessian_for
+from hpo2.curvature import CurvatureOperator, GGNOperator, HessianOperator, grads_or_zeros, output_hessian_for
 from hpo2.optim.closure import require_batch_closure
 from hpo2.optim.settings import OptimizerSettings
 
@@ -91,7 +91,7 @@ class CurvatureOptimizer(Optimizer):
             grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self._params]
         else:
             found = torch.autograd.grad(loss, self._params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            grads = grads_or_zeros(found, self._params)
             self._store_grads(grads)
         self._count("n_grad")
         return float(loss.detach()), self._flatten(grads)
@@ -119,7 +119,7 @@ class CurvatureOptimizer(Optimizer):
             with torch.enable_grad():
                 full = batch.evaluate()
                 found = torch.autograd.grad(full.loss, self._params, retain_graph=fraction == 1.0, allow_unused=True)
-                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+                grads = grads_or_zeros(found, self._params)
                 part = full if fraction == 1.0 else batch.evaluate(fraction)
                 if fraction != 1.0:
                     self._count("n_loss", fraction)  # the curvature chunk's own forward pass

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hpo2.curvature import HessianOperator, gauss_newton_bartlett_diagonal, hutchinson_diagonal
+from hpo2.curvature import HessianOperator, gauss_newton_bartlett_diagonal, grads_or_zeros, hutchinson_diagonal
 from hpo2.curvature.diagonal import likelihood_name, supported_likelihoods
 from hpo2.optim.base import Closure
 from hpo2.optim.closure import require_batch_closure
@@ -65,7 +65,7 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
         if not refresh:
             loss_tensor = self._call_closure(closure)
             found = torch.autograd.grad(loss_tensor, self._params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            grads = grads_or_zeros(found, self._params)
             self._count("n_grad")
             return float(loss_tensor.detach()), grads, None
         if estimator == "hutchinson":
@@ -89,7 +89,7 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
         with torch.enable_grad():
             evaluation = batch.evaluate()
             found = torch.autograd.grad(evaluation.loss, self._params, retain_graph=True, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            grads = grads_or_zeros(found, self._params)
             diag = gauss_newton_bartlett_diagonal(
                 evaluation.outputs, self._params, output_loss, n_probes, self._generator, targets=evaluation.targets
             )

@@ -51,7 +51,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, output_hessian_for
+from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, grads_or_zeros, output_hessian_for
 from hpo2.curvature.layers import per_sample_grad_squares, per_sample_scale
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure, BatchEvaluation, require_batch_closure
@@ -211,7 +211,7 @@ class HessianFree(CurvatureOptimizer):
             with torch.enable_grad():
                 full = batch.evaluate()
                 found = torch.autograd.grad(full.loss, self._params, retain_graph=retain, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            grads = grads_or_zeros(found, self._params)
             self._count("n_grad")
             self._store_grads(grads)
             return full, grads, None
@@ -221,7 +221,7 @@ class HessianFree(CurvatureOptimizer):
             full = batch.evaluate()
             found = torch.autograd.grad(full.loss, [*self._params, full.outputs], retain_graph=retain, allow_unused=True)
         self._count("n_grad")
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+        grads = grads_or_zeros(found, self._params)
         self._store_grads(grads)
         if found[-1] is None or not all(torch.isfinite(g).all() for g in grads):
             return full, grads, None

@@ -53,6 +53,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from hpo2.curvature import grads_or_zeros
 from hpo2.curvature.diagonal import likelihood_name, sampled_label_loss, supported_likelihoods
 from hpo2.curvature.layers import LayerRecord, LayerStatistics, per_sample_scale
 from hpo2.optim.base import Closure
@@ -149,7 +150,7 @@ class KFAC(SeededOptimizer):
                 evaluation = batch.evaluate()
                 found = torch.autograd.grad(evaluation.loss, self._params, allow_unused=True)
             self._count("n_grad")
-            return float(evaluation.loss.detach()), self._fill(found), [], 1.0
+            return float(evaluation.loss.detach()), grads_or_zeros(found, self._params), [], 1.0
         if self._statistics is None:
             self._statistics = LayerStatistics(batch.model, self._params)
         with torch.enable_grad(), self._statistics as stats:
@@ -174,10 +175,7 @@ class KFAC(SeededOptimizer):
                 scale = per_sample_scale(batch.loss_fn, outputs.detach(), evaluation.targets, output_grad)
         self._count("n_grad")
         records = [r for r in stats.layers if r.raw_output_grad is not None]
-        return float(evaluation.loss.detach()), self._fill(found), records, scale
-
-    def _fill(self, found: Any) -> list[Tensor]:
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+        return float(evaluation.loss.detach()), grads_or_zeros(found, self._params), records, scale
 
     def _accumulate(self, record: LayerRecord, scale: Tensor | float, decay: float) -> None:
         """EMA of the layer's factors, kept in its weight's state (with its bias's index)."""

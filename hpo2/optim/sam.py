@@ -56,6 +56,7 @@ from pydantic import Field
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hpo2.curvature import grads_or_zeros
 from hpo2.optim.base import CurvatureOptimizer
 from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, SettingsError
 
@@ -113,7 +114,7 @@ class SAM(Optimizer):
             grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in self._params]
         else:
             found = torch.autograd.grad(loss, self._params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            grads = grads_or_zeros(found, self._params)
         return float(loss.detach()), grads
 
     @torch.no_grad()

@@ -47,6 +47,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from hpo2.curvature import grads_or_zeros
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
@@ -86,7 +87,7 @@ class SVRG(CurvatureOptimizer):
             closure = BatchClosure(data.model, data.loss_fn, data.inputs[part], data.targets[part])
             with torch.enable_grad():
                 found = torch.autograd.grad(closure(), self._params, allow_unused=True)
-            total += self._flatten(torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)) * (len(part) / len(index))
+            total += self._flatten(grads_or_zeros(found, self._params)) * (len(part) / len(index))
         return total
 
     def _gradient_at(self, flat: Tensor, closure: Closure) -> Tensor:
