@@ -51,6 +51,7 @@ from hpo2.curvature import grads_or_zeros
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.solvers import host_floats
 
 
 class SVRGSettings(OptimizerSettings):
@@ -142,11 +143,12 @@ class SVRG(CurvatureOptimizer):
                 "hpo2.train calls it at every epoch start"
             )
         self._start_diagnostics()
-        loss, g_w = self._value_and_grad(closure)  # type: ignore[arg-type]
-        if not self._check_finite(loss, float(g_w.norm())):
+        loss_t, g_w = self._value_and_grad(closure)  # type: ignore[arg-type]
+        loss, g_norm = host_floats(loss_t, g_w.norm())
+        if not self._check_finite(loss, g_norm):
             self.diagnostics["loss"] = loss
             self._finish_diagnostics()
-            return torch.tensor(loss)
+            return loss_t
         g_snap = self._gradient_at(st["snapshot"], closure)  # type: ignore[arg-type]
         direction = g_w - g_snap + st["snapshot_gradient"]
         if group["momentum"] > 0:
@@ -154,7 +156,7 @@ class SVRG(CurvatureOptimizer):
             st["momentum_buffer"] = direction if buf is None else buf.mul_(group["momentum"]).add_(direction)
             direction = st["momentum_buffer"]
         self._set_flat_params(self._flat_params() - group["lr"] * direction)
-        self.diagnostics.update(loss=loss, grad_norm=float(g_w.norm()), corrected_grad_norm=float(direction.norm()),
+        self.diagnostics.update(loss=loss, grad_norm=g_norm, corrected_grad_norm=float(direction.norm()),
                                 snapshots_taken=int(st["snapshots_taken"]), **self.snapshot_diagnostics)  # fmt: skip
         self._finish_diagnostics()
-        return torch.tensor(loss)
+        return loss_t

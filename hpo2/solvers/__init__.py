@@ -8,6 +8,7 @@ from hpo2.solvers.globalization import (
     Ray,
     StrongWolfe,
     TrustRegion,
+    levenberg_marquardt,
     make_line_search,
 )
 from hpo2.solvers.host import host_floats
@@ -28,6 +29,7 @@ __all__ = [
     "backtrack_schedule",
     "cg",
     "host_floats",
+    "levenberg_marquardt",
     "make_line_search",
     "steihaug_cg",
     "strong_wolfe",

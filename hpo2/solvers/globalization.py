@@ -108,3 +108,15 @@ class TrustRegion:
         elif rho > 0.75 and step_norm >= 0.99 * radius:
             radius = min(2.0 * radius, self.max_radius)
         return radius, rho > self.eta
+
+
+def levenberg_marquardt(damping: float, rho: float, boost: float = 1.5, drop: float = 2.0 / 3.0) -> float:
+    r"""Levenberg-Marquardt's damping rule (Moré 1978; Martens 2010 sec. 4.1): with the
+    reduction ratio :math:`\rho`, :math:`\lambda \cdot` ``boost`` when :math:`\rho < 1/4`,
+    :math:`\lambda \cdot` ``drop`` when :math:`\rho > 3/4`, else unchanged (a NaN
+    ratio leaves it unchanged)."""
+    if rho < 0.25:
+        return damping * boost
+    if rho > 0.75:
+        return damping * drop
+    return damping
