@@ -150,14 +150,14 @@ class LBFGS(CurvatureOptimizer):
             (slope,) = host_floats(torch.dot(g, d))
             if slope > -tol_change:
                 break
-            loss, g, t, ls_evals = self._move(closure, search, d, t, loss, g, slope, n_iter, max_eval - evals)  # type: ignore[arg-type]
+            moved_loss, g, t, ls_evals = self._move(closure, search, d, t, loss, g, slope, n_iter, max_eval - evals)  # type: ignore[arg-type]
             state["t"] = t
             evals += ls_evals
             state["func_evals"] += ls_evals
             if n_iter == max_iter or evals >= max_eval:
                 break
             ys_t, yy_t = _pair_products(g, state["prev_g"], d, t)
-            g_max, step_max, ys, yy = host_floats(g.abs().max(), (d * t).abs().max(), ys_t, yy_t)
+            loss, g_max, step_max, ys, yy = host_floats(moved_loss, g.abs().max(), (d * t).abs().max(), ys_t, yy_t)
             if g_max <= tol_grad or step_max <= tol_change or abs(loss - state["prev_loss"]) < tol_change:
                 break
 
@@ -190,7 +190,7 @@ class LBFGS(CurvatureOptimizer):
     def _move(
         self, closure: Closure, search: LineSearch, d: Tensor, t: float, loss: float, g: Tensor, slope: float,
         n_iter: int, evals_left: int,
-    ) -> tuple[float, Tensor, float, int]:
+    ) -> tuple[Tensor | float, Tensor, float, int]:
         """Move along ``d`` by the line search (or the fixed step ``t``); return the new
         loss, gradient, step and evaluations used."""
         allow_backward = self.param_groups[0]["initial_scaling"] == "secant"
@@ -202,8 +202,7 @@ class LBFGS(CurvatureOptimizer):
             if n_iter == self.param_groups[0]["max_iter"]:
                 return loss, g, t, 0
             loss_t, g = self._value_and_grad(closure, allow_backward)
-            (loss,) = host_floats(loss_t)
-            return loss, g, t, 1
+            return loss_t, g, t, 1  # read with the stopping tests
         ls = replace(search, max_evals=max(1, evals_left)).search(ray, loss, slope, t)
         self._move_to(x0, ls.step, d)
         if ls.step in ray.evaluated:
