@@ -27,16 +27,19 @@ One loop serves truncated Newton, Hessian-free and trust-region methods:
   to zero, stops CG with the last finite iterate (``"breakdown"``) instead of
   returning NaN.
 
-**No host round trip per iteration.**  Every scalar of the recurrence (:math:`\alpha`,
-:math:`\beta`, :math:`r^\top y`, :math:`p^\top A p`, the norms, :math:`\phi`) stays a
-0-d tensor on the vector's device, and every stopping test above is evaluated there
-each iteration into a *stopped* flag: from the iteration a test fires, the iterate,
-residual and direction are frozen (``torch.where``), so later iterations cannot
-change the result.  The host reads the flag only every ``check_every`` iterations
-(one ``bool`` each) and the result once at the end (one ``tolist``): a stop is thus
-seen up to ``check_every - 1`` curvature products late.  Those products are real
-work and are counted (:attr:`CGResult.n_products`); the returned solution, stop
-reason, iteration count and stored iterates are those of a check every iteration.
+**No host round trip per iteration.**  The recurrence runs on the device without
+reading anything: its scalars (:math:`\alpha`, :math:`\beta`, :math:`r^\top y`) stay 0-d
+tensors, and each iteration writes the numbers the stopping tests need
+(:math:`p^\top A p`, :math:`p^\top p`, :math:`\|x_i\|`, :math:`\|r_i\|`, :math:`\phi(x_i)`)
+into one row of a device table.  Every ``check_every`` iterations the host reads the
+new rows in one transfer and applies the tests above, in order, iteration by
+iteration, to the same numbers a check every iteration would read; the vectors of
+those iterations are kept (by reference: the recurrence never writes in place), so a
+stop found inside the window returns that iteration's iterate, direction and
+boundary point.  A stop is thus seen up to ``check_every - 1`` curvature products
+late; those products are real work and are counted (:attr:`CGResult.n_products`),
+and the solution, stop reason, iteration count, model values and stored iterates
+are those of a check every iteration.
 """
 
 from __future__ import annotations
@@ -102,11 +105,9 @@ def backtrack_schedule(max_iter: int, gamma: float = 1.3) -> set[int]:
 
 
 DEFAULT_CHECK_EVERY = 5
-"""Iterations between two reads of the stop flag by the host.  A read waits for the
-device to drain (tens of microseconds on a GPU, as long as an iteration's vector work
-on hpo2's models); a late read wastes at most ``check_every - 1`` curvature products."""
-
-_CODE = {reason: float(code) for code, reason in enumerate(STOP_REASONS)}
+"""Iterations between two reads by the host.  A read waits for the device to drain
+(tens of microseconds on a GPU, as long as an iteration's vector work on hpo2's
+models); a late read wastes at most ``check_every - 1`` curvature products."""
 
 
 def _to_boundary(x: Tensor, p: Tensor, radius: float) -> Tensor:
@@ -133,116 +134,136 @@ def _validate(b: Tensor, x0: Tensor | None, max_iter: int, preconditioner: Tenso
             raise ValueError("the Steihaug trust region starts at x0 = 0 and takes no preconditioner")
 
 
-class _Run:
-    """The CG recurrence with its scalars and its stop record on the device.
+@dataclass(frozen=True)
+class _Rules:
+    """The stopping rules of one solve (see the module docstring)."""
 
-    ``stopped`` (0-d bool) is set by the first stopping test that fires; with it
-    ``reason`` (index into :data:`STOP_REASONS`), ``stop_iter`` (the iteration the
-    result reports), ``last_update`` (the last iteration that moved ``x``) and, for
-    the boundary stops, ``x_final``.  Once stopped, ``x``, ``r``, ``p`` no longer change.
+    max_iter: int
+    tol: float
+    martens_eps: float | None
+    martens_min_k: int
+    radius: float | None
+    schedule: set[int]
+
+
+class _Run:
+    """The CG recurrence on the device and the host's reading of its trace.
+
+    Row ``i`` of :attr:`trace` holds :math:`(p_i^\\top A p_i,\\ p_i^\\top p_i,\\
+    \\|x_i\\|,\\ \\|r_i\\|,\\ \\phi(x_i))` of iteration ``i`` (row 0: :math:`\\|b\\|` in the
+    first column, then the start's residual and model value).  :meth:`read` applies
+    the stopping rules to the rows not read yet and returns the result at the first
+    one that fires.
     """
 
-    def __init__(self, matvec: MatVec, b: Tensor, x0: Tensor | None, max_iter: int, tol: float,
-                 preconditioner: Tensor | None, radius: float | None) -> None:
-        self.matvec, self.b, self.preconditioner, self.radius = matvec, b, preconditioner, radius
+    def __init__(self, matvec: MatVec, b: Tensor, x0: Tensor | None, preconditioner: Tensor | None, rules: _Rules) -> None:
+        self.matvec, self.b, self.preconditioner, self.rules = matvec, b, preconditioner, rules
         self.n_products = 0
         if x0 is None:
-            self.x, self.r = torch.zeros_like(b), b.clone()
+            x, self.r = torch.zeros_like(b), b.clone()
         else:
-            self.x = x0.clone()
-            self.r = b - matvec(self.x)
+            x = x0.clone()
+            self.r = b - matvec(x)
             self.n_products += 1
-        self.stop_residual = max(tol, torch.finfo(b.dtype).eps) * b.norm()
         y = self._precondition(self.r)
         self.p, self.rho = y.clone(), torch.dot(self.r, y)
-        self.quad = torch.zeros(max_iter + 1, dtype=b.dtype, device=b.device)  # phi(x_i); phi(x_0) next
-        self.quad[0] = -0.5 * torch.dot(self.x, self.r + b)
-        scalar = torch.zeros((), dtype=b.dtype, device=b.device)
-        self.stopped = torch.zeros((), dtype=torch.bool, device=b.device)
-        self.reason, self.stop_iter, self.last_update = scalar.clone(), scalar.clone(), scalar.clone()
-        self.curvature = torch.full_like(scalar, math.nan)
-        self.direction = torch.zeros_like(b)  # the negative-curvature direction, once met
-        self.x_final: Tensor | None = None  # the boundary point (trust region only)
+        self.trace = torch.empty(rules.max_iter + 1, 5, dtype=b.dtype, device=b.device)
+        nan = torch.full((), math.nan, dtype=b.dtype, device=b.device)
+        self.trace[0] = torch.stack([b.norm(), nan, nan, self.r.norm(), -0.5 * torch.dot(x, self.r + b)])
+        self.xs: dict[int, Tensor] = {0: x}  # the iterates not read yet (and the last one read)
+        self.ps: dict[int, Tensor] = {}  # the directions of those iterations
+        self.stored: list[tuple[int, Tensor]] = []
+        self.n_read = 0  # rows read
+        self.quad_values: list[float] = []
+        self.stop_residual = math.nan
+        self.residual_norm = math.nan
 
     def _precondition(self, r: Tensor) -> Tensor:
         return r / self.preconditioner if self.preconditioner is not None else r
 
-    def stop(self, fires: Tensor, reason: str, stop_iter: int, last_update: int) -> Tensor:
-        """Record ``reason`` if ``fires`` and nothing stopped CG before; return whether it did."""
-        new = fires & ~self.stopped
-        self.reason = torch.where(new, _CODE[reason], self.reason)
-        self.stop_iter = torch.where(new, float(stop_iter), self.stop_iter)
-        self.last_update = torch.where(new, float(last_update), self.last_update)
-        self.stopped = self.stopped | new
-        return new
-
-    def check_residual(self, i: int) -> None:
-        """The residual test at the top of iteration ``i`` (before its product)."""
-        self.stop(self.r.norm() <= self.stop_residual, "residual_tol", i - 1, i - 1)
-
     def iterate(self, i: int) -> None:
-        """Iteration ``i``: one product, the curvature and iterate tests, the update."""
-        p, x = self.p, self.x
+        """Iteration ``i`` of the recurrence: one product, nothing read."""
+        x, p = self.xs[i - 1], self.p
         ap = self.matvec(p)
         self.n_products += 1
-        pap, pp = torch.dot(p, ap), torch.dot(p, p)
-        self.stop(~(torch.isfinite(pap) & torch.isfinite(pp)) | (pp == 0), "breakdown", i - 1, i - 1)
-        negative = self.stop(pap <= 0, "negative_curvature", i - 1, i - 1)
-        self.curvature = torch.where(negative, pap / pp, self.curvature)
-        self.direction = torch.where(negative, p, self.direction)
+        pap = torch.dot(p, ap)
         alpha = self.rho / pap
         x_next = x + alpha * p
-        x_next_norm = x_next.norm()
-        self.stop(~torch.isfinite(x_next_norm), "breakdown", i - 1, i - 1)
-        if self.radius is not None:
-            outside = self.stop(x_next_norm >= self.radius, "trust_region_boundary", i, i - 1)
-            boundary = _to_boundary(x, p, self.radius)
-            self.x_final = torch.where(negative | outside, boundary, x if self.x_final is None else self.x_final)
-        moving = ~self.stopped
-        self.x = torch.where(moving, x_next, x)
-        self.r = torch.where(moving, self.r - alpha * ap, self.r)
-        self.quad[i] = -0.5 * torch.dot(self.x, self.r + self.b)
-
-    def check_martens(self, i: int, eps: float, min_k: int) -> None:
-        """Martens' relative-progress rule after the update of iteration ``i``."""
-        k = max(min_k, math.ceil(0.1 * i))
-        if i > k:
-            q_now = self.quad[i]
-            self.stop((q_now < 0) & ((q_now - self.quad[i - k]) / q_now < k * eps), "relative_progress", i, i)
-
-    def next_direction(self) -> None:
-        """:math:`p \\leftarrow y + (r^\\top y / \\rho)\\, p` (frozen once stopped)."""
+        self.r = self.r - alpha * ap
         y = self._precondition(self.r)
         rho_next = torch.dot(self.r, y)
-        moving = ~self.stopped
-        self.p = torch.where(moving, y + (rho_next / self.rho) * self.p, self.p)
-        self.rho = torch.where(moving, rho_next, self.rho)
+        self.p = y + (rho_next / self.rho) * p
+        self.rho = rho_next
+        quad = -0.5 * torch.dot(x_next, self.r + self.b)
+        self.trace[i] = torch.stack([pap, torch.dot(p, p), x_next.norm(), self.r.norm(), quad])
+        self.xs[i], self.ps[i] = x_next, p
+        if i in self.rules.schedule:
+            self.stored.append((i, x_next))
 
-    def finish(self, max_iter: int, stored: list[tuple[int, Tensor]], store_iterates: bool) -> CGResult:
-        """Close a run that reached ``max_iter``, read the record in one conversion, build the result."""
-        self.stop(self.r.norm() <= self.stop_residual, "residual_tol", max_iter, max_iter)
-        self.stop(torch.ones_like(self.stopped), "max_iter", max_iter, max_iter)
-        record = torch.stack([self.reason, self.stop_iter, self.last_update, self.r.norm(), self.curvature])
-        code, stop_iter_f, last_update_f, residual_norm, curvature, *quad = torch.cat([record, self.quad]).tolist()
-        stop_iter, last_update, reason = int(stop_iter_f), int(last_update_f), STOP_REASONS[int(code)]
-        quad_values = quad[: last_update + 1]
-        boundary = self.radius is not None and reason in ("negative_curvature", "trust_region_boundary")
-        x = self.x_final if boundary and self.x_final is not None else self.x
-        iterates = [(i, xi) for i, xi in stored if i <= last_update]
-        if store_iterates and (not iterates or iterates[-1][0] != stop_iter):
-            iterates.append((stop_iter, x.clone()))
-        negative = reason == "negative_curvature"
+    def read(self, upto: int) -> CGResult | None:
+        """Apply the stopping rules to rows ``n_read .. upto`` (one transfer)."""
+        first = self.n_read
+        rows = self.trace[first : upto + 1].tolist()
+        for i, (pap, pp, x_norm, r_norm, quad) in enumerate(rows, start=first):
+            if i == 0:
+                self.stop_residual = max(self.rules.tol, torch.finfo(self.b.dtype).eps) * pap  # pap: ||b|| in row 0
+            elif (stop := self._rules_of_iteration(i, pap, pp, x_norm)) is not None:
+                return stop
+            self.quad_values.append(quad)
+            self.residual_norm = r_norm
+            if i > 0 and self._martens_fires(i):
+                return self._result(i, "relative_progress", self.xs[i])
+            if r_norm <= self.stop_residual:  # the test at the top of iteration i + 1, or after the last
+                return self._result(i, "residual_tol", self.xs[i])
+        self.n_read = upto + 1
+        for j in [j for j in self.xs if j < upto]:  # keep only what the next rows may need
+            del self.xs[j]
+        for j in [j for j in self.ps if j <= upto]:
+            del self.ps[j]
+        return None
+
+    def _rules_of_iteration(self, i: int, pap: float, pp: float, x_norm: float) -> CGResult | None:
+        """The tests of iteration ``i`` before its update: breakdown, negative curvature,
+        non-finite iterate, trust-region boundary."""
+        x, p, radius = self.xs[i - 1], self.ps[i], self.rules.radius
+        if not (math.isfinite(pap) and math.isfinite(pp)) or pp == 0.0:
+            return self._result(i - 1, "breakdown", x)
+        if pap <= 0:
+            x_final = _to_boundary(x, p, radius) if radius is not None else x
+            return self._result(i - 1, "negative_curvature", x_final, negative_curvature=p, curvature=pap / pp)
+        if not math.isfinite(x_norm):
+            return self._result(i - 1, "breakdown", x)
+        if radius is not None and x_norm >= radius:
+            return self._result(i, "trust_region_boundary", _to_boundary(x, p, radius))
+        return None
+
+    def _martens_fires(self, i: int) -> bool:
+        if self.rules.martens_eps is None:
+            return False
+        k = max(self.rules.martens_min_k, math.ceil(0.1 * i))
+        q = self.quad_values
+        return i > k and q[i] < 0 and (q[i] - q[i - k]) / q[i] < k * self.rules.martens_eps
+
+    def _result(
+        self, n_iter: int, reason: str, x: Tensor, *, negative_curvature: Tensor | None = None,
+        curvature: float | None = None,
+    ) -> CGResult:
+        """The result of a stop at ``n_iter`` with the iterate (or boundary point) ``x``."""
+        last_update = n_iter - 1 if reason == "trust_region_boundary" else n_iter
+        iterates = [(i, xi) for i, xi in self.stored if i <= last_update]
+        if self.rules.schedule and (not iterates or iterates[-1][0] != n_iter):
+            iterates.append((n_iter, x))
         return CGResult(
             x=x,
-            n_iter=stop_iter,
+            n_iter=n_iter,
             n_products=self.n_products,
             stop_reason=reason,
-            residual_norm=residual_norm,
-            quad_value=quad_values[-1],
+            residual_norm=self.residual_norm,
+            quad_value=self.quad_values[-1],
             iterates=iterates,
-            quad_values=quad_values,
-            negative_curvature=self.direction if negative else None,
-            curvature=curvature if negative else None,
+            quad_values=self.quad_values,
+            negative_curvature=negative_curvature,
+            curvature=curvature,
         )
 
 
@@ -277,25 +298,19 @@ def cg(
         store_iterates: keep the iterates of :func:`backtrack_schedule` (``gamma``).
         radius: Steihaug trust-region radius :math:`\\Delta`; then ``x0`` must be
             ``None`` and ``preconditioner`` too (the region is Euclidean).
-        check_every: iterations between the host's reads of the stop flag (see the
-            module docstring); 1 reads it every iteration and wastes no product.
+        check_every: iterations between the host's reads (see the module
+            docstring); 1 reads after every iteration and wastes no product.
     """
     _validate(b, x0, max_iter, preconditioner, radius, check_every)
     schedule = backtrack_schedule(max_iter, gamma) if store_iterates else set()
-    run = _Run(matvec, b, x0, max_iter, tol, preconditioner, radius)
-    stored: list[tuple[int, Tensor]] = []
+    run = _Run(matvec, b, x0, preconditioner, _Rules(max_iter, tol, martens_eps, martens_min_k, radius, schedule))
+    if x0 is not None and (result := run.read(0)) is not None:  # a warm start may already solve it
+        return result
     for i in range(1, max_iter + 1):
-        run.check_residual(i)
-        # a cold start cannot stop before its first product unless b = 0; a warm start may
-        if (i == 1 and x0 is not None or i > 1 and (i - 1) % check_every == 0) and bool(run.stopped):
-            break
         run.iterate(i)
-        if i in schedule:
-            stored.append((i, run.x.clone()))
-        if martens_eps is not None:
-            run.check_martens(i, martens_eps, martens_min_k)
-        run.next_direction()
-    return run.finish(max_iter, stored, store_iterates)
+        if (i % check_every == 0 or i == max_iter) and (result := run.read(i)) is not None:
+            return result
+    return run._result(max_iter, "max_iter", run.xs[max_iter])
 
 
 def steihaug_cg(matvec: MatVec, b: Tensor, radius: float, *, max_iter: int = 250, tol: float = 1e-10) -> CGResult:

@@ -25,6 +25,7 @@ class _Reference:
     quad_values: list[float]
     iterates: list[tuple[int, Tensor]] = field(default_factory=list)
     curvature: float | None = None
+    direction: Tensor | None = None
 
 
 def _plain_cg(a: Tensor, b: Tensor, max_iter: int, tol: float = 0.0, martens_eps: float | None = None,
@@ -39,7 +40,7 @@ def _plain_cg(a: Tensor, b: Tensor, max_iter: int, tol: float = 0.0, martens_eps
 
     def done(x_out: Tensor, i: int, reason: str, curvature: float | None = None) -> _Reference:
         its = stored if stored and stored[-1][0] == i else [*stored, (i, x_out)]
-        return _Reference(x_out, i, reason, quads, its, curvature)
+        return _Reference(x_out, i, reason, quads, its, curvature, p if curvature is not None else None)
 
     def boundary(x: Tensor, p: Tensor) -> Tensor:
         assert radius is not None
@@ -112,6 +113,7 @@ def test_late_detected_stops_leave_the_result_untouched(check_every: int) -> Non
         result = cg(lambda v: a @ v, b, max_iter=40, tol=0.0, store_iterates=True, check_every=check_every)
         _assert_same(result, ref)
         assert result.curvature == pytest.approx(ref.curvature, rel=1e-9)
+        torch.testing.assert_close(result.negative_curvature, ref.direction, rtol=1e-9, atol=1e-12)
         late = result.n_products - (result.n_iter + 1)  # the product that met negative curvature is needed
         assert 0 <= late < check_every
         if check_every == 1:
