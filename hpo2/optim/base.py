@@ -33,7 +33,7 @@ from hpo2.solvers import CGResult
 Closure = Callable[[], Tensor]
 
 REJECTED_RATIO = -1e30
-"""The ``reduction_ratio`` logged for a rejected step (ratio :math:`-\infty`): MLflow
+r"""The ``reduction_ratio`` logged for a rejected step (ratio :math:`-\infty`): MLflow
 stores no infinities, and any value below 1/4 reads as "the model was wrong"."""
 
 
@@ -202,7 +202,8 @@ class CurvatureOptimizer(Optimizer):
 
     def _record_ratio(self, rho: float, damping_next: float) -> None:
         """The reduction ratio (:data:`REJECTED_RATIO` when not finite) and the next damping."""
-        self.diagnostics.update(reduction_ratio=rho if math.isfinite(rho) else REJECTED_RATIO, damping_next=damping_next)
+        ratio = rho if math.isfinite(rho) else REJECTED_RATIO
+        self.diagnostics.update(reduction_ratio=ratio, damping_next=damping_next)
 
     def _check_finite(self, loss: float, grad_norm: float) -> bool:
         """Record a non-finite loss or gradient (the step is then rejected); raise if asked."""

@@ -157,7 +157,8 @@ class HessianFree(CurvatureOptimizer):
             part = full if fraction == 1.0 else batch.evaluate(fraction, chunk)
             if fraction != 1.0:
                 self._count("n_loss", fraction)
-            return GGNOperator(part.outputs, self._params, output_hessian_for(batch.loss_fn, part.outputs, part.targets))
+            hessian_out = output_hessian_for(batch.loss_fn, part.outputs, part.targets)
+            return GGNOperator(part.outputs, self._params, hessian_out)
 
     def _solve(self, operator: GGNOperator, g: Tensor, squares: Tensor | None, damping: float) -> CGResult:
         """Preconditioned CG on the damped system, warm-started (sec. 4.5), stopped by
@@ -183,7 +184,9 @@ class HessianFree(CurvatureOptimizer):
         (value,) = host_floats(batch.loss_value(fraction, chunk))
         return value
 
-    def _choose_iterate(self, result: CGResult, eval_loss_at: Callable[[Tensor], Tensor]) -> tuple[Tensor, float, float]:
+    def _choose_iterate(
+        self, result: CGResult, eval_loss_at: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, float, float]:
         """The CG iterate to take, its model value and its evaluation loss."""
         if self.param_groups[0]["backtracking"] and result.iterates:
             return self._backtrack(result, eval_loss_at)

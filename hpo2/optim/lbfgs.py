@@ -71,8 +71,10 @@ def two_loop_direction(g: Tensor, s_hist: list[Tensor], y_hist: list[Tensor], rh
     return r
 
 
-def _pair_products(g: Tensor, prev_g: Tensor | None, d: Tensor | None, t: float | None) -> tuple[Tensor | float, Tensor | float]:
-    """:math:`s^\top y` and :math:`y^\top y` of the pair the next iteration adds
+def _pair_products(
+    g: Tensor, prev_g: Tensor | None, d: Tensor | None, t: float | None
+) -> tuple[Tensor | float, Tensor | float]:
+    r""":math:`s^\top y` and :math:`y^\top y` of the pair the next iteration adds
     (zeros when there is none yet), to be read with the step's other scalars."""
     if prev_g is None or d is None or t is None:
         return 0.0, 0.0
@@ -81,7 +83,7 @@ def _pair_products(g: Tensor, prev_g: Tensor | None, d: Tensor | None, t: float 
 
 
 class LBFGS(CurvatureOptimizer):
-    """L-BFGS as a ``torch.optim.Optimizer`` (one parameter group).
+    r"""L-BFGS as a ``torch.optim.Optimizer`` (one parameter group).
 
     Host reads per inner iteration: the slope :math:`g^\top d` (one), the line
     search's trial points (one each) and the stopping tests with the next pair's
@@ -117,7 +119,7 @@ class LBFGS(CurvatureOptimizer):
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         group = self.param_groups[0]
-        lr, max_iter = group["lr"], group["max_iter"]
+        max_iter = group["max_iter"]
         max_eval = group["max_eval"] if group["max_eval"] is not None else max_iter * 5 // 4
         tol_grad, tol_change = group["tolerance_grad"], group["tolerance_change"]
         state = self.global_state
@@ -128,7 +130,9 @@ class LBFGS(CurvatureOptimizer):
         allow_backward = group["initial_scaling"] == "secant"
         first_loss_t, g = self._value_and_grad(closure, allow_backward)  # type: ignore[arg-type]
         ys_t, yy_t = _pair_products(g, state.get("prev_g"), state.get("d"), state.get("t"))
-        loss, g_norm, g_max, g_l1, ys, yy = host_floats(first_loss_t, g.norm(), g.abs().max(), g.abs().sum(), ys_t, yy_t)
+        loss, g_norm, g_max, g_l1, ys, yy = host_floats(
+            first_loss_t, g.norm(), g.abs().max(), g.abs().sum(), ys_t, yy_t
+        )
         state["func_evals"] += 1
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
         if not self._check_finite(loss, g_norm):
@@ -162,7 +166,7 @@ class LBFGS(CurvatureOptimizer):
                 break
 
         self.diagnostics.update(
-            inner_iters=n_iter, history=len(state["s_hist"]), pairs_skipped=skipped, step_size=state.get("t"),
+            inner_iters=n_iter, history=len(state["s_hist"]), pairs_skipped=skipped, step_size=state["t"],
             ls_evals=evals - 1,
         )
         self._finish_diagnostics()

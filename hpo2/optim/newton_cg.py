@@ -174,7 +174,7 @@ class NewtonCG(CurvatureOptimizer):
 
     @staticmethod
     def _ratio(actual: float, predicted: float) -> float:
-        """:math:`\rho` = actual / predicted change; ``-inf`` unless the model predicts a
+        r""":math:`\rho` = actual / predicted change; ``-inf`` unless the model predicts a
         decrease and the loss is finite."""
         return actual / predicted if predicted < 0 and math.isfinite(actual) else -math.inf
 

@@ -156,7 +156,9 @@ class _Run:
     one that fires.
     """
 
-    def __init__(self, matvec: MatVec, b: Tensor, x0: Tensor | None, preconditioner: Tensor | None, rules: _Rules) -> None:
+    def __init__(
+        self, matvec: MatVec, b: Tensor, x0: Tensor | None, preconditioner: Tensor | None, rules: _Rules
+    ) -> None:
         self.matvec, self.b, self.preconditioner, self.rules = matvec, b, preconditioner, rules
         self.n_products = 0
         if x0 is None:

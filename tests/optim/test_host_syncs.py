@@ -4,7 +4,7 @@ Hessian-free 58, L-BFGS 997 on benchmarks/host_syncs.py's problem)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -24,7 +24,8 @@ def _problem() -> tuple[nn.Module, BatchClosure]:
 # (optimizer, most conversions in one step): the CG reads (one per 5 iterations and one
 # for the result), one read of loss and gradient norm, one per line-search trial, one or
 # two for the step's scalars.
-CASES: list[tuple[str, Callable[[object], CurvatureOptimizer], int]] = [
+Make = Callable[[Iterator[nn.Parameter]], CurvatureOptimizer]
+CASES: list[tuple[str, Make, int]] = [
     ("newton_cg_armijo", lambda p: NewtonCG(p, cg_max_iter=50, cg_tol=1e-6), 18),
     ("newton_cg_wolfe", lambda p: NewtonCG(p, cg_max_iter=50, cg_tol=1e-6, globalization="strong_wolfe"), 18),
     ("newton_cg_trust_region", lambda p: NewtonCG(p, cg_max_iter=50, cg_tol=1e-6, globalization="trust_region"), 8),
@@ -35,7 +36,7 @@ CASES: list[tuple[str, Callable[[object], CurvatureOptimizer], int]] = [
 
 
 @pytest.mark.parametrize("make, most", [(m, n) for _, m, n in CASES], ids=[name for name, _, _ in CASES])
-def test_a_step_makes_a_handful_of_host_conversions(make: Callable[[object], CurvatureOptimizer], most: int) -> None:
+def test_a_step_makes_a_handful_of_host_conversions(make: Make, most: int) -> None:
     model, closure = _problem()
     opt = make(model.parameters())
     opt.step(closure)  # a warm-up step fills the history and the warm start

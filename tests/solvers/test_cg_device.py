@@ -98,7 +98,9 @@ def test_martens_stop_and_stored_iterates_match_plain_cg(seed: int, check_every:
     a, b = _matrix(150, torch.logspace(-2, 2, 150, dtype=torch.float64), seed), _rhs(150, seed)
     ref = _plain_cg(a, b, 150, martens_eps=5e-3)
     assert ref.reason == "relative_progress" and len(ref.iterates) > 5
-    result = cg(lambda v: a @ v, b, max_iter=150, tol=0.0, martens_eps=5e-3, store_iterates=True, check_every=check_every)
+    result = cg(
+        lambda v: a @ v, b, max_iter=150, tol=0.0, martens_eps=5e-3, store_iterates=True, check_every=check_every
+    )
     _assert_same(result, ref)
 
 
@@ -146,7 +148,9 @@ def test_preconditioned_residual_stop_matches_plain_cg(check_every: int) -> None
     a = torch.diag(scales) + 0.05 * _matrix(50, torch.linspace(1, 2, 50, dtype=torch.float64), 7)
     b, m = _rhs(50, 7), torch.diagonal(a).clone()
     ref = _plain_cg(a, b, 100, tol=1e-9, precond=m)
-    result = cg(lambda v: a @ v, b, max_iter=100, tol=1e-9, preconditioner=m, store_iterates=True, check_every=check_every)
+    result = cg(
+        lambda v: a @ v, b, max_iter=100, tol=1e-9, preconditioner=m, store_iterates=True, check_every=check_every
+    )
     assert ref.reason == "residual_tol"
     _assert_same(result, ref)
 
