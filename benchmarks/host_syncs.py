@@ -8,12 +8,19 @@ for a GPU to drain its queue; this counts them with the test-only counter
 * one ``step`` of every registered optimizer on a small MLP (batch 256), after
   one warm-up step (so the first-step set-up is not counted).
 
+Two columns: CG reading its stopping rules after every iteration (the CPU's
+default) and every ``DEFAULT_CHECK_EVERY`` iterations (an accelerator's default,
+emulated here on the CPU).
+
 Run: ``python benchmarks/host_syncs.py``
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,9 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from hpo2.optim import SAM, BatchClosure, CurvatureOptimizer, from_config  # noqa: E402
 from hpo2.optim.registry import REGISTRY  # noqa: E402
-from hpo2.solvers import cg  # noqa: E402
+from hpo2.solvers import DEFAULT_CHECK_EVERY, cg  # noqa: E402
 from hpo2.train import first_order_step  # noqa: E402
 from tests.host_sync import count_host_syncs  # noqa: E402
+
+
+CG_MODULE = importlib.import_module("hpo2.solvers.cg")
 
 
 def cg_solve_count(n_iter: int = 50) -> int:
@@ -61,10 +71,23 @@ def step_count(name: str) -> int:
     return counter.total
 
 
+def with_policy(check_every: int, count: Callable[[], int]) -> int:
+    """``count()`` with CG's default reading interval set to ``check_every``."""
+    original = CG_MODULE.default_check_every
+    CG_MODULE.default_check_every = lambda device: check_every
+    try:
+        return count()
+    finally:
+        CG_MODULE.default_check_every = original
+
+
 def main() -> None:
-    print(f"| CG solve, 50 iterations | {cg_solve_count()} |")
-    for name in REGISTRY:
-        print(f"| {name} step | {step_count(name)} |")
+    print(f"| what | CG reads every iteration (cpu) | every {DEFAULT_CHECK_EVERY} (accelerator) |")
+    print("| --- | ---: | ---: |")
+    rows: list[tuple[str, Callable[[], int]]] = [("CG solve, 50 iterations", cg_solve_count)]
+    rows += [(f"{name} step", partial(step_count, name)) for name in REGISTRY]
+    for label, count in rows:
+        print(f"| {label} | {with_policy(1, count)} | {with_policy(DEFAULT_CHECK_EVERY, count)} |")
 
 
 if __name__ == "__main__":

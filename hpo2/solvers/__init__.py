@@ -1,6 +1,14 @@
 """Linear solvers, line searches and the globalization strategies the second-order optimizers share."""
 
-from hpo2.solvers.cg import DEFAULT_CHECK_EVERY, STOP_REASONS, CGResult, backtrack_schedule, cg, steihaug_cg
+from hpo2.solvers.cg import (
+    DEFAULT_CHECK_EVERY,
+    STOP_REASONS,
+    CGResult,
+    backtrack_schedule,
+    cg,
+    default_check_every,
+    steihaug_cg,
+)
 from hpo2.solvers.globalization import (
     Armijo,
     FixedStep,
@@ -28,6 +36,7 @@ __all__ = [
     "armijo_backtracking",
     "backtrack_schedule",
     "cg",
+    "default_check_every",
     "host_floats",
     "levenberg_marquardt",
     "make_line_search",

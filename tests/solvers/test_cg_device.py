@@ -13,7 +13,7 @@ import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
-from hpo2.solvers import backtrack_schedule, cg
+from hpo2.solvers import DEFAULT_CHECK_EVERY, backtrack_schedule, cg, default_check_every
 from tests.host_sync import count_host_syncs
 
 
@@ -166,10 +166,19 @@ def test_iterates_equal_scipy_cg(n_iter: int) -> None:
 
 
 def test_fifty_iterations_make_a_handful_of_host_conversions() -> None:
-    """Before: about 250 (five conversions per iteration); now one read per check_every
-    iterations and one for the result."""
+    """Before: 254 (five conversions per iteration); now one read per check_every
+    iterations (an accelerator's default)."""
     a, b = _matrix(200, torch.logspace(0, 6, 200, dtype=torch.float64), 0), _rhs(200, 0)
     with count_host_syncs() as counter:
-        result = cg(lambda v: a @ v, b, max_iter=50, tol=0.0, martens_eps=5e-4, store_iterates=True)
+        result = cg(lambda v: a @ v, b, max_iter=50, tol=0.0, martens_eps=5e-4, store_iterates=True,
+                    check_every=DEFAULT_CHECK_EVERY)
     assert result.n_iter == 50 and result.stop_reason == "max_iter"
     assert counter.total <= 10, counter.by_kind
+    with count_host_syncs() as counter:  # the CPU's default reads once per iteration, never more
+        cg(lambda v: a @ v, b, max_iter=50, tol=0.0, martens_eps=5e-4, store_iterates=True)
+    assert counter.total <= 50, counter.by_kind
+
+
+def test_reads_every_iteration_on_the_cpu_and_every_five_on_an_accelerator() -> None:
+    assert default_check_every(torch.device("cpu")) == 1
+    assert default_check_every(torch.device("cuda", 0)) == default_check_every(torch.device("mps")) == 5
