@@ -34,7 +34,6 @@ from hpo2.solvers import DEFAULT_CHECK_EVERY, cg  # noqa: E402
 from hpo2.train import first_order_step  # noqa: E402
 from tests.host_sync import count_host_syncs  # noqa: E402
 
-
 CG_MODULE = importlib.import_module("hpo2.solvers.cg")
 
 
