@@ -97,9 +97,9 @@ def test_best_export_then_train_reproduces_the_best_validation_metric(tmp_path):
 
     _, rerun = train_from_config(load_train_config(best_file))
     assert rerun.final.valid_metric == pytest.approx(study.best_value, abs=1e-6)
-    from hpo2.optim import from_config
-
     import torch
+
+    from hpo2.optim import from_config
 
     assert from_config(best_file, [torch.nn.Parameter(torch.zeros(2))]) is not None
 
@@ -212,8 +212,8 @@ def test_model_samplers_propose_settings_from_the_model_not_at_random(model_samp
 
 
 def test_every_shipped_study_file_is_valid():
-    from hpo2.study.config import StudyConfig as Schema
     from hpo2.config import validate
+    from hpo2.study.config import StudyConfig as Schema
 
     files = sorted(Path(__file__).resolve().parent.parent.glob("studies/*.yaml"))
     names = set()
