@@ -57,8 +57,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hpo2.curvature import grads_or_zeros
+from hpo2.errors import SettingsError
 from hpo2.optim.base import CurvatureOptimizer
-from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, SettingsError
+from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings
 from hpo2.solvers import host_floats
 
 Closure = Callable[[], Tensor]
