@@ -13,7 +13,7 @@ import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
-from hpo2.solvers import DEFAULT_CHECK_EVERY, backtrack_schedule, cg, default_check_every
+from hpo2.solvers import DEFAULT_CHECK_EVERY, CGResult, backtrack_schedule, cg, default_check_every
 from tests.host_sync import count_host_syncs
 
 
@@ -35,7 +35,8 @@ def _plain_cg(a: Tensor, b: Tensor, max_iter: int, tol: float = 0.0, martens_eps
     x, r = torch.zeros_like(b), b.clone()
     y = r / precond if precond is not None else r
     p, rho = y.clone(), float(r @ y)
-    quads, stored = [0.0], []
+    quads: list[float] = [0.0]
+    stored: list[tuple[int, Tensor]] = []
     stop_res = max(tol, torch.finfo(b.dtype).eps) * float(b.norm())
 
     def done(x_out: Tensor, i: int, reason: str, curvature: float | None = None) -> _Reference:
@@ -79,13 +80,13 @@ def _rhs(n: int, seed: int) -> Tensor:
     return torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 100))
 
 
-def _assert_same(result: object, ref: _Reference) -> None:
-    assert result.stop_reason == ref.reason  # type: ignore[attr-defined]
-    assert result.n_iter == ref.n_iter  # type: ignore[attr-defined]
-    torch.testing.assert_close(result.x, ref.x, rtol=1e-9, atol=1e-12)  # type: ignore[attr-defined]
-    np.testing.assert_allclose(result.quad_values, ref.quad_values, rtol=1e-9, atol=1e-12)  # type: ignore[attr-defined]
-    assert [i for i, _ in result.iterates] == [i for i, _ in ref.iterates]  # type: ignore[attr-defined]
-    for (_, xi), (_, ri) in zip(result.iterates, ref.iterates):  # type: ignore[attr-defined]
+def _assert_same(result: CGResult, ref: _Reference) -> None:
+    assert result.stop_reason == ref.reason
+    assert result.n_iter == ref.n_iter
+    torch.testing.assert_close(result.x, ref.x, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(result.quad_values, ref.quad_values, rtol=1e-9, atol=1e-12)
+    assert [i for i, _ in result.iterates] == [i for i, _ in ref.iterates]
+    for (_, xi), (_, ri) in zip(result.iterates, ref.iterates, strict=True):
         torch.testing.assert_close(xi, ri, rtol=1e-9, atol=1e-12)
 
 
@@ -112,7 +113,7 @@ def test_late_detected_stops_leave_the_result_untouched(check_every: int) -> Non
         b = _rhs(40, seed)
         ref = _plain_cg(a, b, 40)
         assert ref.reason == "negative_curvature"
-        result = cg(lambda v: a @ v, b, max_iter=40, tol=0.0, store_iterates=True, check_every=check_every)
+        result = cg(a.mv, b, max_iter=40, tol=0.0, store_iterates=True, check_every=check_every)
         _assert_same(result, ref)
         assert result.curvature == pytest.approx(ref.curvature, rel=1e-9)
         torch.testing.assert_close(result.negative_curvature, ref.direction, rtol=1e-9, atol=1e-12)
