@@ -203,7 +203,7 @@ def test_non_finite_loss_rejects_the_step_and_keeps_params(name):
     assert opt.diagnostics["status"] in ("nonfinite_loss", "nonfinite_grad")
     for a, b in zip(model.parameters(), before):
         assert torch.equal(a.detach(), b)
-    strict = type(opt)(model.parameters(), opt.settings, raise_on_nonfinite=True)
+    strict = type(opt)(model.parameters(), **opt.settings.model_dump(), raise_on_nonfinite=True)
     with pytest.raises(FloatingPointError, match="non"):
         strict.step(closure)
 

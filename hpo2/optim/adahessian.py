@@ -26,6 +26,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.base import Closure
 from hpo2.optim.diagonal_base import DiagonalCurvatureOptimizer
@@ -57,6 +58,27 @@ class AdaHessian(DiagonalCurvatureOptimizer):
     """AdaHessian as a ``torch.optim.Optimizer``; the closure returns the loss."""
 
     Settings = AdaHessianSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 0.15,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-4,
+        weight_decay: float = 5e-4,
+        hessian_power: float = 1.0,
+        hessian_refresh: int = 1,
+        n_probes: int = 1,
+        seed: int = 0,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, hessian_power=hessian_power,
+            hessian_refresh=hessian_refresh, n_probes=n_probes, seed=seed
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         prepared = self._prepare_step(closure, "hutchinson")

@@ -45,11 +45,12 @@ raised when it is active (call ``model.eval()`` or remove it).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, output_hessian_for
 from hpo2.curvature.layers import per_sample_grad_squares, per_sample_scale
@@ -97,8 +98,36 @@ class HessianFree(CurvatureOptimizer):
 
     Settings = HessianFreeSettings
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # CurvatureOptimizer's arguments
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        batch_size: BatchSize = "full",
+        lr: float = 1.0,
+        damping: float = 1.0,
+        lm_boost: float = 1.5,
+        lm_drop: float = 2.0 / 3.0,
+        cg_max_iter: int = 250,
+        cg_decay: float = 0.95,
+        martens_eps: float = 5e-4,
+        curvature_fraction: float = 0.1,
+        evaluation_batch: Literal["curvature", "gradient"] = "curvature",
+        preconditioner: bool = True,
+        preconditioner_exponent: float = 0.75,
+        backtracking: bool = True,
+        ls_c1: float = 1e-2,
+        ls_shrink: float = 0.8,
+        max_ls_evals: int = 60,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            batch_size=batch_size, lr=lr, damping=damping, lm_boost=lm_boost, lm_drop=lm_drop, cg_max_iter=cg_max_iter,
+            cg_decay=cg_decay, martens_eps=martens_eps, curvature_fraction=curvature_fraction,
+            evaluation_batch=evaluation_batch, preconditioner=preconditioner,
+            preconditioner_exponent=preconditioner_exponent, backtracking=backtracking, ls_c1=ls_c1,
+            ls_shrink=ls_shrink, max_ls_evals=max_ls_evals
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._statistics: LayerStatistics | None = None  # built on the first step (warns once)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]

@@ -52,6 +52,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature.diagonal import likelihood_name, sampled_label_loss, supported_likelihoods
 from hpo2.curvature.layers import LayerRecord, LayerStatistics, per_sample_scale
@@ -99,8 +100,33 @@ class KFAC(SeededOptimizer):
 
     Settings = KFACSettings
 
-    def __init__(self, params: Any, settings: Any = None, **kwargs: Any) -> None:
-        super().__init__(params, settings, **kwargs)
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        damping: float = 1e-3,
+        stat_decay: float = 0.95,
+        kl_clip: float = 1e-3,
+        weight_decay: float = 0.0,
+        cov_update_every: int = 10,
+        inverse_update_every: int = 100,
+        fisher: Literal["sampled", "empirical"] = "sampled",
+        fallback_lr: float = 1e-3,
+        fallback_beta1: float = 0.9,
+        fallback_beta2: float = 0.999,
+        fallback_eps: float = 1e-8,
+        seed: int = 0,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, momentum=momentum, damping=damping, stat_decay=stat_decay, kl_clip=kl_clip,
+            weight_decay=weight_decay, cov_update_every=cov_update_every, inverse_update_every=inverse_update_every,
+            fisher=fisher, fallback_lr=fallback_lr, fallback_beta1=fallback_beta1, fallback_beta2=fallback_beta2,
+            fallback_eps=fallback_eps, seed=seed
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._statistics: LayerStatistics | None = None
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]

@@ -31,6 +31,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import HessianOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer
@@ -73,6 +74,29 @@ class LBFGS(CurvatureOptimizer):
     """L-BFGS as a ``torch.optim.Optimizer`` (one parameter group)."""
 
     Settings = LBFGSSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 1.0,
+        max_iter: int = 20,
+        max_eval: int | None = None,
+        tolerance_grad: float = 1e-7,
+        tolerance_change: float = 1e-9,
+        history_size: int = 100,
+        line_search: Literal["none", "strong_wolfe"] = "strong_wolfe",
+        initial_scaling: Literal["secant", "hvp"] = "secant",
+        ls_c1: float = 1e-4,
+        ls_c2: float = 0.9,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
+            tolerance_change=tolerance_change, history_size=history_size, line_search=line_search,
+            initial_scaling=initial_scaling, ls_c1=ls_c1, ls_c2=ls_c2
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def _hvp_gamma(self, closure: Closure, g: Tensor) -> float | None:
         """:math:`g^\\top g / g^\\top H g` at the current parameters, or None if not positive."""

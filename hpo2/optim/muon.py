@@ -61,8 +61,29 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     charges_step_time = True
 
-    def __init__(self, params: Iterable[Tensor], settings: MuonSettings | None = None) -> None:
-        s = settings or MuonSettings()
+    Settings = MuonSettings
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        *,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        weight_decay: float = 0.0,
+        adamw_lr: float = 1e-3,
+        adamw_beta1: float = 0.9,
+        adamw_beta2: float = 0.999,
+        adamw_eps: float = 1e-8,
+        adamw_weight_decay: float = 0.0,
+    ) -> None:
+        settings = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
+            adamw_lr=adamw_lr, adamw_beta1=adamw_beta1, adamw_beta2=adamw_beta2, adamw_eps=adamw_eps,
+            adamw_weight_decay=adamw_weight_decay,
+        )
+        s = MuonSettings.parse(settings, where=type(self).__name__)
         params = [p for p in params if p.requires_grad]
         matrices, others = [p for p in params if p.dim() == 2], [p for p in params if p.dim() != 2]
         self._parts: list[torch.optim.Optimizer] = []
@@ -98,7 +119,3 @@ class MuonWithAdamW(torch.optim.Optimizer):
         for part in self._parts:
             part.step()
         return loss
-
-
-def build_muon(params: Iterable[Any], settings: MuonSettings) -> torch.optim.Optimizer:
-    return MuonWithAdamW(params, settings)

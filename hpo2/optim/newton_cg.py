@@ -43,11 +43,12 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import DampedOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure
-from hpo2.optim.settings import Choice, DataRegimeSettings, FloatRange, IntRange
+from hpo2.optim.settings import BatchSize, Choice, DataRegimeSettings, FloatRange, IntRange
 from hpo2.solvers import armijo_backtracking, cg, strong_wolfe
 
 
@@ -82,6 +83,37 @@ class NewtonCG(CurvatureOptimizer):
     (no ``backward()``).  See the module docstring for the method."""
 
     Settings = NewtonCGSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        batch_size: BatchSize = None,
+        lr: float = 1.0,
+        damping: float = 1e-3,
+        cg_max_iter: int = 50,
+        cg_tol: float = 0.5,
+        curvature: Literal["auto", "ggn", "hessian"] = "auto",
+        curvature_fraction: float = 1.0,
+        damping_rule: Literal["lm", "fixed"] = "lm",
+        lm_boost: float = 1.5,
+        lm_drop: float = 2.0 / 3.0,
+        globalization: Literal["armijo", "strong_wolfe", "trust_region", "none"] = "armijo",
+        negative_curvature: Literal["truncate", "direction"] = "truncate",
+        tr_radius: float = 1.0,
+        tr_max_radius: float = 1000.0,
+        tr_eta: float = 0.15,
+        max_ls_evals: int = 20,
+        tolerance_grad: float = 1e-12,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            batch_size=batch_size, lr=lr, damping=damping, cg_max_iter=cg_max_iter, cg_tol=cg_tol, curvature=curvature,
+            curvature_fraction=curvature_fraction, damping_rule=damping_rule, lm_boost=lm_boost, lm_drop=lm_drop,
+            globalization=globalization, negative_curvature=negative_curvature, tr_radius=tr_radius,
+            tr_max_radius=tr_max_radius, tr_eta=tr_eta, max_ls_evals=max_ls_evals, tolerance_grad=tolerance_grad
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         group = self.param_groups[0]

@@ -30,6 +30,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import lanczos
 from hpo2.optim.base import Closure, CurvatureOptimizer
@@ -56,6 +57,22 @@ class SaddleFreeNewton(CurvatureOptimizer):
     """
 
     Settings = SaddleFreeNewtonSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 0.05,
+        damping: float = 0.1,
+        rank: int = 8,
+        lanczos_iter: int = 20,
+        refresh_every: int = 10,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, damping=damping, rank=rank, lanczos_iter=lanczos_iter, refresh_every=refresh_every
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         group, state = self.param_groups[0], self.global_state

@@ -89,9 +89,10 @@ class SAM(Optimizer):
     ``state_dict()`` is ``{"base": base.state_dict(), "sam": settings}``.
     """
 
-    def __init__(self, base: Optimizer, settings: SAMSettings | None = None, **overrides: Any) -> None:
-        values = {**(settings.model_dump() if settings is not None else {}), **overrides}
-        self.settings = SAMSettings.parse(values, where="sam")
+    Settings = SAMSettings
+
+    def __init__(self, base: Optimizer, *, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01) -> None:
+        self.settings = SAMSettings.parse(dict(rho=rho, adaptive=adaptive, eta=eta), where="sam")
         self.base = base
         super().__init__([p for group in base.param_groups for p in group["params"]], self.settings.model_dump())
         # One set of groups and state: the base optimizer's.
@@ -190,7 +191,7 @@ def parse_sam(value: Any, where: str) -> SAMSettings | None:
         return SAMSettings()
     if not isinstance(value, Mapping):
         raise SettingsError(f"{where} = {value!r}: give a mapping {{rho, adaptive, eta}} or true/false")
-    return SAMSettings.parse(dict(value), where=where)  # type: ignore[return-value]
+    return SAMSettings.parse(dict(value), where=where)
 
 
 def nest_sam(flat: Mapping[str, Any]) -> dict[str, Any]:

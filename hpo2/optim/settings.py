@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -86,7 +86,7 @@ class OptimizerSettings(BaseModel):
         return cls().model_dump()
 
     @classmethod
-    def parse(cls, values: dict[str, Any] | None, where: str = "settings") -> OptimizerSettings:
+    def parse(cls, values: dict[str, Any] | None, where: str = "settings") -> Self:
         """Validate ``values`` into settings, with a one-paragraph error that names
         each bad field (``where.field``), the value given, and what is allowed."""
         values = dict(values or {})

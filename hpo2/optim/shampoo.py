@@ -40,6 +40,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix, block_slices, inverse_root
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
@@ -71,6 +72,30 @@ class Shampoo(MatrixPreconditioner):
     """
 
     Settings = ShampooSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        epsilon: float = 1e-12,
+        grafting: Literal["adam", "none"] = "adam",
+        graft_beta2: float = 0.999,
+        graft_eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        precondition_frequency: int = 20,
+        start_preconditioning_step: int = 20,
+        max_preconditioner_dim: int = 1024,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, beta1=beta1, beta2=beta2, epsilon=epsilon, grafting=grafting, graft_beta2=graft_beta2,
+            graft_eps=graft_eps, weight_decay=weight_decay, precondition_frequency=precondition_frequency,
+            start_preconditioning_step=start_preconditioning_step, max_preconditioner_dim=max_preconditioner_dim
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]
         self._refreshes, self._inverse_seconds, self._condition = 0, 0.0, 0.0

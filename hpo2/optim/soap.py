@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
@@ -81,6 +82,27 @@ class SOAP(MatrixPreconditioner):
     """
 
     Settings = SOAPSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 3e-3,
+        beta1: float = 0.95,
+        beta2: float = 0.95,
+        shampoo_beta: float | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 10000,
+        eigenbasis: Literal["power_qr", "eigh"] = "power_qr",
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, beta1=beta1, beta2=beta2, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency, max_precond_dim=max_precond_dim, eigenbasis=eigenbasis
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]
         self._refreshes, self._inverse_seconds, self._condition = 0, 0.0, 0.0

@@ -24,6 +24,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.base import Closure
 from hpo2.optim.diagonal_base import DiagonalCurvatureOptimizer
@@ -50,6 +51,28 @@ class Sophia(DiagonalCurvatureOptimizer):
     ``gnb`` estimator needs a :class:`~hpo2.optim.closure.BatchClosure`."""
 
     Settings = SophiaSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 1e-4,
+        beta1: float = 0.965,
+        beta2: float = 0.99,
+        rho: float = 0.04,
+        weight_decay: float = 0.1,
+        eps: float = 1e-15,
+        hessian_refresh: int = 10,
+        estimator: Literal["gnb", "hutchinson"] = "gnb",
+        n_probes: int = 1,
+        seed: int = 0,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, beta1=beta1, beta2=beta2, rho=rho, weight_decay=weight_decay, eps=eps,
+            hessian_refresh=hessian_refresh, estimator=estimator, n_probes=n_probes, seed=seed
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         prepared = self._prepare_step(closure, self.param_groups[0]["estimator"])

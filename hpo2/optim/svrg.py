@@ -41,11 +41,12 @@ full gradient :math:`\mu = \nabla F(w)` at the current point is known, so on
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure
@@ -72,8 +73,24 @@ class SVRG(CurvatureOptimizer):
 
     Settings = SVRGSettings
 
-    def __init__(self, params: Any, settings: SVRGSettings | None = None, **overrides: Any) -> None:
-        super().__init__(params, settings, **overrides)
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 0.025,
+        momentum: float = 0.0,
+        snapshot_every: int = 2,
+        snapshot_samples: int | None = None,
+        chunk_size: int = 4096,
+        variance_probes: int = 4,
+        seed: int = 0,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, momentum=momentum, snapshot_every=snapshot_every, snapshot_samples=snapshot_samples,
+            chunk_size=chunk_size, variance_probes=variance_probes, seed=seed
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._generator = torch.Generator().manual_seed(self.settings.seed)  # type: ignore[attr-defined]
         self.snapshot_diagnostics: dict[str, float] = {}
 
