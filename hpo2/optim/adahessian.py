@@ -21,7 +21,7 @@ Defaults are those of the paper's image-classification experiments.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import Field
@@ -36,15 +36,27 @@ from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
 class AdaHessianSettings(OptimizerSettings):
     """Settings of :class:`AdaHessian` (paper defaults)."""
 
+    family: ClassVar[str] = "diagonal curvature"
+    reference: ClassVar[str] = "Yao et al., AdaHessian, AAAI 2021 (arXiv 2006.00719)"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-3, 1.0, log=True)] = 0.15
+    """Learning rate eta."""
     beta1: Annotated[float, Field(ge=0, lt=1), FloatRange(0.8, 0.99)] = 0.9
+    """Decay of the gradient's moving average (first moment)."""
     beta2: Annotated[float, Field(ge=0, lt=1), FloatRange(0.9, 0.9999, log=True)] = 0.999
+    """Decay of the squared Hessian diagonal's moving average (second moment)."""
     eps: Annotated[float, Field(gt=0), FloatRange(1e-8, 1e-2, log=True)] = 1e-4
+    """Added to the denominator (sqrt v)^k for stability."""
     weight_decay: Annotated[float, Field(ge=0), FloatRange(1e-6, 1e-2, log=True)] = 5e-4
+    """Decoupled weight decay lambda: theta <- theta - eta lambda theta."""
     hessian_power: Annotated[float, Field(gt=0, le=1), FloatRange(0.5, 1.0)] = 1.0
+    """Exponent k on the root of the second moment (paper eq. 9; 1 is Newton-like, 0.5 Adam-like)."""
     hessian_refresh: Annotated[int, Field(ge=1), IntRange(1, 20, log=True)] = 1
+    """Estimate the Hessian diagonal every this many steps and reuse it in between."""
     n_probes: Annotated[int, Field(ge=1)] = 1
+    """Rademacher probes per Hutchinson diagonal estimate (each one Hessian-vector product)."""
     seed: int = 0
+    """Seed of the probe generator (saved with the optimizer state)."""
 
 
 def spatial_average(diag: Tensor) -> Tensor:

@@ -45,7 +45,7 @@ raised when it is active (call ``model.eval()`` or remove it).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -71,22 +71,41 @@ class HessianFreeSettings(DataRegimeSettings):
     """Settings of :class:`HessianFree`; defaults from Martens (2010) and
     Martens & Sutskever (2012)."""
 
+    family: ClassVar[str] = "Newton (CG)"
+    reference: ClassVar[str] = "Martens, ICML 2010; Martens & Sutskever, Neural Networks: Tricks of the Trade (2012)"
+
     batch_size: Annotated[BatchSize, BATCH_CHOICES] = "full"
+    """Gradient batch: 'full' (Martens 2010 sec. 4.3) the whole training set, None the task's, or an int."""
     lr: Annotated[float, Field(gt=0)] = 1.0
+    """First trial step of the final Armijo line search (Martens & Sutskever 2012 sec. 8.8)."""
     damping: Annotated[float, Field(ge=0), FloatRange(1e-4, 100.0, log=True)] = 1.0
+    """Initial Levenberg-Marquardt damping lambda of the model G + lambda I (Martens 2010 sec. 4.1)."""
     lm_boost: Annotated[float, Field(gt=1)] = 1.5
+    """Factor on the damping when the reduction ratio is below 1/4 (Martens: 3/2)."""
     lm_drop: Annotated[float, Field(gt=0, lt=1)] = 2.0 / 3.0
+    """Factor on the damping when the reduction ratio is above 3/4 (Martens: 2/3)."""
     cg_max_iter: Annotated[int, Field(ge=1), IntRange(10, 250, log=True)] = 250
+    """Most CG iterations (Gauss-Newton products) per step (Martens 2010: 250)."""
     cg_decay: Annotated[float, Field(ge=0, le=1), FloatRange(0.5, 0.99)] = 0.95
+    """Warm start: CG starts from this times the previous step's final CG iterate (sec. 4.5)."""
     martens_eps: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-2, log=True)] = 5e-4
+    """Martens' CG stopping rule: relative progress of the quadratic model below this (sec. 4.4)."""
     curvature_fraction: Annotated[float, Field(gt=0, le=1), FloatRange(0.02, 1.0, log=True)] = 0.1
+    """Fraction of the gradient batch the curvature chunk holds; chunks cycle over steps."""
     evaluation_batch: Annotated[Literal["curvature", "gradient"], Choice(("curvature", "gradient"))] = "curvature"
+    """Batch for CG backtracking and the reduction ratio: the 'curvature' chunk or the 'gradient' batch."""
     preconditioner: bool = True
+    """Precondition CG with the empirical-Fisher diagonal (Martens 2010 sec. 4.7)."""
     preconditioner_exponent: Annotated[float, Field(ge=0, le=1)] = 0.75
+    """Exponent of the preconditioner (diag(sum grad^2) + lambda)^exponent (Martens: 0.75)."""
     backtracking: bool = True
+    """Walk back through the stored CG iterates while the loss falls (sec. 4.6)."""
     ls_c1: Annotated[float, Field(gt=0, lt=1)] = 1e-2
+    """Armijo sufficient-decrease constant of the final line search."""
     ls_shrink: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    """Factor on the step when the final line search backtracks."""
     max_ls_evals: Annotated[int, Field(ge=1)] = 60
+    """Most loss evaluations in the final line search."""
 
 
 class HessianFree(CurvatureOptimizer):

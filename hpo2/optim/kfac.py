@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -66,20 +66,37 @@ from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
 class KFACSettings(OptimizerSettings):
     """Settings of :class:`KFAC` (kfac-pytorch / Ba et al. 2017 defaults)."""
 
+    family: ClassVar[str] = "Kronecker-factored"
+    reference: ClassVar[str] = "Martens & Grosse, ICML 2015; Grosse & Martens, ICML 2016; Ba et al., ICLR 2017"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-3, 1.0, log=True)] = 0.1
+    """Learning rate eta of the preconditioned, KL-clipped step."""
     momentum: Annotated[float, Field(ge=0, lt=1), FloatRange(0.0, 0.99)] = 0.9
+    """Heavy-ball momentum mu on the preconditioned step."""
     damping: Annotated[float, Field(gt=0), FloatRange(1e-5, 1.0, log=True)] = 1e-3
+    """Tikhonov damping gamma, split between the factors by the pi correction (sec. 6.3)."""
     stat_decay: Annotated[float, Field(ge=0, lt=1), FloatRange(0.8, 0.999)] = 0.95
+    """Decay of the Kronecker factors' exponential moving average."""
     kl_clip: Annotated[float, Field(ge=0), FloatRange(1e-4, 0.1, log=True)] = 1e-3
+    """KL-clipping bound kappa on the step's predicted change (Ba et al. 2017 sec. 5); 0 turns it off."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """L2 weight decay added to the gradient before preconditioning."""
     cov_update_every: Annotated[int, Field(ge=1), IntRange(1, 50, log=True)] = 10
+    """Update the Kronecker factors every this many steps."""
     inverse_update_every: Annotated[int, Field(ge=1), IntRange(1, 200, log=True)] = 100
+    """Eigendecompose the factors every this many steps."""
     fisher: Annotated[Literal["sampled", "empirical"], Choice(("sampled", "empirical"))] = "sampled"
+    """Output gradients from labels sampled from the model ('sampled', true Fisher) or the data's."""
     fallback_lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
+    """Adam learning rate for the parameters K-FAC cannot factor."""
     fallback_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    """Adam beta1 for the parameters K-FAC cannot factor."""
     fallback_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    """Adam beta2 for the parameters K-FAC cannot factor."""
     fallback_eps: Annotated[float, Field(gt=0)] = 1e-8
+    """Adam epsilon for the parameters K-FAC cannot factor."""
     seed: int = 0
+    """Seed of the label-sampling generator (saved with the optimizer state)."""
 
 
 def _weight_matrix(weight: Tensor, bias: Tensor | None) -> Tensor:

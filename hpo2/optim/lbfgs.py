@@ -26,7 +26,7 @@ without it.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -43,16 +43,29 @@ class LBFGSSettings(OptimizerSettings):
     """Settings of :class:`LBFGS` (``torch.optim.LBFGS``'s names and defaults, with
     the strong-Wolfe search that Nocedal & Wright prescribe as default)."""
 
+    family: ClassVar[str] = "quasi-Newton"
+    reference: ClassVar[str] = "Liu & Nocedal, Math. Programming 45 (1989); Nocedal & Wright (2006), Alg. 7.4-7.5"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-3, 1.0, log=True)] = 1.0
+    """Step length (the fixed step, or the line search's first trial); torch.optim.LBFGS's lr."""
     max_iter: Annotated[int, Field(ge=1), IntRange(1, 20, log=True)] = 20
+    """L-BFGS iterations per step() call."""
     max_eval: Annotated[int | None, Field(ge=1)] = None
+    """Most loss evaluations per step() call (None: 1.25 * max_iter, as torch)."""
     tolerance_grad: Annotated[float, Field(ge=0)] = 1e-7
+    """Stop when the largest absolute gradient entry is at most this."""
     tolerance_change: Annotated[float, Field(ge=0)] = 1e-9
+    """Stop when the step or the loss change is at most this."""
     history_size: Annotated[int, Field(ge=1), IntRange(3, 100, log=True)] = 100
+    """Number of (s, y) curvature pairs kept (the memory m of Nocedal & Wright Alg. 7.5)."""
     line_search: Annotated[Literal["none", "strong_wolfe"], Choice(("none", "strong_wolfe"))] = "strong_wolfe"
+    """'strong_wolfe' search (N&W Alg. 3.5) or 'none' (fixed step lr)."""
     initial_scaling: Annotated[Literal["secant", "hvp"], Choice(("secant", "hvp"))] = "secant"
+    """H0 = gamma I with gamma from the newest pair ('secant', N&W eq. 7.20) or one HVP ('hvp')."""
     ls_c1: Annotated[float, Field(gt=0, lt=1)] = 1e-4
+    """Strong-Wolfe sufficient-decrease constant c1."""
     ls_c2: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    """Strong-Wolfe curvature constant c2."""
 
 
 def two_loop_direction(g: Tensor, s_hist: list[Tensor], y_hist: list[Tensor], rho_hist: list[float], gamma: float) -> Tensor:

@@ -21,7 +21,7 @@ decay); the AdamW part uses Adam's paper defaults.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -34,16 +34,29 @@ class MuonSettings(OptimizerSettings):
     """Settings of :class:`MuonWithAdamW` (Muon's published defaults; ``adamw_*`` for
     the non-matrix parameters)."""
 
+    family: ClassVar[str] = "first-order"
+    reference: ClassVar[str] = "Jordan et al. 2024, kellerjordan.github.io/posts/muon"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-4, 0.3, log=True)] = 0.02
+    """Muon's learning rate for the 2-d weight matrices."""
     momentum: Annotated[float, Field(ge=0, lt=1), FloatRange(0.8, 0.99)] = 0.95
+    """Muon's momentum mu."""
     nesterov: bool = True
+    """Use Nesterov momentum in Muon."""
     ns_steps: Annotated[int, Field(ge=1, lt=100), IntRange(3, 8)] = 5
+    """Newton-Schulz iterations orthogonalizing each update."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """Muon's decoupled weight decay."""
     adamw_lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
+    """AdamW learning rate for the other parameters (biases, norms, conv kernels)."""
     adamw_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    """AdamW beta1 for the other parameters."""
     adamw_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    """AdamW beta2 for the other parameters."""
     adamw_eps: Annotated[float, Field(gt=0)] = 1e-8
+    """AdamW epsilon for the other parameters."""
     adamw_weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """AdamW decoupled weight decay for the other parameters."""
 
 
 class MuonWithAdamW(torch.optim.Optimizer):

@@ -38,7 +38,7 @@ exploit it to leave the saddle.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -56,26 +56,45 @@ class NewtonCGSettings(DataRegimeSettings):
     """Settings of :class:`NewtonCG`; defaults after Nocedal & Wright (2006), ch. 7,
     Martens (2010) for the damping rule."""
 
+    family: ClassVar[str] = "Newton (CG)"
+    reference: ClassVar[str] = "Nocedal & Wright, Numerical Optimization (2006), ch. 7; Martens, ICML 2010"
+
     lr: Annotated[float, Field(gt=0), FloatRange(0.1, 1.0, log=True)] = 1.0
+    """Step length: the first trial step of the line search, or the fixed step when globalization='none'."""
     damping: Annotated[float, Field(ge=0), FloatRange(1e-6, 1.0, log=True)] = 1e-3
+    """Initial Levenberg-Marquardt damping lambda added to the curvature, C + lambda I."""
     cg_max_iter: Annotated[int, Field(ge=1), IntRange(5, 100, log=True)] = 50
+    """Most CG iterations (curvature products) per step."""
     cg_tol: Annotated[float, Field(gt=0, le=1), FloatRange(1e-3, 0.5, log=True)] = 0.5
+    """CG forcing term cap: stop when ||r|| <= min(cg_tol, sqrt(||g||)) ||g|| (N&W Thm. 7.2)."""
     curvature: Annotated[Literal["auto", "ggn", "hessian"], Choice(("auto", "hessian"))] = "auto"
+    """Curvature matrix: 'ggn' (Gauss-Newton, PSD), 'hessian', or 'auto' (GGN for a BatchClosure)."""
     curvature_fraction: Annotated[float, Field(gt=0, le=1), FloatRange(0.05, 1.0, log=True)] = 1.0
+    """Fraction of the batch the curvature products use (subsampled Newton, Byrd et al. 2011)."""
     damping_rule: Annotated[Literal["lm", "fixed"], Choice(("lm", "fixed"))] = "lm"
+    """'lm': adapt the damping by the reduction ratio (Martens 2010 sec. 4.1); 'fixed': keep it."""
     lm_boost: Annotated[float, Field(gt=1)] = 1.5
+    """Factor on the damping when the reduction ratio is below 1/4."""
     lm_drop: Annotated[float, Field(gt=0, lt=1)] = 2.0 / 3.0
+    """Factor on the damping when the reduction ratio is above 3/4."""
     globalization: Annotated[
         Literal["armijo", "strong_wolfe", "trust_region", "none"], Choice(("armijo", "trust_region"))
     ] = "armijo"
+    """Step control: Armijo backtracking, strong Wolfe search, Steihaug trust region, or none."""
     negative_curvature: Literal["truncate", "direction"] = "truncate"
+    """On negative curvature in CG: 'truncate' at the last iterate, or add the 'direction' too."""
     tr_radius: Annotated[
         float, Field(gt=0), FloatRange(0.01, 10.0, log=True, when=("globalization", ("trust_region",)))
     ] = 1.0
+    """Initial trust-region radius (parameter-space norm; globalization='trust_region')."""
     tr_max_radius: Annotated[float, Field(gt=0)] = 1000.0
+    """Largest trust-region radius."""
     tr_eta: Annotated[float, Field(ge=0, lt=0.25)] = 0.15
+    """Least reduction ratio for a trust-region step to be accepted (N&W Alg. 4.1)."""
     max_ls_evals: Annotated[int, Field(ge=1)] = 20
+    """Most loss evaluations per line search."""
     tolerance_grad: Annotated[float, Field(ge=0)] = 1e-12
+    """Stop (status 'converged') when the gradient norm is at most this."""
 
 
 class NewtonCG(CurvatureOptimizer):

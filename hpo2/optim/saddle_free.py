@@ -25,7 +25,7 @@ double-backward graph and Lanczos adds ``lanczos_iter`` products.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import Field
@@ -40,11 +40,19 @@ from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
 class SaddleFreeNewtonSettings(OptimizerSettings):
     """Settings of :class:`SaddleFreeNewton`."""
 
+    family: ClassVar[str] = "Newton (low-rank)"
+    reference: ClassVar[str] = "Dauphin et al., NIPS 2014 (arXiv 1406.2572), sec. 5-6"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-4, 1.0, log=True)] = 0.05
+    """Learning rate of the gradient step outside the Ritz subspace (the whole step before the first pairs)."""
     damping: Annotated[float, Field(ge=0), FloatRange(1e-3, 10.0, log=True)] = 0.1
+    """delta added to |lambda_i| in the saddle-free Newton step."""
     rank: Annotated[int, Field(ge=1), IntRange(1, 32, log=True)] = 8
+    """Number k of Ritz pairs (largest |lambda|) kept for |H|."""
     lanczos_iter: Annotated[int, Field(ge=1)] = 20
+    """Lanczos iterations (Hessian-vector products) per refresh."""
     refresh_every: Annotated[int, Field(ge=1), IntRange(1, 100, log=True)] = 10
+    """Recompute the Ritz pairs every this many steps."""
 
 
 class SaddleFreeNewton(CurvatureOptimizer):

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -66,9 +66,15 @@ SAM_KEY = "sam"
 class SAMSettings(OptimizerSettings):
     """Settings of :class:`SAM`: Foret et al.'s default radius; ASAM's :math:`\\eta`."""
 
+    family: ClassVar[str] = "wrapper"
+    reference: ClassVar[str] = "Foret et al., ICLR 2021 (arXiv 2010.01412); ASAM: Kwon et al., ICML 2021"
+
     rho: Annotated[float, Field(gt=0), FloatRange(0.01, 2.0, log=True)] = 0.05
+    """Radius of the ascent step (Foret et al. 2021 default 0.05; ASAM uses larger, e.g. 0.5-2)."""
     adaptive: Annotated[bool, Choice((False, True))] = False
+    """ASAM's scale-invariant ball T_w = |w| + eta (Kwon et al. 2021)."""
     eta: Annotated[float, Field(ge=0)] = 0.01
+    """ASAM's offset eta in T_w = |w| + eta."""
 
 
 def ascent_step(params: list[Tensor], grads: list[Tensor], rho: float, adaptive: bool = False, eta: float = 0.01) -> list[Tensor]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -66,9 +66,14 @@ SearchDimension = FloatRange | IntRange | Choice
 
 
 class OptimizerSettings(BaseModel):
-    """Base of every optimizer's settings: frozen, unknown fields rejected."""
+    """Base of every optimizer's settings: frozen, unknown fields rejected.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Each field's description is the docstring under it (pydantic's
+    ``use_attribute_docstrings``: one line, shown by IDEs and by ``hpo2 optimizers
+    NAME``); ``family`` and ``reference`` name the method's kind and its paper.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     @classmethod
     def search_space(cls) -> dict[str, SearchDimension]:
@@ -137,3 +142,4 @@ class DataRegimeSettings(OptimizerSettings):
     """
 
     batch_size: Annotated[BatchSize, BATCH_CHOICES] = None
+    """Gradient batch: None keeps the task's, 'full' the whole training set, an int is capped at its size."""

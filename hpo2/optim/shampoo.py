@@ -35,7 +35,7 @@ early factors are ill conditioned).
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -49,17 +49,31 @@ from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
 class ShampooSettings(OptimizerSettings):
     """Settings of :class:`Shampoo` (Distributed Shampoo / AlgoPerf defaults)."""
 
+    family: ClassVar[str] = "Kronecker-factored"
+    reference: ClassVar[str] = "Gupta, Koren & Singer, ICML 2018; Anil et al. 2020 (arXiv 2002.09018)"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
+    """Learning rate eta."""
     beta1: Annotated[float, Field(ge=0, lt=1), FloatRange(0.0, 0.99)] = 0.9
+    """Decay of the gradient's moving average (0: the raw gradient)."""
     beta2: Annotated[float, Field(gt=0, le=1), FloatRange(0.9, 0.9999, log=True)] = 0.999
+    """Decay of the factors L, R (1: plain sums, Gupta et al. 2018)."""
     epsilon: Annotated[float, Field(gt=0), FloatRange(1e-12, 1e-4, log=True)] = 1e-12
+    """Added to the factors' diagonal before the inverse fourth root."""
     grafting: Literal["adam", "none"] = "adam"
+    """'adam': Shampoo's direction with Adam's per-block step norm (Anil et al. 2020 sec. 3.3); 'none'."""
     graft_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    """Decay of Adam's second moment in the grafting."""
     graft_eps: Annotated[float, Field(gt=0)] = 1e-8
+    """Epsilon of Adam's step in the grafting."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """Decoupled weight decay lambda."""
     precondition_frequency: Annotated[int, Field(ge=1), IntRange(1, 100, log=True)] = 20
+    """Recompute the inverse fourth roots every this many steps."""
     start_preconditioning_step: Annotated[int, Field(ge=1)] = 20
+    """Step from which Shampoo's direction is used (Adam before it)."""
     max_preconditioner_dim: Annotated[int, Field(ge=1)] = 1024
+    """Largest block side: bigger dimensions are split into blocks (Anil et al. 2020 sec. 3.2)."""
 
 
 class Shampoo(MatrixPreconditioner):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -48,15 +48,27 @@ from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
 class SOAPSettings(OptimizerSettings):
     """Settings of :class:`SOAP` (paper defaults; ``shampoo_beta`` unset means ``beta2``)."""
 
+    family: ClassVar[str] = "Kronecker-factored"
+    reference: ClassVar[str] = "Vyas et al., SOAP, ICLR 2025 (arXiv 2409.11321)"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 3e-3
+    """Learning rate eta."""
     beta1: Annotated[float, Field(ge=0, lt=1), FloatRange(0.8, 0.99)] = 0.95
+    """Decay of the gradient's moving average M."""
     beta2: Annotated[float, Field(ge=0, lt=1), FloatRange(0.9, 0.9999, log=True)] = 0.95
+    """Decay of Adam's second moment V in the eigenbasis."""
     shampoo_beta: Annotated[float | None, Field(ge=0, lt=1)] = None
+    """Decay of Shampoo's factors L, R (None: beta2)."""
     eps: Annotated[float, Field(gt=0)] = 1e-8
+    """Added to sqrt(V) in Adam's denominator."""
     weight_decay: Annotated[float, Field(ge=0), FloatRange(1e-5, 0.3, log=True)] = 1e-2
+    """Decoupled weight decay lambda."""
     precondition_frequency: Annotated[int, Field(ge=1), IntRange(1, 100, log=True)] = 10
+    """Refresh the eigenbases every this many steps."""
     max_precond_dim: Annotated[int, Field(ge=1)] = 10000
+    """A side longer than this keeps the identity basis (plain Adam along it)."""
     eigenbasis: Annotated[Literal["power_qr", "eigh"], Choice(("power_qr", "eigh"))] = "power_qr"
+    """Basis refresh: one power iteration + QR ('power_qr', paper Alg. 4) or an exact 'eigh'."""
 
 
 def _rotate(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:

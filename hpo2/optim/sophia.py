@@ -19,7 +19,7 @@ tiny curvature estimates.  Defaults are the authors' GPT-2 settings.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -34,16 +34,29 @@ from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
 class SophiaSettings(OptimizerSettings):
     """Settings of :class:`Sophia` (paper defaults)."""
 
+    family: ClassVar[str] = "diagonal curvature"
+    reference: ClassVar[str] = "Liu et al., Sophia, ICLR 2024 (arXiv 2305.14342)"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-4
+    """Learning rate eta; also the largest step per coordinate (the clip bounds it)."""
     beta1: Annotated[float, Field(ge=0, lt=1), FloatRange(0.8, 0.99)] = 0.965
+    """Decay of the gradient's moving average m."""
     beta2: Annotated[float, Field(ge=0, lt=1), FloatRange(0.9, 0.999, log=True)] = 0.99
+    """Decay of the curvature diagonal's moving average h (per refresh)."""
     rho: Annotated[float, Field(gt=0), FloatRange(1e-3, 1.0, log=True)] = 0.04
+    """Scale of the curvature in the clipped step m / max(rho h, eps) (paper's gamma)."""
     weight_decay: Annotated[float, Field(ge=0), FloatRange(1e-5, 0.3, log=True)] = 0.1
+    """Decoupled weight decay lambda."""
     eps: Annotated[float, Field(gt=0)] = 1e-15
+    """Floor of the denominator max(rho h, eps)."""
     hessian_refresh: Annotated[int, Field(ge=1), IntRange(1, 20, log=True)] = 10
+    """Estimate the curvature diagonal every this many steps (paper's k = 10)."""
     estimator: Annotated[Literal["gnb", "hutchinson"], Choice(("gnb", "hutchinson"))] = "gnb"
+    """Diagonal estimator: 'gnb' (Gauss-Newton-Bartlett, SophiaG) or 'hutchinson' (SophiaH)."""
     n_probes: Annotated[int, Field(ge=1)] = 1
+    """Probes (sampled labels or Rademacher vectors) per diagonal estimate."""
     seed: int = 0
+    """Seed of the probe generator (saved with the optimizer state)."""
 
 
 class Sophia(DiagonalCurvatureOptimizer):

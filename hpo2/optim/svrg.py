@@ -41,7 +41,7 @@ full gradient :math:`\mu = \nabla F(w)` at the current point is known, so on
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import Field
@@ -57,13 +57,23 @@ class SVRGSettings(OptimizerSettings):
     """Settings of :class:`SVRG`; Johnson & Zhang refresh every 2 (convex) to 5
     (neural nets) epochs and use no momentum."""
 
+    family: ClassVar[str] = "variance reduction"
+    reference: ClassVar[str] = "Johnson & Zhang, NeurIPS 2013"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-4, 1.0, log=True)] = 0.025
+    """Learning rate eta."""
     momentum: Annotated[float, Field(ge=0, lt=1), FloatRange(0.0, 0.95)] = 0.0
+    """Heavy-ball momentum beta on the variance-reduced gradient (0 in the paper)."""
     snapshot_every: Annotated[int, Field(ge=1), IntRange(1, 5)] = 2
+    """Take a new snapshot and its full gradient every this many epochs."""
     snapshot_samples: Annotated[int | None, Field(ge=1)] = None
+    """Samples of the snapshot gradient (None: the whole training set)."""
     chunk_size: Annotated[int, Field(ge=1)] = 4096
+    """Samples per chunk when summing the snapshot gradient (bounds memory)."""
     variance_probes: Annotated[int, Field(ge=0)] = 4
+    """Minibatches on which the achieved variance reduction is measured at a snapshot (0: off)."""
     seed: int = 0
+    """Seed of the generator drawing the snapshot subset and the variance probes."""
 
 
 class SVRG(CurvatureOptimizer):
