@@ -107,9 +107,18 @@ class HessianOperator(CurvatureOperator):
         params: tensors (requires_grad) the Hessian is taken with respect to.
 
     Example:
-        >>> op = HessianOperator(loss, model.parameters())
-        >>> hv = op.matvec([torch.randn_like(p) for p in op.params])
-        >>> g = op.gradient  # the (detached) gradient comes for free
+        On :math:`L(x) = \tfrac12 x^\top A x` the Hessian is :math:`A` and the
+        gradient :math:`A x` comes with the operator:
+
+        >>> import torch
+        >>> from hpo2.curvature import HessianOperator
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> x = torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=True)
+        >>> op = HessianOperator(0.5 * x @ A @ x, [x])
+        >>> op.matvec([torch.tensor([1.0, 2.0], dtype=torch.float64)])[0].tolist()
+        [4.0, 7.0]
+        >>> op.gradient[0].tolist()
+        [1.0, -2.0]
     """
 
     def __init__(self, loss: Tensor, params: Iterable[Tensor]) -> None:

@@ -30,7 +30,7 @@ from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.base import Closure
 from hpo2.optim.diagonal_base import DiagonalCurvatureOptimizer
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
 
 class AdaHessianSettings(OptimizerSettings):
@@ -66,8 +66,25 @@ def spatial_average(diag: Tensor) -> Tensor:
     return diag
 
 
+@document_settings
 class AdaHessian(DiagonalCurvatureOptimizer):
-    """AdaHessian as a ``torch.optim.Optimizer``; the closure returns the loss."""
+    """AdaHessian as a ``torch.optim.Optimizer``; the closure returns the loss.
+
+    Example:
+        On a quadratic whose curvatures differ a hundredfold the loss falls tenfold in 20 steps:
+
+        >>> import torch
+        >>> from hpo2.optim import AdaHessian
+        >>> scales = torch.tensor([1.0, 10.0, 100.0])
+        >>> x = torch.ones(3, requires_grad=True)
+        >>> loss = lambda: 0.5 * (scales * x**2).sum()
+        >>> opt = AdaHessian([x], lr=0.1, weight_decay=0.0)
+        >>> first = float(opt.step(loss))
+        >>> for _ in range(20):
+        ...     _ = opt.step(loss)
+        >>> loss().item() < 0.1 * first
+        True
+    """
 
     Settings = AdaHessianSettings
 

@@ -35,7 +35,7 @@ from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import HessianOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer
-from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
 from hpo2.solvers import strong_wolfe
 
 
@@ -83,8 +83,21 @@ def two_loop_direction(g: Tensor, s_hist: list[Tensor], y_hist: list[Tensor], rh
     return r
 
 
+@document_settings
 class LBFGS(CurvatureOptimizer):
-    """L-BFGS as a ``torch.optim.Optimizer`` (one parameter group)."""
+    """L-BFGS as a ``torch.optim.Optimizer`` (one parameter group).
+
+    Example:
+        One ``step`` (up to ``max_iter`` iterations) finds the minimum of Rosenbrock's function:
+
+        >>> import torch
+        >>> from hpo2.optim import LBFGS
+        >>> x = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
+        >>> opt = LBFGS([x], max_iter=100)
+        >>> _ = opt.step(lambda: (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2)
+        >>> torch.allclose(x.detach(), torch.ones(2, dtype=torch.float64), atol=1e-5)
+        True
+    """
 
     Settings = LBFGSSettings
 

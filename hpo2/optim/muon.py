@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
 
 class MuonSettings(OptimizerSettings):
@@ -59,6 +59,7 @@ class MuonSettings(OptimizerSettings):
     """AdamW decoupled weight decay for the other parameters."""
 
 
+@document_settings
 class MuonWithAdamW(torch.optim.Optimizer):
     """Steps ``torch.optim.Muon`` on the 2-d parameters and ``torch.optim.AdamW`` on
     the rest, as one optimizer.
@@ -70,6 +71,24 @@ class MuonWithAdamW(torch.optim.Optimizer):
     ``charges_step_time``: its Newton-Schulz iterations cost about 0.7 of a gradient
     on the benchmark MLP (BENCHMARKS.md), so :func:`hpo2.train.first_order_step`
     counts the step's measured time on top of the gradient.
+
+    Example:
+        Muon takes the weight matrix, AdamW the bias; stepped torch-style:
+
+        >>> import torch
+        >>> from hpo2.optim import MuonWithAdamW
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(8, 4)
+        >>> x, y = torch.randn(64, 8), torch.randn(64, 4)
+        >>> opt = MuonWithAdamW(model.parameters(), lr=0.05, adamw_lr=0.05)
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = torch.nn.functional.mse_loss(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> losses = [opt.step(closure).item() for _ in range(30)]
+        >>> losses[-1] < 0.7 * losses[0]
+        True
     """
 
     charges_step_time = True

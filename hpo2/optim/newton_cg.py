@@ -48,7 +48,7 @@ from torch.optim.optimizer import ParamsT
 from hpo2.curvature import DampedOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure
-from hpo2.optim.settings import BatchSize, Choice, DataRegimeSettings, FloatRange, IntRange
+from hpo2.optim.settings import BatchSize, Choice, DataRegimeSettings, FloatRange, IntRange, document_settings
 from hpo2.solvers import armijo_backtracking, cg, strong_wolfe
 
 
@@ -97,9 +97,24 @@ class NewtonCGSettings(DataRegimeSettings):
     """Stop (status 'converged') when the gradient norm is at most this."""
 
 
+@document_settings
 class NewtonCG(CurvatureOptimizer):
-    """Newton-CG as a ``torch.optim.Optimizer``; the closure returns the loss
-    (no ``backward()``).  See the module docstring for the method."""
+    r"""Newton-CG as a ``torch.optim.Optimizer``; the closure returns the loss
+    (no ``backward()``).  See the module docstring for the method.
+
+    Example:
+        One undamped Newton step solves a convex quadratic :math:`\tfrac12 x^\top A x - b^\top x`:
+
+        >>> import torch
+        >>> from hpo2.optim import NewtonCG
+        >>> A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> b = torch.tensor([1.0, -1.0], dtype=torch.float64)
+        >>> x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        >>> opt = NewtonCG([x], damping=0.0, cg_tol=1e-10, globalization="none")
+        >>> _ = opt.step(lambda: 0.5 * x @ A @ x - b @ x)
+        >>> torch.allclose(x.detach(), torch.linalg.solve(A, b))
+        True
+    """
 
     Settings = NewtonCGSettings
 

@@ -34,7 +34,7 @@ from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import lanczos
 from hpo2.optim.base import Closure, CurvatureOptimizer
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
 
 class SaddleFreeNewtonSettings(OptimizerSettings):
@@ -55,13 +55,28 @@ class SaddleFreeNewtonSettings(OptimizerSettings):
     """Recompute the Ritz pairs every this many steps."""
 
 
+@document_settings
 class SaddleFreeNewton(CurvatureOptimizer):
-    """Low-rank saddle-free Newton as a ``torch.optim.Optimizer``; the closure
+    r"""Low-rank saddle-free Newton as a ``torch.optim.Optimizer``; the closure
     returns the loss (no ``backward()``).  See the module docstring.
 
     Diagnostics: ``refreshed``, ``rank`` (Ritz pairs in use), ``eigenvalue_max`` /
     ``eigenvalue_min`` (of those pairs), ``negative_eigenvalues``,
     ``subspace_fraction`` (:math:`\\|V^\\top g\\| / \\|g\\|`), ``damping``.
+
+    Example:
+        At a saddle :math:`\tfrac12 x^\top \mathrm{diag}(2, -1) x` the step divides by
+        :math:`|\lambda|`: it reaches the minimum along the first axis and moves *down* the second
+        (Newton's step would go to the saddle at 0):
+
+        >>> import torch
+        >>> from hpo2.optim import SaddleFreeNewton
+        >>> H = torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))
+        >>> x = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+        >>> opt = SaddleFreeNewton([x], rank=2, lanczos_iter=2, damping=0.0)
+        >>> _ = opt.step(lambda: 0.5 * x @ H @ x)
+        >>> x.detach().tolist()
+        [0.0, 1.0]
     """
 
     Settings = SaddleFreeNewtonSettings

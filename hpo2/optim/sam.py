@@ -57,7 +57,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hpo2.optim.base import CurvatureOptimizer
-from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, SettingsError
+from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, SettingsError, document_settings
 
 Closure = Callable[[], Tensor]
 SAM_KEY = "sam"
@@ -87,12 +87,25 @@ def ascent_step(params: list[Tensor], grads: list[Tensor], rho: float, adaptive:
     return [factor * (s if t is None else t * s) for s, t in zip(scaled, scales)]
 
 
+@document_settings
 class SAM(Optimizer):
-    """Wraps ``base`` (any ``torch.optim.Optimizer``; see the module docstring).
+    r"""Wraps ``base`` (any ``torch.optim.Optimizer``; see the module docstring).
 
     ``step(closure)`` needs a closure that returns the loss (calling ``backward()``
     in it is allowed but not needed).  SAM keeps no state of its own:
     ``state_dict()`` is ``{"base": base.state_dict(), "sam": settings}``.
+
+    Example:
+        Around SGD: the gradient is taken at :math:`w + \rho g/\|g\|` and applied at :math:`w`;
+        for :math:`L = \tfrac12\|w\|^2` at :math:`w = (3, 4)` that is :math:`w - 0.1 \cdot 1.1\, w`:
+
+        >>> import torch
+        >>> from hpo2.optim import SAM
+        >>> w = torch.tensor([3.0, 4.0], requires_grad=True)
+        >>> opt = SAM(torch.optim.SGD([w], lr=0.1), rho=0.5)
+        >>> _ = opt.step(lambda: 0.5 * (w**2).sum())
+        >>> torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) * (1 - 0.1 * 1.1))
+        True
     """
 
     Settings = SAMSettings

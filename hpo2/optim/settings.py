@@ -16,9 +16,10 @@ turns them into Optuna distributions.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -143,3 +144,37 @@ class DataRegimeSettings(OptimizerSettings):
 
     batch_size: Annotated[BatchSize, BATCH_CHOICES] = None
     """Gradient batch: None keeps the task's, 'full' the whole training set, an int is capped at its size."""
+
+
+#: what the constructor arguments that are not settings mean (used in the generated ``Args:``)
+CONSTRUCTOR_ARGS = {
+    "params": "the parameters to optimize: an iterable of tensors, or of param-group dicts where groups are allowed.",
+    "base": "the optimizer to wrap (any ``torch.optim.Optimizer``).",
+    "raise_on_nonfinite": "raise ``FloatingPointError`` on a non-finite loss or gradient instead of rejecting the step.",
+}
+
+_Documented = TypeVar("_Documented", bound=type)
+
+
+def document_settings(cls: _Documented) -> _Documented:
+    """Class decorator: put an ``Args:`` section into ``cls``'s docstring, one line per
+    constructor argument in signature order, a setting's from ``cls.Settings`` (its
+    type, default and description), so the docstring cannot drift from the model.
+    The section goes before an ``Example:`` heading, else at the end; a
+    ``References:`` section with the settings' ``reference`` ends the docstring."""
+    settings: type[OptimizerSettings] = cls.Settings
+    lines = ["Args:"]
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name == "self":
+            continue
+        if name in settings.model_fields:
+            field = settings.model_fields[name]
+            lines.append(f"    {name} ({parameter.annotation}, default {field.default!r}): {field.description}")
+        else:
+            lines.append(f"    {name}: {CONSTRUCTOR_ARGS[name]}")
+    section = "\n".join("    " + line for line in lines) + "\n\n"
+    doc = cls.__doc__ or ""
+    at = doc.find("    Example")
+    doc = doc[:at] + section + doc[at:] if at >= 0 else doc.rstrip() + "\n\n" + section
+    cls.__doc__ = doc.rstrip() + f"\n\n    References:\n        {settings.reference}\n"
+    return cls

@@ -28,7 +28,7 @@ from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.base import Closure
 from hpo2.optim.diagonal_base import DiagonalCurvatureOptimizer
-from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
 
 
 class SophiaSettings(OptimizerSettings):
@@ -59,9 +59,23 @@ class SophiaSettings(OptimizerSettings):
     """Seed of the probe generator (saved with the optimizer state)."""
 
 
+@document_settings
 class Sophia(DiagonalCurvatureOptimizer):
     """Sophia as a ``torch.optim.Optimizer``.  The closure returns the loss; the
-    ``gnb`` estimator needs a :class:`~hpo2.optim.closure.BatchClosure`."""
+    ``gnb`` estimator needs a :class:`~hpo2.optim.closure.BatchClosure`.
+
+    Example:
+        The clip bounds each coordinate's move by ``lr``, whatever its curvature:
+
+        >>> import torch
+        >>> from hpo2.optim import Sophia
+        >>> scales = torch.tensor([1.0, 10.0, 100.0])
+        >>> x = torch.ones(3, requires_grad=True)
+        >>> opt = Sophia([x], lr=0.1, estimator="hutchinson", weight_decay=0.0)
+        >>> _ = opt.step(lambda: 0.5 * (scales * x**2).sum())
+        >>> x.detach()
+        tensor([0.9000, 0.9000, 0.9000])
+    """
 
     Settings = SophiaSettings
 

@@ -50,7 +50,7 @@ from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
 
 class SVRGSettings(OptimizerSettings):
@@ -76,10 +76,30 @@ class SVRGSettings(OptimizerSettings):
     """Seed of the generator drawing the snapshot subset and the variance probes."""
 
 
+@document_settings
 class SVRG(CurvatureOptimizer):
     """SVRG as a ``torch.optim.Optimizer``: call ``snapshot(BatchClosure over the
     training set)`` before the first step (the training loop does), then
-    ``step(closure)`` with a closure that returns the minibatch loss."""
+    ``step(closure)`` with a closure that returns the minibatch loss.
+
+    Example:
+        A snapshot per epoch (the training loop calls ``snapshot``), then minibatch steps:
+
+        >>> import torch
+        >>> from hpo2.optim import SVRG, BatchClosure
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
+        >>> x = torch.randn(256, 3)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+        >>> loss_fn = torch.nn.MSELoss()
+        >>> opt = SVRG(model.parameters(), lr=0.1, snapshot_every=1)
+        >>> for epoch in range(5):
+        ...     _ = opt.snapshot(BatchClosure(model, loss_fn, x, y), batch_size=32)
+        ...     for i in range(0, 256, 32):
+        ...         _ = opt.step(BatchClosure(model, loss_fn, x[i : i + 32], y[i : i + 32]))
+        >>> loss_fn(model(x), y).item() < 1e-3
+        True
+    """
 
     Settings = SVRGSettings
 

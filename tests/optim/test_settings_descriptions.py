@@ -4,11 +4,14 @@ family and its paper."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 import hpo2.optim  # noqa: F401  # imports (so defines) every settings model
 from hpo2.optim import REGISTRY
 from hpo2.optim.settings import OptimizerSettings
+from tests.optim.test_constructors import CLASSES
 
 
 def _all_settings_models(base: type[OptimizerSettings] = OptimizerSettings) -> list[type[OptimizerSettings]]:
@@ -39,3 +42,15 @@ def test_every_registered_optimizer_names_its_family_and_reference(name: str) ->
     settings = REGISTRY[name].settings
     assert settings.family, f"{settings.__name__}.family is empty"
     assert settings.reference, f"{settings.__name__}.reference is empty"
+
+
+@pytest.mark.parametrize(("name", "cls", "settings"), CLASSES, ids=[c[0] for c in CLASSES])
+def test_every_optimizer_docstring_has_args_a_runnable_example_and_the_reference(
+    name: str, cls: type, settings: type[OptimizerSettings]
+) -> None:
+    doc = inspect.getdoc(cls) or ""
+    args = doc[doc.index("Args:") : doc.index("Example:")]
+    for field, info in settings.model_fields.items():
+        assert f"\n    {field} (" in args and str(info.description) in args, f"{cls.__name__} Args lacks {field}"
+    assert "\n    >>> " in doc[doc.index("Example:") :], f"{cls.__name__} has no runnable example"
+    assert doc.rstrip().endswith(f"References:\n    {settings.reference}")
