@@ -1,8 +1,8 @@
 """What ``hpo2 optimizers`` prints: the registered optimizers, and every setting of
 one, read from the same settings models that validate, search and export them.
 
-A setting's row shows its default, its search range (from its :class:`FloatRange`,
-:class:`IntRange` or :class:`Choice`; "fixed" when it is not searched), the values
+A setting's row shows its default, its search range (from its ``FloatRange``,
+``IntRange`` or ``Choice``; "fixed" when it is not searched), the values
 it accepts (type and pydantic constraints) and its description.
 """
 
@@ -16,7 +16,14 @@ from rich.table import Table
 
 from hpo2.optim.registry import REGISTRY
 from hpo2.optim.sam import SAM_KEY, SAMSettings
-from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, SearchDimension, SettingsError, did_you_mean
+from hpo2.optim.settings import (
+    Choice,
+    IntRange,
+    OptimizerSettings,
+    SearchDimension,
+    SettingsError,
+    did_you_mean,
+)
 
 #: the SAM wrapper is listed too: any optimizer takes ``settings.sam``
 SAM_SUMMARY = "sharpness-aware minimization around any optimizer (settings.sam)"
@@ -105,7 +112,8 @@ def settings_table(name: str) -> Table:
     with the closest known name."""
     entries = _entries()
     if name not in entries:
-        raise SettingsError(f"{name!r} is not a known optimizer{did_you_mean(name, entries)}; allowed: {', '.join(entries)}")
+        known = ", ".join(entries)
+        raise SettingsError(f"{name!r} is not a known optimizer{did_you_mean(name, entries)}; allowed: {known}")
     settings, summary = entries[name]
     space = settings.search_space()
     table = Table(title=f"{name}: {summary}", caption=f"{settings.family}; reference: {settings.reference}")

@@ -60,7 +60,9 @@ def test_the_rows_of_newton_cg_read_as_documented() -> None:
     assert rows["damping"][:3] == ["0.001", "1e-06 .. 1 (log)", "float >= 0"]
     assert rows["cg_max_iter"][:3] == ["50", "5 .. 100 (int, log)", "int >= 1"]
     assert rows["tr_radius"][1] == "0.01 .. 10 (log) if globalization in {trust_region}"
-    assert rows["globalization"][:3] == ["armijo", "{armijo, trust_region}", "armijo | strong_wolfe | trust_region | none"]
+    assert rows["globalization"][:3] == [
+        "armijo", "{armijo, trust_region}", "armijo | strong_wolfe | trust_region | none"
+    ]
     assert rows["batch_size"][:3] == ["null", "{null, 512, 2048, 8192, full}", "int >= 1 | full | null"]
     assert rows["tr_eta"][1:3] == ["fixed", "float >= 0, < 0.25"]
 

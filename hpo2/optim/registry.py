@@ -60,7 +60,9 @@ class OptimizerSpec:
         return self.settings.paper_defaults()
 
 
-def _curvature(cls: type[CurvatureOptimizer] | type[MuonWithAdamW]) -> Callable[[Iterable[Any], OptimizerSettings], Optimizer]:
+def _curvature(
+    cls: type[CurvatureOptimizer] | type[MuonWithAdamW],
+) -> Callable[[Iterable[Any], OptimizerSettings], Optimizer]:
     """Build ``cls`` from a settings model: its keyword arguments are the model's fields."""
     return lambda params, settings: cls(params, **settings.model_dump())
 

@@ -76,6 +76,9 @@ class OptimizerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
+    family: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+
     @classmethod
     def search_space(cls) -> dict[str, SearchDimension]:
         """The declared search dimensions, by setting name (fields without one are fixed)."""
@@ -150,7 +153,7 @@ class DataRegimeSettings(OptimizerSettings):
 CONSTRUCTOR_ARGS = {
     "params": "the parameters to optimize: an iterable of tensors, or of param-group dicts where groups are allowed.",
     "base": "the optimizer to wrap (any ``torch.optim.Optimizer``).",
-    "raise_on_nonfinite": "raise ``FloatingPointError`` on a non-finite loss or gradient instead of rejecting the step.",
+    "raise_on_nonfinite": "raise ``FloatingPointError`` on a non-finite loss or gradient (default: reject the step).",
 }
 
 _Documented = TypeVar("_Documented", bound=type)

@@ -127,6 +127,17 @@ def cg(
         store_iterates: keep the iterates of :func:`backtrack_schedule` (``gamma``).
         radius: Steihaug trust-region radius :math:`\\Delta`; then ``x0`` must be
             ``None`` and ``preconditioner`` too (the region is Euclidean).
+
+    Example:
+        On a symmetric positive definite 3x3 system CG is exact after at most 3 iterations:
+
+        >>> import torch
+        >>> from hpo2.solvers import cg
+        >>> A = torch.tensor([[4.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 2.0]], dtype=torch.float64)
+        >>> b = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+        >>> result = cg(lambda v: A @ v, b)
+        >>> torch.allclose(result.x, torch.linalg.solve(A, b)), result.n_iter <= 3
+        (True, True)
     """
     if b.dim() != 1:
         raise ValueError(f"b must be a flat vector, got shape {tuple(b.shape)}")
@@ -210,5 +221,17 @@ def cg(
 
 
 def steihaug_cg(matvec: MatVec, b: Tensor, radius: float, *, max_iter: int = 250, tol: float = 1e-10) -> CGResult:
-    """Steihaug-Toint truncated CG for :math:`\\min_{\\|x\\| \\le \\Delta} \\tfrac12 x^\\top A x - b^\\top x`."""
+    """Steihaug-Toint truncated CG for :math:`\\min_{\\|x\\| \\le \\Delta} \\tfrac12 x^\\top A x - b^\\top x`.
+
+    Example:
+        The Newton step :math:`(3, 2)` lies outside the unit ball, so CG stops on its boundary:
+
+        >>> import torch
+        >>> from hpo2.solvers import steihaug_cg
+        >>> A = torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64))
+        >>> b = torch.tensor([3.0, 4.0], dtype=torch.float64)
+        >>> result = steihaug_cg(lambda v: A @ v, b, radius=1.0)
+        >>> round(float(result.x.norm()), 6), result.stop_reason
+        (1.0, 'trust_region_boundary')
+    """
     return cg(matvec, b, max_iter=max_iter, tol=tol, radius=radius)

@@ -71,17 +71,23 @@ def test_every_registered_hpo2_optimizer_is_checked() -> None:
     assert torch_built == {"sgd", "adam", "adamw"}, "only the torch.optim baselines keep torch's own signatures"
 
 
-@pytest.mark.parametrize(("name", "cls", "settings"), CLASSES, ids=[c[0] for c in CLASSES])
-def test_constructor_keywords_are_the_settings_fields(name: str, cls: type[Optimizer], settings: type[OptimizerSettings]) -> None:
+PARAMETRIZE = pytest.mark.parametrize(("name", "cls", "settings"), CLASSES, ids=[c[0] for c in CLASSES])
+
+
+@PARAMETRIZE
+def test_constructor_keywords_are_the_settings_fields(
+    name: str, cls: type[Optimizer], settings: type[OptimizerSettings]
+) -> None:
     keywords = [p for p in _keyword_parameters(cls) if p.name not in RUNTIME_KEYWORDS]
-    assert [p.name for p in keywords] == list(settings.model_fields), f"{cls.__name__}'s keywords differ from {settings.__name__}"
+    assert [p.name for p in keywords] == list(settings.model_fields), f"{cls.__name__} keywords != {settings.__name__}"
     hints = typing.get_type_hints(cls.__init__)
     for parameter in keywords:
         field = settings.model_fields[parameter.name]
-        assert parameter.default == field.default, f"{cls.__name__}({parameter.name}=...) default differs from the settings'"
+        assert parameter.default == field.default, f"{cls.__name__}({parameter.name}=...) default != the settings'"
         assert type(parameter.default) is type(field.default), parameter.name
         assert hints[parameter.name] == _plain(field.annotation), f"{cls.__name__}({parameter.name}: ...) type differs"
-    others = [p for p in inspect.signature(cls.__init__).parameters.values() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    others = [p for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY]
     assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in others), "no **overrides or *args"
     assert len(others) == 2, "self and params (or the base optimizer) come before the keyword-only settings"
 
@@ -119,15 +125,15 @@ def _non_default_value(settings: type[OptimizerSettings], name: str) -> Any:
     raise AssertionError(f"no valid non-default value found for {settings.__name__}.{name}")
 
 
-@pytest.mark.parametrize(("name", "cls", "settings"), CLASSES, ids=[c[0] for c in CLASSES])
+@PARAMETRIZE
 def test_every_keyword_reaches_the_settings(name: str, cls: type[Optimizer], settings: type[OptimizerSettings]) -> None:
     for field in settings.model_fields:
         value = _non_default_value(settings, field)
         optimizer = _build(cls, **{field: value})
-        assert getattr(optimizer.settings, field) == value, f"{cls.__name__}({field}={value!r}) did not reach its settings"
+        assert getattr(optimizer.settings, field) == value, f"{cls.__name__}({field}={value!r}) did not reach settings"
 
 
-@pytest.mark.parametrize(("name", "cls", "settings"), CLASSES, ids=[c[0] for c in CLASSES])
+@PARAMETRIZE
 def test_an_unknown_keyword_is_refused(name: str, cls: type[Optimizer], settings: type[OptimizerSettings]) -> None:
     with pytest.raises(TypeError, match="unexpected keyword argument 'not_a_setting'"):
         _build(cls, not_a_setting=1)

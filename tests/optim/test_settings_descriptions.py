@@ -11,7 +11,7 @@ import pytest
 import hpo2.optim  # noqa: F401  # imports (so defines) every settings model
 from hpo2.optim import REGISTRY
 from hpo2.optim.settings import OptimizerSettings
-from tests.optim.test_constructors import CLASSES
+from tests.optim.test_constructors import PARAMETRIZE
 
 
 def _all_settings_models(base: type[OptimizerSettings] = OptimizerSettings) -> list[type[OptimizerSettings]]:
@@ -44,7 +44,7 @@ def test_every_registered_optimizer_names_its_family_and_reference(name: str) ->
     assert settings.reference, f"{settings.__name__}.reference is empty"
 
 
-@pytest.mark.parametrize(("name", "cls", "settings"), CLASSES, ids=[c[0] for c in CLASSES])
+@PARAMETRIZE
 def test_every_optimizer_docstring_has_args_a_runnable_example_and_the_reference(
     name: str, cls: type, settings: type[OptimizerSettings]
 ) -> None:
