@@ -54,13 +54,14 @@ def armijo_backtracking(
     acceptable step (a non-finite value counts as unacceptable).
 
     Example:
-        On :math:`\varphi(t) = (t - 0.2)^2` the steps 1 and 0.5 fail Armijo's test; 0.25 passes:
+        On :math:`\varphi(t) = (t - 0.2)^2` with :math:`c_1 = 0.5` the steps 1, 0.5 and 0.25 fail
+        :math:`\varphi(t) \le \varphi(0) + c_1 t \varphi'(0)`; 0.125 passes:
 
         >>> from hpo2.solvers import armijo_backtracking
         >>> phi = lambda t: (t - 0.2) ** 2
-        >>> result = armijo_backtracking(phi, value0=phi(0.0), slope0=-0.4, step0=1.0)
+        >>> result = armijo_backtracking(phi, value0=phi(0.0), slope0=-0.4, step0=1.0, c1=0.5)
         >>> result.step, result.n_evals
-        (0.25, 3)
+        (0.125, 4)
     """
     _check_descent(value0, slope0)
     if not 0 < shrink < 1:
