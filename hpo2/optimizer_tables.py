@@ -14,16 +14,10 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 from rich.table import Table
 
+from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import REGISTRY
 from hpo2.optim.sam import SAM_KEY, SAMSettings
-from hpo2.optim.settings import (
-    Choice,
-    IntRange,
-    OptimizerSettings,
-    SearchDimension,
-    SettingsError,
-    did_you_mean,
-)
+from hpo2.optim.settings import Choice, IntRange, OptimizerSettings, SearchDimension
 
 #: the SAM wrapper is listed too: any optimizer takes ``settings.sam``
 SAM_SUMMARY = "sharpness-aware minimization around any optimizer (settings.sam)"

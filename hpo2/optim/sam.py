@@ -57,7 +57,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hpo2.optim.base import CurvatureOptimizer
-from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, SettingsError, document_settings
+from hpo2.errors import SettingsError
+from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, document_settings
 
 Closure = Callable[[], Tensor]
 SAM_KEY = "sam"

@@ -19,9 +19,9 @@ import torch
 from torch.optim import Optimizer
 
 import hpo2.optim
-
+from hpo2.errors import SettingsError
 from hpo2.optim import REGISTRY, SAM, MuonWithAdamW, NewtonCG, SAMSettings
-from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, SettingsError
+from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
 
 #: keyword arguments that switch runtime behaviour and are not settings (not searched, not exported)
 RUNTIME_KEYWORDS = {"raise_on_nonfinite"}
