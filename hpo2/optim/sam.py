@@ -56,8 +56,8 @@ from pydantic import Field
 from torch import Tensor
 from torch.optim import Optimizer
 
-from hpo2.optim.base import CurvatureOptimizer
 from hpo2.errors import SettingsError
+from hpo2.optim.base import CurvatureOptimizer
 from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, document_settings
 
 Closure = Callable[[], Tensor]

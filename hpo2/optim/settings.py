@@ -145,11 +145,9 @@ def document_settings(cls: _Documented) -> _Documented:
     type, default and description), so the docstring cannot drift from the model.
     The section goes before an ``Example:`` heading, else at the end; a
     ``References:`` section with the settings' ``reference`` ends the docstring."""
-    settings: type[OptimizerSettings] = cls.Settings
+    settings: type[OptimizerSettings] = cls.__dict__["Settings"]
     lines = ["Args:"]
-    for name, parameter in inspect.signature(cls.__init__).parameters.items():
-        if name == "self":
-            continue
+    for name, parameter in inspect.signature(cls).parameters.items():
         if name in settings.model_fields:
             field = settings.model_fields[name]
             lines.append(f"    {name} ({parameter.annotation}, default {field.default!r}): {field.description}")
