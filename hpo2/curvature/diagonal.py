@@ -179,6 +179,21 @@ def gauss_newton_bartlett_diagonal(
         retain_graph: keep the outputs' graph after the last probe (for a further
             backward pass on the same forward).
         targets: the true targets (needed for class weights and ``ignore_index``).
+
+    Example:
+        For a linear model and the mean squared error the Gauss-Newton diagonal is
+        :math:`\tfrac2N \sum_n x_n^2`; the estimate approaches it:
+
+        >>> import torch
+        >>> from hpo2.curvature import gauss_newton_bartlett_diagonal
+        >>> _ = torch.manual_seed(0)
+        >>> X = torch.randn(8, 3, dtype=torch.float64)
+        >>> w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> estimate = gauss_newton_bartlett_diagonal(X @ w, [w], torch.nn.MSELoss(), n_probes=4000, generator=generator)
+        >>> exact = 2 / 8 * (X**2).sum(dim=0)
+        >>> bool(((estimate[0] - exact).abs() / exact).max() < 0.1)
+        True
     """
     if n_probes < 1:
         raise ValueError(f"n_probes={n_probes} must be >= 1")

@@ -155,6 +155,11 @@ def hvp(loss: Tensor, params: Iterable[Tensor], vectors: Sequence[Tensor]) -> li
     For several products on the same loss build a :class:`HessianOperator` once
     and call :meth:`~CurvatureOperator.matvec` repeatedly.
 
+    Args:
+        loss: scalar loss attached to the autograd graph of ``params``.
+        params: tensors the Hessian is taken with respect to.
+        vectors: one tensor per parameter, shaped like it.
+
     Example:
         For :math:`L = x_0^2 x_1`, :math:`H = \begin{pmatrix} 2x_1 & 2x_0 \\ 2x_0 & 0 \end{pmatrix}`;
         at :math:`x = (1, 2)`, :math:`H e_0 = (4, 2)`:
@@ -181,6 +186,11 @@ def functional_hvp(
     as ``jvp(grad(loss_fn), (params,), (vectors,))``.  ``params`` and ``vectors``
     are the same pytree (a dict of name -> tensor, or a tuple of tensors), as
     ``torch.func.functional_call`` takes them; see :func:`module_loss_fn`.
+
+    Args:
+        loss_fn: pure function of the parameter pytree returning the scalar loss.
+        params: the point :math:`\theta` (a pytree of tensors).
+        vectors: :math:`v`, the same pytree as ``params``.
 
     Example:
         On :math:`L(x) = \tfrac12 x^\top A x`, :math:`Hv = Av`:
@@ -298,6 +308,10 @@ def ggn_vector_product(
 class DampedOperator(CurvatureOperator):
     r"""Tikhonov-damped curvature :math:`(C + \lambda I)`, as CG solves it in
     Newton-CG and Hessian-free (Martens 2010, sec. 4.1).
+
+    Args:
+        base: the curvature operator :math:`C` (its product count includes these products).
+        damping: :math:`\lambda \ge 0`.
 
     Example:
         For :math:`L = \|x\|^2` (:math:`H = 2I`) and :math:`\lambda = 0.5`,

@@ -83,6 +83,11 @@ def lanczos(operator: LinearOperator, v0: Tensor, n_iter: int) -> Tridiagonal:
     Stops early when the Krylov space is invariant (``beta`` ~ 0), so the result
     may have fewer than ``n_iter`` Ritz values.
 
+    Args:
+        operator: a symmetric linear operator (``mv``, ``dim``, ``dtype``, ``device``).
+        v0: the start vector (normalised here).
+        n_iter: most Lanczos steps (at most the dimension).
+
     Example:
         Three steps on a 3x3 matrix recover its whole spectrum as Ritz values:
 
@@ -150,6 +155,7 @@ def top_eigenvalues(
             largest magnitude first, at most ``n_iter`` products each, default 100,
             stopping when the Rayleigh quotient changes by less than ``tol``
             relatively).
+        n_iter: Lanczos steps, or the power method's products per eigenvalue (defaults above).
         tol: relative tolerance of the power method.
         generator: seeded generator for the start vectors.
 
@@ -209,7 +215,13 @@ def _power_deflation(
 
 
 def hutchinson_trace(operator: LinearOperator, n_probes: int = 100, generator: torch.Generator | None = None) -> float:
-    r""":math:`\mathrm{tr}(A) \approx \frac1m \sum_k z_k^\top A z_k` with Rademacher probes.
+    r""":math:`\mathrm{tr}(A) \approx \frac1m \sum_k z_k^\top A z_k` with Rademacher probes
+    (Hutchinson 1990).
+
+    Args:
+        operator: a symmetric linear operator.
+        n_probes: number of probes :math:`m` (one product each).
+        generator: seeded ``torch.Generator`` for reproducible probes.
 
     Example:
         The estimate of :math:`\mathrm{tr}(A) = 8.5`:
@@ -256,10 +268,12 @@ def spectral_density(
     r"""Eigenvalue density by stochastic Lanczos quadrature.
 
     Args:
+        operator: a symmetric linear operator.
         n_iter: Lanczos steps per run (quadrature nodes).
         n_runs: independent Rademacher start vectors averaged.
         grid_size: points of the returned grid.
         sigma: width of the Gaussian kernel; default 1% of the spectral range.
+        generator: seeded ``torch.Generator`` for reproducible start vectors.
 
     Example:
         The quadrature's mean eigenvalue, and a density that integrates to one:

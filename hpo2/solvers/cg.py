@@ -125,6 +125,7 @@ def cg(
             :math:`\\epsilon` (5e-4 in the paper); ``None`` disables it.
         martens_min_k: the rule's minimum window :math:`k` (10 in the paper).
         store_iterates: keep the iterates of :func:`backtrack_schedule` (``gamma``).
+        gamma: growth factor of the stored iterates' indices :math:`\\lceil \\gamma^j \\rceil` (Martens 2010 sec. 4.6).
         radius: Steihaug trust-region radius :math:`\\Delta`; then ``x0`` must be
             ``None`` and ``preconditioner`` too (the region is Euclidean).
 
@@ -221,7 +222,15 @@ def cg(
 
 
 def steihaug_cg(matvec: MatVec, b: Tensor, radius: float, *, max_iter: int = 250, tol: float = 1e-10) -> CGResult:
-    """Steihaug-Toint truncated CG for :math:`\\min_{\\|x\\| \\le \\Delta} \\tfrac12 x^\\top A x - b^\\top x`.
+    """Steihaug-Toint truncated CG for :math:`\\min_{\\|x\\| \\le \\Delta} \\tfrac12 x^\\top A x - b^\\top x`
+    (Steihaug 1983; Nocedal & Wright 2006, Alg. 7.2): :func:`cg` with ``radius``.
+
+    Args:
+        matvec: :math:`v \\mapsto A v` on flat vectors.
+        b: right-hand side (the negative gradient).
+        radius: the trust-region radius :math:`\\Delta > 0`.
+        max_iter: most CG iterations.
+        tol: relative residual tolerance, as in :func:`cg`.
 
     Example:
         The Newton step :math:`(3, 2)` lies outside the unit ball, so CG stops on its boundary:

@@ -53,6 +53,15 @@ def armijo_backtracking(
     Returns ``success=False`` and step 0 when ``max_evals`` evaluations found no
     acceptable step (a non-finite value counts as unacceptable).
 
+    Args:
+        phi: :math:`\varphi(t)`, the loss at step :math:`t` along the direction.
+        value0, slope0: :math:`\varphi(0)` and :math:`\varphi'(0) < 0`.
+        step0: the first trial step.
+        c1: the sufficient-decrease constant: accept when
+            :math:`\varphi(t) \le \varphi(0) + c_1 t \varphi'(0)` (N&W eq. 3.4).
+        shrink: factor on the step after each rejection.
+        max_evals: most evaluations of ``phi``.
+
     Example:
         On :math:`\varphi(t) = (t - 0.2)^2` with :math:`c_1 = 0.5` the steps 1, 0.5 and 0.25 fail
         :math:`\varphi(t) \le \varphi(0) + c_1 t \varphi'(0)`; 0.125 passes:
@@ -105,6 +114,9 @@ def strong_wolfe(
     r"""Strong-Wolfe line search; ``phi(t)`` returns :math:`(\varphi(t), \varphi'(t))`.
 
     Args:
+        phi: :math:`t \mapsto (\varphi(t), \varphi'(t))` along the direction.
+        value0, slope0: :math:`\varphi(0)` and :math:`\varphi'(0) < 0`.
+        step0: the first trial step.
         c1, c2: the sufficient-decrease and curvature constants, :math:`0 < c_1 < c_2 < 1`.
         max_evals: most evaluations of ``phi`` in all.
         step_max: largest step tried while bracketing (extrapolation doubles the step).
