@@ -67,6 +67,20 @@ def fail(message: str) -> typer.Exit:
 
 
 @app.command()
+def optimizers(
+    name: str | None = typer.Argument(None, help="An optimizer's name: list its settings (default, search range, meaning)."),
+) -> None:
+    """List the optimizers, or every setting of one with its default, search range, allowed values and meaning."""
+    from hpo2.errors import SettingsError
+    from hpo2.optimizer_tables import optimizers_table, settings_table
+
+    try:
+        console.print(optimizers_table() if name is None else settings_table(name))
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="YAML/JSON with task, optimizer, budget (as `study best --export` writes)."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 or auto (default: the config's, else auto)."),
