@@ -405,6 +405,103 @@ def study_sync(
         raise typer.Exit(code=1)
 
 
+suite_app = typer.Typer(help="Studies over several tasks and their performance profiles (hpo2.study.suite).",
+                        no_args_is_help=True)
+app.add_typer(suite_app, name="suite")
+
+
+def _load_suite(name_or_file: str, overrides: dict | None = None):  # type: ignore[no-untyped-def]
+    from hpo2.optim.settings import SettingsError
+    from hpo2.study.suite import find_suite_file, load_suite
+
+    try:
+        return load_suite(find_suite_file(name_or_file), overrides)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+def _write_suite_report(suite, run_id: str | None, png: bool) -> None:  # type: ignore[no-untyped-def]
+    from hpo2.study.locate import shown_path
+    from hpo2.study.suite import suite_profile, suite_results
+    from hpo2.suite_report import render_suite_report, summary_rows
+
+    results, missing = suite_results(suite)
+    if not results:
+        raise fail(f"suite {suite.config.name!r}: no task's study has run yet; run `hpo2 suite run {suite.path}`")
+    profile = suite_profile(suite, results)
+    with console.status("rendering the performance profile ..."):
+        out_html, out_md = render_suite_report(suite, results, missing, profile, run_id, png)
+    table = Table(title=f"suite {suite.config.name}: performance profile over {len(results)} task(s)")
+    rows = summary_rows(profile)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+    console.print(f"wrote {shown_path(out_html)} and {shown_path(out_md)}"
+                  + (f" (and MLflow run {run_id})" if run_id else ""), highlight=False)
+
+
+@suite_app.command("run")
+def suite_run(
+    file: str = typer.Argument(..., help="the suite file (tasks, optimizers, shared study settings)"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto"),
+    png: bool = typer.Option(True, help="also render the profile as PNG (needs chromium)"),
+) -> None:
+    """Run (or resume) one study per task, then write the suite's performance profile."""
+    import warnings
+
+    import optuna
+    from rich.live import Live
+
+    from hpo2.optim.settings import SettingsError
+    from hpo2.progress import StudyDisplay
+    from hpo2.study.recovery import StudyInterrupted
+    from hpo2.study.runner import Progress
+    from hpo2.study.suite import run_suite
+    from hpo2.tasks import DataMissingError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    suite = _load_suite(file, {"device": device})
+    progress = Progress()
+
+    def run_one(runner) -> None:  # type: ignore[no-untyped-def]
+        display = StudyDisplay(console, runner.config.n_trials, runner.config.timeout, runner.config.jobs)
+        progress.listeners[:] = []
+        with Live(display.table(progress), console=console, refresh_per_second=4) as live:
+            progress.listeners.append(lambda p: live.update(display.table(p)))
+            runner.run()
+
+    try:
+        run_id = run_suite(suite, run_one, lambda line: console.print(line, highlight=False), progress)
+    except (SettingsError, DataMissingError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except StudyInterrupted as stopped:
+        raise _interrupted(stopped.retried) from None
+    except KeyboardInterrupt:
+        raise _interrupted([]) from None
+    _write_suite_report(suite, run_id, png)
+
+
+@suite_app.command("report")
+def suite_report(
+    name_or_file: str = typer.Argument(..., help="suite name (found in studies/) or suite file"),
+    png: bool = typer.Option(True, help="also render the profile as PNG (needs chromium)"),
+) -> None:
+    """Recompute the performance profile from the studies so far and write the report."""
+    from mlflow.tracking import MlflowClient
+
+    from hpo2.tracking import find_study_run
+
+    suite = _load_suite(name_or_file)
+    client = MlflowClient(suite.tracking_uri)
+    run_id = None
+    if client.get_experiment_by_name(suite.experiment) is not None:
+        run_id = find_study_run(client, suite.experiment, suite.config.name, role="suite")
+    _write_suite_report(suite, run_id, png)
+
+
 @app.command()
 def dashboard(
     port: int = typer.Option(5000, help="port of the MLflow UI"),

@@ -33,6 +33,15 @@ MAX_TRIALS = 1_000_000
 MAX_NAME = 100
 
 
+def check_name(value: str) -> str:
+    """A study's (or suite's) name: it names files and MLflow runs."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        raise ValueError("use letters, digits, '_', '.', '-' (it names files and MLflow runs)")
+    if len(value) > MAX_NAME:
+        raise ValueError(f"{len(value)} characters; at most {MAX_NAME} (it names files and MLflow runs)")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -182,11 +191,7 @@ class StudyConfig(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
-            raise ValueError("use letters, digits, '_', '.', '-' (it names files and MLflow runs)")
-        if len(value) > MAX_NAME:
-            raise ValueError(f"{len(value)} characters; at most {MAX_NAME} (it names files and MLflow runs)")
-        return value
+        return check_name(value)
 
     @field_validator("task", mode="before")
     @classmethod
