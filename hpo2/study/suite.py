@@ -39,7 +39,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
 from pydantic import Field, field_validator, model_validator
@@ -54,6 +54,9 @@ from hpo2.study.profiles import ALGOPERF_TAU_MAX, PerformanceProfile, performanc
 from hpo2.study.space import OPTIMIZER_PARAM
 from hpo2.tasks import parse_task_settings
 from hpo2.train import Budget, ConfigSection
+
+if TYPE_CHECKING:
+    from hpo2.study.runner import Progress, StudyRunner
 
 #: study-file fields a suite sets itself, per task or at the top level
 PER_TASK = {"name": "tasks[].label", "task": "tasks[].task", "budget": "tasks[].budget",
@@ -282,9 +285,9 @@ def suite_profile(suite: Suite, results: list[TaskResult]) -> PerformanceProfile
 
 def run_suite(
     suite: Suite,
-    run_study: Callable[[Any], None],
+    run_study: Callable[[StudyRunner], None],
     announce: Callable[[str], None] = lambda line: None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> str:
     """Run (or resume) the study of every task, each nested under the suite's MLflow
     run; return that run's id (left RUNNING: the report closes it).
@@ -299,16 +302,18 @@ def run_suite(
     from hpo2.tracking import study_parent_run
 
     first = suite.studies[0]
+    existing = [open_existing(config, suite.path) for config in suite.studies]
+    for study, config in zip(existing, suite.studies):
+        if study is not None:
+            check_task_unchanged(study, config)  # before anything is written
     artifacts = str(suite.path.parent / "mlartifacts") if suite.tracking_uri.startswith("sqlite") else None
     parent = study_parent_run(suite.tracking_uri, suite.experiment, suite.config.name,
                               {"hpo2.tasks": ",".join(suite.labels)}, artifacts, role="suite")  # fmt: skip
     parent.log_params({"tasks": ",".join(suite.labels), "optimizers": ",".join(suite.optimizers),
                        "measure": suite.config.measure, "sampler": first.sampler.name})  # fmt: skip
-    for i, (label, config) in enumerate(zip(suite.labels, suite.studies), start=1):
-        existing = open_existing(config, suite.path)
-        if existing is not None:
-            check_task_unchanged(existing, config)
-            if budget_spent(existing, default_storage(config, suite.path), config.n_trials) and study_closed(config, suite.path):
+    for i, (label, config, study) in enumerate(zip(suite.labels, suite.studies, existing), start=1):
+        if study is not None:
+            if budget_spent(study, default_storage(config, suite.path), config.n_trials) and study_closed(config, suite.path):
                 announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} is done, skipped")
                 continue
         announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} ({config.task.name}, target "
