@@ -171,7 +171,7 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:  # type: ign
 
 
 def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: str | None,
-               tracking_uri: str | None, device: str | None) -> None:
+               tracking_uri: str | None, device: str | None, warm_start: str | None = None) -> None:
     from rich.live import Live
 
     from hpo2.optim.settings import SettingsError
@@ -187,7 +187,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device,
-                                           "n_trials": n_trials, "timeout": timeout})
+                                           "n_trials": n_trials, "timeout": timeout, "warm_start": warm_start})
     target = config.n_trials
     if target is not None and _nothing_to_do(config, path, target):
         return
@@ -199,6 +199,8 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     console.print(f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
                   f"storage {redact_url(runner.storage_url)}, MLflow {redact_url(runner.tracking_uri)}, device {runner.device}",
                   highlight=False)
+    for note in runner.warm_start.notes if runner.warm_start is not None else []:
+        console.print(note, highlight=False)
     from hpo2.study.recovery import StudyInterrupted
 
     display = StudyDisplay(console, target, config.timeout, config.jobs)
@@ -236,9 +238,11 @@ def study_run(
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite beside the study file)"),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite:///mlflow.db beside the study file)"),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto"),
+    warm_start: str | None = typer.Option(None, help="an earlier study (name, file or storage URL) whose best "
+                                          "configurations per optimizer run first"),
 ) -> None:
     """Create or resume a study and run its trials."""
-    _run_study(file, n_trials, timeout, storage, tracking_uri, device)
+    _run_study(file, n_trials, timeout, storage, tracking_uri, device, warm_start)
 
 
 @app.command()

@@ -162,6 +162,23 @@ class ObjectiveConfig(Strict):
     direction: Literal["auto", "maximize", "minimize"] = "auto"
 
 
+class WarmStartConfig(Strict):
+    """Start from an earlier study's best configurations (:mod:`hpo2.study.warm_start`):
+    ``study`` (a study name or file, as ``hpo2 study`` finds it; with ``storage``: the
+    study's name in that storage) and/or ``storage`` (an Optuna storage URL holding
+    one study), ``top_k`` configurations per optimizer."""
+
+    study: str | None = None
+    storage: str | None = None
+    top_k: int = Field(default=2, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _source(self) -> WarmStartConfig:
+        if self.study is None and self.storage is None:
+            raise ValueError("give study (an earlier study's name or file) or storage (its Optuna storage URL)")
+        return self
+
+
 class StudyConfig(Strict):
     """A study: what to search over, how, for how long, and where results go."""
 
@@ -187,6 +204,7 @@ class StudyConfig(Strict):
     #: the most of a trial's time the checkpoint flatness measurements may take (the end-of-trial one is always taken)
     curvature_share: float = Field(default=0.1, gt=0, le=1)
     report: bool = True
+    warm_start: WarmStartConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -204,6 +222,13 @@ class StudyConfig(Strict):
         if isinstance(value, str | dict):
             value = [value]
         return [{"metric": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _warm_start(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"storage": value} if "://" in value or value.startswith("journal:") else {"study": value}
+        return value
 
     @field_validator("optimizers", mode="before")
     @classmethod

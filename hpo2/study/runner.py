@@ -63,6 +63,7 @@ from hpo2.study.recovery import (
 from hpo2.study.results import record_mlflow_run_id
 from hpo2.study.samplers import build_pruner, build_sampler
 from hpo2.study.space import SearchSpace
+from hpo2.study.warm_start import enqueue_warm_start, plan_warm_start
 from hpo2.tasks import build_task
 from hpo2.tracking import TrackedRun, check_reachable, experiment_id, flatten_params, study_parent_run
 from hpo2.train import Budget, Evaluation, TrainResult, resolve_device, run_training
@@ -205,6 +206,7 @@ class StudyRunner:
         self.device = resolve_device(config.device)
         check_sqlite_writable(self.storage_url, "storage")  # before anything is written
         check_reachable(self.tracking_uri)
+        self.warm_start = plan_warm_start(config, study_file, self.space) if config.warm_start is not None else None
         self.offline_runs: list[TrackedRun] = []  # runs the tracking server has not received yet
         self.stop = StopRequest()
         self.deadline: float | None = None  # time.monotonic() when the study's timeout ends
@@ -242,12 +244,14 @@ class StudyRunner:
 
     def start(self) -> None:
         """Log the study's params and file to its parent run; close the MLflow runs
-        of trials lost earlier; enqueue the paper defaults."""
+        of trials lost earlier; enqueue a warm start's configurations, then the paper defaults."""
         self.parent.log_params({"task": self.config.task.name, "sampler": self.config.sampler.name,
                                 "pruner": self.config.pruner.name, "optimizers": ",".join(self.space.names),
                                 "objective": ",".join(o.metric for o in self.config.objective)})
         self.log_study_file()
         self._close_lost_trial_runs(self.study)
+        if self.warm_start is not None:  # first: an earlier study's best configurations
+            enqueue_warm_start(self.study, self.warm_start)
         if self.config.enqueue_defaults:
             self.space.enqueue_defaults(self.study)
 

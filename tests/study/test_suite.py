@@ -121,3 +121,12 @@ def test_bad_suite_file_names_the_field_and_exits_2(tmp_path, fields, message):
     result = run_cli("suite", "run", str(path))
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
+
+
+def test_shipped_suite_file_is_valid():
+    from hpo2.study.suite import load_suite
+
+    suite = load_suite(Path(__file__).resolve().parents[2] / "studies" / "suite_small.yaml")
+    assert suite.labels == ["digits_mlp", "logreg_breast_cancer"]
+    assert [s.name for s in suite.studies] == ["suite_small.digits_mlp", "suite_small.logreg_breast_cancer"]
+    assert suite.studies[0].task.settings["target"] == 0.9
