@@ -496,12 +496,13 @@ def suite_report(
     """Recompute the performance profile from the studies so far and write the report."""
     from mlflow.tracking import MlflowClient
 
+    from hpo2.databases import local_file
     from hpo2.tracking import find_study_run
 
     suite = _load_suite(name_or_file)
-    client = MlflowClient(suite.tracking_uri)
-    run_id = None
-    if client.get_experiment_by_name(suite.experiment) is not None:
+    local, run_id = local_file(suite.tracking_uri), None
+    client = MlflowClient(suite.tracking_uri) if local is None or local.is_file() else None  # creates no mlflow.db
+    if client is not None and client.get_experiment_by_name(suite.experiment) is not None:
         run_id = find_study_run(client, suite.experiment, suite.config.name, role="suite")
     _write_suite_report(suite, run_id, png)
 

@@ -57,7 +57,8 @@ def summary_rows(profile: PerformanceProfile) -> list[dict[str, str]]:
         row = table[o]
         rows.append({"optimizer": o, "wins": f"{row['wins']:.0f}",
                      **{f"rho({tau:g})": f"{row[f'rho@{tau:g}']:.2f}" for tau in TABLE_TAUS},
-                     f"score (area to {profile.tau_max:g})": f"{row['score']:.3f}", "solved": f"{row['solved']:.2f}"})  # fmt: skip
+                     f"score (area to {profile.tau_max:g})": f"{row['score']:.3f}",
+                     "solved": f"{row['solved']:.2f}"})  # fmt: skip
     return rows
 
 
@@ -68,7 +69,9 @@ def time_rows(results: list[TaskResult], profile: PerformanceProfile) -> list[di
         row = {"task": r.label, "study": r.study}
         for o in profile.optimizers:
             ratio = profile.ratios[o][r.label]
-            shown = _number(r.times[o]) if math.isinf(ratio) else f"{_number(r.times[o])} (x{ratio:.2f}, trial {r.trials[o]})"
+            shown = _number(r.times[o])
+            if math.isfinite(ratio):
+                shown += f" (x{ratio:.2f}, trial {r.trials[o]})"
             row[o] = f"{shown}; {r.n_trials[o]} trials"
         rows.append(row)
     return rows
@@ -91,7 +94,8 @@ def _intro(suite: Suite, missing: list[str]) -> str:
     unit = "gradient-equivalents" if suite.config.measure == "grad_equivalents" else "seconds of training"
     text = (f"Time-to-target in {unit}: for each optimizer and task, the fastest of its trials to reach the task's "
             f"target; ratio = time / the fastest optimizer's time on that task; rho(tau) = share of tasks within "
-            f"tau of the fastest; score = area under rho on [1, {suite.config.tau_max:g}] / {suite.config.tau_max - 1:g}.")  # fmt: skip
+            f"tau of the fastest; score = area under rho on [1, {suite.config.tau_max:g}] / "
+            f"{suite.config.tau_max - 1:g}.")  # fmt: skip
     if missing:
         text += f" Not run yet, left out: {', '.join(missing)}."
     return text
@@ -103,7 +107,9 @@ def suite_markdown(suite: Suite, results: list[TaskResult], missing: list[str], 
             f"{_markdown_table(time_rows(results, profile))}\n")  # fmt: skip
 
 
-def suite_html(suite: Suite, results: list[TaskResult], missing: list[str], profile: PerformanceProfile, figure: go.Figure) -> str:
+def suite_html(
+    suite: Suite, results: list[TaskResult], missing: list[str], profile: PerformanceProfile, figure: go.Figure
+) -> str:
     """One self-contained page (plotly.js inlined): summary table, profile plot, times per task."""
     name = html.escape(suite.config.name)
     return f"""<!DOCTYPE html>
@@ -155,7 +161,8 @@ def render_suite_report(
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in profile_metrics(results, profile).items()])
     data = {"measure": suite.config.measure, "tau_max": profile.tau_max, "tasks": list(profile.tasks),
             "times": {o: {p: _json_number(t) for p, t in row.items()} for o, row in profile.times.items()},
-            "ratios": {o: {p: _json_number(r) for p, r in row.items()} for o, row in profile.ratios.items()}}  # fmt: skip
+            "ratios": {o: {p: _json_number(r) for p, r in row.items()}
+                       for o, row in profile.ratios.items()}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="hpo2-suite-") as tmp:
         folder = Path(tmp)
         for path in write_figures({"performance_profile": figure}, folder / "plots", png):

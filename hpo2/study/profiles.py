@@ -76,7 +76,8 @@ class PerformanceProfile:
         return sorted(finite | {1.0})
 
     def summary(self, taus: Sequence[float] = TABLE_TAUS) -> dict[str, dict[str, float]]:
-        """Per optimizer: ``wins``, ``rho@<tau>`` for each ``tau``, ``score`` and ``solved`` (share reaching the target)."""
+        """Per optimizer: ``wins``, ``rho@<tau>`` for each ``tau``, ``score`` and ``solved``
+        (the share of tasks it reached the target on)."""
         out: dict[str, dict[str, float]] = {}
         for o in self.optimizers:
             row: dict[str, float] = {"wins": float(self.wins(o))}
@@ -87,7 +88,9 @@ class PerformanceProfile:
         return out
 
 
-def performance_profile(times: Mapping[str, Mapping[str, float]], tau_max: float = ALGOPERF_TAU_MAX) -> PerformanceProfile:
+def performance_profile(
+    times: Mapping[str, Mapping[str, float]], tau_max: float = ALGOPERF_TAU_MAX
+) -> PerformanceProfile:
     """The profile of ``times[optimizer][task]`` (seconds or gradient-equivalents to
     the target, > 0; ``math.inf`` or a missing entry for "not reached").
 

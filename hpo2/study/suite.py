@@ -118,7 +118,9 @@ class SuiteConfig(Strict):
             if key in PER_TASK:
                 raise ValueError(f"study.{key}: a suite sets {key} itself; give it in {PER_TASK[key]}")
             if key not in SHARED:
-                raise ValueError(f"study.{key}: unknown study setting{did_you_mean(key, SHARED)}; allowed: {', '.join(SHARED)}")
+                raise ValueError(
+                    f"study.{key}: unknown study setting{did_you_mean(key, SHARED)}; allowed: {', '.join(SHARED)}"
+                )
         return value
 
     @model_validator(mode="after")
@@ -175,7 +177,8 @@ def find_suite_file(name_or_file: str) -> Path:
                     continue
                 if isinstance(data, dict) and data.get("name") == name_or_file and "tasks" in data:
                     return file
-    raise SettingsError(f"no suite named {name_or_file!r} in {', '.join(map(str, search_folders()))}; pass the suite file")
+    looked = ", ".join(map(str, search_folders()))
+    raise SettingsError(f"no suite named {name_or_file!r} in {looked}; pass the suite file")
 
 
 def _shared_optimizers(config: SuiteConfig, suite_file: Path) -> list[OptimizerChoice] | None:
@@ -229,8 +232,8 @@ def check_task_unchanged(study: optuna.Study, config: StudyConfig) -> None:
         study.set_user_attr(TASK_ATTR, current)
     elif recorded != current:
         raise SettingsError(
-            f"study {config.name!r} ran with task {recorded}, the suite now gives {current}: its trials' time-to-target "
-            "is for the first; restore the task's target and settings, or give the task a new label"
+            f"study {config.name!r} ran with task {recorded}, the suite now gives {current}: its trials' "
+            "time-to-target is for the first; restore the task's target and settings, or give the task a new label"
         )
 
 
@@ -313,7 +316,8 @@ def run_suite(
                        "measure": suite.config.measure, "sampler": first.sampler.name})  # fmt: skip
     for i, (label, config, study) in enumerate(zip(suite.labels, suite.studies, existing), start=1):
         if study is not None:
-            if budget_spent(study, default_storage(config, suite.path), config.n_trials) and study_closed(config, suite.path):
+            spent = budget_spent(study, default_storage(config, suite.path), config.n_trials)
+            if spent and study_closed(config, suite.path):
                 announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} is done, skipped")
                 continue
         announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} ({config.task.name}, target "

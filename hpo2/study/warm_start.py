@@ -81,11 +81,14 @@ def _load(url: str, name: str | None, where: str) -> optuna.Study:
         raise storage_error(url, exc) from None
     if name is None:
         if len(names) != 1:
-            raise SettingsError(f"{where} = {redact_url(url)!r} holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                                "name one: warm_start: {study: NAME, storage: URL}")
+            raise SettingsError(
+                f"{where} = {redact_url(url)!r} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                "name one: warm_start: {study: NAME, storage: URL}"
+            )
         name = names[0]
     if name not in names:
-        raise SettingsError(f"warm_start.study = {name!r} is not in {redact_url(url)}; it holds: {', '.join(names) or 'no study'}")
+        held = ", ".join(names) or "no study"
+        raise SettingsError(f"warm_start.study = {name!r} is not in {redact_url(url)}; it holds: {held}")
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -109,7 +112,8 @@ def top_trials(study: optuna.Study, k: int) -> dict[str, list[FrozenTrial]]:
     """Per optimizer, its ``k`` best complete trials by the first objective (best first)."""
     sign = -1.0 if study.directions[0] == StudyDirection.MAXIMIZE else 1.0
     ranked: dict[str, list[FrozenTrial]] = {}
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if math.isfinite(t.values[0])]
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = [t for t in trials if math.isfinite(t.values[0])]
     for t in sorted(complete, key=lambda t: (sign * t.values[0], t.number)):
         ranked.setdefault(str(t.params.get(OPTIMIZER_PARAM)), []).append(t)
     return {name: trials[:k] for name, trials in ranked.items()}
@@ -179,6 +183,7 @@ def enqueue_warm_start(study: optuna.Study, plan: WarmStart) -> int:
     for candidate in plan.candidates:
         if candidate.source in started or candidate.params in seen:
             continue
-        study.enqueue_trial(candidate.params, user_attrs={SOURCE_ATTR: candidate.source, CHANGES_ATTR: list(candidate.changes)})
+        attrs = {SOURCE_ATTR: candidate.source, CHANGES_ATTR: list(candidate.changes)}
+        study.enqueue_trial(candidate.params, user_attrs=attrs)
         added += 1
     return added

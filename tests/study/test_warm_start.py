@@ -77,7 +77,8 @@ def test_warm_start_runs_the_earlier_best_first_and_never_twice(tmp_path):
 
 
 def test_settings_outside_the_space_are_clipped_or_the_configuration_skipped():
-    choice = OptimizerChoice(name="lbfgs", ranges={"history_size": [50, 100], "lr": [0.01, 0.5], "line_search": ["strong_wolfe"]})
+    ranges = {"history_size": [50, 100], "lr": [0.01, 0.5], "line_search": ["strong_wolfe"]}
+    choice = OptimizerChoice(name="lbfgs", ranges=ranges)
     space = OptimizerSpace("lbfgs", choice.space(), choice.fixed_settings())
     distributions = {"optimizer": CategoricalDistribution(["lbfgs"]), "lbfgs.history_size": IntDistribution(3, 100),
                      "lbfgs.lr": FloatDistribution(1e-3, 1.0, log=True),
