@@ -35,9 +35,10 @@ def profile_figure(profile: PerformanceProfile) -> go.Figure:
     right = max(points[-1] * 1.25, profile.tau_max)
     taus = [*points, right]
     fig = go.Figure()
-    for o in profile.optimizers:
-        fig.add_trace(go.Scatter(x=taus, y=[profile.rho(o, tau) for tau in taus], mode="lines+markers",
-                                 line_shape="hv", name=o))  # fmt: skip
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")  # tied optimizers' lines overlap
+    for i, o in enumerate(profile.optimizers):
+        fig.add_trace(go.Scatter(x=taus, y=[profile.rho(o, tau) for tau in taus], mode="lines", name=o,
+                                 line={"shape": "hv", "dash": dashes[i % len(dashes)], "width": 3}))  # fmt: skip
     fig.update_layout(title=f"Performance profile over {len(profile.tasks)} task(s) (Dolan & Moré 2002)",
                       xaxis_title="tau: within this factor of the fastest time-to-target",
                       yaxis_title="fraction of tasks", yaxis_range=[-0.02, 1.02])  # fmt: skip
