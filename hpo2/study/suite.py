@@ -116,11 +116,10 @@ class SuiteConfig(Strict):
     def _study(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in value:
             if key in PER_TASK:
-                raise ValueError(f"study.{key}: a suite sets {key} itself; give it in {PER_TASK[key]}")
+                raise ValueError(f"{key!r} is set by the suite itself; give it in {PER_TASK[key]}")
             if key not in SHARED:
-                raise ValueError(
-                    f"study.{key}: unknown study setting{did_you_mean(key, SHARED)}; allowed: {', '.join(SHARED)}"
-                )
+                hint = did_you_mean(key, SHARED)
+                raise ValueError(f"unknown study setting {key!r}{hint}; allowed: {', '.join(SHARED)}")
         return value
 
     @model_validator(mode="after")
@@ -207,7 +206,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
         settings = dict(task.task.settings)
         if task.target is not None:
             settings["target"] = task.target
-        parse_task_settings(task.task.name, settings, where=f"tasks[{i}].task")
+        parse_task_settings(task.task.name, settings, where=f"tasks.{i}.task")
         data: dict[str, Any] = {
             "storage": f"sqlite:///{folder / (config.name + '.optuna.db')}",
             "experiment": config.name,
@@ -219,7 +218,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
             **({} if optimizers is None else {"optimizers": optimizers}),
             **{k: v for k, v in (overrides or {}).items() if v is not None},
         }
-        studies.append(validate(StudyConfig, data, f"{path}, the study of tasks[{i}] ({task.name})"))
+        studies.append(validate(StudyConfig, data, f"{path}, the study of tasks.{i} ({task.name})"))
     return Suite(config, path.resolve(), studies)
 
 

@@ -104,10 +104,10 @@ def test_suite_runs_a_study_per_task_and_writes_the_profile(tmp_path):
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"study": {"n_trails": 3}}, "study.n_trails: unknown study setting (did you mean 'n_trials'?)"),
-    ({"study": {"budget": {"epochs": 1}}}, "study.budget: a suite sets budget itself; give it in tasks[].budget"),
+    ({"study": {"n_trails": 3}}, "study: unknown study setting 'n_trails' (did you mean 'n_trials'?)"),
+    ({"study": {"budget": {"epochs": 1}}}, "study: 'budget' is set by the suite itself; give it in tasks[].budget"),
     ({"tasks": [{"task": "digits_mlp", "budget": {"epochs": 1}}] * 2}, "give each a distinct label"),
-    ({"tasks": [{"task": "digits", "budget": {"epochs": 1}}]}, "tasks[0].task.name: 'digits' is not a known task"),
+    ({"tasks": [{"task": "digits", "budget": {"epochs": 1}}]}, "tasks.0.task.name: 'digits' is not a known task"),
     ({"tasks": [{"task": "digits_mlp", "budget": {"epochs": 1}, "target": ".nan"}]}, "tasks.0.target"),
     ({"optimizers_from": "no_such_study"}, "optimizers_from = 'no_such_study': no study named"),
     ({"measure": "epochs"}, "measure = 'epochs'"),
