@@ -18,7 +18,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator,
+)
 
 from hpo2.config import validate
 from hpo2.optim.registry import REGISTRY, get_spec, load_config_file
@@ -40,6 +42,10 @@ def check_name(value: str) -> str:
     if len(value) > MAX_NAME:
         raise ValueError(f"{len(value)} characters; at most {MAX_NAME} (it names files and MLflow runs)")
     return value
+
+
+#: a study's or suite's name (letters, digits, '_', '.', '-'; at most MAX_NAME characters)
+StudyName = Annotated[str, AfterValidator(check_name)]
 
 
 class Strict(BaseModel):
@@ -182,7 +188,7 @@ class WarmStartConfig(Strict):
 class StudyConfig(Strict):
     """A study: what to search over, how, for how long, and where results go."""
 
-    name: str
+    name: StudyName
     task: ConfigSection
     budget: Budget = Budget(epochs=2)
     objective: list[ObjectiveConfig] = Field(default_factory=lambda: [ObjectiveConfig()])
@@ -205,11 +211,6 @@ class StudyConfig(Strict):
     curvature_share: float = Field(default=0.1, gt=0, le=1)
     report: bool = True
     warm_start: WarmStartConfig | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value)
 
     @field_validator("task", mode="before")
     @classmethod

@@ -48,7 +48,7 @@ from optuna.trial import TrialState
 from hpo2.config import validate
 from hpo2.optim.registry import load_config_file
 from hpo2.optim.settings import SettingsError, did_you_mean
-from hpo2.study.config import MAX_TRIALS, OptimizerChoice, Strict, StudyConfig, check_name, load_study_config
+from hpo2.study.config import MAX_TRIALS, OptimizerChoice, Strict, StudyConfig, StudyName, load_study_config
 from hpo2.study.locate import STUDY_SUFFIXES, find_study_file, search_folders
 from hpo2.study.profiles import ALGOPERF_TAU_MAX, PerformanceProfile, performance_profile
 from hpo2.study.space import OPTIMIZER_PARAM
@@ -70,7 +70,7 @@ class SuiteTask(Strict):
     """One task of a suite: its budget, its target, optionally its own trial count."""
 
     task: ConfigSection
-    label: str | None = None
+    label: StudyName | None = None
     budget: Budget
     target: float | None = Field(default=None, allow_inf_nan=False)
     n_trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS)
@@ -80,11 +80,6 @@ class SuiteTask(Strict):
     def _task(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
 
-    @field_validator("label")
-    @classmethod
-    def _label(cls, value: str | None) -> str | None:
-        return None if value is None else check_name(value)
-
     @property
     def name(self) -> str:
         return self.label or self.task.name
@@ -93,18 +88,13 @@ class SuiteTask(Strict):
 class SuiteConfig(Strict):
     """A suite file: tasks, one optimizer space, and the study settings they share."""
 
-    name: str
+    name: StudyName
     tasks: list[SuiteTask] = Field(min_length=1)
     optimizers: list[OptimizerChoice] | None = None
     optimizers_from: str | None = None
     study: dict[str, Any] = Field(default_factory=dict)
     measure: Literal["grad_equivalents", "seconds"] = "grad_equivalents"
     tau_max: float = Field(default=ALGOPERF_TAU_MAX, gt=1, le=1e6, allow_inf_nan=False)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value)
 
     @field_validator("optimizers", mode="before")
     @classmethod
