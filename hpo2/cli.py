@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 import hpo2
+
+if TYPE_CHECKING:  # imported lazily below: the CLI starts fast
+    from hpo2.study.runner import StudyRunner
+    from hpo2.study.suite import Suite
 
 app = typer.Typer(
     name="hpo2",
@@ -414,7 +419,7 @@ suite_app = typer.Typer(help="Studies over several tasks and their performance p
 app.add_typer(suite_app, name="suite")
 
 
-def _load_suite(name_or_file: str, overrides: dict | None = None):  # type: ignore[no-untyped-def]
+def _load_suite(name_or_file: str, overrides: dict[str, str | None] | None = None) -> Suite:
     from hpo2.optim.settings import SettingsError
     from hpo2.study.suite import find_suite_file, load_suite
 
@@ -424,7 +429,7 @@ def _load_suite(name_or_file: str, overrides: dict | None = None):  # type: igno
         raise fail(str(exc)) from None
 
 
-def _write_suite_report(suite, run_id: str | None, png: bool) -> None:  # type: ignore[no-untyped-def]
+def _write_suite_report(suite: Suite, run_id: str | None, png: bool) -> None:
     from hpo2.study.locate import shown_path
     from hpo2.study.suite import suite_profile, suite_results
     from hpo2.suite_report import render_suite_report, summary_rows
@@ -470,7 +475,7 @@ def suite_run(
     suite = _load_suite(file, {"device": device})
     progress = Progress()
 
-    def run_one(runner) -> None:  # type: ignore[no-untyped-def]
+    def run_one(runner: StudyRunner) -> None:
         display = StudyDisplay(console, runner.config.n_trials, runner.config.timeout, runner.config.jobs)
         progress.listeners[:] = []
         with Live(display.table(progress), console=console, refresh_per_second=4) as live:
