@@ -130,3 +130,13 @@ def test_shipped_suite_file_is_valid():
     assert suite.labels == ["digits_mlp", "logreg_breast_cancer"]
     assert [s.name for s in suite.studies] == ["suite_small.digits_mlp", "suite_small.logreg_breast_cancer"]
     assert suite.studies[0].task.settings["target"] == 0.9
+
+
+def test_the_logged_copy_of_a_suite_or_study_file_masks_nested_url_passwords():
+    from hpo2.redact import sanitized_study_text
+
+    url = "postgresql://hpo2:s3cret-pw@db.example/optuna"
+    text = sanitized_study_text({"name": "s", "storage": url, "study": {"storage": url, "tracking_uri": url},
+                                 "warm_start": {"storage": url}, "tasks": [{"task": "digits_mlp"}]})  # fmt: skip
+    assert "s3cret-pw" not in text and text.count("hpo2:***@db.example") == 4
+    assert "digits_mlp" in text
