@@ -63,11 +63,13 @@ def summary_rows(profile: PerformanceProfile) -> list[dict[str, str]]:
     return rows
 
 
-def time_rows(results: list[TaskResult], profile: PerformanceProfile) -> list[dict[str, str]]:
-    """Per task: each optimizer's time-to-target, its ratio and the trial that set it."""
+def time_rows(suite: Suite, results: list[TaskResult], profile: PerformanceProfile) -> list[dict[str, str]]:
+    """Per task: its target, and each optimizer's time-to-target, its ratio and the trial that set it."""
+    targets = {label: config.task.settings.get("target") for label, config in zip(suite.labels, suite.studies)}
     rows = []
     for r in results:
-        row = {"task": r.label, "study": r.study}
+        target = targets.get(r.label)
+        row = {"task": r.label, "target": "the task's own" if target is None else f"{target:g}", "study": r.study}
         for o in profile.optimizers:
             ratio = profile.ratios[o][r.label]
             shown = _number(r.times[o])
@@ -105,7 +107,7 @@ def _intro(suite: Suite, missing: list[str]) -> str:
 def suite_markdown(suite: Suite, results: list[TaskResult], missing: list[str], profile: PerformanceProfile) -> str:
     return (f"# Suite {suite.config.name}\n\n{_intro(suite, missing)}\n\n## Performance profile summary\n\n"
             f"{_markdown_table(summary_rows(profile))}\n\n## Time to target per task\n\n"
-            f"{_markdown_table(time_rows(results, profile))}\n")  # fmt: skip
+            f"{_markdown_table(time_rows(suite, results, profile))}\n")  # fmt: skip
 
 
 def suite_html(
@@ -120,7 +122,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
 <body><h1>Suite {name}</h1><p>{html.escape(_intro(suite, missing))}</p>
 <h2>Performance profile summary</h2>{_html_table(summary_rows(profile))}
 {figure.to_html(full_html=False, include_plotlyjs=True, div_id="performance-profile")}
-<h2>Time to target per task</h2>{_html_table(time_rows(results, profile))}
+<h2>Time to target per task</h2>{_html_table(time_rows(suite, results, profile))}
 </body></html>"""
 
 
