@@ -419,7 +419,7 @@ suite_app = typer.Typer(help="Studies over several tasks and their performance p
 app.add_typer(suite_app, name="suite")
 
 
-def _load_suite(name_or_file: str, overrides: dict[str, str | None] | None = None) -> Suite:
+def _load_suite(name_or_file: str, overrides: dict[str, str | int | None] | None = None) -> Suite:
     from hpo2.optim.settings import SettingsError
     from hpo2.study.suite import find_suite_file, load_suite
 
@@ -454,6 +454,7 @@ def _write_suite_report(suite: Suite, run_id: str | None, png: bool) -> None:
 @suite_app.command("run")
 def suite_run(
     file: str = typer.Argument(..., help="the suite file (tasks, optimizers, shared study settings)"),
+    n_trials: int | None = typer.Option(None, help="trials of each task's study (the count continues on resume)"),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto"),
     png: bool = typer.Option(True, help="also render the profile as PNG (needs chromium)"),
 ) -> None:
@@ -472,7 +473,7 @@ def suite_run(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    suite = _load_suite(file, {"device": device})
+    suite = _load_suite(file, {"device": device, "n_trials": n_trials})
     progress = Progress()
 
     def run_one(runner: StudyRunner) -> None:

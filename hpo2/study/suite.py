@@ -191,6 +191,8 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     config = validate(SuiteConfig, load_config_file(path), str(path))
     optimizers = _shared_optimizers(config, path)
     folder = path.resolve().parent
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    flags = f" (with command-line {', '.join('--' + k.replace('_', '-') for k in given)})" if given else ""
     studies = []
     for i, task in enumerate(config.tasks):
         settings = dict(task.task.settings)
@@ -206,9 +208,9 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
             "budget": task.budget,
             **({} if task.n_trials is None else {"n_trials": task.n_trials}),
             **({} if optimizers is None else {"optimizers": optimizers}),
-            **{k: v for k, v in (overrides or {}).items() if v is not None},
+            **given,
         }
-        studies.append(validate(StudyConfig, data, f"{path}, the study of tasks.{i} ({task.name})"))
+        studies.append(validate(StudyConfig, data, f"{path}{flags}, the study of tasks.{i} ({task.name})"))
     return Suite(config, path.resolve(), studies)
 
 

@@ -92,7 +92,7 @@ def test_suite_runs_a_study_per_task_and_writes_the_profile(tmp_path):
                 assert metrics[f"time_to_target.{p}.{o}"] == pytest.approx(row[p])
 
     # Rerun: both studies are done; the report is rewritten from the same trials.
-    again = run_cli("suite", "run", str(path), "--no-png")
+    again = run_cli("suite", "run", str(path), "--no-png", "--n-trials", "6")
     assert again.exit_code == 0 and again.output.count("is done, skipped") == 2, again.output
     report = run_cli("suite", "report", str(path), "--no-png")
     assert report.exit_code == 0, report.output
