@@ -140,3 +140,10 @@ def test_the_logged_copy_of_a_suite_or_study_file_masks_nested_url_passwords():
                                  "warm_start": {"storage": url}, "tasks": [{"task": "digits_mlp"}]})  # fmt: skip
     assert "s3cret-pw" not in text and text.count("hpo2:***@db.example") == 4
     assert "digits_mlp" in text
+
+
+def test_report_of_a_suite_never_run_says_so_and_creates_nothing(tmp_path):
+    path = write_suite(tmp_path)
+    result = run_cli("suite", "report", str(path))
+    assert result.exit_code == 2 and "no task's study has run yet" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["suite.yaml"]
