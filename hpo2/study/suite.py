@@ -282,9 +282,10 @@ def run_suite(
     run_study: Callable[[StudyRunner], None],
     announce: Callable[[str], None] = lambda line: None,
     progress: Progress | None = None,
-) -> str:
+) -> str | None:
     """Run (or resume) the study of every task, each nested under the suite's MLflow
-    run; return that run's id (left RUNNING: the report closes it).
+    run; return that run's id (left RUNNING: the report closes it; None if the
+    tracking server went away after the check, when the run is not created).
 
     ``run_study`` gets each :class:`~hpo2.study.runner.StudyRunner` and runs it (the
     CLI shows its live table); a study whose trial budget is already spent and whose
@@ -293,9 +294,10 @@ def run_suite(
     from hpo2.study.catalog import budget_spent, open_existing, study_closed
     from hpo2.study.config import default_storage
     from hpo2.study.runner import StudyRunner
-    from hpo2.tracking import study_parent_run
+    from hpo2.tracking import check_reachable, study_parent_run
 
     first = suite.studies[0]
+    check_reachable(suite.tracking_uri)  # before the suite's run is created
     existing = [open_existing(config, suite.path) for config in suite.studies]
     for study, config in zip(existing, suite.studies):
         if study is not None:
@@ -321,4 +323,4 @@ def run_suite(
         except BaseException:
             parent.end("KILLED")
             raise
-    return str(parent.run_id)
+    return parent.run_id
