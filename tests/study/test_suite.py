@@ -147,3 +147,29 @@ def test_report_of_a_suite_never_run_says_so_and_creates_nothing(tmp_path):
     result = run_cli("suite", "report", str(path))
     assert result.exit_code == 2 and "no task's study has run yet" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["suite.yaml"]
+
+
+def test_an_interrupted_suite_resumes_where_it_stopped(tmp_path):
+    from hpo2.study.recovery import StudyInterrupted
+    from hpo2.study.suite import load_suite, run_suite
+
+    path = write_suite(tmp_path, optimizers=["sgd", "adam"], study={"n_trials": 2, "report": False,
+                                                                    "curvature_diagnostics": False})  # fmt: skip
+    suite = load_suite(path)
+
+    def stop_after_the_first(runner) -> None:
+        runner.run()
+        raise StudyInterrupted([])
+
+    with pytest.raises(StudyInterrupted):
+        run_suite(suite, stop_after_the_first)
+    client = MlflowClient(suite.tracking_uri)
+    suite_run = client.search_runs([client.get_experiment_by_name("s").experiment_id], "tags.`hpo2.role` = 'suite'")[0]
+    assert suite_run.info.status == "KILLED"
+
+    lines: list[str] = []
+    run_id = run_suite(suite, lambda runner: runner.run(), lines.append)
+    assert run_id == suite_run.info.run_id  # the same suite run, resumed
+    assert "is done, skipped" in lines[0] and "logreg_breast_cancer" in lines[1]
+    storage = f"sqlite:///{tmp_path / 's.optuna.db'}"
+    assert [len(optuna.load_study(study_name=f"s.{t}", storage=storage).trials) for t in TARGETS] == [2, 2]
