@@ -47,7 +47,7 @@ from optuna.trial import TrialState
 
 from hpo2.config import validate
 from hpo2.optim.registry import load_config_file
-from hpo2.optim.settings import SettingsError, did_you_mean
+from hpo2.errors import SettingsError, did_you_mean
 from hpo2.study.config import MAX_TRIALS, OptimizerChoice, Strict, StudyConfig, StudyName, load_study_config
 from hpo2.study.locate import STUDY_SUFFIXES, find_study_file, search_folders
 from hpo2.study.profiles import ALGOPERF_TAU_MAX, PerformanceProfile, performance_profile
@@ -56,7 +56,8 @@ from hpo2.tasks import parse_task_settings
 from hpo2.train import Budget, ConfigSection
 
 if TYPE_CHECKING:
-    from hpo2.study.runner import Progress, StudyRunner
+    from hpo2.study.observer import StudyObserver
+    from hpo2.study.runner import StudyReport, StudyRunner
 
 #: study-file fields a suite sets itself, per task or at the top level
 PER_TASK = {"name": "tasks[].label", "task": "tasks[].task", "budget": "tasks[].budget",
@@ -281,14 +282,16 @@ def run_suite(
     suite: Suite,
     run_study: Callable[[StudyRunner], None],
     announce: Callable[[str], None] = lambda line: None,
-    progress: Progress | None = None,
+    observer: StudyObserver | None = None,
+    report: StudyReport | None = None,
 ) -> str | None:
     """Run (or resume) the study of every task, each nested under the suite's MLflow
     run; return that run's id (left RUNNING: the report closes it; None if the
     tracking server went away after the check, when the run is not created).
 
-    ``run_study`` gets each :class:`~hpo2.study.runner.StudyRunner` and runs it (the
-    CLI shows its live table); a study whose trial budget is already spent and whose
+    ``run_study`` gets each opened :class:`~hpo2.study.runner.StudyRunner` and runs
+    it (the CLI shows its live table); ``observer`` watches every study and ``report``
+    renders the report of those whose ``report`` setting is on; a study whose trial budget is already spent and whose
     run finished is skipped.  :class:`~hpo2.study.recovery.StudyInterrupted` ends the
     suite's run KILLED and propagates (rerunning resumes where it stopped)."""
     from hpo2.study.catalog import budget_spent, open_existing, study_closed
@@ -315,7 +318,9 @@ def run_suite(
                 continue
         announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} ({config.task.name}, target "
                  f"{config.task.settings.get('target', 'the task default')})")
-        runner = StudyRunner(config, suite.path, progress)
+        runner = StudyRunner(config, suite.path, observer, report if config.report else None).open()
+        for note in runner.warm_start.notes if runner.warm_start is not None else []:
+            announce(note)
         check_task_unchanged(runner.study, config)
         runner.parent.set_tags({"mlflow.parentRunId": parent.run_id, "hpo2.suite": suite.config.name})
         try:
