@@ -65,7 +65,8 @@ def summary_rows(profile: PerformanceProfile) -> list[dict[str, str]]:
 
 def time_rows(suite: Suite, results: list[TaskResult], profile: PerformanceProfile) -> list[dict[str, str]]:
     """Per task: its target, and each optimizer's time-to-target, its ratio and the trial that set it."""
-    targets = {label: config.task.settings.get("target") for label, config in zip(suite.labels, suite.studies)}
+    pairs = zip(suite.labels, suite.studies, strict=True)
+    targets = {label: config.task.settings.get("target") for label, config in pairs}
     rows = []
     for r in results:
         target = targets.get(r.label)

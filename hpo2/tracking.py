@@ -371,4 +371,5 @@ def study_parent_run(
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
             return TrackedRun(client, run_id, name=study_name)
-    return TrackedRun.create(tracking_uri, experiment, study_name, {**tags, "hpo2.study": study_name, "hpo2.role": role})
+    tags = {**tags, "hpo2.study": study_name, "hpo2.role": role}
+    return TrackedRun.create(tracking_uri, experiment, study_name, tags)

@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
-from pydantic import Field, field_validator, model_validator
 from optuna.trial import TrialState
+from pydantic import Field, field_validator, model_validator
 
 from hpo2.config import validate
-from hpo2.optim.registry import load_config_file
 from hpo2.errors import SettingsError, did_you_mean
+from hpo2.optim.registry import load_config_file
 from hpo2.study.config import MAX_TRIALS, OptimizerChoice, Strict, StudyConfig, StudyName, load_study_config
 from hpo2.study.locate import STUDY_SUFFIXES, find_study_file, search_folders
 from hpo2.study.profiles import ALGOPERF_TAU_MAX, PerformanceProfile, performance_profile
@@ -263,7 +263,7 @@ def suite_results(suite: Suite) -> tuple[list[TaskResult], list[str]]:
     from hpo2.study.catalog import open_existing
 
     results, missing = [], []
-    for label, config in zip(suite.labels, suite.studies):
+    for label, config in zip(suite.labels, suite.studies, strict=True):
         study = open_existing(config, suite.path)
         if study is None:
             missing.append(label)
@@ -302,7 +302,7 @@ def run_suite(
     first = suite.studies[0]
     check_reachable(suite.tracking_uri)  # before the suite's run is created
     existing = [open_existing(config, suite.path) for config in suite.studies]
-    for study, config in zip(existing, suite.studies):
+    for study, config in zip(existing, suite.studies, strict=True):
         if study is not None:
             check_task_unchanged(study, config)  # before anything is written
     artifacts = str(suite.path.parent / "mlartifacts") if suite.tracking_uri.startswith("sqlite") else None
@@ -310,7 +310,7 @@ def run_suite(
                               {"hpo2.tasks": ",".join(suite.labels)}, artifacts, role="suite")  # fmt: skip
     parent.log_params({"tasks": ",".join(suite.labels), "optimizers": ",".join(suite.optimizers),
                        "measure": suite.config.measure, "sampler": first.sampler.name})  # fmt: skip
-    for i, (label, config, study) in enumerate(zip(suite.labels, suite.studies, existing), start=1):
+    for i, (label, config, study) in enumerate(zip(suite.labels, suite.studies, existing, strict=True), start=1):
         if study is not None:
             spent = budget_spent(study, default_storage(config, suite.path), config.n_trials)
             if spent and study_closed(config, suite.path):
