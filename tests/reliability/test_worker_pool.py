@@ -78,7 +78,8 @@ def alive(pid: int) -> bool:
 
 def start_pool(path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "hpo2.cli", "worker", str(path), "--trials-per-device", "2", "--device", "cpu"]
-    return subprocess.Popen(command, cwd=path.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=path.parent, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
 
 
 def interrupt_when_paused(proc: subprocess.Popen[str], pause: Path) -> str:
