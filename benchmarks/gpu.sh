@@ -92,7 +92,8 @@ else
   piece "optimizer step cost" 70 $PY benchmarks/optimizer_step_cost.py --device cuda --repeats 40
   piece "time-to-target" 130 $PY benchmarks/time_to_target.py --tasks fmnist_mlp fmnist_2c2d \
     --optimizers adam kfac shampoo soap hessian_free --variants defaults --repeats 1 --seconds 8 --device cuda
-  piece "trials per device" 130 $PY benchmarks/trials_per_device.py --device cuda --per-device 1 2 4 --warmup 25 --window 20
+  piece "trials per device" 130 $PY benchmarks/trials_per_device.py --device cuda --per-device 1 2 4 \
+    --trial-seconds 5 --warmup 25 --window 15
   piece "CUDA tests" 80 bash -c "set -o pipefail; $PY -m pytest -m cuda -q -p no:cacheprovider 2>&1 | tee '$OUT_DIR/cuda-tests.log'"
 fi
 
