@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-# the cuda case carries the `cuda` mark, so `pytest -m cuda` (benchmarks/gpu.sh) selects every test run on both devices
-NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, NO_CUDA])]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+]
 
 
 @pytest.fixture(params=DEVICES)
