@@ -75,13 +75,14 @@ piece() {
 
 if ((DRY)); then
   DEVICE=cpu
-  piece "HVP cost" 60 $PY benchmarks/hvp_cost.py --device cpu --repeats 1 --tiny --compile-backend eager
-  piece "optimizer step cost" 60 $PY benchmarks/optimizer_step_cost.py --device cpu --repeats 1
-  piece "time-to-target" 90 $PY benchmarks/time_to_target.py --tasks fmnist_mlp fmnist_2c2d --optimizers adam kfac \
+  DRY_LIMIT=${HPO2_DRY_RUN_LIMIT:-300}  # a safety net: about 20 s each on a quiet 2-core CPU, minutes on a loaded one
+  piece "HVP cost" $DRY_LIMIT $PY benchmarks/hvp_cost.py --device cpu --repeats 1 --tiny --compile-backend eager
+  piece "optimizer step cost" $DRY_LIMIT $PY benchmarks/optimizer_step_cost.py --device cpu --repeats 1
+  piece "time-to-target" $DRY_LIMIT $PY benchmarks/time_to_target.py --tasks fmnist_mlp fmnist_2c2d --optimizers adam kfac \
     --variants defaults --repeats 1 --seconds 0.3 --n-train 128 --device cpu
-  piece "trials per device" 90 $PY benchmarks/trials_per_device.py --device cpu --per-device 1 --task logreg_breast_cancer \
+  piece "trials per device" $DRY_LIMIT $PY benchmarks/trials_per_device.py --device cpu --per-device 1 --task logreg_breast_cancer \
     --trial-seconds 0.3 --warmup 60 --window 2
-  piece "CUDA tests (collected only: no GPU)" 90 bash -c \
+  piece "CUDA tests (collected only: no GPU)" $DRY_LIMIT bash -c \
     "set -o pipefail; $PY -m pytest -m cuda --collect-only -q -p no:cacheprovider 2>&1 | tee '$OUT_DIR/cuda-tests.log'"
 else
   DEVICE=cuda

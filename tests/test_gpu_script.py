@@ -23,7 +23,7 @@ def test_the_gpu_script_dry_run_makes_every_piece_on_the_cpu(tmp_path: Path) -> 
     benchmarks_md = (ROOT / "BENCHMARKS.md").read_text()
     env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(ROOT), "PYTHON": "python"}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=1800)  # fmt: skip
     log = (tmp_path / "gpu.log").read_text() if (tmp_path / "gpu.log").exists() else ""
     assert proc.returncode == 0, proc.stdout[-3000:] + log[-3000:]
     rows = (tmp_path / "rows.md").read_text()
