@@ -272,9 +272,29 @@ def worker(
     tracking_uri: str | None = typer.Option(None, help="the shared MLflow tracking server"),
     n_trials: int | None = typer.Option(None, help="total trials of the study (all workers together)"),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto"),
+    trials_per_device: int | None = typer.Option(
+        None, min=1, max=64, help="start N worker processes per visible GPU (per --device; the CPU without one), "
+        "sharing the study and its trial budget; Ctrl-C stops them all"),
 ) -> None:
     """Join an existing study from another process or machine and run trials."""
-    _run_study(file, n_trials, None, storage, tracking_uri, device)
+    if trials_per_device is None:
+        _run_study(file, n_trials, None, storage, tracking_uri, device)
+        return
+    from hpo2.study.workers import WorkerPool, plan_slots, visible_gpus
+
+    config, _ = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "n_trials": n_trials})
+    try:
+        slots = plan_slots(trials_per_device, device or config.device, visible_gpus(), os.cpu_count() or 1)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    args = [file]
+    for flag, value in (("--storage", storage), ("--tracking-uri", tracking_uri), ("--n-trials", n_trials)):
+        if value is not None:
+            args += [flag, str(value)]
+    code = WorkerPool(args, slots).run()
+    if code == 130:
+        console.print("interrupted: every worker stopped; rerun the same command to resume", highlight=False)
+    raise typer.Exit(code)
 
 
 STORAGE_OPTION = typer.Option(None, "--storage", help="the study's Optuna storage URL, if not the study file's")

@@ -62,15 +62,19 @@ def loss_and_metric(
     x: Tensor,
     y: Tensor,
     batch_size: int = 2048,
+    device: torch.device | None = None,
 ) -> tuple[float, float]:
     """Mean loss and metric of ``model`` on ``x, y`` (eval mode, in batches, the
-    model's mode restored); the metric is the loss when ``metric_fn`` is None."""
+    model's mode restored); the metric is the loss when ``metric_fn`` is None.
+    With ``device``, each batch is copied there (a split kept in host memory)."""
     was_training = model.training
     model.eval()
     try:
         loss_sum, metric_sum, n = 0.0, 0.0, len(x)
         for start in range(0, n, batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            if device is not None:
+                xb, yb = xb.to(device), yb.to(device)
             out = model(xb)
             weight = len(xb) / n
             loss_sum += float(loss_fn(out, yb)) * weight
