@@ -45,9 +45,9 @@ class PerOptimizerSampler(BaseSampler):
     """Optimizer allocation (:mod:`hpo2.study.allocation`) + joint per-optimizer proposals from ``make_sampler``.
 
     ``make_sampler(seed, n_startup_trials)`` builds one wrapped sampler per optimizer, kept for the
-    process's life so that what it learns between proposals stays: Optuna's GPSampler starts each
-    fit from the previous kernel parameters, hpo2's BoTorch candidates function from the previous
-    GP hyperparameters.  Its ``n_startup_trials`` is the optimizer's design points: the paper
+    process's life so that what it learns between proposals stays (Optuna's GPSampler starts each
+    fit from the previous kernel parameters; a fresh sampler per proposal, as before, refitted from
+    scratch).  Its ``n_startup_trials`` is the optimizer's design points: the paper
     defaults trial (when it finished) plus ``startup`` random ones, at least 2 so that a model is
     never fitted on one point.
 
