@@ -106,3 +106,21 @@ def test_botorch_gp_treats_the_objective_as_deterministic():
     with torch.no_grad():
         mean = model.posterior(x).mean
     assert (mean - y).abs().max() < 1e-3 * y.std()
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_exceedances_count_the_top_quarter_of_finished_trials_in_the_study_direction(direction):
+    from optuna.distributions import CategoricalDistribution
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState, create_trial
+
+    from hpo2.study.allocation import exceedances
+
+    sign = 1 if direction == "minimize" else -1
+    dist = {OPTIMIZER_PARAM: CategoricalDistribution(NAMES)}
+    trials = [create_trial(params={OPTIMIZER_PARAM: name}, distributions=dist, value=sign * (OFFSETS[name] + i / 10))
+              for name in NAMES for i in range(3)]  # 12 trials: the best 3 are adam's
+    trials.append(create_trial(params={OPTIMIZER_PARAM: "adam"}, distributions=dist, state=TrialState.PRUNED))
+    successes, failures = exceedances(NAMES, trials, StudyDirection[direction.upper()])
+    assert successes == {"sgd": 0, "adam": 3, "newton_cg": 0, "lbfgs": 0}
+    assert failures == {"sgd": 3, "adam": 1, "newton_cg": 3, "lbfgs": 3}
