@@ -43,14 +43,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish, study_benchmark_arguments  # noqa: E402
-
 from optuna.distributions import FloatDistribution  # noqa: E402
 
 from hpo2.study.config import SamplerConfig, StudyConfig, load_study_config  # noqa: E402
 from hpo2.study.runner import StudyRunner  # noqa: E402
 from hpo2.study.samplers import build_sampler, plain_sampler  # noqa: E402
 from hpo2.study.space import SearchSpace  # noqa: E402
-
 
 HARTMANN_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
 HARTMANN_A = np.array([
@@ -132,7 +130,8 @@ BRANCHES = {"adahessian": ("hartmann6", 0.0), "adam": ("branin", 0.1), "sgd": ("
 def branin(u: np.ndarray) -> float:
     """Branin on [-5, 10] x [0, 15] from the unit square; minimum 0.397887."""
     x, y = 15 * u[0] - 5, 15 * u[1]
-    return float((y - 5.1 / (4 * np.pi**2) * x**2 + 5 / np.pi * x - 6) ** 2 + 10 * (1 - 1 / (8 * np.pi)) * np.cos(x) + 10)
+    quadratic = (y - 5.1 / (4 * np.pi**2) * x**2 + 5 / np.pi * x - 6) ** 2
+    return float(quadratic + 10 * (1 - 1 / (8 * np.pi)) * np.cos(x) + 10)
 
 
 def unit(value: float, dist: optuna.distributions.BaseDistribution) -> float:
@@ -257,7 +256,8 @@ def main() -> None:
         else:
             md, raw = real_task(args.seeds, args.trials, args.conditional, args.epochs)
             title = "Search efficiency: digits_mlp over newton_cg, lbfgs, adahessian, adam"
-            notes = (f"Each study: {args.trials} trials of {args.epochs:g} epochs, objective validation loss (lower is better), "
+            notes = (f"Each study: {args.trials} trials of {args.epochs:g} epochs, objective validation loss "
+                     "(lower is better), "
                      f"no pruning, paper defaults first; median [min, max] over {args.seeds} sampler seeds.")
         publish(title, md, torch.device("cpu"), write=not args.no_write, notes=notes,
                 raw_name=f"sampler_efficiency-{part}", raw=raw)

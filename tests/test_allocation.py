@@ -8,8 +8,8 @@ import optuna
 import pytest
 from optuna.samplers import RandomSampler
 
-from hpo2.optim.settings import SettingsError
 from hpo2.config import validate
+from hpo2.errors import SettingsError
 from hpo2.study.config import StudyConfig
 from hpo2.study.samplers import PerOptimizerSampler, build_sampler
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
@@ -59,7 +59,8 @@ def test_adaptive_allocation_gives_the_best_optimizer_most_trials_and_the_others
 
 def test_pending_trials_count_so_parallel_workers_spread_over_optimizers():
     """Four trials asked before any finishes (four workers) go to four optimizers."""
-    config = StudyConfig(name="s", task="digits_mlp", optimizers=NAMES, sampler={"name": "gp", "allocation": "balanced"})
+    config = StudyConfig(name="s", task="digits_mlp", optimizers=NAMES,
+                         sampler={"name": "gp", "allocation": "balanced"})
     space = SearchSpace(config)
     study = optuna.create_study(sampler=PerOptimizerSampler(space, lambda s, n: RandomSampler(seed=s)))
     asked = [study.ask() for _ in NAMES]

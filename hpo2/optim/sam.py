@@ -57,7 +57,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hpo2.optim.base import CurvatureOptimizer
-from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, SettingsError
+from hpo2.errors import SettingsError
+from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings
 
 Closure = Callable[[], Tensor]
 SAM_KEY = "sam"

@@ -87,7 +87,8 @@ def exceedances(
         if name not in successes:
             continue
         complete = t.state == TrialState.COMPLETE and bool(t.values)
-        good = complete and (t.values[0] >= threshold if direction == StudyDirection.MAXIMIZE else t.values[0] <= threshold)
+        maximize = direction == StudyDirection.MAXIMIZE
+        good = complete and (t.values[0] >= threshold if maximize else t.values[0] <= threshold)
         if good:
             successes[name] += 1
         else:
@@ -111,7 +112,7 @@ def allocate(
     :math:`d`, ``floor`` is :math:`\\phi`.
     """
     others = [t for t in trials if t.number != number]
-    counts = Counter(optimizer_of(t) for t in others)
+    counts: Counter[str] = Counter(name for t in others if (name := optimizer_of(t)) is not None)
     if rule == "balanced" or any(counts[name] < design_points for name in names):
         return balanced_choice(names, counts)
     total = 1 + sum(counts[name] for name in names)

@@ -26,13 +26,14 @@ Optuna users know them; only the proposal of settings is per optimizer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo2.errors import SettingsError, did_you_mean
 from hpo2.study.allocation import Allocation, allocate
 from hpo2.study.config import SamplerConfig, StudyConfig
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
@@ -84,7 +85,9 @@ class PerOptimizerSampler(BaseSampler):
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return {}
 
     def _sampler_for(self, optimizer: str) -> BaseSampler:
@@ -106,7 +109,9 @@ class PerOptimizerSampler(BaseSampler):
                     params={k: t.params[k] for k in distributions},
                     distributions=distributions,
                     values=t.values,
-                    system_attrs={k[len(_STATE_PREFIX):]: v for k, v in t.system_attrs.items() if k.startswith(_STATE_PREFIX)},
+                    system_attrs={
+                        k[len(_STATE_PREFIX):]: v for k, v in t.system_attrs.items() if k.startswith(_STATE_PREFIX)
+                    },
                 )
                 for t in history
             ]
@@ -159,8 +164,12 @@ def plain_sampler(config: SamplerConfig, seed: int, n_startup_trials: int | None
 
         return BoTorchSampler(seed=seed, n_startup_trials=startup if startup is not None else 5,
                               candidates_func=LogEICandidates())
-    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup if startup is not None else 1,
-                                        warn_independent_sampling=False)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup if startup is not None else 1,
+                                            warn_independent_sampling=False)
+    allowed = get_args(SamplerConfig.model_fields["name"].annotation)
+    raise SettingsError(f"sampler.name: {name!r} is not a known sampler{did_you_mean(name, allowed)}; "
+                        f"allowed: {', '.join(allowed)}")
 
 
 def build_sampler(config: StudyConfig, space: SearchSpace) -> BaseSampler:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpo2.optim import SettingsError, from_config
+from hpo2.errors import SettingsError
+from hpo2.optim import from_config
 from hpo2.tasks import build_task
 from hpo2.train import Budget, run_training
 
