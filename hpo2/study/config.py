@@ -30,14 +30,13 @@ from pydantic import (
 )
 
 from hpo2.config import validate
+from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import REGISTRY, get_spec, load_config_file
 from hpo2.optim.sam import SAM_KEY, SAMSettings
-from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.settings import Choice, FloatRange, IntRange, SearchDimension
 from hpo2.redact import redact_text, redact_url
 from hpo2.tasks import parse_task_settings
 from hpo2.train import MAX_SECONDS, Budget, ConfigSection
-
 
 MAX_TRIALS = 1_000_000
 MAX_NAME = 100
@@ -159,10 +158,21 @@ class OptimizerChoice(Strict):
         return {**{k: v for k, v in space.items() if k not in self.fixed}, **self.sam_space()[0]}
 
 
+#: samplers that hpo2 runs per optimizer (:class:`hpo2.study.samplers.PerOptimizerSampler`): they allocate
+PER_OPTIMIZER_SAMPLERS = ("gp", "botorch", "cmaes")
+
+
 class SamplerConfig(Strict):
+    """The sampler.  For the per-optimizer samplers (gp, botorch, cmaes): ``allocation`` picks each trial's
+    optimizer (:mod:`hpo2.study.allocation`; unset: ``adaptive`` for one objective, ``balanced`` for several),
+    ``allocation_floor`` is the least share of an even split that adaptive allocation leaves every optimizer,
+    and ``n_startup_trials`` counts random trials per optimizer after its paper defaults (1 unless set)."""
+
     name: Literal["tpe", "gp", "botorch", "cmaes", "random", "qmc"] = "tpe"
     seed: int | None = None
     n_startup_trials: int | None = Field(default=None, ge=0)
+    allocation: Literal["balanced", "adaptive"] | None = None
+    allocation_floor: float = Field(default=0.25, ge=0, le=1)
 
 
 class PrunerConfig(Strict):
@@ -259,7 +269,24 @@ class StudyConfig(Strict):
             raise ValueError("sampler.name = 'cmaes' optimises one objective; use tpe, gp, botorch, random or qmc")
         if self.n_trials is None and self.timeout is None:
             raise ValueError("set n_trials or timeout (or both)")
+        self._check_allocation()
         return self
+
+    def _check_allocation(self) -> None:
+        allocation, sampler = self.sampler.allocation, self.sampler.name
+        if allocation is not None and sampler not in PER_OPTIMIZER_SAMPLERS:
+            raise ValueError(f"sampler.allocation = {allocation!r} applies to the per-optimizer samplers "
+                             f"{', '.join(PER_OPTIMIZER_SAMPLERS)}; sampler {sampler!r} picks the optimizer itself")
+        if allocation == "adaptive" and self.multi_objective:
+            raise ValueError("sampler.allocation = 'adaptive' needs one objective (it chases the best value); "
+                             "use 'balanced' with several objectives")
+
+    @property
+    def allocation(self) -> Literal["balanced", "adaptive"]:
+        """The allocation in force: the file's, else adaptive for one objective and balanced for several."""
+        if self.sampler.allocation is not None:
+            return self.sampler.allocation
+        return "balanced" if self.multi_objective else "adaptive"
 
     @property
     def multi_objective(self) -> bool:
