@@ -10,6 +10,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
 from hpo2.optim import BatchClosure
+from tests.conftest import make_mlp
 
 L2 = 1e-2
 
@@ -115,3 +116,44 @@ class Sin(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sin(self.w * x)
+
+
+def classification_batch(seed: int = 0) -> tuple[Tensor, Tensor]:
+    """32 float64 inputs in 5 dimensions with labels in 3 classes (for a ``make_mlp(seed, (5, 8, 3))``)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 5, dtype=torch.float64, generator=gen)
+    y = torch.randint(0, 3, (32,), generator=gen)
+    return x, y
+
+
+class DiagonalQuadratic(nn.Module):
+    """f = 1/2 sum a_i theta_i^2 - b^T theta: Hutchinson's z * Az is exactly a (z_i^2 = 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("a", torch.tensor([0.5, 2.0, 8.0, 0.05], dtype=torch.float64))
+        self.register_buffer("b", torch.tensor([1.0, -1.0, 2.0, 0.3], dtype=torch.float64))
+        self.theta = nn.Parameter(torch.tensor([0.2, 0.4, -0.1, 1.0], dtype=torch.float64))
+
+    def forward(self) -> torch.Tensor:
+        return 0.5 * (self.a * self.theta**2).sum() - self.b @ self.theta
+
+
+class DenseProbeQuadratic(nn.Module):
+    """f = theta^T A theta / 2 - b^T theta with a dense SPD A (rows sum far from the diagonal)."""
+
+    def __init__(self, scale_b: float = 1.0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        m = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+        self.register_buffer("a", m @ m.T + torch.diag(torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0], dtype=torch.float64)))
+        self.register_buffer("b", scale_b * torch.randn(5, generator=gen, dtype=torch.float64))
+        self.theta = nn.Parameter(0.1 * torch.randn(5, generator=gen, dtype=torch.float64))
+
+    def forward(self) -> torch.Tensor:
+        return 0.5 * self.theta @ self.a @ self.theta - self.b @ self.theta
+
+
+def classification_mlp(seed: int = 0) -> nn.Module:
+    """A float64 5-8-3 tanh MLP for :func:`classification_batch`."""
+    return make_mlp(seed, (5, 8, 3))

@@ -24,11 +24,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("solvers", ("hpo2.solvers",)),
     ("optim", ("hpo2.optim",)),
     ("tasks", ("hpo2.tasks",)),
-    ("train", ("hpo2.train", "hpo2.config", "hpo2.diagnostics")),
+    ("train", ("hpo2.train", "hpo2.config", "hpo2.diagnostics", "hpo2.placement")),
     ("tracking", ("hpo2.tracking",)),
     ("study", ("hpo2.study",)),
-    ("report", ("hpo2.report", "hpo2.dashboard")),
-    ("cli", ("hpo2.cli", "hpo2.progress")),
+    ("report", ("hpo2.report", "hpo2.suite_report", "hpo2.dashboard")),
+    ("cli", ("hpo2.cli", "hpo2.progress", "hpo2.optimizer_tables")),
 ]
 #: third-party packages a layer below ``tracking`` must not import
 ORCHESTRATION = ("optuna", "optuna_integration", "mlflow")

@@ -97,9 +97,9 @@ def test_best_export_then_train_reproduces_the_best_validation_metric(tmp_path):
 
     _, rerun = train_from_config(load_train_config(best_file))
     assert rerun.final.valid_metric == pytest.approx(study.best_value, abs=1e-6)
-    from hpo2.optim import from_config
-
     import torch
+
+    from hpo2.optim import from_config
 
     assert from_config(best_file, [torch.nn.Parameter(torch.zeros(2))]) is not None
 
@@ -197,8 +197,9 @@ def test_model_samplers_propose_settings_from_the_model_not_at_random(model_samp
     optimizer's settings sit near that optimizer's optimum; random's do not."""
 
     def late_distances(sampler: str) -> list[float]:
+        balanced = {"allocation": "balanced"} if sampler != "random" else {}
         config = StudyConfig(name="s", task="digits_mlp", optimizers=["sgd", "adam"],
-                             sampler={"name": sampler, "seed": 3, "n_startup_trials": 5}, n_trials=30)
+                             sampler={"name": sampler, "seed": 3, "n_startup_trials": 5, **balanced}, n_trials=30)
         space = SearchSpace(config)
         study = optuna.create_study(direction="minimize", sampler=build_sampler(config, space))
         study.optimize(lambda trial: _distance_to_optimum(*space.suggest(trial)), n_trials=30)
@@ -212,8 +213,8 @@ def test_model_samplers_propose_settings_from_the_model_not_at_random(model_samp
 
 
 def test_every_shipped_study_file_is_valid():
-    from hpo2.study.config import StudyConfig as Schema
     from hpo2.config import validate
+    from hpo2.study.config import StudyConfig as Schema
 
     files = sorted(Path(__file__).resolve().parent.parent.glob("studies/*.yaml"))
     names = set()

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from hpo2.curvature import DampedOperator
 from hpo2.optim import BatchClosure, HessianFree
 from hpo2.solvers import cg
+from tests.problems import Sin
 from tests.reference import dense_ggn
 
 
@@ -218,3 +219,88 @@ def test_counts_are_fractions_of_the_batch() -> None:
     assert d["n_loss"] == pytest.approx(0.25 * 3 + d["ls_evals"])
     assert d["grad_equivalents"] == pytest.approx(d["n_grad"] + d["n_hvp"] + d["n_loss"] / 3)
     assert math.isfinite(d["reduction_ratio"])
+
+
+def test_lm_damping_rises_after_a_poor_step_with_the_closed_form_ratio():
+    model, lam = Sin(1.4), 1e-4
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    opt = HessianFree(model.parameters(), damping=lam, preconditioner=False)
+    opt.step(BatchClosure(model, nn.MSELoss(), x, y))
+    w0, w1 = 1.4, float(model.w)
+    p = w1 - w0
+    g, gn = 2 * math.sin(w0) * math.cos(w0), 2 * math.cos(w0) ** 2
+    expected_rho = (math.sin(w1) ** 2 - math.sin(w0) ** 2) / (g * p + 0.5 * gn * p * p)  # undamped model (Martens)
+    assert opt.diagnostics["reduction_ratio"] == pytest.approx(expected_rho, rel=1e-8)
+    assert expected_rho < 0.25
+    assert opt.diagnostics["damping_next"] == pytest.approx(1.5 * lam)
+    assert opt.state_dict()["state"][0]["damping"] == pytest.approx(1.5 * lam)
+
+
+def test_lm_damping_drops_after_a_good_step():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 4, dtype=torch.float64, generator=gen), torch.randn(30, 1, dtype=torch.float64, generator=gen)
+    model = nn.Linear(4, 1).double()
+    opt = HessianFree(model.parameters(), damping=0.5, curvature_fraction=1.0)
+    opt.step(BatchClosure(model, nn.MSELoss(), x, y))
+    assert opt.diagnostics["reduction_ratio"] > 0.75
+    assert opt.diagnostics["damping_next"] == pytest.approx(0.5 * 2 / 3)
+
+
+class NaNAwayFromStart(nn.Module):
+    """Finite loss at the start, NaN anywhere else: every step must be rejected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.7, -0.3], dtype=torch.float64))
+        self.start = self.w.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        moved = bool((self.w.detach() != self.start).any())
+        return (self.w * x).sum(1, keepdim=True) * (math.nan if moved else 1.0)
+
+
+def test_hessian_free_rejected_step_restores_params_resets_warm_start_and_boosts_damping():
+    model = NaNAwayFromStart()
+    x, y = torch.ones(4, 2, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64)
+    opt = HessianFree(model.parameters(), damping=1.0, max_ls_evals=5)
+    opt.global_state["cg_solution"] = torch.ones(2, dtype=torch.float64)  # a stale warm start
+    opt.step(BatchClosure(model, nn.MSELoss(), x, y))
+    assert opt.diagnostics["status"] == "rejected"
+    assert torch.equal(model.w.detach(), model.start)
+    assert opt.global_state["cg_solution"] is None
+    assert opt.diagnostics["damping_next"] == pytest.approx(1.5)
+
+
+def test_curvature_minibatch_uses_a_subset_for_products_and_the_whole_batch_for_the_gradient():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 3, (16,))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = HessianFree(model.parameters(), curvature_fraction=0.25)
+    loss, grads, operator = opt._gradient_and_curvature(BatchClosure(model, loss_fn, x, y), "ggn", 0.25)
+    full_grad = torch.autograd.grad(loss_fn(model(x), y), list(model.parameters()))
+    for a, b in zip(grads, full_grad):
+        torch.testing.assert_close(a, b)
+    v = torch.randn(operator.dim, dtype=torch.float64)
+    torch.testing.assert_close(operator.mv(v), dense_ggn(model, loss_fn, x[:4], y[:4]) @ v)
+
+
+def test_hessian_free_warns_when_dropout_is_active():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 1)).double()
+    closure = BatchClosure(model, nn.MSELoss(), torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
+    with pytest.warns(UserWarning, match="dropout is active"):
+        HessianFree(model.parameters()).step(closure)
+
+
+def test_hessian_free_without_damping_solves_least_squares_in_one_step(seed, device):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(40, 6, dtype=torch.float64, generator=gen)
+    y = torch.randn(40, 2, dtype=torch.float64, generator=gen)
+    model = nn.Linear(6, 2, bias=False).double()
+    x, y, model = x.to(device), y.to(device), model.to(device)
+    opt = HessianFree(model.parameters(), damping=0.0, martens_eps=1e-12, cg_max_iter=200, curvature_fraction=1.0)
+    opt.step(BatchClosure(model, nn.MSELoss(), x, y))
+    expected = torch.linalg.lstsq(x, y).solution.T
+    torch.testing.assert_close(model.weight.detach(), expected, rtol=1e-7, atol=1e-9)
+    # On a quadratic the model is exact: reduction ratio 1, so LM damping drops (0 stays 0).
+    assert opt.diagnostics["reduction_ratio"] == pytest.approx(1.0, abs=1e-6)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hpo2.optim import BatchClosure, NewtonCG
-from tests.problems import Sin
+from tests.problems import Quadratic, Sin, logistic_problem, logistic_scipy_optimum
 
 
 def test_a_non_finite_loss_still_reports_its_cost() -> None:
@@ -90,3 +90,63 @@ def test_trust_radius_doubles_on_a_good_boundary_step_and_shrinks_on_a_bad_one()
     assert opt.diagnostics["reduction_ratio"] < 0.25 and opt.diagnostics["status"] == "rejected"
     assert opt.diagnostics["radius"] == pytest.approx(0.25 * 1.5)
     assert float(ridge.w) == 0.0
+
+
+class IndefiniteQuadratic(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=gen))
+        self.register_buffer("a", q @ torch.diag(torch.tensor([-2.0, -0.5, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64)) @ q.T)
+        self.theta = nn.Parameter(torch.randn(6, dtype=torch.float64, generator=gen) * 0.1)
+
+    def forward(self) -> torch.Tensor:
+        return 0.5 * self.theta @ self.a @ self.theta + 0.1 * (self.theta**4).sum()
+
+
+@pytest.mark.parametrize("mode", ["truncate", "direction"])
+def test_newton_cg_handles_negative_curvature_by_descending(mode):
+    problem = IndefiniteQuadratic()
+    opt = NewtonCG(problem.parameters(), damping=0.0, negative_curvature=mode)
+    before = float(problem())
+    saw_negative = False
+    for _ in range(20):
+        opt.step(problem)
+        saw_negative |= bool(opt.diagnostics.get("negative_curvature", 0))
+    assert saw_negative
+    assert float(problem()) < before - 0.1  # left the saddle region at 0, not stuck on it
+
+
+def test_steihaug_newton_cg_respects_radius_on_indefinite_problem():
+    problem = IndefiniteQuadratic()
+    opt = NewtonCG(problem.parameters(), damping=0.0, globalization="trust_region", tr_radius=0.05)
+    theta0 = problem.theta.detach().clone()
+    opt.step(problem)
+    assert float((problem.theta.detach() - theta0).norm()) <= 0.05 * (1 + 1e-9)
+    assert opt.diagnostics["cg_stop"] in ("negative_curvature", "trust_region_boundary")
+
+
+@pytest.mark.parametrize("globalization", ["none", "armijo", "strong_wolfe", "trust_region"])
+def test_newton_cg_without_damping_solves_quadratic_in_one_step(globalization, seed, device):
+    problem = Quadratic(12, seed).to(device)
+    opt = NewtonCG(problem.parameters(), damping=0.0, cg_max_iter=50, cg_tol=1e-12,
+                   globalization=globalization, tr_radius=1e6)
+    opt.step(problem)
+    torch.testing.assert_close(problem.theta.detach(), problem.minimizer(), rtol=1e-8, atol=1e-9)
+    assert opt.diagnostics["status"] == "ok"
+    assert opt.diagnostics["cg_stop"] == "residual_tol"
+    assert opt.diagnostics["n_hvp"] >= 1
+
+
+def test_newton_cg_reaches_scipy_trust_ncg_optimum_on_logistic_regression():
+    x_ref, f_ref = logistic_scipy_optimum()
+    for globalization in ("armijo", "trust_region"):
+        model, closure = logistic_problem()
+        opt = NewtonCG(model.parameters(), damping=0.0, globalization=globalization, curvature="hessian")
+        for _ in range(30):
+            opt.step(closure)
+            if opt.diagnostics["status"] == "converged":
+                break
+        got = torch.cat([model.weight.detach().reshape(-1), model.bias.detach()]).numpy()
+        assert abs(got - x_ref).max() < 1e-6, globalization
+        assert float(closure()) == pytest.approx(f_ref, abs=1e-12)
