@@ -41,10 +41,12 @@ def main(
 
 
 def quiet_library_logs() -> None:
-    """MLflow's table-creation INFO lines (mlflow.store, alembic) are not the user's business."""
+    """MLflow's table-creation INFO lines (mlflow.store, alembic) and the "View run at
+    <url>" line it prints for every run it closes over HTTP are not the user's business
+    (hpo2's own display says enough); set here, by the application, not at import."""
     import logging
 
-    for name in ("mlflow.store", "alembic"):
+    for name in ("mlflow.store", "alembic", "mlflow.tracking._tracking_service.client"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 
 class SettingsError(ValueError):
-    """A user's config (optimizer, task, study, storage or tracking) is wrong; the message names the field and the fix."""
+    """A user's config (optimizer, task, study, storage or tracking) is wrong; the
+    message names the field, the value and what is allowed."""
 
 
 class DataMissingError(RuntimeError):

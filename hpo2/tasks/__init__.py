@@ -3,4 +3,14 @@
 from hpo2.tasks.base import Split, Task, TaskSettings, loss_and_metric
 from hpo2.tasks.registry import TASKS, TaskSpec, build_task, check_task_data, parse_task_settings
 
-__all__ = ["TASKS", "Split", "Task", "TaskSettings", "TaskSpec", "build_task", "check_task_data", "loss_and_metric", "parse_task_settings"]
+__all__ = [
+    "TASKS",
+    "Split",
+    "Task",
+    "TaskSettings",
+    "TaskSpec",
+    "build_task",
+    "check_task_data",
+    "loss_and_metric",
+    "parse_task_settings",
+]

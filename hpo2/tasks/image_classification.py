@@ -44,11 +44,11 @@ def _cache_dir(name: str) -> Path:
 
 def idx_files(directory: Path, how_to_get: str) -> list[Path]:
     """The four IDX files in ``directory``; :class:`DataMissingError` naming the missing ones."""
-    paths = [find_file(directory, stem) for stem in IDX_FILES]
-    missing = [stem for stem, p in zip(IDX_FILES, paths) if p is None]
+    found = {stem: find_file(directory, stem) for stem in IDX_FILES}
+    missing = [stem for stem, path in found.items() if path is None]
     if missing:
         raise DataMissingError(f"missing {', '.join(missing)} (or .gz) in {directory}. {how_to_get}")
-    return paths  # type: ignore[return-value]  # no None left
+    return [path for path in found.values() if path is not None]
 
 
 def load_idx_dataset(directory: Path, how_to_get: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
