@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
 from hpo2.optim.sam import SAM
-from hpo2.placement import DeviceBatches
+from hpo2.tasks.placement import DeviceBatches
 from hpo2.tasks import Task, build_task, loss_and_metric
 
 
@@ -348,7 +348,7 @@ def run_training(
 ) -> TrainResult:
     """Train ``task`` under ``budget``; see the module docstring.
 
-    The training split is placed on the device once (:class:`~hpo2.placement.DeviceBatches`).
+    The training split is placed on the device once (:class:`~hpo2.tasks.placement.DeviceBatches`).
 
     Args:
         optimizer_config: ``{"name": ..., "settings": {...}}`` (registry names).
