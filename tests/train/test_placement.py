@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from hpo2.tasks.placement import DeviceBatches, fits, split_bytes
 from hpo2.tasks import build_task
 from hpo2.tasks.base import Split
+from hpo2.tasks.placement import DeviceBatches, fits, split_bytes
 from hpo2.train import Budget, run_training
 from tests.conftest import DEVICES
 
