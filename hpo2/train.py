@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
 from hpo2.optim.sam import SAM
 from hpo2.tasks import Task, build_task, loss_and_metric
-from hpo2.tasks.placement import DeviceBatches
+from hpo2.tasks.placement import DeviceBatches, fits, free_bytes, split_bytes
 
 MAX_SECONDS = 30 * 24 * 3600  # 30 days: a longer budget is a typo, not a plan
 
@@ -210,7 +210,8 @@ class _TrainingLoop:
         self.eval_every_steps, self.divergence_factor = eval_every_steps, divergence_factor
         self.model = task.model.to(device)
         task.loss_fn.to(device)
-        self.train = DeviceBatches(task.train, device, seed)
+        resident = fits(split_bytes(task.train, task.valid), free_bytes(device))
+        self.train = DeviceBatches(task.train, device, seed, resident)
         # validation follows the training split's placement: resident together, or copied per batch
         self.valid = task.valid.to(device) if self.train.resident else task.valid
         self.valid_device = None if self.train.resident else device
