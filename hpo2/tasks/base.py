@@ -3,7 +3,8 @@
 A task fixes its data split, seeds, default batch size and target metric, and
 states the reference numbers it reproduces.  Tasks are built by name with
 settings (:func:`build_task`); every task's settings model shares
-:class:`TaskSettings` (seed, batch size, size limits, data directory).
+:class:`TaskSettings` (seed, batch size, size limits, data directory, and a
+``target`` that replaces the task's own time-to-target threshold).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class TaskSettings(BaseModel):
     n_train: int | None = Field(default=None, ge=1, description="use only the first n training samples")
     n_valid: int | None = Field(default=None, ge=1, description="use only the first n validation samples")
     data_dir: str | None = Field(default=None, description="where the task's data files are (task-specific default)")
+    target: float | None = Field(
+        default=None, allow_inf_nan=False,
+        description="the validation metric whose first crossing is time-to-target (None: the task's own)",
+    )
 
 
 @dataclass
