@@ -10,7 +10,7 @@
 #
 # Usage: benchmarks/gpu.sh [--dry-run]
 #   --dry-run (or HPO2_DEVICE=cpu): every piece at tiny sizes on the CPU, a check that the script works
-#   (tests/test_gpu_script.py runs it).
+#   (tests/reliability/test_gpu_script.py runs it).
 # Output, in $OUT if set (the lent machine's return folder), else benchmarks/results/gpu-<UTC time>:
 #   rows.md (each piece's status and markdown rows), gpu.json (raw numbers), gpu.log, cuda-tests.log.
 #
