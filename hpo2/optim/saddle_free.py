@@ -25,37 +25,78 @@ double-backward graph and Lanczos adds ``lanczos_iter`` products.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import lanczos
 from hpo2.optim.base import Closure, CurvatureOptimizer
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
+from hpo2.solvers import host_floats
 
 
 class SaddleFreeNewtonSettings(OptimizerSettings):
     """Settings of :class:`SaddleFreeNewton`."""
 
+    family: ClassVar[str] = "Newton (low-rank)"
+    reference: ClassVar[str] = "Dauphin et al., NIPS 2014 (arXiv 1406.2572), sec. 5-6"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-4, 1.0, log=True)] = 0.05
+    """Learning rate of the gradient step outside the Ritz subspace (the whole step before the first pairs)."""
     damping: Annotated[float, Field(ge=0), FloatRange(1e-3, 10.0, log=True)] = 0.1
+    """delta added to |lambda_i| in the saddle-free Newton step."""
     rank: Annotated[int, Field(ge=1), IntRange(1, 32, log=True)] = 8
+    """Number k of Ritz pairs (largest |lambda|) kept for |H|."""
     lanczos_iter: Annotated[int, Field(ge=1)] = 20
+    """Lanczos iterations (Hessian-vector products) per refresh."""
     refresh_every: Annotated[int, Field(ge=1), IntRange(1, 100, log=True)] = 10
+    """Recompute the Ritz pairs every this many steps."""
 
 
+@document_settings
 class SaddleFreeNewton(CurvatureOptimizer):
-    """Low-rank saddle-free Newton as a ``torch.optim.Optimizer``; the closure
+    r"""Low-rank saddle-free Newton as a ``torch.optim.Optimizer``; the closure
     returns the loss (no ``backward()``).  See the module docstring.
 
     Diagnostics: ``refreshed``, ``rank`` (Ritz pairs in use), ``eigenvalue_max`` /
     ``eigenvalue_min`` (of those pairs), ``negative_eigenvalues``,
     ``subspace_fraction`` (:math:`\\|V^\\top g\\| / \\|g\\|`), ``damping``.
+
+    Example:
+        At a saddle :math:`\tfrac12 x^\top \mathrm{diag}(2, -1) x` the step divides by
+        :math:`|\lambda|`: it reaches the minimum along the first axis and moves *down* the second
+        (Newton's step would go to the saddle at 0):
+
+        >>> import torch
+        >>> from hpo2.optim import SaddleFreeNewton
+        >>> H = torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))
+        >>> x = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+        >>> opt = SaddleFreeNewton([x], rank=2, lanczos_iter=2, damping=0.0)
+        >>> _ = opt.step(lambda: 0.5 * x @ H @ x)
+        >>> x.detach().tolist()
+        [0.0, 1.0]
     """
 
     Settings = SaddleFreeNewtonSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 0.05,
+        damping: float = 0.1,
+        rank: int = 8,
+        lanczos_iter: int = 20,
+        refresh_every: int = 10,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, damping=damping, rank=rank, lanczos_iter=lanczos_iter, refresh_every=refresh_every
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         group, state = self.param_groups[0], self.global_state
@@ -64,15 +105,15 @@ class SaddleFreeNewton(CurvatureOptimizer):
         self._start_diagnostics(damping=group["damping"], refreshed=int(refresh))
         operator = None
         if refresh:
-            loss, grads, operator = self._gradient_and_curvature(closure, "hessian")
+            loss_t, grads, operator = self._gradient_and_curvature(closure, "hessian")
             g = self._flatten(grads)
         else:
-            loss, g = self._value_and_grad(closure)  # type: ignore[arg-type]
-        g_norm = float(g.norm())
+            loss_t, g = self._value_and_grad(closure)  # type: ignore[arg-type]
+        loss, g_norm = host_floats(loss_t, g.norm())
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
         if not self._check_finite(loss, g_norm):
             self._finish_diagnostics(operator)
-            return torch.tensor(loss)
+            return loss_t
         if operator is not None and g_norm > 0:
             pairs = self._top_pairs(operator, g, group["rank"], group["lanczos_iter"])
             if pairs is not None:
@@ -85,16 +126,19 @@ class SaddleFreeNewton(CurvatureOptimizer):
             coefficients = vectors @ g
             inside = vectors.T @ (coefficients / (values.abs() + group["damping"]))
             direction = -inside - group["lr"] * (g - vectors.T @ coefficients)
+            largest, smallest, negative, in_subspace = host_floats(
+                values.max(), values.min(), (values < 0).sum(), coefficients.norm()
+            )
             self.diagnostics.update(
                 rank=int(values.numel()),
-                eigenvalue_max=float(values.max()),
-                eigenvalue_min=float(values.min()),
-                negative_eigenvalues=int((values < 0).sum()),
-                subspace_fraction=float(coefficients.norm()) / max(g_norm, 1e-30),
+                eigenvalue_max=largest,
+                eigenvalue_min=smallest,
+                negative_eigenvalues=int(negative),
+                subspace_fraction=in_subspace / max(g_norm, 1e-30),
             )
         self._set_flat_params(self._flat_params() + direction)
         self._finish_diagnostics(operator)
-        return torch.tensor(loss)
+        return loss_t
 
     @staticmethod
     def _top_pairs(operator: object, g: Tensor, rank: int, n_iter: int) -> tuple[Tensor, Tensor] | None:

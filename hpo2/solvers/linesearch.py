@@ -11,6 +11,10 @@ Both work on the one-dimensional restriction :math:`\varphi(t) = f(x + t d)`, wi
   :math:`|\varphi'(t)| \le c_2 |\varphi'(0)|`, by bracketing then zooming with
   safeguarded cubic interpolation (N&W eq. 3.59).  What L-BFGS needs to keep
   :math:`s^\top y > 0`.
+
+``phi`` may return 0-d tensors: each trial point's value (and slope) is read on the
+host in one transfer (:func:`~hpo2.solvers.host.host_floats`), the one round trip
+the accept/reject test needs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from torch import Tensor
+
+from hpo2.solvers.host import host_floats
+
+Scalar = Tensor | float
 
 
 @dataclass
@@ -40,7 +50,7 @@ def _check_descent(value0: float, slope0: float) -> None:
 
 
 def armijo_backtracking(
-    phi: Callable[[float], float],
+    phi: Callable[[float], Scalar],
     value0: float,
     slope0: float,
     step0: float = 1.0,
@@ -48,17 +58,36 @@ def armijo_backtracking(
     shrink: float = 0.5,
     max_evals: int = 20,
 ) -> LineSearchResult:
-    """Backtrack from ``step0`` by ``shrink`` until Armijo's condition holds.
+    r"""Backtrack from ``step0`` by ``shrink`` until Armijo's condition holds.
 
     Returns ``success=False`` and step 0 when ``max_evals`` evaluations found no
     acceptable step (a non-finite value counts as unacceptable).
+
+    Args:
+        phi: :math:`\varphi(t)`, the loss at step :math:`t` along the direction.
+        value0, slope0: :math:`\varphi(0)` and :math:`\varphi'(0) < 0`.
+        step0: the first trial step.
+        c1: the sufficient-decrease constant: accept when
+            :math:`\varphi(t) \le \varphi(0) + c_1 t \varphi'(0)` (N&W eq. 3.4).
+        shrink: factor on the step after each rejection.
+        max_evals: most evaluations of ``phi``.
+
+    Example:
+        On :math:`\varphi(t) = (t - 0.2)^2` with :math:`c_1 = 0.5` the steps 1, 0.5 and 0.25 fail
+        :math:`\varphi(t) \le \varphi(0) + c_1 t \varphi'(0)`; 0.125 passes:
+
+        >>> from hpo2.solvers import armijo_backtracking
+        >>> phi = lambda t: (t - 0.2) ** 2
+        >>> result = armijo_backtracking(phi, value0=phi(0.0), slope0=-0.4, step0=1.0, c1=0.5)
+        >>> result.step, result.n_evals
+        (0.125, 4)
     """
     _check_descent(value0, slope0)
     if not 0 < shrink < 1:
         raise ValueError(f"shrink={shrink} must be in (0, 1)")
     t = step0
     for n in range(1, max_evals + 1):
-        value = phi(t)
+        (value,) = host_floats(phi(t))
         if math.isfinite(value) and value <= value0 + c1 * t * slope0:
             return LineSearchResult(t, value, None, n, True)
         t *= shrink
@@ -82,7 +111,7 @@ def _cubic_minimizer(a: float, fa: float, ga: float, b: float, fb: float, gb: fl
 
 
 def strong_wolfe(
-    phi: Callable[[float], tuple[float, float]],
+    phi: Callable[[float], tuple[Scalar, Scalar]],
     value0: float,
     slope0: float,
     step0: float = 1.0,
@@ -92,13 +121,26 @@ def strong_wolfe(
     step_max: float = 1e10,
     tol_change: float = 1e-12,
 ) -> LineSearchResult:
-    """Strong-Wolfe line search; ``phi(t)`` returns :math:`(\\varphi(t), \\varphi'(t))`.
+    r"""Strong-Wolfe line search; ``phi(t)`` returns :math:`(\varphi(t), \varphi'(t))`.
 
     Args:
+        phi: :math:`t \mapsto (\varphi(t), \varphi'(t))` along the direction.
+        value0, slope0: :math:`\varphi(0)` and :math:`\varphi'(0) < 0`.
+        step0: the first trial step.
         c1, c2: the sufficient-decrease and curvature constants, :math:`0 < c_1 < c_2 < 1`.
         max_evals: most evaluations of ``phi`` in all.
         step_max: largest step tried while bracketing (extrapolation doubles the step).
         tol_change: stop zooming once the bracket is this narrow.
+
+    Example:
+        On :math:`\varphi(t) = (t - 3)^2` the accepted step satisfies
+        :math:`|\varphi'(t)| \le c_2 |\varphi'(0)|`:
+
+        >>> from hpo2.solvers import strong_wolfe
+        >>> phi = lambda t: ((t - 3.0) ** 2, 2 * (t - 3.0))
+        >>> result = strong_wolfe(phi, *phi(0.0), step0=1.0, c2=0.1)
+        >>> result.success, abs(result.slope) <= 0.1 * 6.0
+        (True, True)
     """
     _check_descent(value0, slope0)
     if not 0 < c1 < c2 < 1:
@@ -110,7 +152,7 @@ def strong_wolfe(
     t, n = step0, 0
     bracket: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     while n < max_evals:
-        value, slope = phi(t)
+        value, slope = host_floats(*phi(t))
         n += 1
         if not math.isfinite(value):  # overshoot into a non-finite region: treat as too long
             bracket = (prev, (t, math.inf, math.nan))
@@ -140,7 +182,7 @@ def strong_wolfe(
             trial = _cubic_minimizer(lo[0], lo[1], lo[2], hi[0], hi[1], hi[2])
         if trial is None or not left + margin <= trial <= right - margin:
             trial = 0.5 * (left + right)
-        value, slope = phi(trial)
+        value, slope = host_floats(*phi(trial))
         n += 1
         if not math.isfinite(value) or not sufficient(trial, value) or value >= lo[1]:
             hi = (trial, value, slope)
