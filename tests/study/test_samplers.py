@@ -1,0 +1,68 @@
+"""Samplers (hpo2.study.samplers): each runs a study; the model samplers propose from the model, not at random;
+the QMC seed changes the design."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo2.study.config import StudyConfig, load_study_config
+from hpo2.study.runner import StudyRunner
+from hpo2.study.samplers import build_sampler
+from hpo2.study.space import SearchSpace
+from tests.study.helpers import write_study
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "botorch", "cmaes", "random", "qmc"])
+def test_each_sampler_runs_a_study(tmp_path, sampler):
+    path = write_study(tmp_path, sampler={"name": sampler, "seed": 1, **({"n_startup_trials": 2} if sampler in ("gp", "botorch") else {})},
+                       n_trials=6, enqueue_defaults=False, curvature_diagnostics=False)
+    config, file = load_study_config(path)
+    study = StudyRunner(config, file).run()
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 6
+    assert any(t.state == TrialState.COMPLETE for t in finished)
+    assert {t.params["optimizer"] for t in finished} <= {"sgd", "adam", "newton_cg"}
+
+
+def _distance_to_optimum(name: str, settings: dict) -> float:
+    optimum = {"sgd": {"lr": 1e-2, "momentum": 0.5}, "adam": {"lr": 3e-4, "beta1": 0.85, "beta2": 0.99}}[name]
+    d = (math.log10(settings["lr"]) - math.log10(optimum["lr"])) ** 2
+    return d + sum(((settings[k] - v) * 5) ** 2 for k, v in optimum.items() if k != "lr")
+
+
+@pytest.mark.parametrize("model_sampler", ["gp", "botorch"])
+def test_model_samplers_propose_settings_from_the_model_not_at_random(model_sampler):
+    """On a cheap synthetic objective, the late proposals of GP/BoTorch for each
+    optimizer's settings sit near that optimizer's optimum; random's do not."""
+
+    def late_distances(sampler: str) -> list[float]:
+        config = StudyConfig(name="s", task="digits_mlp", optimizers=["sgd", "adam"],
+                             sampler={"name": sampler, "seed": 3, "n_startup_trials": 5}, n_trials=30)
+        space = SearchSpace(config)
+        study = optuna.create_study(direction="minimize", sampler=build_sampler(config, space))
+        study.optimize(lambda trial: _distance_to_optimum(*space.suggest(trial)), n_trials=30)
+        late = study.trials[-10:]
+        assert {t.params["optimizer"] for t in late} == {"sgd", "adam"}  # balanced allocation
+        return [t.value for t in late]
+
+    model, random = late_distances(model_sampler), late_distances("random")
+    assert statistics.median(model) < 0.2 * statistics.median(random)
+    assert statistics.median(model) < 0.2
+
+
+def test_qmc_sampler_seed_changes_the_design():
+    from hpo2.study.config import SamplerConfig
+    from hpo2.study.samplers import plain_sampler
+
+    def first_points(seed: int) -> list[float]:
+        study = optuna.create_study(sampler=plain_sampler(SamplerConfig(name="qmc"), seed))
+        study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=4)
+        return [t.params["x"] for t in study.trials]
+
+    assert first_points(0) == first_points(0)
+    assert first_points(0) != first_points(1)
