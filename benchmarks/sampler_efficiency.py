@@ -126,7 +126,7 @@ def task_best_values(sampler: str, unwrapped: bool, seed: int, trials: int, work
                                     "sampler": {"name": sampler, "seed": seed},
                                     "storage": f"sqlite:///{workdir / (name + '.db')}"}))
     config, file = load_study_config(path)
-    runner = StudyRunner(config, file)
+    runner = StudyRunner(config, file).open()
     if unwrapped:
         runner.study.sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=5, warn_independent_sampling=False)
     study = runner.run()

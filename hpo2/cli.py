@@ -73,10 +73,10 @@ def train(
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; also read from MLFLOW_TRACKING_URI."),
 ) -> None:
     """Train a task with one optimizer config and print a per-epoch table."""
-    from hpo2.config import load_train_config
-    from hpo2.optim.settings import SettingsError
-    from hpo2.tasks import DataMissingError
     from rich.live import Live
+
+    from hpo2.config import load_train_config
+    from hpo2.errors import DataMissingError, SettingsError
 
     from hpo2.train import Evaluation, resolve_device, train_from_config
 
@@ -86,7 +86,7 @@ def train(
         raise fail(str(exc)) from None
     run = None
     if cfg.tracking_uri:
-        from hpo2.tracking import TrackedRun, check_reachable, flatten_params
+        from hpo2.tracking import TrackedRun, check_reachable, flatten_params, prefixed
 
         try:
             check_reachable(cfg.tracking_uri)
@@ -109,12 +109,11 @@ def train(
         table.add_row(f"{e.epoch:.2f}", str(e.step), f"{e.train_loss:.4g}", f"{e.valid_loss:.4g}",
                       f"{e.valid_metric:.4g}", f"{e.wall_seconds:.2f}", f"{e.grad_equivalents:.0f}")
         if run is not None:
-            run.log_metrics({"train_loss": e.train_loss, "valid_loss": e.valid_loss, "valid_metric": e.valid_metric,
-                             "wall_seconds": e.wall_seconds, "grad_equivalents": e.grad_equivalents}, step=e.step)
+            run.log_metrics(e.metrics(), step=e.step)
 
     def on_step(step: int, diag: dict) -> None:
         if run is not None:
-            run.log_metrics({f"diag.{k}": v for k, v in diag.items()}, step=step)
+            run.log_metrics(prefixed("diag", diag), step=step)
 
     try:
         with Live(table, console=console, refresh_per_second=4):
@@ -140,7 +139,7 @@ app.add_typer(study_app, name="study")
 
 
 def _load_study_file(name_or_file: str, overrides: dict | None = None):  # type: ignore[no-untyped-def]
-    from hpo2.optim.settings import SettingsError
+    from hpo2.errors import SettingsError
     from hpo2.study.config import load_study_config
     from hpo2.study.locate import find_study_file
 
@@ -174,11 +173,10 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
                tracking_uri: str | None, device: str | None) -> None:
     from rich.live import Live
 
-    from hpo2.optim.settings import SettingsError
-    from hpo2.progress import StudyDisplay, print_status
+    from hpo2.progress import Progress, StudyDisplay, print_status
     from hpo2.redact import redact_url
-    from hpo2.study.runner import Progress, StudyRunner
-    from hpo2.tasks import DataMissingError
+    from hpo2.study.runner import StudyReport, StudyRunner
+    from hpo2.errors import DataMissingError, SettingsError
 
     import optuna
 
@@ -191,9 +189,12 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     target = config.n_trials
     if target is not None and _nothing_to_do(config, path, target):
         return
+    report: StudyReport | None = None
+    if config.report:
+        from hpo2.report import render_study_report as report
     progress = Progress()
     try:
-        runner = StudyRunner(config, path, progress)
+        runner = StudyRunner(config, path, progress, report).open()
     except (SettingsError, DataMissingError, ValueError) as exc:
         raise fail(str(exc)) from None
     console.print(f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
@@ -258,7 +259,7 @@ STORAGE_OPTION = typer.Option(None, "--storage", help="the study's Optuna storag
 
 def _existing_study(name_or_file: str, overrides: dict):  # type: ignore[no-untyped-def]
     """The study file's config, its path and the study already in storage (or exit 2)."""
-    from hpo2.optim.settings import SettingsError
+    from hpo2.errors import SettingsError
     from hpo2.study.results import load_study
 
     config, path = _load_study_file(name_or_file, overrides)
@@ -389,7 +390,7 @@ def study_sync(
     tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
 ) -> None:
     """Send the study's runs saved in mlflow-unsent/ (tracking was unreachable) to MLflow."""
-    from hpo2.optim.settings import SettingsError
+    from hpo2.errors import SettingsError
     from hpo2.study.config import default_tracking_uri
     from hpo2.study.sync import sync_unsent
 
@@ -418,7 +419,7 @@ def dashboard(
     from mlflow.tracking import MlflowClient
 
     from hpo2.dashboard import runs_url, serve, server_command, tracking_store
-    from hpo2.optim.settings import SettingsError
+    from hpo2.errors import SettingsError
     from hpo2.redact import redact_url
     from hpo2.study.locate import studies_folder
 

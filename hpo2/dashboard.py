@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 
 from hpo2.databases import local_file
-from hpo2.optim.settings import SettingsError
+from hpo2.errors import SettingsError
 from hpo2.study.locate import STUDIES_ENV, search_folders, studies_folder
 
 STORE_FILE = "mlflow.db"

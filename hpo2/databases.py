@@ -6,13 +6,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import optuna
-
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo2.optim.settings import SettingsError
+from hpo2.errors import SettingsError
 from hpo2.redact import redact_text, redact_url
 
 LOCAL_PREFIXES = ("sqlite:///", "journal:")
@@ -24,16 +22,6 @@ def local_file(url: str) -> Path | None:
         if url.startswith(prefix):
             return Path(url[len(prefix):])
     return None
-
-
-def open_journal(url: str) -> optuna.storages.BaseStorage | None:
-    """A ``journal:PATH`` URL as Optuna's journal-file storage (several processes on
-    one machine, no heartbeat); None for any other URL."""
-    if not url.startswith("journal:"):
-        return None
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
 
 
 def check_sqlite_writable(url: str, field: str) -> None:

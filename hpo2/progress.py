@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import optuna
@@ -24,15 +25,10 @@ from rich.console import Console
 from rich.table import Table
 
 from hpo2.study.config import StudyConfig
+from hpo2.study.observer import StudyObserver
+from hpo2.study.results import round_values
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def round_values(values: Sequence[float] | None) -> str:
-    """``[0.9666666388511658]`` -> ``0.96667``; several values joined with ", "."""
-    if not values:
-        return "-"
-    return ", ".join(f"{v:.5g}" for v in values)
 
 
 def objectives_label(config: StudyConfig, study: optuna.Study) -> str:
@@ -78,11 +74,47 @@ def trial_line(trial: FrozenTrial) -> str:
             f"{round_values(trial.values):>10}  {'-' if seconds is None else f'{seconds:.1f}s'}")  # fmt: skip
 
 
+@dataclass
+class Progress(StudyObserver):
+    """What the live display shows, kept up to date by the runner's hooks; each hook
+    then calls every listener (the display redraws)."""
+
+    study: optuna.Study | None = None
+    current_trial: int | None = None
+    current_epoch: float = 0.0
+    current_optimizer: str = ""
+    tracking_seconds: float = 0.0
+    trial_seconds: float = 0.0
+    listeners: list[Callable[[Progress], None]] = field(default_factory=list)
+
+    def changed(self) -> None:
+        for listener in self.listeners:
+            listener(self)
+
+    def study_opened(self, study: optuna.Study) -> None:
+        self.study = study
+
+    def trial_started(self, number: int, optimizer: str) -> None:
+        self.current_trial, self.current_optimizer, self.current_epoch = number, optimizer, 0.0
+        self.changed()
+
+    def trial_evaluated(self, number: int, epoch: float) -> None:
+        self.current_epoch = epoch
+        self.changed()
+
+    def trial_tracked(self, tracking_seconds: float, trial_seconds: float) -> None:
+        self.tracking_seconds += tracking_seconds
+        self.trial_seconds += trial_seconds
+
+    def trial_stored(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.changed()
+
+
 class StudyDisplay:
     """The live table of a running study, plus a printed line per finished trial.
 
-    ``update`` is a :class:`hpo2.study.runner.Progress` listener: it reads the
-    study's trials once per call and prints the trials that finished since."""
+    :meth:`table` is called by a :class:`Progress` listener: it reads the study's
+    trials once per call and prints the trials that finished since."""
 
     def __init__(self, console: Console, target: int | None, timeout: float | None, jobs: int = 1) -> None:
         self.console = console
@@ -93,8 +125,8 @@ class StudyDisplay:
         self.seen: set[int] | None = None  # finished trials already shown (those before this run: not printed)
         self._lock = threading.Lock()  # with `jobs` > 1 the listeners run in several threads
 
-    def table(self, progress) -> Table:  # type: ignore[no-untyped-def]
-        """The table for ``progress`` (a ``Progress``); prints newly finished trials above it."""
+    def table(self, progress: Progress) -> Table:
+        """The table for ``progress``; prints newly finished trials above it."""
         study = progress.study
         trials = study.get_trials(deepcopy=False) if study is not None else []
         self._print_finished(trials)

@@ -28,27 +28,68 @@ import time
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# A lost server must not stall a trial for minutes in MLflow's default retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from hpo2.databases import check_sqlite_writable  # noqa: E402
-from hpo2.optim.settings import SettingsError  # noqa: E402
-from hpo2.redact import redact_text, redact_url  # noqa: E402
+from hpo2.databases import check_sqlite_writable
+from hpo2.errors import SettingsError
+from hpo2.redact import redact_text, redact_url
 
 MAX_BATCH = 1000
 
-# MLflow prints a "View run at <url>" line for every run it closes over HTTP: hpo2's own display says enough.
-logging.getLogger("mlflow.tracking._tracking_service.client").setLevel(logging.WARNING)
+#: MLflow's HTTP settings while hpo2 talks to a tracking server: a lost server must not
+#: stall a trial for minutes in MLflow's default retries (7, with exponential backoff)
+QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}  # fmt: skip
+
+
+class _EnvironmentScope:
+    """Sets :data:`QUICK_HTTP` while at least one :func:`quick_failing_http` block runs."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0  # blocks inside, in any thread
+        self.added: list[str] = []  # the variables the first block set (the user set none of them)
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.depth == 0:
+                self.added = [name for name in QUICK_HTTP if name not in os.environ]
+                os.environ.update({name: QUICK_HTTP[name] for name in self.added})
+            self.depth += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                for name in self.added:
+                    os.environ.pop(name, None)
+                self.added = []
+
+
+_HTTP_SCOPE = _EnvironmentScope()
+
+
+@contextmanager
+def quick_failing_http() -> Iterator[None]:
+    """Inside the block, MLflow's HTTP requests give up quickly (:data:`QUICK_HTTP`);
+    a value the user set in the environment wins.
+
+    MLflow reads these settings from ``os.environ`` at each request and its client
+    takes no other way to set them, so they are set for the process while at least
+    one block runs (blocks nest and may run in several threads: the last one out
+    removes what the first one in added), never at import."""
+    _HTTP_SCOPE.enter()
+    try:
+        yield
+    finally:
+        _HTTP_SCOPE.leave()
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
@@ -80,6 +121,13 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
 def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
     """``{"lr": 0.1}`` with prefix ``optimizer`` -> ``{"optimizer.lr": "0.1"}``."""
     return {f"{prefix}.{k}" if prefix else k: str(v) for k, v in values.items()}
+
+
+def prefixed(prefix: str, values: Mapping[str, float]) -> dict[str, float]:
+    """``{"damping": 0.5}`` with prefix ``diag`` -> ``{"diag.damping": 0.5}``: the
+    metric names of an optimizer's step diagnostics (``diag.*``) and of the flatness
+    measurements (``curvature.*``)."""
+    return {f"{prefix}.{k}": v for k, v in values.items()}
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
@@ -157,7 +205,7 @@ class TrackedRun:
             self.client.set_terminated(self.run_id, status=payload)
 
     def _drain(self) -> None:
-        with self._lock:
+        with self._lock, quick_failing_http():
             while self._ops:
                 kind, payload = self._ops[0]
                 try:
@@ -232,7 +280,8 @@ class TrackedRun:
         """Upload a file now (artifacts are not queued: the file may be temporary)."""
         self.wait()
         if self.run_id is not None:
-            self.client.log_artifact(self.run_id, path, artifact_path)
+            with quick_failing_http():
+                self.client.log_artifact(self.run_id, path, artifact_path)
 
     def end(self, status: str = "FINISHED") -> bool:
         """Queue the run's end (FINISHED, FAILED or KILLED) and wait; True if all was sent."""
@@ -314,9 +363,10 @@ def study_parent_run(
 ) -> TrackedRun:
     """The study's parent run: found again by its tags when the study resumes."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment_id(client, experiment, artifact_location)
-    run_id = find_study_run(client, experiment, study_name)
-    if run_id is not None:
-        client.update_run(run_id, status="RUNNING")
-        return TrackedRun(client, run_id, name=study_name)
+    with quick_failing_http():
+        experiment_id(client, experiment, artifact_location)
+        run_id = find_study_run(client, experiment, study_name)
+        if run_id is not None:
+            client.update_run(run_id, status="RUNNING")
+            return TrackedRun(client, run_id, name=study_name)
     return TrackedRun.create(tracking_uri, experiment, study_name, {**tags, "hpo2.study": study_name, "hpo2.role": "study"})

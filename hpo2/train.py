@@ -107,6 +107,11 @@ class Evaluation:
     wall_seconds: float
     grad_equivalents: float
 
+    def metrics(self) -> dict[str, float]:
+        """The values a tracking run logs at this evaluation's ``step`` (``hpo2 train`` and study trials alike)."""
+        return {"train_loss": self.train_loss, "valid_loss": self.valid_loss, "valid_metric": self.valid_metric,
+                "wall_seconds": self.wall_seconds, "grad_equivalents": self.grad_equivalents, "epoch": self.epoch}
+
 
 @dataclass
 class TrainResult:

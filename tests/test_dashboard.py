@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from hpo2.cli import app
 from hpo2.dashboard import tracking_store
-from hpo2.optim.settings import SettingsError
+from hpo2.errors import SettingsError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -128,7 +128,7 @@ def test_a_study_logs_flatness_per_trial_searches_sam_and_plots_sharpness(tmp_pa
 
 
 def test_checkpoint_flatness_stays_within_its_share_of_trial_time() -> None:
-    from hpo2.study.runner import curvature_due
+    from hpo2.study.checkpoints import curvature_due
 
     assert curvature_due(0.0, 0.0, 0.1)  # the first checkpoint always measures
     assert not curvature_due(1.0, 5.0, 0.1)  # 1 s of 6 s is 17% > 10%

@@ -16,6 +16,7 @@ from hpo2.curvature.products import (
     HessianOperator,
     functional_hvp,
     ggn_vector_product,
+    grads_or_zeros,
     hvp,
     module_loss_fn,
 )
@@ -28,6 +29,7 @@ from hpo2.curvature.spectrum import (
 )
 
 __all__ = [
+    "grads_or_zeros",
     "CurvatureOperator",
     "DampedOperator",
     "GGNOperator",

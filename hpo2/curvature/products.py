@@ -91,7 +91,8 @@ class CurvatureOperator(ABC):
     __call__ = mv
 
 
-def _zeros_for_unused(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> list[Tensor]:
+def grads_or_zeros(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> list[Tensor]:
+    """The gradients with zeros for parameters the loss does not use (``allow_unused`` gives ``None``)."""
     return [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
 
 
@@ -119,7 +120,7 @@ class HessianOperator(CurvatureOperator):
         grads = torch.autograd.grad(loss, plist, create_graph=True, allow_unused=True)
         self._used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         self._graph_grads = [grads[i] for i in self._used]
-        self.gradient: list[Tensor] = _zeros_for_unused(grads, plist)
+        self.gradient: list[Tensor] = grads_or_zeros(grads, plist)
         self.loss = loss.detach()
 
     def _matvec(self, vectors: list[Tensor]) -> list[Tensor]:

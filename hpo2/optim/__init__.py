@@ -1,5 +1,6 @@
 """Second-order optimizers on the HVP core, each a ``torch.optim.Optimizer``."""
 
+from hpo2.errors import SettingsError
 from hpo2.optim.adahessian import AdaHessian, AdaHessianSettings
 from hpo2.optim.base import CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure, BatchEvaluation
@@ -10,7 +11,7 @@ from hpo2.optim.muon import MuonSettings, MuonWithAdamW
 from hpo2.optim.newton_cg import NewtonCG, NewtonCGSettings
 from hpo2.optim.sam import SAM, SAMSettings
 from hpo2.optim.registry import REGISTRY, OptimizerSpec, from_config, get_spec, parse_optimizer_config
-from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, SettingsError
+from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
 from hpo2.optim.saddle_free import SaddleFreeNewton, SaddleFreeNewtonSettings
 from hpo2.optim.shampoo import Shampoo, ShampooSettings
 from hpo2.optim.soap import SOAP, SOAPSettings

@@ -25,11 +25,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from hpo2.curvature import CurvatureOperator, GGNOperator, HessianOperator, output_hessian_for
+from hpo2.curvature import CurvatureOperator, GGNOperator, HessianOperator, grads_or_zeros, output_hessian_for
 from hpo2.optim.closure import require_batch_closure
 from hpo2.optim.settings import OptimizerSettings
+from hpo2.solvers import CGResult
 
 Closure = Callable[[], Tensor]
+
+REJECTED_RATIO = -1e30
+r"""The ``reduction_ratio`` logged for a rejected step (ratio :math:`-\infty`): MLflow
+stores no infinities, and any value below 1/4 reads as "the model was wrong"."""
 
 
 class CurvatureOptimizer(Optimizer):
@@ -83,23 +88,24 @@ class CurvatureOptimizer(Optimizer):
             raise ValueError("the closure's loss has no autograd graph: compute it from the parameters, outside no_grad")
         return loss
 
-    def _value_and_grad(self, closure: Closure, allow_backward: bool = False) -> tuple[float, Tensor]:
-        """Loss and flat gradient at the current parameters (one gradient evaluation).
-        With ``allow_backward`` a torch-style closure that calls ``backward()`` works too."""
+    def _value_and_grad(self, closure: Closure, allow_backward: bool = False) -> tuple[Tensor, Tensor]:
+        """Loss (detached, on the device) and flat gradient at the current parameters (one
+        gradient evaluation).  With ``allow_backward`` a torch-style closure that calls
+        ``backward()`` works too."""
         loss = self._call_closure(closure, allow_backward)
         if any(p.grad is not None for p in self._params):
             grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self._params]
         else:
             found = torch.autograd.grad(loss, self._params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            grads = grads_or_zeros(found, self._params)
             self._store_grads(grads)
         self._count("n_grad")
-        return float(loss.detach()), self._flatten(grads)
+        return loss.detach(), self._flatten(grads)
 
     def _gradient_and_curvature(
         self, closure: Closure, curvature: str, fraction: float = 1.0
-    ) -> tuple[float, list[Tensor], CurvatureOperator]:
-        """Loss and gradient on the whole batch, and the curvature operator
+    ) -> tuple[Tensor, list[Tensor], CurvatureOperator]:
+        """Loss (detached) and gradient on the whole batch, and the curvature operator
         (``"hessian"`` or ``"ggn"``) on the batch or its first ``fraction``.
 
         For the Hessian on the whole batch one graph serves both: the gradient
@@ -110,7 +116,7 @@ class CurvatureOptimizer(Optimizer):
             with torch.enable_grad():
                 operator: CurvatureOperator = HessianOperator(loss_tensor, self._params)
             grads = operator.gradient
-            loss = float(operator.loss)
+            loss = operator.loss.detach()
         else:
             why = "Gauss-Newton curvature" if curvature == "ggn" else "a curvature minibatch"
             batch = require_batch_closure(closure, type(self).__name__, why)
@@ -119,7 +125,7 @@ class CurvatureOptimizer(Optimizer):
             with torch.enable_grad():
                 full = batch.evaluate()
                 found = torch.autograd.grad(full.loss, self._params, retain_graph=fraction == 1.0, allow_unused=True)
-                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+                grads = grads_or_zeros(found, self._params)
                 part = full if fraction == 1.0 else batch.evaluate(fraction)
                 if fraction != 1.0:
                     self._count("n_loss", fraction)  # the curvature chunk's own forward pass
@@ -128,15 +134,15 @@ class CurvatureOptimizer(Optimizer):
                 else:
                     hessian_out = output_hessian_for(batch.loss_fn, part.outputs, part.targets)
                     operator = GGNOperator(part.outputs, self._params, hessian_out)
-            loss = float(full.loss.detach())
+            loss = full.loss.detach()
         self._count("n_grad")
         self._store_grads(grads)
         return loss, grads, operator
 
-    def _loss_value(self, closure: Closure) -> float:
-        """Loss at the current parameters, forward only."""
+    def _loss(self, closure: Closure) -> Tensor:
+        """Loss at the current parameters, forward only (stays on the device)."""
         with torch.no_grad():
-            value = float(closure())
+            value = closure().detach()
         self._count("n_loss")
         return value
 
@@ -186,6 +192,19 @@ class CurvatureOptimizer(Optimizer):
         d["grad_equivalents"] = float(d["n_grad"]) + float(d["n_hvp"]) + float(d["n_loss"]) / 3
         return d
 
+    def _record_cg(self, result: CGResult) -> None:
+        """The CG solve's iterations, stop reason and whether it met negative curvature."""
+        self.diagnostics.update(
+            cg_iters=result.n_iter,
+            cg_stop=result.stop_reason,
+            negative_curvature=int(result.negative_curvature is not None),
+        )
+
+    def _record_ratio(self, rho: float, damping_next: float) -> None:
+        """The reduction ratio (:data:`REJECTED_RATIO` when not finite) and the next damping."""
+        ratio = rho if math.isfinite(rho) else REJECTED_RATIO
+        self.diagnostics.update(reduction_ratio=ratio, damping_next=damping_next)
+
     def _check_finite(self, loss: float, grad_norm: float) -> bool:
         """Record a non-finite loss or gradient (the step is then rejected); raise if asked."""
         status = "nonfinite_loss" if not math.isfinite(loss) else "nonfinite_grad" if not math.isfinite(grad_norm) else None
@@ -195,3 +214,37 @@ class CurvatureOptimizer(Optimizer):
         if self.raise_on_nonfinite:
             raise FloatingPointError(f"{type(self).__name__}: {status.replace('_', ' ')} (loss={loss}, grad norm={grad_norm})")
         return False
+
+
+class ParameterRay:
+    r""":math:`\varphi(t) = f(x_0 + t d)` over an optimizer's parameters, the
+    :class:`~hpo2.solvers.Ray` its line search walks.
+
+    ``value`` evaluates the loss forward only; ``value_and_grad`` (for searches that
+    need slopes) keeps each gradient met in :attr:`evaluated` by step, so the caller
+    reuses the one at the accepted step.  Values stay on the device.
+    """
+
+    def __init__(
+        self,
+        optimizer: CurvatureOptimizer,
+        x0: Tensor,
+        direction: Tensor,
+        value: Callable[[], Tensor],
+        value_and_grad: Callable[[], tuple[Tensor, Tensor]] | None = None,
+    ) -> None:
+        self.optimizer, self.x0, self.direction = optimizer, x0, direction
+        self._value, self._value_and_grad = value, value_and_grad
+        self.evaluated: dict[float, tuple[Tensor, Tensor]] = {}
+
+    def value(self, t: float) -> Tensor:
+        self.optimizer._move_to(self.x0, t, self.direction)
+        return self._value()
+
+    def value_and_slope(self, t: float) -> tuple[Tensor, Tensor]:
+        if self._value_and_grad is None:
+            raise ValueError("this ray has no gradient: pass value_and_grad for a search that needs slopes")
+        self.optimizer._move_to(self.x0, t, self.direction)
+        self.evaluated[t] = self._value_and_grad()
+        value, grad = self.evaluated[t]
+        return value, torch.dot(grad, self.direction)

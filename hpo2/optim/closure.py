@@ -83,10 +83,10 @@ class BatchClosure:
     def __call__(self) -> Tensor:
         return self.evaluate().loss
 
-    def loss_value(self, fraction: float = 1.0, chunk: int = 0) -> float:
-        """The loss on a chunk, forward only (no graph)."""
+    def loss_value(self, fraction: float = 1.0, chunk: int = 0) -> Tensor:
+        """The loss on a chunk, forward only (no graph; a 0-d tensor on the model's device)."""
         with torch.no_grad():
-            return float(self.evaluate(fraction, chunk).loss)
+            return self.evaluate(fraction, chunk).loss.detach()
 
     def has_active_dropout(self) -> bool:
         """Whether dropout is on: it makes curvature products on one batch inconsistent."""

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hpo2.curvature import HessianOperator, gauss_newton_bartlett_diagonal, hutchinson_diagonal
+from hpo2.curvature import HessianOperator, gauss_newton_bartlett_diagonal, grads_or_zeros, hutchinson_diagonal
 from hpo2.curvature.diagonal import likelihood_name, supported_likelihoods
 from hpo2.optim.base import Closure
 from hpo2.optim.closure import require_batch_closure
 from hpo2.optim.seeded import SeededOptimizer
+from hpo2.solvers import host_floats
 
 
 class DiagonalCurvatureOptimizer(SeededOptimizer):
@@ -37,10 +38,11 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
         first = self.param_groups[0]
         refresh = (step - 1) % first["hessian_refresh"] == 0
         self._start_diagnostics()
-        loss, grads, diag = self._gradient_and_diagonal(closure, refresh, estimator, first["n_probes"])
-        g_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        loss_t, grads, diag = self._gradient_and_diagonal(closure, refresh, estimator, first["n_probes"])
+        g_norm_t = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+        diag_ok = 1.0 if diag is None else torch.stack([torch.isfinite(d).all() for d in diag]).all()
+        loss, g_norm, diag_finite = host_floats(loss_t, g_norm_t, diag_ok)  # one read for the step's checks
         self.diagnostics.update(loss=loss, grad_norm=g_norm, hessian_refreshed=int(refresh))
-        diag_finite = diag is None or all(bool(torch.isfinite(d).all()) for d in diag)
         if not self._check_finite(loss, g_norm if diag_finite else float("nan")):
             self._finish_diagnostics()
             return None
@@ -59,15 +61,15 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
 
     def _gradient_and_diagonal(
         self, closure: Closure | None, refresh: bool, estimator: str, n_probes: int
-    ) -> tuple[float, list[Tensor], list[Tensor] | None]:
-        """Loss and gradient; on refresh steps also the diagonal estimate
+    ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
+        """Loss (detached) and gradient; on refresh steps also the diagonal estimate
         (``"hutchinson"``: E[z * Hz]; ``"gnb"``: Gauss-Newton-Bartlett)."""
         if not refresh:
             loss_tensor = self._call_closure(closure)
             found = torch.autograd.grad(loss_tensor, self._params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            grads = grads_or_zeros(found, self._params)
             self._count("n_grad")
-            return float(loss_tensor.detach()), grads, None
+            return loss_tensor.detach(), grads, None
         if estimator == "hutchinson":
             loss_tensor = self._call_closure(closure)
             with torch.enable_grad():
@@ -75,7 +77,7 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
             diag = hutchinson_diagonal(op, n_probes, self._generator)
             self._count("n_grad")
             self._count("n_hvp", op.n_products)
-            return float(op.loss), op.gradient, diag
+            return op.loss.detach(), op.gradient, diag
         batch = require_batch_closure(closure, type(self).__name__, "the Gauss-Newton-Bartlett estimator")
         output_loss = getattr(batch.loss_fn, "output_loss", batch.loss_fn)  # see output_hessian_for
         if likelihood_name(output_loss) is None:
@@ -89,9 +91,9 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
         with torch.enable_grad():
             evaluation = batch.evaluate()
             found = torch.autograd.grad(evaluation.loss, self._params, retain_graph=True, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            grads = grads_or_zeros(found, self._params)
             diag = gauss_newton_bartlett_diagonal(
                 evaluation.outputs, self._params, output_loss, n_probes, self._generator, targets=evaluation.targets
             )
         self._count("n_grad", 1 + n_probes)
-        return float(evaluation.loss.detach()), grads, diag
+        return evaluation.loss.detach(), grads, diag

@@ -45,15 +45,16 @@ raised when it is active (call ``model.eval()`` or remove it).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, output_hessian_for
+from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, grads_or_zeros, output_hessian_for
 from hpo2.curvature.layers import per_sample_grad_squares, per_sample_scale
-from hpo2.optim.base import Closure, CurvatureOptimizer
+from hpo2.optim.base import Closure, CurvatureOptimizer, ParameterRay
 from hpo2.optim.closure import BatchClosure, BatchEvaluation, require_batch_closure
 from hpo2.optim.settings import (
     BATCH_CHOICES,
@@ -63,7 +64,7 @@ from hpo2.optim.settings import (
     FloatRange,
     IntRange,
 )
-from hpo2.solvers import CGResult, armijo_backtracking, cg
+from hpo2.solvers import Armijo, CGResult, cg, host_floats, levenberg_marquardt
 
 
 class HessianFreeSettings(DataRegimeSettings):
@@ -112,21 +113,59 @@ class HessianFree(CurvatureOptimizer):
         self._start_diagnostics(damping=damping, curvature_samples=round(fraction * batch.batch_size))
 
         full, grads, squares = self._gradient_and_squares(batch, group["preconditioner"], retain=fraction == 1.0)
-        loss = float(full.loss.detach())
+        loss_t = full.loss.detach()
         g = self._flatten(grads)
-        g_norm = float(g.norm())
+        loss, g_norm = host_floats(loss_t, g.norm())
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
         if not self._check_finite(loss, g_norm):
             self._finish_diagnostics()
-            return torch.tensor(loss)
-        preconditioner = None if squares is None else (squares + damping) ** group["preconditioner_exponent"]
+            return loss_t
+        operator = self._chunk_operator(batch, full, fraction, chunk)
+        del full  # the chunk's graph is all the products need
+        result = self._solve(operator, g, squares, damping)
 
+        x0 = self._flat_params()
+        whole = group["evaluation_batch"] == "gradient" or fraction == 1.0
+        eval_fraction, eval_chunk = (1.0, 0) if whole else (fraction, chunk)
+
+        def eval_loss_at(p: Tensor) -> Tensor:
+            self._set_flat_params(x0 + p)
+            self._count("n_loss", eval_fraction)
+            return batch.loss_value(eval_fraction, eval_chunk)
+
+        old_eval_loss = loss if whole else self._chunk_loss(batch, fraction, chunk)
+        step_p, quad, new_eval_loss = self._choose_iterate(result, eval_loss_at)
+        slope, step_sq = host_floats(torch.dot(g, step_p), torch.dot(step_p, step_p))
+        undamped = quad - 0.5 * damping * step_sq
+        rho = (new_eval_loss - old_eval_loss) / undamped if undamped < 0 and math.isfinite(new_eval_loss) else -math.inf
+        state["damping"] = damping_next = levenberg_marquardt(damping, rho, group["lm_boost"], group["lm_drop"])
+
+        t, n_ls = self._final_line_search(batch, x0, loss, slope, step_p, new_eval_loss if whole else None)
+        self._move_to(x0, t, step_p)
+        # Martens: warm-start from the final CG iterate, not the backtracked one; never after a rejected step
+        state["cg_solution"] = result.x.detach().clone() if t else None
+        if not t:
+            self.diagnostics["status"] = "rejected"
+        self._record_ratio(rho, damping_next)
+        self.diagnostics.update(step_size=t, ls_evals=n_ls, step_norm=t * math.sqrt(step_sq) if t else 0.0)
+        self._finish_diagnostics(operator, fraction)
+        return loss_t
+
+    def _chunk_operator(self, batch: BatchClosure, full: BatchEvaluation, fraction: float, chunk: int) -> GGNOperator:
+        """The Gauss-Newton operator on the step's curvature chunk (sec. 4.3)."""
         with torch.enable_grad():
             part = full if fraction == 1.0 else batch.evaluate(fraction, chunk)
             if fraction != 1.0:
                 self._count("n_loss", fraction)
-            operator = GGNOperator(part.outputs, self._params, output_hessian_for(batch.loss_fn, part.outputs, part.targets))
-        previous = state.get("cg_solution")
+            hessian_out = output_hessian_for(batch.loss_fn, part.outputs, part.targets)
+            return GGNOperator(part.outputs, self._params, hessian_out)
+
+    def _solve(self, operator: GGNOperator, g: Tensor, squares: Tensor | None, damping: float) -> CGResult:
+        """Preconditioned CG on the damped system, warm-started (sec. 4.5), stopped by
+        Martens' rule (sec. 4.4), storing iterates for backtracking (sec. 4.6)."""
+        group = self.param_groups[0]
+        previous = self.global_state.get("cg_solution")
+        preconditioner = None if squares is None else (squares + damping) ** group["preconditioner_exponent"]
         result = cg(
             DampedOperator(operator, damping).mv,
             -g,
@@ -137,68 +176,41 @@ class HessianFree(CurvatureOptimizer):
             martens_eps=group["martens_eps"],
             store_iterates=group["backtracking"],
         )
-        del part, full  # the graphs are not needed any more
-        self.diagnostics.update(cg_iters=result.n_iter, cg_stop=result.stop_reason,
-                                negative_curvature=int(result.negative_curvature is not None))
+        self._record_cg(result)
+        return result
 
-        x0 = self._flat_params()
-        on_chunk = group["evaluation_batch"] == "curvature"
-        eval_fraction, eval_chunk = (fraction, chunk) if on_chunk else (1.0, 0)
-        old_eval_loss = batch.loss_value(eval_fraction, eval_chunk) if on_chunk and fraction != 1.0 else loss
-        if on_chunk and fraction != 1.0:
-            self._count("n_loss", fraction)
+    def _chunk_loss(self, batch: BatchClosure, fraction: float, chunk: int) -> float:
+        self._count("n_loss", fraction)
+        (value,) = host_floats(batch.loss_value(fraction, chunk))
+        return value
 
-        def eval_loss_at(p: Tensor) -> float:
-            self._set_flat_params(x0 + p)
-            self._count("n_loss", eval_fraction)
-            return batch.loss_value(eval_fraction, eval_chunk)
+    def _choose_iterate(
+        self, result: CGResult, eval_loss_at: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, float, float]:
+        """The CG iterate to take, its model value and its evaluation loss."""
+        if self.param_groups[0]["backtracking"] and result.iterates:
+            return self._backtrack(result, eval_loss_at)
+        (value,) = host_floats(eval_loss_at(result.x))
+        return result.x, result.quad_value, value
 
-        def loss_at(p: Tensor) -> float:
-            self._set_flat_params(x0 + p)
+    def _final_line_search(
+        self, batch: BatchClosure, x0: Tensor, loss: float, slope: float, step_p: Tensor, known: float | None
+    ) -> tuple[float, int]:
+        """Martens & Sutskever (2012) sec. 8.8: Armijo backtracking on the gradient batch;
+        the full step is accepted unevaluated when its loss on that batch is ``known``."""
+        group = self.param_groups[0]
+        if slope >= 0:
+            return 0.0, 0
+        if known is not None and group["lr"] == 1.0 and math.isfinite(known) and known <= loss + group["ls_c1"] * slope:
+            return 1.0, 0
+
+        def batch_loss() -> Tensor:
             self._count("n_loss")
             return batch.loss_value()
 
-        step_p, quad, new_eval_loss = result.x, result.quad_value, None
-        if group["backtracking"] and result.iterates:
-            step_p, quad, new_eval_loss = self._backtrack(result, eval_loss_at)
-        if new_eval_loss is None:
-            new_eval_loss = eval_loss_at(step_p)
-
-        undamped = quad - 0.5 * damping * float(torch.dot(step_p, step_p))
-        rho = (new_eval_loss - old_eval_loss) / undamped if undamped < 0 and math.isfinite(new_eval_loss) else -math.inf
-        if rho < 0.25:
-            damping *= group["lm_boost"]
-        elif rho > 0.75:
-            damping *= group["lm_drop"]
-        state["damping"] = damping
-
-        slope = float(torch.dot(g, step_p))
-        accepted_t, n_ls = 0.0, 0
-        if slope < 0:
-            evaluated = (not on_chunk or fraction == 1.0) and group["lr"] == 1.0  # f(x0 + p) on the gradient batch is known
-            if evaluated and math.isfinite(new_eval_loss) and new_eval_loss <= loss + group["ls_c1"] * slope:
-                accepted_t = 1.0
-            else:
-                ls = armijo_backtracking(
-                    lambda t: loss_at(t * step_p), loss, slope, step0=group["lr"],
-                    c1=group["ls_c1"], shrink=group["ls_shrink"], max_evals=group["max_ls_evals"],
-                )
-                accepted_t, n_ls = ls.step, ls.n_evals
-        self._move_to(x0, accepted_t, step_p)
-        if accepted_t == 0.0:
-            state["cg_solution"] = None  # a rejected step must not warm-start the next solve
-            self.diagnostics["status"] = "rejected"
-        else:
-            state["cg_solution"] = result.x.detach().clone()  # Martens: the final CG iterate, not the backtracked one
-        self.diagnostics.update(
-            reduction_ratio=rho if math.isfinite(rho) else -1e30,
-            damping_next=damping,
-            step_size=accepted_t,
-            ls_evals=n_ls,
-            step_norm=accepted_t * float(step_p.norm()) if accepted_t else 0.0,
-        )
-        self._finish_diagnostics(operator, fraction)
-        return torch.tensor(loss)
+        search = Armijo(c1=group["ls_c1"], shrink=group["ls_shrink"], max_evals=group["max_ls_evals"])
+        ls = search.search(ParameterRay(self, x0, step_p, batch_loss), loss, slope, group["lr"])
+        return ls.step, ls.n_evals
 
     def _gradient_and_squares(
         self, batch: BatchClosure, with_squares: bool, retain: bool
@@ -211,7 +223,7 @@ class HessianFree(CurvatureOptimizer):
             with torch.enable_grad():
                 full = batch.evaluate()
                 found = torch.autograd.grad(full.loss, self._params, retain_graph=retain, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+            grads = grads_or_zeros(found, self._params)
             self._count("n_grad")
             self._store_grads(grads)
             return full, grads, None
@@ -221,9 +233,9 @@ class HessianFree(CurvatureOptimizer):
             full = batch.evaluate()
             found = torch.autograd.grad(full.loss, [*self._params, full.outputs], retain_graph=retain, allow_unused=True)
         self._count("n_grad")
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+        grads = grads_or_zeros(found, self._params)
         self._store_grads(grads)
-        if found[-1] is None or not all(torch.isfinite(g).all() for g in grads):
+        if found[-1] is None or not bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()):  # one read
             return full, grads, None
         # the empirical Fisher of L = sum_n w_n l_n weighs sample n by w_n = 1 / c_n
         scale = per_sample_scale(batch.loss_fn, full.outputs, full.targets, found[-1])
@@ -236,14 +248,15 @@ class HessianFree(CurvatureOptimizer):
             self._count("n_grad")  # the per-sample fallback: see per_sample_grad_squares for its real cost
         return full, grads, self._flatten(by_param[p] for p in self._params)
 
-    def _backtrack(self, result: CGResult, loss_at) -> tuple[Tensor, float, float]:  # type: ignore[no-untyped-def]
+    def _backtrack(self, result: CGResult, loss_at: Callable[[Tensor], Tensor]) -> tuple[Tensor, float, float]:
         """Martens (2010) sec. 4.6: from the last stored CG iterate walk back while
-        the loss falls; return the chosen iterate, its model value and its loss."""
+        the loss falls; return the chosen iterate, its model value and its loss
+        (one host read per iterate tried)."""
         iterates = result.iterates
         best = len(iterates) - 1
-        best_loss = loss_at(iterates[best][1])
+        (best_loss,) = host_floats(loss_at(iterates[best][1]))
         for j in range(len(iterates) - 2, -1, -1):
-            candidate = loss_at(iterates[j][1])
+            (candidate,) = host_floats(loss_at(iterates[j][1]))
             if not candidate < best_loss:
                 break
             best, best_loss = j, candidate

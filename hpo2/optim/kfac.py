@@ -53,6 +53,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from hpo2.curvature import grads_or_zeros
 from hpo2.curvature.diagonal import likelihood_name, sampled_label_loss, supported_likelihoods
 from hpo2.curvature.layers import LayerRecord, LayerStatistics, per_sample_scale
 from hpo2.optim.base import Closure
@@ -60,6 +61,7 @@ from hpo2.optim.closure import BatchClosure, require_batch_closure
 from hpo2.optim.matrix_base import charge_overhead
 from hpo2.optim.seeded import SeededOptimizer
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
+from hpo2.solvers import host_floats
 
 
 class KFACSettings(OptimizerSettings):
@@ -111,13 +113,14 @@ class KFAC(SeededOptimizer):
         self._start_diagnostics(damping=group["damping"], cov_updated=int(update_cov), inverse_updated=0, inverse_seconds=0.0)
         batch = require_batch_closure(closure, type(self).__name__, "per-layer statistics and sampled labels")
         started = time.perf_counter()
-        loss, grads, records, scale = self._forward_backward(batch, update_cov, group["fisher"])
+        loss_t, grads, records, scale = self._forward_backward(batch, update_cov, group["fisher"])
+        g_norm_t = torch.sqrt(torch.stack([(g.double() ** 2).sum() for g in grads]).sum())
+        loss, g_norm = host_floats(loss_t, g_norm_t)  # also waits for the backward: timed with it
         grad_seconds = (time.perf_counter() - started) / int(self.diagnostics["n_grad"])
-        g_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
         if not self._check_finite(loss, g_norm):
             self._finish_diagnostics()
-            return torch.tensor(loss)
+            return loss_t
         self._store_grads(grads)
         started = time.perf_counter()
         with torch.no_grad():
@@ -134,13 +137,13 @@ class KFAC(SeededOptimizer):
                                 condition_number=float(state.get("condition_number", math.nan)))
         self._finish_diagnostics()
         charge_overhead(self, grad_seconds, time.perf_counter() - started)
-        return torch.tensor(loss)
+        return loss_t
 
     # -- statistics
     def _forward_backward(
         self, batch: BatchClosure, record: bool, fisher: str
-    ) -> tuple[float, list[Tensor], list[LayerRecord], Tensor | float]:
-        """Loss and gradient; when ``record``, also the layers' statistics from the
+    ) -> tuple[Tensor, list[Tensor], list[LayerRecord], Tensor | float]:
+        """Loss (detached) and gradient; when ``record``, also the layers' statistics from the
         sampled-label backward pass (first, so the hooks record it) or the loss's own."""
         for p in self._params:
             p.grad = None
@@ -149,7 +152,7 @@ class KFAC(SeededOptimizer):
                 evaluation = batch.evaluate()
                 found = torch.autograd.grad(evaluation.loss, self._params, allow_unused=True)
             self._count("n_grad")
-            return float(evaluation.loss.detach()), self._fill(found), [], 1.0
+            return evaluation.loss.detach(), grads_or_zeros(found, self._params), [], 1.0
         if self._statistics is None:
             self._statistics = LayerStatistics(batch.model, self._params)
         with torch.enable_grad(), self._statistics as stats:
@@ -174,10 +177,7 @@ class KFAC(SeededOptimizer):
                 scale = per_sample_scale(batch.loss_fn, outputs.detach(), evaluation.targets, output_grad)
         self._count("n_grad")
         records = [r for r in stats.layers if r.raw_output_grad is not None]
-        return float(evaluation.loss.detach()), self._fill(found), records, scale
-
-    def _fill(self, found: Any) -> list[Tensor]:
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
+        return evaluation.loss.detach(), grads_or_zeros(found, self._params), records, scale
 
     def _accumulate(self, record: LayerRecord, scale: Tensor | float, decay: float) -> None:
         """EMA of the layer's factors, kept in its weight's state (with its bias's index)."""
@@ -229,7 +229,7 @@ class KFAC(SeededOptimizer):
     def _apply(self, group: dict[str, Any], layers: list[tuple[Tensor, Tensor | None]]) -> None:
         lr, wd = group["lr"], group["weight_decay"]
         directions: list[tuple[Tensor, Tensor | None, Tensor]] = []
-        vg = 0.0
+        vg_terms: list[Tensor] = []
         for weight, bias in layers:
             st = self.state[weight]
             grad = _weight_matrix(weight.grad, bias.grad if bias is not None else None)  # type: ignore[arg-type]
@@ -237,8 +237,9 @@ class KFAC(SeededOptimizer):
                 grad = grad + wd * _weight_matrix(weight, bias)
             rotated = st["vec_G"].T @ grad @ st["vec_A"]
             v = st["vec_G"] @ (rotated / (st["damped_G"][:, None] * st["damped_A"][None, :])) @ st["vec_A"].T
-            vg += float((v * grad).sum()) * lr**2
+            vg_terms.append((v * grad).sum())
             directions.append((weight, bias, v))
+        (vg,) = host_floats(torch.stack(vg_terms).sum() * lr**2) if vg_terms else (0.0,)  # one read for all layers
         nu = min(1.0, math.sqrt(group["kl_clip"] / vg)) if group["kl_clip"] > 0 and vg > 0 else 1.0
         self.diagnostics.update(kl_scale=nu, kfac_layers=len(layers))
         factored: set[int] = set()

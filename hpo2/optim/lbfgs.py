@@ -26,6 +26,7 @@ without it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Literal
 
 import torch
@@ -33,9 +34,9 @@ from pydantic import Field
 from torch import Tensor
 
 from hpo2.curvature import HessianOperator
-from hpo2.optim.base import Closure, CurvatureOptimizer
+from hpo2.optim.base import Closure, CurvatureOptimizer, ParameterRay
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
-from hpo2.solvers import strong_wolfe
+from hpo2.solvers import FixedStep, LineSearch, host_floats, make_line_search
 
 
 class LBFGSSettings(OptimizerSettings):
@@ -55,22 +56,39 @@ class LBFGSSettings(OptimizerSettings):
 
 
 def two_loop_direction(g: Tensor, s_hist: list[Tensor], y_hist: list[Tensor], rho_hist: list[float], gamma: float) -> Tensor:
-    r""":math:`-H_k g` by the two-loop recursion (Nocedal & Wright, Alg. 7.4)."""
+    r""":math:`-H_k g` by the two-loop recursion (Nocedal & Wright, Alg. 7.4); the
+    coefficients :math:`\alpha_i, \beta_i` stay 0-d tensors on the device."""
     q = -g
     alphas = []
     for s, y, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist)):
-        alpha = rho * float(torch.dot(s, q))
+        alpha = rho * torch.dot(s, q)
         q = q - alpha * y
         alphas.append(alpha)
     r = gamma * q
     for s, y, rho, alpha in zip(s_hist, y_hist, rho_hist, reversed(alphas)):
-        beta = rho * float(torch.dot(y, r))
+        beta = rho * torch.dot(y, r)
         r = r + (alpha - beta) * s
     return r
 
 
+def _pair_products(
+    g: Tensor, prev_g: Tensor | None, d: Tensor | None, t: float | None
+) -> tuple[Tensor | float, Tensor | float]:
+    r""":math:`s^\top y` and :math:`y^\top y` of the pair the next iteration adds
+    (zeros when there is none yet), to be read with the step's other scalars."""
+    if prev_g is None or d is None or t is None:
+        return 0.0, 0.0
+    y = g - prev_g
+    return torch.dot(y, d * t), torch.dot(y, y)
+
+
 class LBFGS(CurvatureOptimizer):
-    """L-BFGS as a ``torch.optim.Optimizer`` (one parameter group)."""
+    r"""L-BFGS as a ``torch.optim.Optimizer`` (one parameter group).
+
+    Host reads per inner iteration: the slope :math:`g^\top d` (one), the line
+    search's trial points (one each) and the stopping tests with the next pair's
+    :math:`s^\top y, y^\top y` (one); the recursion itself reads nothing.
+    """
 
     Settings = LBFGSSettings
 
@@ -79,116 +97,118 @@ class LBFGS(CurvatureOptimizer):
         loss = self._call_closure(closure)
         with torch.enable_grad():
             op = HessianOperator(loss, self._params)
-        curvature = float(torch.dot(g, op.mv(g)))
+        curvature, gg = host_floats(torch.dot(g, op.mv(g)), torch.dot(g, g))
         self._count("n_grad")
         self._count("n_hvp")
-        return float(torch.dot(g, g)) / curvature if curvature > 0 else None
+        return gg / curvature if curvature > 0 else None
+
+    def _add_pair(self, g: Tensor, ys: float, yy: float) -> bool:
+        """Append the newest pair :math:`(s, y)` unless :math:`s^\\top y \\le 10^{-10}`
+        (it would lose positive definiteness); keep at most ``history_size``."""
+        state = self.global_state
+        if ys <= 1e-10:
+            return False
+        s_hist, y_hist, rho_hist = state["s_hist"], state["y_hist"], state["rho_hist"]
+        if len(s_hist) == self.param_groups[0]["history_size"]:
+            s_hist.pop(0), y_hist.pop(0), rho_hist.pop(0)
+        s_hist.append(state["d"] * state["t"])
+        y_hist.append(g - state["prev_g"])
+        rho_hist.append(1.0 / ys)
+        state["gamma"] = ys / yy
+        return True
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         group = self.param_groups[0]
-        lr, max_iter = group["lr"], group["max_iter"]
+        max_iter = group["max_iter"]
         max_eval = group["max_eval"] if group["max_eval"] is not None else max_iter * 5 // 4
         tol_grad, tol_change = group["tolerance_grad"], group["tolerance_change"]
         state = self.global_state
-        state.setdefault("func_evals", 0)
-        state.setdefault("n_iter", 0)
-        state.setdefault("s_hist", [])
-        state.setdefault("y_hist", [])
-        state.setdefault("rho_hist", [])
+        for key, empty in (("func_evals", 0), ("n_iter", 0), ("s_hist", []), ("y_hist", []), ("rho_hist", [])):
+            state.setdefault(key, empty)
         self._start_diagnostics()
 
         allow_backward = group["initial_scaling"] == "secant"
-        loss, g = self._value_and_grad(closure, allow_backward)  # type: ignore[arg-type]
-        first_loss = loss
+        first_loss_t, g = self._value_and_grad(closure, allow_backward)  # type: ignore[arg-type]
+        ys_t, yy_t = _pair_products(g, state.get("prev_g"), state.get("d"), state.get("t"))
+        loss, g_norm, g_max, g_l1, ys, yy = host_floats(
+            first_loss_t, g.norm(), g.abs().max(), g.abs().sum(), ys_t, yy_t
+        )
         state["func_evals"] += 1
-        evals = 1
-        self.diagnostics.update(loss=loss, grad_norm=float(g.norm()))
-        if not self._check_finite(loss, float(g.norm())):
+        self.diagnostics.update(loss=loss, grad_norm=g_norm)
+        if not self._check_finite(loss, g_norm):
             self._finish_diagnostics()
-            return torch.tensor(loss)
-        if float(g.abs().max()) <= tol_grad:
+            return first_loss_t
+        if g_max <= tol_grad:
             self.diagnostics["status"] = "converged"
             self._finish_diagnostics()
-            return torch.tensor(first_loss)
+            return first_loss_t
 
-        d, t = state.get("d"), state.get("t")
-        prev_g, prev_loss = state.get("prev_g"), state.get("prev_loss")
-        s_hist, y_hist, rho_hist = state["s_hist"], state["y_hist"], state["rho_hist"]
-        gamma = float(state.get("gamma", 1.0))
-        skipped = 0
-        n_iter = 0
+        search = make_line_search(group["line_search"], c1=group["ls_c1"], c2=group["ls_c2"])
+        evals, skipped, n_iter = 1, 0, 0
         while n_iter < max_iter:
             n_iter += 1
             state["n_iter"] += 1
-            if state["n_iter"] == 1:
-                s_hist.clear(), y_hist.clear(), rho_hist.clear()
-                gamma = 1.0
-                d = -g
-            else:
-                y = g - prev_g
-                s = d * t
-                ys = float(torch.dot(y, s))
-                if ys > 1e-10:
-                    if len(s_hist) == group["history_size"]:
-                        s_hist.pop(0), y_hist.pop(0), rho_hist.pop(0)
-                    s_hist.append(s)
-                    y_hist.append(y)
-                    rho_hist.append(1.0 / ys)
-                    gamma = ys / float(torch.dot(y, y))
-                else:
-                    skipped += 1
-                if group["initial_scaling"] == "hvp":
-                    gamma = self._hvp_gamma(closure, g) or gamma  # type: ignore[arg-type]
-                d = two_loop_direction(g, s_hist, y_hist, rho_hist, gamma)
-            prev_g, prev_loss = g.clone(), loss
-            if state["n_iter"] == 1:
-                t = min(1.0, 1.0 / float(g.abs().sum())) * lr
-                if group["initial_scaling"] == "hvp":
-                    t = (self._hvp_gamma(closure, g) or t / lr) * lr  # type: ignore[arg-type]
-            else:
-                t = lr
-            slope = float(torch.dot(g, d))
+            d, t, added = self._direction(closure, g, ys, yy, g_l1)  # type: ignore[arg-type]
+            skipped += not added
+            state.update(d=d, t=t, prev_g=g.clone(), prev_loss=loss)
+            (slope,) = host_floats(torch.dot(g, d))
             if slope > -tol_change:
                 break
-
-            ls_evals = 0
-            if group["line_search"] == "strong_wolfe":
-                x0 = self._flat_params()
-                evaluated: dict[float, tuple[float, Tensor]] = {}
-
-                def phi(step: float) -> tuple[float, float]:
-                    self._set_flat_params(x0 + step * d)
-                    evaluated[step] = self._value_and_grad(closure, allow_backward)  # type: ignore[arg-type]
-                    return evaluated[step][0], float(torch.dot(evaluated[step][1], d))
-
-                ls = strong_wolfe(
-                    phi, loss, slope, step0=t, c1=group["ls_c1"], c2=group["ls_c2"], max_evals=max(1, max_eval - evals)
-                )
-                ls_evals = ls.n_evals
-                self._move_to(x0, ls.step, d)
-                if ls.step in evaluated:
-                    loss, g = evaluated[ls.step]
-                t = ls.step
-            else:
-                self._set_flat_params(self._flat_params() + t * d)
-                if n_iter != max_iter:
-                    loss, g = self._value_and_grad(closure, allow_backward)  # type: ignore[arg-type]
-                    ls_evals = 1
+            moved_loss, g, t, ls_evals = self._move(closure, search, d, t, loss, g, slope, n_iter, max_eval - evals)  # type: ignore[arg-type]
+            state["t"] = t
             evals += ls_evals
             state["func_evals"] += ls_evals
-
             if n_iter == max_iter or evals >= max_eval:
                 break
-            if float(g.abs().max()) <= tol_grad:
-                break
-            if float((d * t).abs().max()) <= tol_change:
-                break
-            if abs(loss - prev_loss) < tol_change:
+            ys_t, yy_t = _pair_products(g, state["prev_g"], d, t)
+            loss, g_max, step_max, ys, yy = host_floats(moved_loss, g.abs().max(), (d * t).abs().max(), ys_t, yy_t)
+            if g_max <= tol_grad or step_max <= tol_change or abs(loss - state["prev_loss"]) < tol_change:
                 break
 
-        state.update(d=d, t=t, prev_g=prev_g, prev_loss=prev_loss, gamma=gamma)
         self.diagnostics.update(
-            inner_iters=n_iter, history=len(s_hist), pairs_skipped=skipped, step_size=t, ls_evals=evals - 1
+            inner_iters=n_iter, history=len(state["s_hist"]), pairs_skipped=skipped, step_size=state["t"],
+            ls_evals=evals - 1,
         )
         self._finish_diagnostics()
-        return torch.tensor(first_loss)
+        return first_loss_t
+
+    def _direction(self, closure: Closure, g: Tensor, ys: float, yy: float, g_l1: float) -> tuple[Tensor, float, bool]:
+        """The direction :math:`-H_k g` (steepest descent on the very first iteration),
+        the first trial step, and whether the newest pair was added to the history."""
+        group, state = self.param_groups[0], self.global_state
+        hvp = group["initial_scaling"] == "hvp"
+        if state["n_iter"] == 1:
+            state["s_hist"].clear(), state["y_hist"].clear(), state["rho_hist"].clear()
+            state["gamma"] = 1.0
+            t = min(1.0, 1.0 / g_l1) * group["lr"]
+            if hvp:
+                t = (self._hvp_gamma(closure, g) or t / group["lr"]) * group["lr"]
+            return -g, t, True
+        added = self._add_pair(g, ys, yy)
+        gamma = float(state.get("gamma", 1.0))
+        if hvp:
+            gamma = self._hvp_gamma(closure, g) or gamma
+            state["gamma"] = gamma
+        return two_loop_direction(g, state["s_hist"], state["y_hist"], state["rho_hist"], gamma), group["lr"], added
+
+    def _move(
+        self, closure: Closure, search: LineSearch, d: Tensor, t: float, loss: float, g: Tensor, slope: float,
+        n_iter: int, evals_left: int,
+    ) -> tuple[Tensor | float, Tensor, float, int]:
+        """Move along ``d`` by the line search (or the fixed step ``t``); return the new
+        loss, gradient, step and evaluations used."""
+        allow_backward = self.param_groups[0]["initial_scaling"] == "secant"
+        x0 = self._flat_params()
+        ray = ParameterRay(self, x0, d, lambda: self._value_and_grad(closure, allow_backward)[0],
+                           lambda: self._value_and_grad(closure, allow_backward))
+        if isinstance(search, FixedStep):
+            self._move_to(x0, t, d)
+            if n_iter == self.param_groups[0]["max_iter"]:
+                return loss, g, t, 0
+            loss_t, g = self._value_and_grad(closure, allow_backward)
+            return loss_t, g, t, 1  # read with the stopping tests
+        ls = replace(search, max_evals=max(1, evals_left)).search(ray, loss, slope, t)
+        self._move_to(x0, ls.step, d)
+        if ls.step in ray.evaluated:
+            loss, g = ls.value, ray.evaluated[ls.step][1]
+        return loss, g, ls.step, ls.n_evals

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from hpo2.optim.base import Closure, CurvatureOptimizer
+from hpo2.solvers import host_floats
 
 
 def as_matrix(t: Tensor) -> Tensor:
@@ -86,13 +87,13 @@ class MatrixPreconditioner(CurvatureOptimizer):
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         self._start_diagnostics()
         started = time.perf_counter()
-        loss, flat_grad = self._value_and_grad(closure, allow_backward=True)  # type: ignore[arg-type]
+        loss_t, flat_grad = self._value_and_grad(closure, allow_backward=True)  # type: ignore[arg-type]
+        loss, g_norm = host_floats(loss_t, flat_grad.double().norm())  # also waits for the gradient: timed with it
         grad_seconds = time.perf_counter() - started
-        g_norm = float(flat_grad.double().norm())
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
         if not self._check_finite(loss, g_norm):
             self._finish_diagnostics()
-            return torch.tensor(loss)
+            return loss_t
         started = time.perf_counter()
         state = self.global_state
         state["global_step"] = int(state.get("global_step", 0)) + 1
@@ -102,7 +103,7 @@ class MatrixPreconditioner(CurvatureOptimizer):
         self._summarise()
         self._finish_diagnostics()
         charge_overhead(self, grad_seconds, time.perf_counter() - started)
-        return torch.tensor(loss)
+        return loss_t
 
     def _parameters(self) -> Iterator[tuple[dict[str, Any], Tensor]]:
         for group in self.param_groups:

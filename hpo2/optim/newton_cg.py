@@ -44,11 +44,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from hpo2.curvature import DampedOperator
-from hpo2.optim.base import Closure, CurvatureOptimizer
+from hpo2.curvature import CurvatureOperator, DampedOperator
+from hpo2.optim.base import Closure, CurvatureOptimizer, ParameterRay
 from hpo2.optim.closure import BatchClosure
 from hpo2.optim.settings import Choice, DataRegimeSettings, FloatRange, IntRange
-from hpo2.solvers import armijo_backtracking, cg, strong_wolfe
+from hpo2.solvers import CGResult, FixedStep, TrustRegion, cg, host_floats, levenberg_marquardt, make_line_search
+from hpo2.solvers.cg import MatVec
 
 
 class NewtonCGSettings(DataRegimeSettings):
@@ -92,127 +93,110 @@ class NewtonCG(CurvatureOptimizer):
         if curvature == "auto":
             curvature = "ggn" if isinstance(closure, BatchClosure) else "hessian"
         fraction = group["curvature_fraction"]
-        loss, grads, operator = self._gradient_and_curvature(closure, curvature, fraction)  # type: ignore[arg-type]
+        loss_t, grads, operator = self._gradient_and_curvature(closure, curvature, fraction)  # type: ignore[arg-type]
         g = self._flatten(grads)
-        g_norm = float(g.norm())
+        loss, g_norm = host_floats(loss_t, g.norm())  # the step's one read before CG: finite? converged?
         self.diagnostics.update(loss=loss, grad_norm=g_norm, curvature=curvature)
-        if not self._check_finite(loss, g_norm):
-            self._finish_diagnostics(operator, fraction)
-            return torch.tensor(loss)
-        if g_norm <= group["tolerance_grad"]:
-            self.diagnostics["status"] = "converged"
-            self._finish_diagnostics(operator, fraction)
-            return torch.tensor(loss)
-
-        damped = DampedOperator(operator, damping).mv
-        forcing = min(group["cg_tol"], math.sqrt(g_norm))
-        x0 = self._flat_params()
-        if group["globalization"] == "trust_region":
-            rho = self._trust_region_step(closure, x0, loss, g, damped, forcing)  # type: ignore[arg-type]
-        else:
-            rho = self._line_search_step(closure, x0, loss, g, damped, forcing, operator, damping)  # type: ignore[arg-type]
-        if group["damping_rule"] == "lm":
-            if rho < 0.25:
-                damping *= group["lm_boost"]
-            elif rho > 0.75:
-                damping *= group["lm_drop"]
-        state["damping"] = damping
-        self.diagnostics.update(reduction_ratio=rho if math.isfinite(rho) else -1e30, damping_next=damping)
+        if self._check_finite(loss, g_norm) and not self._converged(g_norm):
+            damped = DampedOperator(operator, damping).mv
+            forcing = min(group["cg_tol"], math.sqrt(g_norm))
+            x0 = self._flat_params()
+            if group["globalization"] == "trust_region":
+                rho = self._trust_region_step(closure, x0, loss, g, damped, forcing)  # type: ignore[arg-type]
+            else:
+                rho = self._line_search_step(closure, x0, loss, g, g_norm, damped, forcing, operator, damping)  # type: ignore[arg-type]
+            if group["damping_rule"] == "lm":
+                damping = levenberg_marquardt(damping, rho, group["lm_boost"], group["lm_drop"])
+            state["damping"] = damping
+            self._record_ratio(rho, damping)
         self._finish_diagnostics(operator, fraction)
-        return torch.tensor(loss)
+        return loss_t
 
-    def _record_cg(self, result: object) -> None:
-        self.diagnostics.update(
-            cg_iters=result.n_iter,  # type: ignore[attr-defined]
-            cg_stop=result.stop_reason,  # type: ignore[attr-defined]
-            negative_curvature=int(result.negative_curvature is not None),  # type: ignore[attr-defined]
-        )
+    def _converged(self, g_norm: float) -> bool:
+        if g_norm > self.param_groups[0]["tolerance_grad"]:
+            return False
+        self.diagnostics["status"] = "converged"
+        return True
 
-    def _line_search_step(  # type: ignore[no-untyped-def]
-        self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped, forcing: float, operator, damping: float
+    def _direction(
+        self, g: Tensor, g_norm: float, result: CGResult, operator: CurvatureOperator, damping: float
+    ) -> tuple[Tensor, float, float, float]:
+        r"""The search direction :math:`d`, its slope :math:`g^\top d`, its undamped
+        curvature :math:`d^\top C d` and its norm, read in one transfer.
+
+        CG's iterate :math:`x` gives :math:`x^\top C x` from its model value
+        :math:`\phi = g^\top x + x^\top (C + \lambda) x / 2` at no product; a direction
+        off CG's path (negative curvature, steepest descent) costs one product."""
+        group = self.param_groups[0]
+        x = d = result.x
+        from_cg = True
+        if result.negative_curvature is not None:
+            if group["negative_curvature"] == "direction":
+                p = result.negative_curvature
+                sign = torch.where(torch.dot(g, p) > 0, -1.0, 1.0)
+                d = x + sign * p * (g.norm() / p.norm())
+                from_cg = False
+            elif result.n_iter == 0:
+                d, from_cg = -g, False
+        gx, xx, slope, dd = host_floats(torch.dot(g, x), torch.dot(x, x), torch.dot(g, d), torch.dot(d, d))
+        curv_d = 2 * (result.quad_value - gx) - damping * xx
+        if slope >= 0:  # CG from zero always gives descent; guard against round-off
+            d, slope, dd, from_cg = -g, -g_norm**2, g_norm**2, False
+        if not from_cg and group["damping_rule"] == "lm":
+            (curv_d,) = host_floats(torch.dot(d, operator.mv(d)))  # one more product, only off CG's path
+        return d, slope, curv_d, math.sqrt(dd)
+
+    def _line_search_step(
+        self, closure: Closure, x0: Tensor, loss: float, g: Tensor, g_norm: float, damped: MatVec, forcing: float,
+        operator: CurvatureOperator, damping: float,
     ) -> float:
         """Solve, search along the direction, move; return the reduction ratio of the
         step taken against the undamped model (``-inf`` when rejected)."""
         group = self.param_groups[0]
         result = cg(damped, -g, max_iter=group["cg_max_iter"], tol=forcing)
         self._record_cg(result)
-        d = result.x
-        # d^T C d of CG's own iterate from its model value phi = g^T d + d^T (C + lambda) d / 2
-        curv_d = 2 * (result.quad_value - float(torch.dot(g, d))) - damping * float(torch.dot(d, d))
-        from_cg = True
-        if result.negative_curvature is not None:
-            if group["negative_curvature"] == "direction":
-                p = result.negative_curvature
-                sign = -1.0 if float(torch.dot(g, p)) > 0 else 1.0
-                d = d + sign * p * (g.norm() / p.norm())
-                from_cg = False
-            elif result.n_iter == 0:
-                d, from_cg = -g, False
-        slope = float(torch.dot(g, d))
-        if slope >= 0:  # CG from zero always gives descent; guard against round-off
-            d, slope, from_cg = -g, -float(torch.dot(g, g)), False
-        if not from_cg and group["damping_rule"] == "lm":
-            curv_d = float(torch.dot(d, operator.mv(d)))  # one more product, only off CG's path
-        kind = group["globalization"]
-        if kind == "none":
-            t = group["lr"]
-            self._set_flat_params(x0 + t * d)
-            self.diagnostics.update(step_size=t, ls_evals=0, step_norm=t * float(d.norm()))
+        d, slope, curv_d, d_norm = self._direction(g, g_norm, result, operator, damping)
+        search = make_line_search(group["globalization"], max_evals=group["max_ls_evals"])
+        ray = ParameterRay(self, x0, d, lambda: self._loss(closure), lambda: self._value_and_grad(closure))
+        ls = search.search(ray, loss, slope, group["lr"])
+        t = ls.step
+        self._move_to(x0, t, d)
+        self.diagnostics.update(step_size=t, ls_evals=ls.n_evals, step_norm=t * d_norm)
+        if t == 0.0:
+            self.diagnostics["status"] = "rejected"
+            return -math.inf
+        value = ls.value
+        if isinstance(search, FixedStep):  # nothing evaluated: the ratio needs the new loss
             if group["damping_rule"] != "lm":
                 return math.nan
-            new_loss = self._loss_value(closure)
-            return self._ratio(new_loss - loss, t * slope + 0.5 * t * t * curv_d)
-        if kind == "armijo":
-
-            def phi(t: float) -> float:
-                self._set_flat_params(x0 + t * d)
-                return self._loss_value(closure)
-
-            ls = armijo_backtracking(phi, loss, slope, step0=group["lr"], max_evals=group["max_ls_evals"])
-        else:
-
-            def phi_wolfe(t: float) -> tuple[float, float]:
-                self._set_flat_params(x0 + t * d)
-                value, grad = self._value_and_grad(closure)
-                return value, float(torch.dot(grad, d))
-
-            ls = strong_wolfe(phi_wolfe, loss, slope, step0=group["lr"], max_evals=group["max_ls_evals"])
-        self._move_to(x0, ls.step, d)
-        if ls.step == 0.0:
-            self.diagnostics["status"] = "rejected"
-        self.diagnostics.update(step_size=ls.step, ls_evals=ls.n_evals, step_norm=ls.step * float(d.norm()))
-        if ls.step == 0.0:
-            return -math.inf
-        t = ls.step
-        return self._ratio(ls.value - loss, t * slope + 0.5 * t * t * curv_d)
+            (value,) = host_floats(self._loss(closure))
+        return self._ratio(value - loss, t * slope + 0.5 * t * t * curv_d)
 
     @staticmethod
     def _ratio(actual: float, predicted: float) -> float:
-        """:math:`\rho` = actual / predicted change; ``-inf`` unless the model predicts a
+        r""":math:`\rho` = actual / predicted change; ``-inf`` unless the model predicts a
         decrease and the loss is finite."""
         return actual / predicted if predicted < 0 and math.isfinite(actual) else -math.inf
 
-    def _trust_region_step(self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped, forcing: float) -> float:  # type: ignore[no-untyped-def]
+    def _trust_region_step(
+        self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped: MatVec, forcing: float
+    ) -> float:
         group = self.param_groups[0]
         state = self.global_state
         radius = float(state.get("radius", group["tr_radius"]))
         result = cg(damped, -g, max_iter=group["cg_max_iter"], tol=forcing, radius=radius)
         self._record_cg(result)
         s = result.x
-        predicted = -float(torch.dot(g, s) + 0.5 * torch.dot(s, damped(s)))
+        predicted_t = -(torch.dot(g, s) + 0.5 * torch.dot(s, damped(s)))
         self._set_flat_params(x0 + s)
-        new_loss = self._loss_value(closure)
+        predicted, new_loss, s_norm, x0_norm = host_floats(predicted_t, self._loss(closure), s.norm(), x0.norm())
         rho = (loss - new_loss) / predicted if predicted > 0 and math.isfinite(new_loss) else -math.inf
-        s_norm = float(s.norm())
-        if rho < 0.25:
-            # Below eps * ||x|| a step is round-off: at a converged point rho is noise,
-            # and shrinking on would underflow the radius to zero.
-            floor = torch.finfo(g.dtype).eps * max(1.0, float(x0.norm()))
-            radius = max(0.25 * (s_norm if s_norm > 0 else radius), floor)
-        elif rho > 0.75 and s_norm >= 0.99 * radius:
-            radius = min(2.0 * radius, group["tr_max_radius"])
+        # Below eps * ||x|| a step is round-off: at a converged point rho is noise,
+        # and shrinking on would underflow the radius to zero.
+        floor = torch.finfo(g.dtype).eps * max(1.0, x0_norm)
+        region = TrustRegion(max_radius=group["tr_max_radius"], eta=group["tr_eta"])
+        radius, accepted = region.update(radius, rho, s_norm, floor)
         state["radius"] = radius
-        accepted = rho > group["tr_eta"]
         if not accepted:
             self._set_flat_params(x0)
             self.diagnostics["status"] = "rejected"

@@ -35,7 +35,8 @@ from hpo2.optim.muon import MuonSettings, build_muon
 from hpo2.optim.newton_cg import NewtonCG
 from hpo2.optim.saddle_free import SaddleFreeNewton
 from hpo2.optim.sam import SAM, SAM_KEY, SAMSettings, parse_sam
-from hpo2.optim.settings import OptimizerSettings, SearchDimension, SettingsError, check_known, did_you_mean
+from hpo2.errors import SettingsError, check_known, did_you_mean
+from hpo2.optim.settings import OptimizerSettings, SearchDimension
 from hpo2.optim.shampoo import Shampoo
 from hpo2.optim.soap import SOAP
 from hpo2.optim.sophia import Sophia

@@ -34,6 +34,7 @@ from torch import Tensor
 from hpo2.curvature import lanczos
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.solvers import host_floats
 
 
 class SaddleFreeNewtonSettings(OptimizerSettings):
@@ -64,15 +65,15 @@ class SaddleFreeNewton(CurvatureOptimizer):
         self._start_diagnostics(damping=group["damping"], refreshed=int(refresh))
         operator = None
         if refresh:
-            loss, grads, operator = self._gradient_and_curvature(closure, "hessian")
+            loss_t, grads, operator = self._gradient_and_curvature(closure, "hessian")
             g = self._flatten(grads)
         else:
-            loss, g = self._value_and_grad(closure)  # type: ignore[arg-type]
-        g_norm = float(g.norm())
+            loss_t, g = self._value_and_grad(closure)  # type: ignore[arg-type]
+        loss, g_norm = host_floats(loss_t, g.norm())
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
         if not self._check_finite(loss, g_norm):
             self._finish_diagnostics(operator)
-            return torch.tensor(loss)
+            return loss_t
         if operator is not None and g_norm > 0:
             pairs = self._top_pairs(operator, g, group["rank"], group["lanczos_iter"])
             if pairs is not None:
@@ -85,16 +86,19 @@ class SaddleFreeNewton(CurvatureOptimizer):
             coefficients = vectors @ g
             inside = vectors.T @ (coefficients / (values.abs() + group["damping"]))
             direction = -inside - group["lr"] * (g - vectors.T @ coefficients)
+            largest, smallest, negative, in_subspace = host_floats(
+                values.max(), values.min(), (values < 0).sum(), coefficients.norm()
+            )
             self.diagnostics.update(
                 rank=int(values.numel()),
-                eigenvalue_max=float(values.max()),
-                eigenvalue_min=float(values.min()),
-                negative_eigenvalues=int((values < 0).sum()),
-                subspace_fraction=float(coefficients.norm()) / max(g_norm, 1e-30),
+                eigenvalue_max=largest,
+                eigenvalue_min=smallest,
+                negative_eigenvalues=int(negative),
+                subspace_fraction=in_subspace / max(g_norm, 1e-30),
             )
         self._set_flat_params(self._flat_params() + direction)
         self._finish_diagnostics(operator)
-        return torch.tensor(loss)
+        return loss_t
 
     @staticmethod
     def _top_pairs(operator: object, g: Tensor, rank: int, n_iter: int) -> tuple[Tensor, Tensor] | None:

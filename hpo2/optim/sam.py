@@ -56,8 +56,11 @@ from pydantic import Field
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hpo2.curvature import grads_or_zeros
+from hpo2.errors import SettingsError
 from hpo2.optim.base import CurvatureOptimizer
-from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, SettingsError
+from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings
+from hpo2.solvers import host_floats
 
 Closure = Callable[[], Tensor]
 SAM_KEY = "sam"
@@ -79,6 +82,11 @@ def ascent_step(params: list[Tensor], grads: list[Tensor], rho: float, adaptive:
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in scaled]))
     factor = rho / norm.clamp_min(1e-12)
     return [factor * (s if t is None else t * s) for s, t in zip(scaled, scales)]
+
+
+def _norm(tensors: list[Tensor]) -> Tensor:
+    """The Euclidean norm of the tensors taken together, on their device."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
 class SAM(Optimizer):
@@ -104,7 +112,7 @@ class SAM(Optimizer):
     def curvature_base(self) -> bool:
         return isinstance(self.base, CurvatureOptimizer)
 
-    def _gradient(self, closure: Closure) -> tuple[float, list[Tensor]]:
+    def _gradient(self, closure: Closure) -> tuple[Tensor, list[Tensor]]:
         for p in self._params:
             p.grad = None
         with torch.enable_grad():
@@ -113,8 +121,8 @@ class SAM(Optimizer):
             grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in self._params]
         else:
             found = torch.autograd.grad(loss, self._params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)]
-        return float(loss.detach()), grads
+            grads = grads_or_zeros(found, self._params)
+        return loss.detach(), grads
 
     @torch.no_grad()
     def _restore(self, saved: list[Tensor]) -> None:
@@ -129,12 +137,12 @@ class SAM(Optimizer):
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         if closure is None:
             raise ValueError("SAM.step needs a closure that returns the loss (it evaluates the gradient twice)")
-        loss, grads = self._gradient(closure)
-        grad_norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+        loss_t, grads = self._gradient(closure)
+        loss, grad_norm = host_floats(loss_t, _norm(grads))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             status = "nonfinite_loss" if not math.isfinite(loss) else "nonfinite_grad"
             self.diagnostics = {"loss": loss, "grad_norm": grad_norm, "status": status, "n_grad": 1, "grad_equivalents": 1.0}
-            return torch.tensor(loss)
+            return loss_t
         s = self.settings
         epsilon = ascent_step(self._params, grads, s.rho, s.adaptive, s.eta)
         saved = [p.detach().clone() for p in self._params]
@@ -147,10 +155,13 @@ class SAM(Optimizer):
                 self._shift(epsilon, -1.0)  # w + eps + Delta  ->  w + Delta
             else:
                 self._restore(saved)  # no step: exactly w
+            (epsilon_norm,) = host_floats(_norm(epsilon))
         else:
-            perturbed_loss, perturbed_grads = self._gradient(closure)
+            perturbed_loss_t, perturbed_grads = self._gradient(closure)
             self._restore(saved)  # exactly w, not w + eps - eps
-            finite = math.isfinite(perturbed_loss) and all(bool(torch.isfinite(g).all()) for g in perturbed_grads)
+            grads_finite = torch.stack([torch.isfinite(g).all() for g in perturbed_grads]).all()
+            perturbed_loss, grads_ok, epsilon_norm = host_floats(perturbed_loss_t, grads_finite, _norm(epsilon))
+            finite = math.isfinite(perturbed_loss) and bool(grads_ok)
             if finite:
                 for p, g in zip(self._params, perturbed_grads):
                     p.grad = g
@@ -158,10 +169,9 @@ class SAM(Optimizer):
             diag = {"status": "ok" if finite else "nonfinite_grad", "n_grad": 1, "grad_equivalents": 1.0}
         diag["n_grad"] = int(diag.get("n_grad", 0)) + 1
         diag["grad_equivalents"] = float(diag.get("grad_equivalents", 0.0)) + 1.0
-        diag.update(loss=loss, grad_norm=grad_norm, sam_perturbed_loss=perturbed_loss,
-                    sam_epsilon_norm=math.sqrt(sum(float(e.pow(2).sum()) for e in epsilon)))  # fmt: skip
+        diag.update(loss=loss, grad_norm=grad_norm, sam_perturbed_loss=perturbed_loss, sam_epsilon_norm=epsilon_norm)
         self.diagnostics = diag
-        return torch.tensor(loss)
+        return loss_t
 
     def snapshot(self, data: Any, batch_size: int) -> float:
         """The training loop's snapshot protocol (:mod:`hpo2.optim.svrg`), passed to the base."""

@@ -15,12 +15,12 @@ turns them into Optuna distributions.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hpo2.errors import SettingsError, check_known
 
 
 @dataclass(frozen=True)
@@ -99,26 +99,6 @@ class OptimizerSettings(BaseModel):
                 field = ".".join(str(p) for p in err["loc"])
                 problems.append(f"{where}.{field} = {err.get('input')!r}: {err['msg']}")
             raise SettingsError("; ".join(problems)) from None
-
-
-class SettingsError(ValueError):
-    """A user's optimizer config is wrong; the message names the field and the fix."""
-
-
-def did_you_mean(given: Any, allowed: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the allowed name closest to ``given`` (difflib), else ``""``."""
-    close = difflib.get_close_matches(str(given), list(allowed), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def check_known(keys: Iterable[Any], allowed: Iterable[str], where: str, kind: str = "key(s)") -> None:
-    """Raise :class:`SettingsError` naming the keys not in ``allowed``, the closest
-    allowed name to each, and the allowed names."""
-    allowed = list(allowed)
-    unknown = sorted({str(k) for k in keys} - set(allowed))
-    if unknown:
-        named = ", ".join(f"{k}{did_you_mean(k, allowed)}" for k in unknown)
-        raise SettingsError(f"{where}: unknown {kind} {named}; allowed: {', '.join(allowed)}")
 
 
 BatchSize = Annotated[int, Field(ge=1)] | Literal["full"] | None

@@ -28,6 +28,7 @@ from torch import Tensor
 from hpo2.optim.base import Closure
 from hpo2.optim.diagonal_base import DiagonalCurvatureOptimizer
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
+from hpo2.solvers import host_floats
 
 
 class SophiaSettings(OptimizerSettings):
@@ -56,7 +57,8 @@ class Sophia(DiagonalCurvatureOptimizer):
         if prepared is None:
             return torch.tensor(self.diagnostics["loss"])
         loss, grads, diag = prepared
-        clipped = total = 0
+        clipped: Tensor | int = 0
+        total = 0
         with torch.no_grad():
             for group, p, g, h_new, st in self._per_parameter(grads, diag):
                 b1, b2 = group["beta1"], group["beta2"]
@@ -67,10 +69,10 @@ class Sophia(DiagonalCurvatureOptimizer):
                 if h_new is not None:
                     st["hessian"].mul_(b2).add_(h_new, alpha=1 - b2)
                 ratio = st["exp_avg"].abs() / (group["rho"] * st["hessian"]).clamp_min(group["eps"])
-                clipped += int((ratio >= 1).sum())
+                clipped = clipped + (ratio >= 1).sum()  # read once, below
                 total += ratio.numel()
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.addcmul_(st["exp_avg"].sign(), ratio.clamp_max(1.0), value=-group["lr"])
-        self.diagnostics["clip_fraction"] = clipped / max(total, 1)
+        self.diagnostics["clip_fraction"] = host_floats(clipped)[0] / max(total, 1)
         self._finish_diagnostics()
         return torch.tensor(loss)

@@ -47,9 +47,11 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from hpo2.curvature import grads_or_zeros
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.solvers import host_floats
 
 
 class SVRGSettings(OptimizerSettings):
@@ -86,7 +88,7 @@ class SVRG(CurvatureOptimizer):
             closure = BatchClosure(data.model, data.loss_fn, data.inputs[part], data.targets[part])
             with torch.enable_grad():
                 found = torch.autograd.grad(closure(), self._params, allow_unused=True)
-            total += self._flatten(torch.zeros_like(p) if g is None else g for p, g in zip(self._params, found)) * (len(part) / len(index))
+            total += self._flatten(grads_or_zeros(found, self._params)) * (len(part) / len(index))
         return total
 
     def _gradient_at(self, flat: Tensor, closure: Closure) -> Tensor:
@@ -141,11 +143,12 @@ class SVRG(CurvatureOptimizer):
                 "hpo2.train calls it at every epoch start"
             )
         self._start_diagnostics()
-        loss, g_w = self._value_and_grad(closure)  # type: ignore[arg-type]
-        if not self._check_finite(loss, float(g_w.norm())):
+        loss_t, g_w = self._value_and_grad(closure)  # type: ignore[arg-type]
+        loss, g_norm = host_floats(loss_t, g_w.norm())
+        if not self._check_finite(loss, g_norm):
             self.diagnostics["loss"] = loss
             self._finish_diagnostics()
-            return torch.tensor(loss)
+            return loss_t
         g_snap = self._gradient_at(st["snapshot"], closure)  # type: ignore[arg-type]
         direction = g_w - g_snap + st["snapshot_gradient"]
         if group["momentum"] > 0:
@@ -153,7 +156,7 @@ class SVRG(CurvatureOptimizer):
             st["momentum_buffer"] = direction if buf is None else buf.mul_(group["momentum"]).add_(direction)
             direction = st["momentum_buffer"]
         self._set_flat_params(self._flat_params() - group["lr"] * direction)
-        self.diagnostics.update(loss=loss, grad_norm=float(g_w.norm()), corrected_grad_norm=float(direction.norm()),
+        self.diagnostics.update(loss=loss, grad_norm=g_norm, corrected_grad_norm=float(direction.norm()),
                                 snapshots_taken=int(st["snapshots_taken"]), **self.snapshot_diagnostics)  # fmt: skip
         self._finish_diagnostics()
-        return torch.tensor(loss)
+        return loss_t

@@ -26,6 +26,22 @@ One loop serves truncated Newton, Hessian-free and trust-region methods:
 * **Breakdown**: a non-finite curvature or iterate, or a direction that underflowed
   to zero, stops CG with the last finite iterate (``"breakdown"``) instead of
   returning NaN.
+
+**No host round trip per iteration.**  The recurrence runs on the device without
+reading anything: its scalars (:math:`\alpha`, :math:`\beta`, :math:`r^\top y`) stay 0-d
+tensors, and each iteration writes the numbers the stopping tests need
+(:math:`p^\top A p`, :math:`p^\top p`, :math:`\|x_i\|`, :math:`\|r_i\|`, :math:`\phi(x_i)`)
+into one row of a device table.  Every ``check_every`` iterations the host reads the
+new rows in one transfer and applies the tests above, in order, iteration by
+iteration, to the same numbers a check every iteration would read; the vectors of
+those iterations are kept (by reference: the recurrence never writes in place), so a
+stop found inside the window returns that iteration's iterate, direction and
+boundary point.  A stop is thus seen up to ``check_every - 1`` curvature products
+late; those products are real work and are counted (:attr:`CGResult.n_products`),
+and the solution, stop reason, iteration count, model values and stored iterates
+are those of a check every iteration.  By default (:func:`default_check_every`) the
+host reads every 5 iterations on an accelerator and after every iteration on the CPU,
+where a read costs nothing and a late stop would cost products.
 """
 
 from __future__ import annotations
@@ -90,11 +106,177 @@ def backtrack_schedule(max_iter: int, gamma: float = 1.3) -> set[int]:
     return schedule
 
 
+DEFAULT_CHECK_EVERY = 5
+"""Iterations between two reads by the host on an accelerator.  A read waits for the
+device to drain its queue and stops the host from queuing the next iterations ahead
+(tens of microseconds on a GPU, as long as an iteration's vector work on hpo2's
+models); a late read wastes at most ``check_every - 1`` curvature products."""
+
+
+def default_check_every(device: torch.device) -> int:
+    """``check_every`` when the caller gives none: 1 on the CPU, where reading a number
+    is a memory load with no queue to drain (so no product is ever wasted), and
+    :data:`DEFAULT_CHECK_EVERY` on an accelerator."""
+    return 1 if device.type == "cpu" else DEFAULT_CHECK_EVERY
+
+
 def _to_boundary(x: Tensor, p: Tensor, radius: float) -> Tensor:
     """:math:`x + \\tau p` with :math:`\\tau \\ge 0` and :math:`\\|x + \\tau p\\| = \\Delta`."""
     pp, xp, xx = torch.dot(p, p), torch.dot(x, p), torch.dot(x, x)
     tau = (-xp + torch.sqrt(xp**2 + pp * (radius**2 - xx).clamp_min(0))) / pp
     return x + tau * p
+
+
+def _validate(b: Tensor, x0: Tensor | None, max_iter: int, preconditioner: Tensor | None, radius: float | None,
+              check_every: int) -> None:
+    if b.dim() != 1:
+        raise ValueError(f"b must be a flat vector, got shape {tuple(b.shape)}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter={max_iter} must be >= 1")
+    if check_every < 1:
+        raise ValueError(f"check_every={check_every} must be >= 1")
+    if preconditioner is not None and (preconditioner.shape != b.shape or bool((preconditioner <= 0).any())):
+        raise ValueError("preconditioner must be the positive diagonal of M, shaped like b")
+    if radius is not None:
+        if radius <= 0:
+            raise ValueError(f"radius={radius} must be > 0")
+        if x0 is not None or preconditioner is not None:
+            raise ValueError("the Steihaug trust region starts at x0 = 0 and takes no preconditioner")
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """The stopping rules of one solve (see the module docstring)."""
+
+    max_iter: int
+    tol: float
+    martens_eps: float | None
+    martens_min_k: int
+    radius: float | None
+    schedule: set[int]
+
+
+class _Run:
+    """The CG recurrence on the device and the host's reading of its trace.
+
+    Row ``i`` of :attr:`trace` holds :math:`(p_i^\\top A p_i,\\ p_i^\\top p_i,\\
+    \\|x_i\\|,\\ \\|r_i\\|,\\ \\phi(x_i))` of iteration ``i`` (row 0: :math:`\\|b\\|` in the
+    first column, then the start's residual and model value).  :meth:`read` applies
+    the stopping rules to the rows not read yet and returns the result at the first
+    one that fires.
+    """
+
+    def __init__(
+        self, matvec: MatVec, b: Tensor, x0: Tensor | None, preconditioner: Tensor | None, rules: _Rules
+    ) -> None:
+        self.matvec, self.b, self.preconditioner, self.rules = matvec, b, preconditioner, rules
+        self.n_products = 0
+        if x0 is None:
+            x, self.r = torch.zeros_like(b), b.clone()
+        else:
+            x = x0.clone()
+            self.r = b - matvec(x)
+            self.n_products += 1
+        y = self._precondition(self.r)
+        self.p, self.rho = y.clone(), torch.dot(self.r, y)
+        self.trace = torch.empty(rules.max_iter + 1, 5, dtype=b.dtype, device=b.device)
+        nan = torch.full((), math.nan, dtype=b.dtype, device=b.device)
+        self.trace[0] = torch.stack([b.norm(), nan, nan, self.r.norm(), -0.5 * torch.dot(x, self.r + b)])
+        self.xs: dict[int, Tensor] = {0: x}  # the iterates not read yet (and the last one read)
+        self.ps: dict[int, Tensor] = {}  # the directions of those iterations
+        self.stored: list[tuple[int, Tensor]] = []
+        self.n_read = 0  # rows read
+        self.quad_values: list[float] = []
+        self.stop_residual = math.nan
+        self.residual_norm = math.nan
+
+    def _precondition(self, r: Tensor) -> Tensor:
+        return r / self.preconditioner if self.preconditioner is not None else r
+
+    def iterate(self, i: int) -> None:
+        """Iteration ``i`` of the recurrence: one product, nothing read."""
+        x, p = self.xs[i - 1], self.p
+        ap = self.matvec(p)
+        self.n_products += 1
+        pap = torch.dot(p, ap)
+        alpha = self.rho / pap
+        x_next = x + alpha * p
+        self.r = self.r - alpha * ap
+        y = self._precondition(self.r)
+        rho_next = torch.dot(self.r, y)
+        self.p = y + (rho_next / self.rho) * p
+        self.rho = rho_next
+        quad = -0.5 * torch.dot(x_next, self.r + self.b)
+        self.trace[i] = torch.stack([pap, torch.dot(p, p), x_next.norm(), self.r.norm(), quad])
+        self.xs[i], self.ps[i] = x_next, p
+        if i in self.rules.schedule:
+            self.stored.append((i, x_next))
+
+    def read(self, upto: int) -> CGResult | None:
+        """Apply the stopping rules to rows ``n_read .. upto`` (one transfer)."""
+        first = self.n_read
+        rows = self.trace[first : upto + 1].tolist()
+        for i, (pap, pp, x_norm, r_norm, quad) in enumerate(rows, start=first):
+            if i == 0:
+                self.stop_residual = max(self.rules.tol, torch.finfo(self.b.dtype).eps) * pap  # pap: ||b|| in row 0
+            elif (stop := self._rules_of_iteration(i, pap, pp, x_norm)) is not None:
+                return stop
+            self.quad_values.append(quad)
+            self.residual_norm = r_norm
+            if i > 0 and self._martens_fires(i):
+                return self._result(i, "relative_progress", self.xs[i])
+            if r_norm <= self.stop_residual:  # the test at the top of iteration i + 1, or after the last
+                return self._result(i, "residual_tol", self.xs[i])
+        self.n_read = upto + 1
+        for j in [j for j in self.xs if j < upto]:  # keep only what the next rows may need
+            del self.xs[j]
+        for j in [j for j in self.ps if j <= upto]:
+            del self.ps[j]
+        return None
+
+    def _rules_of_iteration(self, i: int, pap: float, pp: float, x_norm: float) -> CGResult | None:
+        """The tests of iteration ``i`` before its update: breakdown, negative curvature,
+        non-finite iterate, trust-region boundary."""
+        x, p, radius = self.xs[i - 1], self.ps[i], self.rules.radius
+        if not (math.isfinite(pap) and math.isfinite(pp)) or pp == 0.0:
+            return self._result(i - 1, "breakdown", x)
+        if pap <= 0:
+            x_final = _to_boundary(x, p, radius) if radius is not None else x
+            return self._result(i - 1, "negative_curvature", x_final, negative_curvature=p, curvature=pap / pp)
+        if not math.isfinite(x_norm):
+            return self._result(i - 1, "breakdown", x)
+        if radius is not None and x_norm >= radius:
+            return self._result(i, "trust_region_boundary", _to_boundary(x, p, radius))
+        return None
+
+    def _martens_fires(self, i: int) -> bool:
+        if self.rules.martens_eps is None:
+            return False
+        k = max(self.rules.martens_min_k, math.ceil(0.1 * i))
+        q = self.quad_values
+        return i > k and q[i] < 0 and (q[i] - q[i - k]) / q[i] < k * self.rules.martens_eps
+
+    def _result(
+        self, n_iter: int, reason: str, x: Tensor, *, negative_curvature: Tensor | None = None,
+        curvature: float | None = None,
+    ) -> CGResult:
+        """The result of a stop at ``n_iter`` with the iterate (or boundary point) ``x``."""
+        last_update = n_iter - 1 if reason == "trust_region_boundary" else n_iter
+        iterates = [(i, xi) for i, xi in self.stored if i <= last_update]
+        if self.rules.schedule and (not iterates or iterates[-1][0] != n_iter):
+            iterates.append((n_iter, x))
+        return CGResult(
+            x=x,
+            n_iter=n_iter,
+            n_products=self.n_products,
+            stop_reason=reason,
+            residual_norm=self.residual_norm,
+            quad_value=self.quad_values[-1],
+            iterates=iterates,
+            quad_values=self.quad_values,
+            negative_curvature=negative_curvature,
+            curvature=curvature,
+        )
 
 
 def cg(
@@ -110,6 +292,7 @@ def cg(
     store_iterates: bool = False,
     gamma: float = 1.3,
     radius: float | None = None,
+    check_every: int | None = None,
 ) -> CGResult:
     """Solve :math:`A x = b` for symmetric :math:`A` given as ``matvec``.
 
@@ -127,86 +310,22 @@ def cg(
         store_iterates: keep the iterates of :func:`backtrack_schedule` (``gamma``).
         radius: Steihaug trust-region radius :math:`\\Delta`; then ``x0`` must be
             ``None`` and ``preconditioner`` too (the region is Euclidean).
+        check_every: iterations between the host's reads (see the module
+            docstring); 1 reads after every iteration and wastes no product;
+            ``None``: :func:`default_check_every` of ``b``'s device.
     """
-    if b.dim() != 1:
-        raise ValueError(f"b must be a flat vector, got shape {tuple(b.shape)}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter={max_iter} must be >= 1")
-    if preconditioner is not None and (preconditioner.shape != b.shape or bool((preconditioner <= 0).any())):
-        raise ValueError("preconditioner must be the positive diagonal of M, shaped like b")
-    if radius is not None:
-        if radius <= 0:
-            raise ValueError(f"radius={radius} must be > 0")
-        if x0 is not None or preconditioner is not None:
-            raise ValueError("the Steihaug trust region starts at x0 = 0 and takes no preconditioner")
+    if check_every is None:
+        check_every = default_check_every(b.device)
+    _validate(b, x0, max_iter, preconditioner, radius, check_every)
     schedule = backtrack_schedule(max_iter, gamma) if store_iterates else set()
-
-    n_products = 0
-    if x0 is None:
-        x = torch.zeros_like(b)
-        r = b.clone()
-    else:
-        x = x0.clone()
-        r = b - matvec(x)
-        n_products += 1
-    stop_residual = max(tol, torch.finfo(b.dtype).eps) * float(b.norm())
-    y = r / preconditioner if preconditioner is not None else r
-    p = y.clone()
-    rho = torch.dot(r, y)
-    quad_values = [float(-0.5 * torch.dot(x, r + b))]
-    iterates: list[tuple[int, Tensor]] = []
-
-    def result(x_final: Tensor, n_iter: int, reason: str, **extra: object) -> CGResult:
-        if store_iterates and (not iterates or iterates[-1][0] != n_iter):
-            iterates.append((n_iter, x_final.clone()))
-        return CGResult(
-            x=x_final,
-            n_iter=n_iter,
-            n_products=n_products,
-            stop_reason=reason,
-            residual_norm=float(r.norm()),
-            quad_value=quad_values[-1],
-            iterates=iterates,
-            quad_values=quad_values,
-            **extra,  # type: ignore[arg-type]
-        )
-
+    run = _Run(matvec, b, x0, preconditioner, _Rules(max_iter, tol, martens_eps, martens_min_k, radius, schedule))
+    if x0 is not None and (result := run.read(0)) is not None:  # a warm start may already solve it
+        return result
     for i in range(1, max_iter + 1):
-        if float(r.norm()) <= stop_residual:
-            return result(x, i - 1, "residual_tol")
-        ap = matvec(p)
-        n_products += 1
-        pap, pp = float(torch.dot(p, ap)), float(torch.dot(p, p))
-        if not (math.isfinite(pap) and math.isfinite(pp)) or pp == 0.0:
-            return result(x, i - 1, "breakdown")
-        if pap <= 0:
-            curvature = pap / pp
-            x_final = _to_boundary(x, p, radius) if radius is not None else x
-            return result(x_final, i - 1, "negative_curvature", negative_curvature=p, curvature=curvature)
-        alpha = rho / pap
-        x_next = x + alpha * p
-        x_next_norm = float(x_next.norm())
-        if not math.isfinite(x_next_norm):
-            return result(x, i - 1, "breakdown")
-        if radius is not None and x_next_norm >= radius:
-            return result(_to_boundary(x, p, radius), i, "trust_region_boundary")
-        x = x_next
-        r = r - alpha * ap
-        quad_values.append(float(-0.5 * torch.dot(x, r + b)))
-        if i in schedule:
-            iterates.append((i, x.clone()))
-        if martens_eps is not None:
-            k = max(martens_min_k, math.ceil(0.1 * i))
-            q_now = quad_values[i]
-            if i > k and q_now < 0 and (q_now - quad_values[i - k]) / q_now < k * martens_eps:
-                return result(x, i, "relative_progress")
-        y = r / preconditioner if preconditioner is not None else r
-        rho_next = torch.dot(r, y)
-        p = y + (rho_next / rho) * p
-        rho = rho_next
-    if float(r.norm()) <= stop_residual:
-        return result(x, max_iter, "residual_tol")
-    return result(x, max_iter, "max_iter")
+        run.iterate(i)
+        if (i % check_every == 0 or i == max_iter) and (result := run.read(i)) is not None:
+            return result
+    return run._result(max_iter, "max_iter", run.xs[max_iter])
 
 
 def steihaug_cg(matvec: MatVec, b: Tensor, radius: float, *, max_iter: int = 250, tol: float = 1e-10) -> CGResult:

@@ -11,6 +11,10 @@ Both work on the one-dimensional restriction :math:`\varphi(t) = f(x + t d)`, wi
   :math:`|\varphi'(t)| \le c_2 |\varphi'(0)|`, by bracketing then zooming with
   safeguarded cubic interpolation (N&W eq. 3.59).  What L-BFGS needs to keep
   :math:`s^\top y > 0`.
+
+``phi`` may return 0-d tensors: each trial point's value (and slope) is read on the
+host in one transfer (:func:`~hpo2.solvers.host.host_floats`), the one round trip
+the accept/reject test needs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from torch import Tensor
+
+from hpo2.solvers.host import host_floats
+
+Scalar = Tensor | float
 
 
 @dataclass
@@ -40,7 +50,7 @@ def _check_descent(value0: float, slope0: float) -> None:
 
 
 def armijo_backtracking(
-    phi: Callable[[float], float],
+    phi: Callable[[float], Scalar],
     value0: float,
     slope0: float,
     step0: float = 1.0,
@@ -58,7 +68,7 @@ def armijo_backtracking(
         raise ValueError(f"shrink={shrink} must be in (0, 1)")
     t = step0
     for n in range(1, max_evals + 1):
-        value = phi(t)
+        (value,) = host_floats(phi(t))
         if math.isfinite(value) and value <= value0 + c1 * t * slope0:
             return LineSearchResult(t, value, None, n, True)
         t *= shrink
@@ -82,7 +92,7 @@ def _cubic_minimizer(a: float, fa: float, ga: float, b: float, fb: float, gb: fl
 
 
 def strong_wolfe(
-    phi: Callable[[float], tuple[float, float]],
+    phi: Callable[[float], tuple[Scalar, Scalar]],
     value0: float,
     slope0: float,
     step0: float = 1.0,
@@ -110,7 +120,7 @@ def strong_wolfe(
     t, n = step0, 0
     bracket: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     while n < max_evals:
-        value, slope = phi(t)
+        value, slope = host_floats(*phi(t))
         n += 1
         if not math.isfinite(value):  # overshoot into a non-finite region: treat as too long
             bracket = (prev, (t, math.inf, math.nan))
@@ -140,7 +150,7 @@ def strong_wolfe(
             trial = _cubic_minimizer(lo[0], lo[1], lo[2], hi[0], hi[1], hi[2])
         if trial is None or not left + margin <= trial <= right - margin:
             trial = 0.5 * (left + right)
-        value, slope = phi(trial)
+        value, slope = host_floats(*phi(trial))
         n += 1
         if not math.isfinite(value) or not sufficient(trial, value) or value >= lo[1]:
             hi = (trial, value, slope)

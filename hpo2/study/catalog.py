@@ -22,11 +22,12 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from hpo2.databases import local_file, open_journal
+from hpo2.databases import local_file
 from hpo2.redact import redact_url
 from hpo2.study.budget import TrialBudget
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.locate import study_files
+from hpo2.study.storage import open_journal
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -86,10 +87,9 @@ class StudyRow:
 
 def list_studies(folder: Path) -> list[StudyRow]:
     """Every valid study file in ``folder`` with its storage's progress."""
-    from hpo2.optim.settings import SettingsError
-    from hpo2.progress import round_values
+    from hpo2.errors import SettingsError
     from hpo2.study.config import load_study_config
-    from hpo2.study.results import best_trials
+    from hpo2.study.results import best_trials, round_values
 
     rows = []
     for file, _ in study_files(folder):

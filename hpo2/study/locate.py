@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from hpo2.optim.registry import load_config_file
-from hpo2.optim.settings import SettingsError
+from hpo2.errors import SettingsError
 
 STUDIES_ENV = "HPO2_STUDIES"
 STUDY_SUFFIXES = (".yaml", ".yml", ".json")

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -95,6 +96,30 @@ class StopRequest:
         """Raise :class:`TrialInterrupted` if a stop was requested."""
         if self.event.is_set():
             raise TrialInterrupted(trial_number)
+
+
+class _HideInterruptedFailures(logging.Filter):
+    """Optuna logs a failed trial with its traceback: an interrupted trial is not an error worth one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.getMessage().startswith(f"Trial {n} failed") for n in self.numbers)
+
+
+@contextmanager
+def interrupted_failures_hidden() -> Iterator[set[int]]:
+    """While the block runs, Optuna's "Trial N failed" log line is dropped for each
+    trial number added to the yielded set (the trials a stop request interrupted)."""
+    hidden = _HideInterruptedFailures()
+    logger = logging.getLogger("optuna.study._optimize")
+    logger.addFilter(hidden)
+    try:
+        yield hidden.numbers
+    finally:
+        logger.removeFilter(hidden)
 
 
 def beat_now(study: optuna.Study, trial_id: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import yaml
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo2.optim.settings import SettingsError
+from hpo2.errors import SettingsError
 from hpo2.redact import redact_url
 from hpo2.study.config import StudyConfig, default_storage, storage_error
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
@@ -51,6 +52,13 @@ def record_mlflow_run_id(study: optuna.Study, trial_number: int, run_id: str) ->
 def mlflow_run_id(study: optuna.Study, trial: FrozenTrial) -> str | None:
     """The MLflow run of ``trial`` (see :func:`record_mlflow_run_id`), if it has one."""
     return study.user_attrs.get(f"{RUN_ID_ATTR}.{trial.number}") or trial.user_attrs.get(RUN_ID_ATTR)
+
+
+def round_values(values: Sequence[float] | None) -> str:
+    """``[0.9666666388511658]`` -> ``0.96667``; several values joined with ", "."""
+    if not values:
+        return "-"
+    return ", ".join(f"{v:.5g}" for v in values)
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:

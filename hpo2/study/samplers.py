@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo2.errors import SettingsError, did_you_mean
 from hpo2.study.config import SamplerConfig, StudyConfig
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
 
@@ -128,8 +129,12 @@ def plain_sampler(config: SamplerConfig, seed: int) -> BaseSampler:
         from optuna_integration import BoTorchSampler
 
         return BoTorchSampler(seed=seed, n_startup_trials=startup if startup is not None else 5)
-    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup if startup is not None else 1,
-                                        warn_independent_sampling=False)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup if startup is not None else 1,
+                                            warn_independent_sampling=False)
+    allowed = get_args(SamplerConfig.model_fields["name"].annotation)
+    raise SettingsError(f"sampler.name: {name!r} is not a known sampler{did_you_mean(name, allowed)}; "
+                        f"allowed: {', '.join(allowed)}")
 
 
 def build_sampler(config: StudyConfig, space: SearchSpace) -> BaseSampler:

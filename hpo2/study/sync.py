@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 from mlflow.tracking import MlflowClient
 
-from hpo2.optim.settings import SettingsError
+from hpo2.errors import SettingsError
 from hpo2.study.recovery import close_orphan_runs
 from hpo2.study.results import record_mlflow_run_id
 from hpo2.tracking import TrackedRun, check_reachable, experiment_id

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import nn
 
-from hpo2.tasks.base import Split, Task, TaskSettings, register
+from hpo2.tasks.base import Split, Task, TaskSettings
 from hpo2.tasks.image_classification import fashion_mnist_splits
 from hpo2.tasks.synthetic import deep_autoencoder, squared_reconstruction_error
 
@@ -33,8 +33,7 @@ def _as_reconstruction(split: Split) -> Split:
     return Split(flat, flat)
 
 
-@register("fmnist_autoencoder", AutoencoderSettings, "Fashion-MNIST deep autoencoder 784-1000-500-250-30 (Hinton & Salakhutdinov)")
-def fmnist_autoencoder(settings: AutoencoderSettings) -> Task:  # type: ignore[override]
+def fmnist_autoencoder(settings: AutoencoderSettings) -> Task:
     """The autoencoder; task batch 1,000 (for first-order methods); target 60 squared
     reconstruction error on the validation images (about what tuned Adam reaches in
     40 s of a shared 2-core CPU on 2,000 images)."""

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from hpo2.optim.settings import SettingsError, check_known, did_you_mean
 
 
 class TaskSettings(BaseModel):
@@ -113,62 +111,6 @@ class Task:
 
     def reached(self, value: float) -> bool:
         return value >= self.target if self.higher_is_better else value <= self.target
-
-
-TaskBuilder = Callable[[Any], Task]
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    settings: type[TaskSettings]
-    build: TaskBuilder
-    summary: str
-
-
-TASKS: dict[str, TaskSpec] = {}
-
-
-def register(name: str, settings: type[TaskSettings], summary: str) -> Callable[[TaskBuilder], TaskBuilder]:
-    """Decorator that adds a task builder to :data:`TASKS`."""
-
-    def wrap(build: TaskBuilder) -> TaskBuilder:
-        TASKS[name] = TaskSpec(name, settings, build, summary)
-        return build
-
-    return wrap
-
-
-def parse_task_settings(name: str, values: dict[str, Any] | None, where: str = "task") -> tuple[TaskSpec, TaskSettings]:
-    """Validate a task name and settings, naming the bad field and what is allowed."""
-    if name not in TASKS:
-        raise SettingsError(f"{where}.name: {name!r} is not a known task{did_you_mean(name, TASKS)}; allowed: {', '.join(TASKS)}")
-    spec = TASKS[name]
-    values = dict(values or {})
-    check_known(values, spec.settings.model_fields, f"{where}.settings", "setting(s)")
-    try:
-        return spec, spec.settings(**values)
-    except ValidationError as exc:
-        problems = [
-            f"{where}.settings.{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in exc.errors()
-        ]
-        raise SettingsError("; ".join(problems)) from None
-
-
-def build_task(name: str, settings: dict[str, Any] | None = None) -> Task:
-    """Build task ``name`` with ``settings`` (a dict validated by its settings model)."""
-    spec, parsed = parse_task_settings(name, settings)
-    torch.manual_seed(parsed.seed)
-    task = spec.build(parsed)
-    task.train = task.train.head(parsed.n_train)
-    task.valid = task.valid.head(parsed.n_valid)
-    if parsed.batch_size is not None:
-        task.batch_size = parsed.batch_size
-    return task
-
-
-class DataMissingError(RuntimeError):
-    """A task's data files are not where the task looks; the message says how to get them."""
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:

@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from hpo2.errors import UntrustedFileError
+
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -47,10 +49,6 @@ def read_idx(path: Path) -> np.ndarray:
     if data.size != expected:
         raise ValueError(f"{path}: header says {shape} ({expected} values) but the file holds {data.size}")
     return data.reshape(shape)
-
-
-class UntrustedFileError(ValueError):
-    """A data file holds something its format never does (e.g. code in a pickle)."""
 
 
 class CifarUnpickler(pickle.Unpickler):

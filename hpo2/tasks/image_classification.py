@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpo2.tasks.base import DataMissingError, Split, Task, TaskSettings, accuracy, mlp, register, seeded_split
+from hpo2.errors import DataMissingError
+from hpo2.tasks.base import Split, Task, TaskSettings, accuracy, mlp, seeded_split
 from hpo2.tasks.files import find_file, read_cifar10, read_idx
 
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
@@ -86,7 +87,6 @@ def _classification(name: str, model: nn.Module, splits: tuple[Split, Split, Spl
     )  # fmt: skip
 
 
-@register("fmnist_mlp", TaskSettings, "Fashion-MNIST, MLP 784-1000-500-100-10 (DeepOBS)")
 def fmnist_mlp(settings: TaskSettings) -> Task:
     """DeepOBS ``fmnist_mlp``: ReLU MLP 784-1000-500-100-10, batch 128; target 85% validation accuracy."""
     return _classification(
@@ -95,7 +95,6 @@ def fmnist_mlp(settings: TaskSettings) -> Task:
     )  # fmt: skip
 
 
-@register("fmnist_2c2d", TaskSettings, "Fashion-MNIST, 2 conv + 2 dense layers (DeepOBS)")
 def fmnist_2c2d(settings: TaskSettings) -> Task:
     """DeepOBS ``fmnist_2c2d``, batch 128; target 90% validation accuracy.
     DeepOBS test accuracy after 100 epochs: SGD 92.27%, Momentum 92.14%, Adam 92.34%."""
@@ -120,8 +119,7 @@ def _download_with_torchvision(kind: str, root: Path) -> None:
         datasets.CIFAR10(str(root), download=True)  # writes root/cifar-10-batches-py
 
 
-@register("mnist_mlp", ImageTaskSettings, "MNIST, MLP 784-1000-500-100-10 (files or torchvision download)")
-def mnist_mlp(settings: ImageTaskSettings) -> Task:  # type: ignore[override]
+def mnist_mlp(settings: ImageTaskSettings) -> Task:
     """MNIST with the DeepOBS MLP; reads the IDX files from ``data_dir`` (default
     ``~/.cache/hpo2/MNIST/raw``, torchvision's layout); target 97% validation accuracy."""
     directory = Path(settings.data_dir) if settings.data_dir else _cache_dir("MNIST") / "raw"
@@ -141,8 +139,7 @@ def three_conv_three_dense() -> nn.Module:
     )  # fmt: skip
 
 
-@register("cifar10_3c3d", ImageTaskSettings, "CIFAR-10, 3 conv + 3 dense layers (DeepOBS; files or torchvision download)")
-def cifar10_3c3d(settings: ImageTaskSettings) -> Task:  # type: ignore[override]
+def cifar10_3c3d(settings: ImageTaskSettings) -> Task:
     """CIFAR-10 with DeepOBS's 3c3d network; reads the python batches from
     ``data_dir`` (default ``~/.cache/hpo2/cifar-10-batches-py``); target 75% validation accuracy."""
     directory = Path(settings.data_dir) if settings.data_dir else _cache_dir("cifar-10-batches-py")

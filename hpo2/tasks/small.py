@@ -20,7 +20,7 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_digits
 from torch import nn
 
-from hpo2.tasks.base import Split, Task, TaskSettings, accuracy, mlp, register, seeded_split
+from hpo2.tasks.base import Split, Task, TaskSettings, accuracy, mlp, seeded_split
 from hpo2.tasks.losses import WeightCost
 
 
@@ -32,7 +32,6 @@ def _standardised_splits(x: np.ndarray, y: np.ndarray, sizes: tuple[int, int, in
     return tuple(Split(xt[i], yt[i]) for i in (train_idx, valid_idx, test_idx))  # type: ignore[return-value]
 
 
-@register("digits_mlp", TaskSettings, "scikit-learn digits, MLP 64-64-10")
 def digits_mlp(settings: TaskSettings) -> Task:
     """Digits, 1,200 / 300 / 297 split, batch 64; target 95% validation accuracy."""
     data = load_digits()
@@ -44,7 +43,6 @@ def digits_mlp(settings: TaskSettings) -> Task:
     )  # fmt: skip
 
 
-@register("logreg_breast_cancer", TaskSettings, "scikit-learn breast cancer, L2 logistic regression")
 def logreg_breast_cancer(settings: TaskSettings) -> Task:
     """Breast cancer, 400 / 85 / 84 split, batch 400 (full batch); target 96% validation accuracy."""
     data = load_breast_cancer()
@@ -64,7 +62,6 @@ def mnist1d_arrays() -> dict[str, np.ndarray]:
     return make_dataset(get_dataset_args())
 
 
-@register("mnist1d_mlp", TaskSettings, "MNIST-1D, MLP 40-100-100-10 (Greydanus 2020)")
 def mnist1d_mlp(settings: TaskSettings) -> Task:
     """MNIST-1D: the 4,000 training samples split 3,600 / 400 (seeded), the 1,000
     test samples as test; batch 100; target 60% validation accuracy.  Published MLP

@@ -32,7 +32,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from hpo2.tasks.base import Split, Task, TaskSettings, register
+from hpo2.tasks.base import Split, Task, TaskSettings
 from hpo2.tasks.losses import QuadraticFormLoss, WeightCost
 
 
@@ -75,7 +75,6 @@ def _points(seed: int, n: int = 1000, dim: int = 100) -> Tensor:
     return torch.tensor(np.random.RandomState(seed).normal(0.0, 0.6, (n, dim)), dtype=torch.float32)
 
 
-@register("quadratic_deep", TaskSettings, "DeepOBS noisy quadratic, 100 dims")
 def quadratic_deep(settings: TaskSettings) -> Task:
     """DeepOBS ``quadratic_deep``; batch 128; metric: validation loss, target 90."""
     q = torch.tensor(deepobs_quadratic_hessian(), dtype=torch.float32)
@@ -150,8 +149,7 @@ def squared_reconstruction_error(outputs: Tensor, targets: Tensor) -> float:
     return float(((torch.sigmoid(outputs) - targets) ** 2).sum(1).mean())
 
 
-@register("curves_autoencoder", CurvesSettings, "Martens' deep autoencoder on generated CURVES-like images")
-def curves_autoencoder(settings: CurvesSettings) -> Task:  # type: ignore[override]
+def curves_autoencoder(settings: CurvesSettings) -> Task:
     """The 784-...-6-...-784 autoencoder; batch 1,000; target 10 squared error (validation)."""
     train = curves_images(settings.size_train, 1000 + settings.seed)
     valid = curves_images(settings.size_valid, 2000 + settings.seed)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from hpo2.optim import SAM, NewtonCG, SettingsError, from_config
+from hpo2.errors import SettingsError
+from hpo2.optim import SAM, NewtonCG, from_config
 from hpo2.optim.sam import ascent_step
 from tests.problems import Quadratic
 

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from hpo2.cli import app
 from hpo2.study.config import load_study_config
 from hpo2.study.results import mlflow_run_id
+from hpo2.progress import Progress
 from hpo2.study.runner import StudyRunner
 from tests.reliability.conftest import free_port, wait_http
 
@@ -69,7 +70,8 @@ def test_lost_tracking_server_mid_study_buffers_retries_and_tells_the_user(tmp_p
     server.start()
     try:
         config, file = load_study_config(_study(tmp_path, server.url))
-        runner = StudyRunner(config, file)
+        progress = Progress()
+        runner = StudyRunner(config, file, progress)
         events = {"stopped": False, "restarted": False}
 
         def outage(progress) -> None:
@@ -80,7 +82,7 @@ def test_lost_tracking_server_mid_study_buffers_retries_and_tells_the_user(tmp_p
                 events["restarted"] = True
                 server.start()
 
-        runner.progress.listeners.append(outage)
+        progress.listeners.append(outage)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             study = runner.run()
@@ -115,7 +117,8 @@ def test_server_back_mid_trial_links_the_late_run_to_its_trial_while_it_runs(tmp
         path = _study(tmp_path, server.url, n_trials=1)
         path.write_text(path.read_text().replace("epochs: 2", "epochs: 4"))
         config, file = load_study_config(path)
-        runner = StudyRunner(config, file)
+        progress = Progress()
+        runner = StudyRunner(config, file, progress)
         seen: dict[str, object] = {}
 
         def back(progress) -> None:
@@ -126,7 +129,7 @@ def test_server_back_mid_trial_links_the_late_run_to_its_trial_while_it_runs(tmp
                 seen["restarted"] = True
                 server.start()
 
-        runner.progress.listeners.append(back)
+        progress.listeners.append(back)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             study = runner.run()
@@ -148,8 +151,9 @@ def test_two_studies_spool_into_one_folder_and_sync_makes_mlflow_agree_with_optu
         path = path.rename(tmp_path / f"{name}.yaml")
         path.write_text(path.read_text().replace("name: s", f"name: {name}"))
         config, file = load_study_config(path)
-        runner = StudyRunner(config, file)
-        runner.progress.listeners.append(lambda p: server.stop() if p.current_trial == 1 else None)
+        progress = Progress()
+        progress.listeners.append(lambda p: server.stop() if p.current_trial == 1 else None)
+        runner = StudyRunner(config, file, progress)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             studies[name] = (path, runner.run())

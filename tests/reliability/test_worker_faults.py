@@ -20,7 +20,8 @@ from torch import nn
 
 from hpo2.study.config import load_study_config
 from hpo2.study.runner import StudyRunner
-from hpo2.tasks.base import TASKS, Split, Task, TaskSettings, accuracy, register
+from hpo2.tasks import TASKS, Split, Task, TaskSettings, TaskSpec
+from hpo2.tasks.base import accuracy
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -115,9 +116,11 @@ def _concave_task() -> Task:
 
 @pytest.fixture(scope="module", autouse=True)
 def breaking_tasks():
-    register("breaking_nan", TaskSettings, "loss turns NaN after 3 steps")(lambda s: _breaking_task("nan"))
-    register("breaking_oom", TaskSettings, "CUDA out of memory after 3 steps (simulated)")(lambda s: _breaking_task("oom"))
-    register("concave", TaskSettings, "negative curvature everywhere")(lambda s: _concave_task())
+    for spec in (TaskSpec("breaking_nan", TaskSettings, lambda s: _breaking_task("nan"), "loss turns NaN after 3 steps", True),
+                 TaskSpec("breaking_oom", TaskSettings, lambda s: _breaking_task("oom"),
+                          "CUDA out of memory after 3 steps (simulated)", True),
+                 TaskSpec("concave", TaskSettings, lambda s: _concave_task(), "negative curvature everywhere", False)):
+        TASKS[spec.name] = spec
     yield
     for name in ("breaking_nan", "breaking_oom", "concave"):
         TASKS.pop(name, None)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hpo2.solvers import backtrack_schedule, cg, steihaug_cg
+from hpo2.solvers import DEFAULT_CHECK_EVERY, backtrack_schedule, cg, steihaug_cg
 
 
 def _spd(n: int, cond: float, seed: int) -> torch.Tensor:
@@ -27,7 +27,11 @@ def test_cg_solves_spd_system_to_tolerance(seed):
     assert res.stop_reason == "residual_tol"
     torch.testing.assert_close(res.x, torch.linalg.solve(a, b), rtol=1e-7, atol=1e-9)
     assert res.residual_norm <= 1e-10 * float(b.norm()) * 1.0001
-    assert res.n_products == res.n_iter
+    assert res.n_products == res.n_iter  # on the CPU the rules are read after every iteration
+    # read every 5 iterations (an accelerator's default): the same solve, up to 4 products late, all counted
+    late = cg(lambda v: a @ v, b, max_iter=500, tol=1e-10, check_every=DEFAULT_CHECK_EVERY)
+    assert late.n_iter == res.n_iter and torch.equal(late.x, res.x)
+    assert res.n_iter <= late.n_products < res.n_iter + DEFAULT_CHECK_EVERY
     # phi read off the residual equals 1/2 x^T A x - b^T x computed directly.
     assert res.quad_value == pytest.approx(float(0.5 * res.x @ a @ res.x - b @ res.x), rel=1e-9)
 

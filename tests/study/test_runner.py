@@ -78,7 +78,7 @@ def test_a_trial_that_raises_or_diverges_fails_alone(tmp_path):
 def test_stale_running_trial_is_failed_and_retried_by_the_next_run(tmp_path):
     path = write_study(tmp_path, n_trials=2, heartbeat_interval=1, optimizers=["adam"], curvature_diagnostics=False)
     config, file = load_study_config(path)
-    runner = StudyRunner(config, file)
+    runner = StudyRunner(config, file).open()
     trial = runner.study.ask({"optimizer": optuna.distributions.CategoricalDistribution(["adam"])})
     runner.study._storage.record_heartbeat(trial._trial_id)  # a worker started it, then was killed
     time.sleep(3)
@@ -100,7 +100,7 @@ def test_multi_objective_study_has_a_pareto_front(tmp_path):
 def test_pruner_reports_follow_a_geometric_schedule_while_mlflow_gets_every_epoch(tmp_path):
     """A one-step epoch (full-batch logistic regression) under a long budget must not
     make a storage round trip per epoch: the pruner sees the checkpoints only."""
-    from hpo2.study.runner import on_checkpoint
+    from hpo2.study.checkpoints import on_checkpoint
 
     assert [i for i in range(40) if on_checkpoint(i)] == [*range(11), 13, 17, 22, 28, 35]
     path = write_study(tmp_path, budget={"epochs": 300}, optimizers=["sgd"], n_trials=2, enqueue_defaults=False,

@@ -1,18 +1,21 @@
-"""Samplers (hpo2.study.samplers): each runs a study; the model samplers propose from the model, not at random;
-the QMC seed changes the design."""
+"""Samplers (hpo2.study.samplers): every allowed name builds its sampler and any other is refused; each runs a
+study; the model samplers propose from the model, not at random; the QMC seed changes the design."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from typing import get_args
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from optuna_integration import BoTorchSampler
 
-from hpo2.study.config import StudyConfig, load_study_config
+from hpo2.errors import SettingsError
+from hpo2.study.config import SamplerConfig, StudyConfig, load_study_config
 from hpo2.study.runner import StudyRunner
-from hpo2.study.samplers import build_sampler
+from hpo2.study.samplers import build_sampler, plain_sampler
 from hpo2.study.space import SearchSpace
 from tests.study.helpers import write_study
 
@@ -66,3 +69,23 @@ def test_qmc_sampler_seed_changes_the_design():
 
     assert first_points(0) == first_points(0)
     assert first_points(0) != first_points(1)
+
+
+EXPECTED = {"tpe": optuna.samplers.TPESampler, "gp": optuna.samplers.GPSampler, "botorch": BoTorchSampler,
+            "cmaes": optuna.samplers.CmaEsSampler, "random": optuna.samplers.RandomSampler,
+            "qmc": optuna.samplers.QMCSampler}  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_each_allowed_name_builds_its_own_sampler() -> None:
+    names = get_args(SamplerConfig.model_fields["name"].annotation)
+    assert set(names) == set(EXPECTED)
+    for name in names:
+        assert type(plain_sampler(SamplerConfig(name=name), seed=0)) is EXPECTED[name], name
+
+
+def test_an_unknown_name_is_a_clear_error_not_cmaes() -> None:
+    config = SamplerConfig.model_construct(name="cmaess", n_startup_trials=None)  # past validation, as a caller could
+    with pytest.raises(SettingsError, match=r"sampler.name: 'cmaess' is not a known sampler \(did you mean 'cmaes'\?\); "
+                                            r"allowed: tpe, gp, botorch, cmaes, random, qmc"):
+        plain_sampler(config, seed=0)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpo2.tasks import DataMissingError, build_task
+from hpo2.errors import DataMissingError
+from hpo2.tasks import build_task
 from hpo2.tasks.image_classification import FASHION_MNIST_DEFAULT
 from tests.tasks.helpers import one_epoch_lowers_loss, write_tiny_idx_set
 

@@ -1,0 +1,99 @@
+"""Task registry: name -> builder, settings model, summary and metric direction; and
+:func:`build_task`, which validates a task's settings and builds it.
+
+Tasks and optimizers (:data:`hpo2.optim.registry.REGISTRY`) register the same way:
+one central list in the package's ``registry.py`` that names every entry.  A list
+rather than a decorator on each builder because (1) the registry is complete by
+construction: nothing depends on which modules happen to have been imported, and
+importing a module has no side effect on a global table; (2) the order is written
+down once, and it is the order of every "allowed:" message and listing; (3) one
+file shows every task with what can be known of it without building any data
+(``higher_is_better``, which sets a study's objective direction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from hpo2.errors import SettingsError, check_known, did_you_mean
+from hpo2.tasks.autoencoder import AutoencoderSettings, fmnist_autoencoder
+from hpo2.tasks.base import Task, TaskSettings
+from hpo2.tasks.image_classification import ImageTaskSettings, cifar10_3c3d, fmnist_2c2d, fmnist_mlp, mnist_mlp
+from hpo2.tasks.small import digits_mlp, logreg_breast_cancer, mnist1d_mlp
+from hpo2.tasks.synthetic import CurvesSettings, curves_autoencoder, quadratic_deep
+
+TaskBuilder = Callable[[Any], Task]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: how to build it, and what can be known of it without building it.
+
+    ``higher_is_better`` is the direction of the task's metric, so a study sets its
+    objective's direction without loading a data set (:func:`build_task` checks that
+    the built task agrees)."""
+
+    name: str
+    settings: type[TaskSettings]
+    build: TaskBuilder
+    summary: str
+    higher_is_better: bool
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in [
+        TaskSpec("fmnist_mlp", TaskSettings, fmnist_mlp, "Fashion-MNIST, MLP 784-1000-500-100-10 (DeepOBS)", True),
+        TaskSpec("fmnist_2c2d", TaskSettings, fmnist_2c2d, "Fashion-MNIST, 2 conv + 2 dense layers (DeepOBS)", True),
+        TaskSpec("mnist_mlp", ImageTaskSettings, mnist_mlp,
+                 "MNIST, MLP 784-1000-500-100-10 (files or torchvision download)", True),
+        TaskSpec("cifar10_3c3d", ImageTaskSettings, cifar10_3c3d,
+                 "CIFAR-10, 3 conv + 3 dense layers (DeepOBS; files or torchvision download)", True),
+        TaskSpec("quadratic_deep", TaskSettings, quadratic_deep, "DeepOBS noisy quadratic, 100 dims", False),
+        TaskSpec("curves_autoencoder", CurvesSettings, curves_autoencoder,
+                 "Martens' deep autoencoder on generated CURVES-like images", False),
+        TaskSpec("fmnist_autoencoder", AutoencoderSettings, fmnist_autoencoder,
+                 "Fashion-MNIST deep autoencoder 784-1000-500-250-30 (Hinton & Salakhutdinov)", False),
+        TaskSpec("digits_mlp", TaskSettings, digits_mlp, "scikit-learn digits, MLP 64-64-10", True),
+        TaskSpec("logreg_breast_cancer", TaskSettings, logreg_breast_cancer,
+                 "scikit-learn breast cancer, L2 logistic regression", True),
+        TaskSpec("mnist1d_mlp", TaskSettings, mnist1d_mlp, "MNIST-1D, MLP 40-100-100-10 (Greydanus 2020)", True),
+    ]
+}  # fmt: skip
+
+
+def parse_task_settings(name: str, values: dict[str, Any] | None, where: str = "task") -> tuple[TaskSpec, TaskSettings]:
+    """Validate a task name and settings, naming the bad field and what is allowed."""
+    if name not in TASKS:
+        raise SettingsError(f"{where}.name: {name!r} is not a known task{did_you_mean(name, TASKS)}; "
+                            f"allowed: {', '.join(TASKS)}")
+    spec = TASKS[name]
+    values = dict(values or {})
+    check_known(values, spec.settings.model_fields, f"{where}.settings", "setting(s)")
+    try:
+        return spec, spec.settings(**values)
+    except ValidationError as exc:
+        problems = [
+            f"{where}.settings.{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        ]
+        raise SettingsError("; ".join(problems)) from None
+
+
+def build_task(name: str, settings: dict[str, Any] | None = None) -> Task:
+    """Build task ``name`` with ``settings`` (a dict validated by its settings model)."""
+    spec, parsed = parse_task_settings(name, settings)
+    torch.manual_seed(parsed.seed)
+    task = spec.build(parsed)
+    if task.higher_is_better != spec.higher_is_better:
+        raise RuntimeError(f"task {name!r}: built with higher_is_better={task.higher_is_better}, "
+                           f"registered with {spec.higher_is_better}")
+    task.train = task.train.head(parsed.n_train)
+    task.valid = task.valid.head(parsed.n_valid)
+    if parsed.batch_size is not None:
+        task.batch_size = parsed.batch_size
+    return task
