@@ -43,7 +43,6 @@ from hpo2.study.config import SamplerConfig, load_study_config  # noqa: E402
 from hpo2.study.runner import StudyRunner  # noqa: E402
 from hpo2.study.samplers import plain_sampler  # noqa: E402
 
-
 HARTMANN_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
 HARTMANN_A = np.array([
     [10, 3, 17, 3.5, 1.7, 8],

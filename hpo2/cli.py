@@ -77,7 +77,6 @@ def train(
 
     from hpo2.config import load_train_config
     from hpo2.errors import DataMissingError, SettingsError
-
     from hpo2.train import Evaluation, resolve_device, train_from_config
 
     try:
@@ -171,16 +170,15 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:  # type: ign
 
 def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: str | None,
                tracking_uri: str | None, device: str | None) -> None:
+    import warnings
+
+    import optuna
     from rich.live import Live
 
+    from hpo2.errors import DataMissingError, SettingsError
     from hpo2.progress import Progress, StudyDisplay, print_status
     from hpo2.redact import redact_url
     from hpo2.study.runner import StudyReport, StudyRunner
-    from hpo2.errors import DataMissingError, SettingsError
-
-    import optuna
-
-    import warnings
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -47,7 +47,6 @@ from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
 from hpo2.optim.sam import SAM
 from hpo2.tasks import Task, build_task, loss_and_metric
 
-
 MAX_SECONDS = 30 * 24 * 3600  # 30 days: a longer budget is a typo, not a plan
 
 

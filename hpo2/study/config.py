@@ -21,14 +21,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from hpo2.config import validate
+from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import REGISTRY, get_spec, load_config_file
 from hpo2.optim.sam import SAM_KEY, SAMSettings
-from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.settings import Choice, FloatRange, IntRange, SearchDimension
 from hpo2.redact import redact_text, redact_url
 from hpo2.tasks import parse_task_settings
 from hpo2.train import MAX_SECONDS, Budget, ConfigSection
-
 
 MAX_TRIALS = 1_000_000
 MAX_NAME = 100

@@ -32,7 +32,7 @@ def test_each_optimizer_converges_on_logistic_regression(make_opt, steps):
         opt.step(closure)
     gap = float(closure()) - f_ref
     tolerance = 1e-8 if isinstance(opt, LBFGS | HessianFree | NewtonCG) else 2e-3
-    assert 0 <= gap + 1e-12 and gap < tolerance
+    assert gap + 1e-12 >= 0 and gap < tolerance
 
 
 @pytest.mark.parametrize(

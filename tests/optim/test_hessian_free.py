@@ -154,8 +154,8 @@ def test_cg_decay_scales_the_warm_start() -> None:
         original = DampedOperator.mv
 
         def spy(self: DampedOperator, v: Tensor) -> Tensor:
-            calls.append(v.detach().clone())
-            return original(self, v)
+            calls.append(v.detach().clone())  # noqa: B023  (spy used and removed within this iteration)
+            return original(self, v)  # noqa: B023
 
         DampedOperator.mv = spy  # type: ignore[method-assign]
         try:
