@@ -1,11 +1,16 @@
 """Timing and reporting helpers every benchmark shares: medians of repeated runs,
-the machine's name, and appending a dated table to BENCHMARKS.md."""
+the machine's name, and appending a dated table to BENCHMARKS.md.
+
+With ``HPO2_BENCH_OUT`` set (``benchmarks/gpu.sh`` sets it), tables are appended to
+``$HPO2_BENCH_OUT/rows.md`` and raw numbers written there instead of BENCHMARKS.md
+and ``benchmarks/results``: a run on a lent machine returns them as files."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -14,11 +19,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import optuna
 import torch
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 RESULTS = Path(__file__).resolve().parent / "results"
+if os.environ.get("HPO2_BENCH_OUT"):
+    RESULTS = Path(os.environ["HPO2_BENCH_OUT"])
+    BENCHMARKS_MD = RESULTS / "rows.md"
 
 
 def synchronize(device: torch.device) -> None:
@@ -66,6 +73,8 @@ def study_benchmark_arguments(parser: argparse.ArgumentParser) -> argparse.Names
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    import optuna  # here, not at the top: the benchmarks without a study run where optuna is not installed
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     RESULTS.mkdir(exist_ok=True)
     return args
@@ -89,7 +98,8 @@ def machine(device: torch.device) -> str:
 def append_section(title: str, table_md: str, device: torch.device, notes: str = "") -> None:
     """Append a dated section with the command that produced it to BENCHMARKS.md."""
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0].split("/work/main/")[-1], *sys.argv[1:]])
-    header = "" if BENCHMARKS_MD.exists() else "# Benchmarks\n\nEvery row can be rerun with the command above its table.\n"
+    header = "" if BENCHMARKS_MD.exists() or BENCHMARKS_MD.name != "BENCHMARKS.md" else (
+        "# Benchmarks\n\nEvery row can be rerun with the command above its table.\n")
     section = (
         f"\n## {title}\n\n"
         f"- command: `{command}`\n"
@@ -98,6 +108,7 @@ def append_section(title: str, table_md: str, device: torch.device, notes: str =
         f"{table_md}\n"
         + (f"\n{notes}\n" if notes else "")
     )
+    BENCHMARKS_MD.parent.mkdir(parents=True, exist_ok=True)
     with BENCHMARKS_MD.open("a") as fh:
         fh.write(header + section)
 
@@ -110,5 +121,6 @@ def publish(title: str, table_md: str, device: torch.device, *, write: bool, not
     if not write:
         return
     if raw_name is not None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"{raw_name}.json").write_text(json.dumps(raw, indent=1))
     append_section(title, table_md, device, notes)

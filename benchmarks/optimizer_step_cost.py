@@ -159,7 +159,8 @@ def main() -> None:
               "| --- | ---: | ---: | ---: | ---: |"]
     lines += counted_rows(device, args.repeats)
     table = "\n".join(lines)
-    publish(f"Optimizer step cost ({device.type})", table, device, write=not args.no_write)
+    publish(f"Optimizer step cost ({device.type})", table, device, write=not args.no_write,
+            raw_name="optimizer_step_cost", raw={"repeats": args.repeats, "table": lines})
 
 
 if __name__ == "__main__":

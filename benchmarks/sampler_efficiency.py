@@ -1,23 +1,28 @@
 """Search efficiency of the samplers: best value after N evaluations, over seeds.
 
-Two problems, each sampler built exactly as a study builds it
+Three problems, each sampler built exactly as a study builds it
 (:func:`hpo2.study.samplers.plain_sampler` / :func:`build_sampler`):
 
 * **Hartmann-6** (6-d, on [0, 1]^6, global minimum -3.32237): the regret
-  f(best) - f* after 25, 50 and 100 evaluations, for random, QMC, TPE, CMA-ES,
-  Optuna's GP and BoTorch.
-* **A real task** (``digits_mlp``: scikit-learn's digits, MLP 64-64-10,
-  5 epochs per trial, objective: validation loss, no pruning, defaults not
-  enqueued) searching over several optimizers and their settings -- the
-  conditional space.  Random and TPE take it natively; ``gp`` and ``botorch`` run
-  through hpo2's per-optimizer wrapping (balanced allocation, joint proposals per
-  optimizer); ``gp (Optuna, unwrapped)`` is Optuna's GPSampler given the same
-  conditional space directly, which models only the optimizer choice and draws
-  every setting at random: what hpo2's handling is measured against.
+  f(best) - f* after 25, 50 and 100 evaluations, and the seconds a proposal
+  takes at 25, 50 and 100 evaluations (``--samplers`` picks which samplers).
+* **A synthetic conditional space** (``branches``) whose best optimizer and
+  settings are known: four optimizers' real search spaces, each setting mapped to
+  [0, 1] (log-scale ones in log space); adahessian's branch is Hartmann-6 on its
+  six float settings (minimum 0, the global one), adam's, sgd's and muon's are
+  Branin on their first two float settings, shifted to minima 0.1, 0.2, 0.3;
+  every branch is scaled to a range of 0.5.  The best branch is the hardest to search.
+* **A real task** (``digits_mlp``: scikit-learn's digits, MLP 64-64-10, ``--epochs``
+  per trial (2), objective: validation loss, no pruning) over four optimizers.
 
-Medians and [min, max] over ``--seeds`` sampler seeds.
+On the conditional spaces, random and TPE take the space natively; ``gp`` and
+``botorch`` run through hpo2's per-optimizer wrapping with ``balanced`` or
+``adaptive`` allocation (:mod:`hpo2.study.allocation`).  Every study enqueues the
+paper defaults first, as study files do.  Medians and [min, max] over ``--seeds``
+sampler seeds; the last column is the first trial at which the median run reaches
+random's median best after the last checkpoint.
 
-Run: ``python benchmarks/sampler_efficiency.py [--part hartmann task] [--seeds 5]
+Run: ``python benchmarks/sampler_efficiency.py [--part hartmann branches task] [--seeds 10]
 [--trials 40] [--threads 1] [--no-write]``; raw numbers go to
 ``benchmarks/results/sampler_efficiency-<part>.json``.
 """
@@ -38,10 +43,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish, study_benchmark_arguments  # noqa: E402
+from optuna.distributions import FloatDistribution  # noqa: E402
 
-from hpo2.study.config import SamplerConfig, load_study_config  # noqa: E402
+from hpo2.study.config import SamplerConfig, StudyConfig, load_study_config  # noqa: E402
 from hpo2.study.runner import StudyRunner  # noqa: E402
-from hpo2.study.samplers import plain_sampler  # noqa: E402
+from hpo2.study.samplers import build_sampler, plain_sampler  # noqa: E402
+from hpo2.study.space import SearchSpace  # noqa: E402
 
 HARTMANN_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
 HARTMANN_A = np.array([
@@ -66,110 +73,192 @@ def hartmann6(x: np.ndarray) -> float:
     return float(-(HARTMANN_ALPHA * np.exp(-(HARTMANN_A * (x - HARTMANN_P) ** 2).sum(1))).sum())
 
 
-def hartmann_regrets(sampler_name: str, seed: int, evals: int) -> list[float]:
-    """Regret of the best value after each evaluation."""
+def hartmann_regrets(sampler_name: str, seed: int, evals: int) -> tuple[list[float], list[float]]:
+    """Regret of the best value after each evaluation, and the seconds each proposal took."""
     study = optuna.create_study(sampler=plain_sampler(SamplerConfig(name=sampler_name), seed))
-    study.optimize(lambda t: hartmann6(np.array([t.suggest_float(f"x{i}", 0.0, 1.0) for i in range(6)])), n_trials=evals)
+    proposals: list[float] = []
+    for _ in range(evals):
+        start = time.perf_counter()
+        trial = study.ask()
+        x = np.array([trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(6)])
+        proposals.append(time.perf_counter() - start)
+        study.tell(trial, hartmann6(x))
     best = np.minimum.accumulate([t.value for t in study.trials])
-    return list(best - HARTMANN_MIN)
+    return list(best - HARTMANN_MIN), proposals
 
 
 def spread(values: list[float], digits: int = 3) -> str:
     return f"{statistics.median(values):.{digits}g} [{min(values):.{digits}g}, {max(values):.{digits}g}]"
 
 
-def hartmann(seeds: int) -> tuple[str, dict]:
+def hartmann(seeds: int, samplers: list[str]) -> tuple[str, dict]:
     assert abs(hartmann6(HARTMANN_ARGMIN) - HARTMANN_MIN) < 1e-4, "Hartmann-6 is mis-typed"
     evals = max(CHECKPOINTS)
     raw: dict[str, dict] = {}
-    lines = ["| sampler | " + " | ".join(f"regret after {n}" for n in CHECKPOINTS) + " | seconds per run |",
-             "| --- |" + " --- |" * len(CHECKPOINTS) + " ---: |"]
-    for name in ("random", "qmc", "tpe", "cmaes", "gp", "botorch"):
-        runs, seconds = [], []
+    lines = ["| sampler | " + " | ".join(f"regret after {n}" for n in CHECKPOINTS) + " | "
+             + " | ".join(f"s/proposal at {n}" for n in CHECKPOINTS) + " |",
+             "| --- |" + " --- |" * len(CHECKPOINTS) + " ---: |" * len(CHECKPOINTS)]
+    for name in samplers:
+        runs, proposals = [], []
         for seed in range(seeds):
-            start = time.perf_counter()
-            runs.append(hartmann_regrets(name, seed, evals))
-            seconds.append(time.perf_counter() - start)
-            print(f"hartmann {name} seed {seed}: {runs[-1][-1]:.4g}", file=sys.stderr, flush=True)
-        raw[name] = {"regrets": runs, "seconds": seconds}
+            regrets, seconds = hartmann_regrets(name, seed, evals)
+            runs.append(regrets)
+            proposals.append(seconds)
+            print(f"hartmann {name} seed {seed}: {regrets[-1]:.4g}", file=sys.stderr, flush=True)
+        raw[name] = {"regrets": runs, "proposal_seconds": proposals}
         cells = [spread([r[n - 1] for r in runs]) for n in CHECKPOINTS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.median(seconds):.1f} |")
+        # a proposal's cost at n: the median over seeds of the mean of proposals n-2..n (smooths single spikes)
+        cost = [statistics.median(statistics.fmean(p[n - 3:n]) for p in proposals) for n in CHECKPOINTS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(f"{c:.2f}" for c in cost) + " |")
     return "\n".join(lines), raw
+
+
+#: (label, sampler, allocation) compared on the conditional spaces
+CONDITIONAL_SAMPLERS = [
+    ("random", "random", None),
+    ("tpe", "tpe", None),
+    ("gp balanced", "gp", "balanced"),
+    ("gp adaptive", "gp", "adaptive"),
+    ("botorch balanced", "botorch", "balanced"),
+    ("botorch adaptive", "botorch", "adaptive"),
+]
+BRANIN_MIN = 0.397887
+#: optimizer -> (function, minimum of its branch)
+BRANCHES = {"adahessian": ("hartmann6", 0.0), "adam": ("branin", 0.1), "sgd": ("branin", 0.2), "muon": ("branin", 0.3)}
+
+
+def branin(u: np.ndarray) -> float:
+    """Branin on [-5, 10] x [0, 15] from the unit square; minimum 0.397887."""
+    x, y = 15 * u[0] - 5, 15 * u[1]
+    quadratic = (y - 5.1 / (4 * np.pi**2) * x**2 + 5 / np.pi * x - 6) ** 2
+    return float(quadratic + 10 * (1 - 1 / (8 * np.pi)) * np.cos(x) + 10)
+
+
+def unit(value: float, dist: optuna.distributions.BaseDistribution) -> float:
+    """A float or int setting's position in [0, 1] (in log space for log-scale settings)."""
+    low, high = dist.low, dist.high  # type: ignore[attr-defined]  # float and int distributions only
+    if dist.log:  # type: ignore[attr-defined]
+        return (np.log(value) - np.log(low)) / (np.log(high) - np.log(low))
+    return (value - low) / (high - low)
+
+
+def branch_value(params: dict, space: SearchSpace) -> float:
+    """The synthetic objective of one trial (see the module docstring)."""
+    name = params["optimizer"]
+    kind, minimum = BRANCHES[name]
+    dists = space.optimizers[name].distributions
+    u = np.array([unit(params[k], d) for k, d in dists.items() if isinstance(d, FloatDistribution)])
+    if kind == "hartmann6":
+        return minimum + 0.5 * (hartmann6(u[:6]) - HARTMANN_MIN) / -HARTMANN_MIN
+    return minimum + 0.5 * min(1.0, (branin(u[:2]) - BRANIN_MIN) / 50)
+
+
+def branches_best_values(sampler: str, allocation: str | None, seed: int, trials: int) -> list[float]:
+    """Best value after each trial of one synthetic study (paper defaults enqueued first)."""
+    config = StudyConfig(name="b", task="digits_mlp", optimizers=list(BRANCHES), n_trials=trials,
+                         sampler={"name": sampler, "seed": seed, **({"allocation": allocation} if allocation else {})})
+    space = SearchSpace(config)
+    study = optuna.create_study(direction="minimize", sampler=build_sampler(config, space))
+    space.enqueue_defaults(study)
+    study.optimize(lambda trial: branch_value({"optimizer": space.suggest(trial)[0], **trial.params}, space),
+                   n_trials=trials)
+    return list(np.minimum.accumulate([t.value for t in study.trials]))
+
+
+def conditional_table(runs: dict[str, list[list[float]]], trials: int, digits: int, what: str) -> str:
+    """Best after 10/20/trials per sampler, and the first trial reaching random's median best after ``trials``."""
+    checkpoints = sorted(n for n in {10, 20, trials} if n <= trials)
+    target = statistics.median(r[trials - 1] for r in runs["random"])
+    lines = ["| sampler | " + " | ".join(f"{what} after {n}" for n in checkpoints)
+             + f" | trials to random's median at {trials} ({target:.{digits}g}) |",
+             "| --- |" + " --- |" * len(checkpoints) + " ---: |"]
+    for label, values in runs.items():
+        median_curve = [statistics.median(r[i] for r in values) for i in range(trials)]
+        reached = next((i + 1 for i, v in enumerate(median_curve) if v <= target), None)
+        cells = [spread([r[n - 1] for r in values], digits) for n in checkpoints]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {reached if reached else f'> {trials}'} |")
+    return "\n".join(lines)
+
+
+def branches(seeds: int, trials: int, labels: list[str]) -> tuple[str, dict]:
+    raw: dict[str, list[list[float]]] = {}
+    for label, sampler, allocation in (c for c in CONDITIONAL_SAMPLERS if c[0] in labels):
+        raw[label] = []
+        for seed in range(seeds):
+            raw[label].append(branches_best_values(sampler, allocation, seed, trials))
+            print(f"branches {label} seed {seed}: {raw[label][-1][-1]:.4g}", file=sys.stderr, flush=True)
+    return conditional_table(raw, trials, 3, "best"), raw
 
 
 TASK_STUDY = {
     "task": "digits_mlp",
-    "budget": {"epochs": 5},
     "objective": "valid_loss",
     "optimizers": ["newton_cg", "lbfgs", "adahessian", "adam"],
     "pruner": {"name": "none"},
-    "enqueue_defaults": False,
     "curvature_diagnostics": False,
     "report": False,
     "device": "cpu",
 }
-TASK_SAMPLERS = {
-    "random": ("random", False),
-    "tpe": ("tpe", False),
-    "gp (hpo2 per-optimizer)": ("gp", False),
-    "botorch (hpo2 per-optimizer)": ("botorch", False),
-    "gp (Optuna, unwrapped)": ("gp", True),
-}
 
 
-def task_best_values(sampler: str, unwrapped: bool, seed: int, trials: int, workdir: Path) -> list[float]:
+def task_best_values(sampler: str, allocation: str | None, seed: int, trials: int, epochs: float,
+                     workdir: Path) -> list[float]:
     """Best validation loss after each trial of one study."""
-    path = workdir / f"{sampler}-{int(unwrapped)}-{seed}.yaml"
-    name = path.stem
-    path.write_text(yaml.safe_dump({**TASK_STUDY, "name": name, "n_trials": trials,
-                                    "sampler": {"name": sampler, "seed": seed},
+    name = f"{sampler}-{allocation}-{seed}"
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**TASK_STUDY, "name": name, "n_trials": trials, "budget": {"epochs": epochs},
+                                    "sampler": {"name": sampler, "seed": seed,
+                                                **({"allocation": allocation} if allocation else {})},
                                     "storage": f"sqlite:///{workdir / (name + '.db')}"}))
     config, file = load_study_config(path)
-    runner = StudyRunner(config, file).open()
-    if unwrapped:
-        runner.study.sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=5, warn_independent_sampling=False)
-    study = runner.run()
+    study = StudyRunner(config, file).run()
     values = [t.value if t.state == optuna.trial.TrialState.COMPLETE else np.inf for t in study.trials]
     return list(np.minimum.accumulate(values))
 
 
-def real_task(seeds: int, trials: int) -> tuple[str, dict]:
-    checkpoints = sorted({max(1, trials // 4), trials // 2, trials})
+def real_task(seeds: int, trials: int, labels: list[str], epochs: float) -> tuple[str, dict]:
     raw: dict[str, list[list[float]]] = {}
-    lines = ["| sampler | " + " | ".join(f"best valid loss after {n}" for n in checkpoints) + " | optimizer of the best (per seed) |",
-             "| --- |" + " --- |" * len(checkpoints) + " --- |"]
     with tempfile.TemporaryDirectory() as tmp:
-        for label, (sampler, unwrapped) in TASK_SAMPLERS.items():
-            runs, winners = [], []
+        for label, sampler, allocation in (c for c in CONDITIONAL_SAMPLERS if c[0] in labels):
+            raw[label] = []
             for seed in range(seeds):
-                runs.append(task_best_values(sampler, unwrapped, seed, trials, Path(tmp)))
-                study = optuna.load_study(study_name=f"{sampler}-{int(unwrapped)}-{seed}",
-                                          storage=f"sqlite:///{Path(tmp) / f'{sampler}-{int(unwrapped)}-{seed}.db'}")
-                winners.append(study.best_trial.params["optimizer"])
-                print(f"task {label} seed {seed}: {runs[-1][-1]:.4g} ({winners[-1]})", file=sys.stderr, flush=True)
-            raw[label] = runs
-            cells = [spread([r[n - 1] for r in runs], 4) for n in checkpoints]
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {', '.join(winners)} |")
-    return "\n".join(lines), raw
+                raw[label].append(task_best_values(sampler, allocation, seed, trials, epochs, Path(tmp)))
+                print(f"task {label} seed {seed}: {raw[label][-1][-1]:.4g}", file=sys.stderr, flush=True)
+    return conditional_table(raw, trials, 4, "best valid loss"), raw
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", nargs="+", default=["hartmann", "task"], choices=["hartmann", "task"])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--trials", type=int, default=40, help="trials per study on the real task")
+    parser.add_argument("--part", nargs="+", default=["hartmann", "branches", "task"],
+                        choices=["hartmann", "branches", "task"])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=40, help="trials per study on the conditional spaces")
+    parser.add_argument("--samplers", nargs="+", default=["random", "qmc", "tpe", "cmaes", "gp", "botorch"],
+                        help="samplers on Hartmann-6")
+    parser.add_argument("--conditional", nargs="+", default=[c[0] for c in CONDITIONAL_SAMPLERS],
+                        choices=[c[0] for c in CONDITIONAL_SAMPLERS], help="samplers on the conditional spaces "
+                        "(random first: the target column needs it)")
+    parser.add_argument("--epochs", type=float, default=2, help="epochs per digits_mlp trial")
     args = study_benchmark_arguments(parser)
     for part in args.part:
         if part == "hartmann":
-            md, raw = hartmann(args.seeds)
-            title = "Search efficiency: Hartmann-6 regret"
+            md, raw = hartmann(args.seeds, args.samplers)
+            title = "Search efficiency: Hartmann-6 regret and proposal cost"
             notes = (f"Regret = best value - ({HARTMANN_MIN}); median [min, max] over {args.seeds} sampler seeds. "
-                     "Model samplers start with 5 random trials (hpo2's default), TPE with Optuna's 10.")
+                     "Model samplers start with 5 random trials, TPE with Optuna's 10. Seconds per proposal: "
+                     "the median over seeds of the mean of the three proposals up to that count.")
+        elif part == "branches":
+            md, raw = branches(args.seeds, args.trials, args.conditional)
+            title = "Search efficiency: synthetic conditional space with a known best optimizer"
+            notes = (f"Four branches (adahessian: Hartmann-6, minimum 0; adam, sgd, muon: Branin, minima 0.1, "
+                     f"0.2, 0.3); {args.trials} trials, paper defaults first; best value, median [min, max] "
+                     f"over {args.seeds} seeds.")
         else:
-            md, raw = real_task(args.seeds, args.trials)
+            md, raw = real_task(args.seeds, args.trials, args.conditional, args.epochs)
             title = "Search efficiency: digits_mlp over newton_cg, lbfgs, adahessian, adam"
-            notes = (f"Each study: {args.trials} trials of 5 epochs, objective validation loss (lower is better), "
-                     f"no pruning, defaults not enqueued; median [min, max] over {args.seeds} sampler seeds.")
+            notes = (f"Each study: {args.trials} trials of {args.epochs:g} epochs, objective validation loss "
+                     "(lower is better), "
+                     f"no pruning, paper defaults first; median [min, max] over {args.seeds} sampler seeds.")
         publish(title, md, torch.device("cpu"), write=not args.no_write, notes=notes,
                 raw_name=f"sampler_efficiency-{part}", raw=raw)
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 import hpo2
+
+if TYPE_CHECKING:  # imported lazily below: the CLI starts fast
+    from hpo2.study.runner import StudyRunner
+    from hpo2.study.suite import Suite
 
 app = typer.Typer(
     name="hpo2",
@@ -64,6 +69,20 @@ def fail(message: str) -> typer.Exit:
 
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line: paths stay whole
     return typer.Exit(code=2)
+
+
+@app.command()
+def optimizers(
+    name: str | None = typer.Argument(None, help="An optimizer's name: list its settings (default, search range, meaning)."),
+) -> None:
+    """List the optimizers, or every setting of one with its default, search range, allowed values and meaning."""
+    from hpo2.errors import SettingsError
+    from hpo2.optimizer_tables import optimizers_table, settings_table
+
+    try:
+        console.print(optimizers_table() if name is None else settings_table(name))
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -169,7 +188,7 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:
 
 
 def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: str | None,
-               tracking_uri: str | None, device: str | None) -> None:
+               tracking_uri: str | None, device: str | None, warm_start: str | None = None) -> None:
     import warnings
 
     import optuna
@@ -183,7 +202,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device,
-                                           "n_trials": n_trials, "timeout": timeout})
+                                           "n_trials": n_trials, "timeout": timeout, "warm_start": warm_start})
     target = config.n_trials
     if target is not None and _nothing_to_do(config, path, target):
         return
@@ -198,6 +217,8 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     console.print(f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
                   f"storage {redact_url(runner.storage_url)}, MLflow {redact_url(runner.tracking_uri)}, device {runner.device}",
                   highlight=False)
+    for note in runner.warm_start.notes if runner.warm_start is not None else []:
+        console.print(note, highlight=False)
     from hpo2.study.recovery import StudyInterrupted
 
     display = StudyDisplay(console, target, config.timeout, config.jobs)
@@ -235,9 +256,11 @@ def study_run(
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite beside the study file)"),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite:///mlflow.db beside the study file)"),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto"),
+    warm_start: str | None = typer.Option(None, help="an earlier study (name, file or storage URL) whose best "
+                                          "configurations per optimizer run first"),
 ) -> None:
     """Create or resume a study and run its trials."""
-    _run_study(file, n_trials, timeout, storage, tracking_uri, device)
+    _run_study(file, n_trials, timeout, storage, tracking_uri, device, warm_start)
 
 
 @app.command()
@@ -247,9 +270,29 @@ def worker(
     tracking_uri: str | None = typer.Option(None, help="the shared MLflow tracking server"),
     n_trials: int | None = typer.Option(None, help="total trials of the study (all workers together)"),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto"),
+    trials_per_device: int | None = typer.Option(
+        None, min=1, max=64, help="start N worker processes per visible GPU (per --device; the CPU without one), "
+        "sharing the study and its trial budget; Ctrl-C stops them all"),
 ) -> None:
     """Join an existing study from another process or machine and run trials."""
-    _run_study(file, n_trials, None, storage, tracking_uri, device)
+    if trials_per_device is None:
+        _run_study(file, n_trials, None, storage, tracking_uri, device)
+        return
+    from hpo2.study.workers import WorkerPool, plan_slots, visible_gpus
+
+    config, _ = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "n_trials": n_trials})
+    try:
+        slots = plan_slots(trials_per_device, device or config.device, visible_gpus(), os.cpu_count() or 1)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    args = [file]
+    for flag, value in (("--storage", storage), ("--tracking-uri", tracking_uri), ("--n-trials", n_trials)):
+        if value is not None:
+            args += [flag, str(value)]
+    code = WorkerPool(args, slots).run()
+    if code == 130:
+        console.print("interrupted: every worker stopped; rerun the same command to resume", highlight=False)
+    raise typer.Exit(code)
 
 
 STORAGE_OPTION = typer.Option(None, "--storage", help="the study's Optuna storage URL, if not the study file's")
@@ -402,6 +445,105 @@ def study_sync(
                   highlight=False)
     if left:
         raise typer.Exit(code=1)
+
+
+suite_app = typer.Typer(help="Studies over several tasks and their performance profiles (hpo2.study.suite).",
+                        no_args_is_help=True)
+app.add_typer(suite_app, name="suite")
+
+
+def _load_suite(name_or_file: str, overrides: dict[str, str | int | None] | None = None) -> Suite:
+    from hpo2.errors import SettingsError
+    from hpo2.study.suite import find_suite_file, load_suite
+
+    try:
+        return load_suite(find_suite_file(name_or_file), overrides)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+def _write_suite_report(suite: Suite, run_id: str | None, png: bool) -> None:
+    from hpo2.study.locate import shown_path
+    from hpo2.study.suite import suite_profile, suite_results
+    from hpo2.suite_report import render_suite_report, summary_rows
+
+    results, missing = suite_results(suite)
+    if not results:
+        raise fail(f"suite {suite.config.name!r}: no task's study has run yet; run `hpo2 suite run {suite.path}`")
+    profile = suite_profile(suite, results)
+    with console.status("rendering the performance profile ..."):
+        out_html, out_md = render_suite_report(suite, results, missing, profile, run_id, png)
+    table = Table(title=f"suite {suite.config.name}: performance profile over {len(results)} task(s)")
+    rows = summary_rows(profile)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+    console.print(f"wrote {shown_path(out_html)} and {shown_path(out_md)}"
+                  + (f" (and MLflow run {run_id})" if run_id else ""), highlight=False)
+
+
+@suite_app.command("run")
+def suite_run(
+    file: str = typer.Argument(..., help="the suite file (tasks, optimizers, shared study settings)"),
+    n_trials: int | None = typer.Option(None, help="trials of each task's study (the count continues on resume)"),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto"),
+    png: bool = typer.Option(True, help="also render the profile as PNG (needs chromium)"),
+) -> None:
+    """Run (or resume) one study per task, then write the suite's performance profile."""
+    import warnings
+
+    import optuna
+    from rich.live import Live
+
+    from hpo2.errors import DataMissingError, SettingsError
+    from hpo2.progress import Progress, StudyDisplay
+    from hpo2.report import render_study_report
+    from hpo2.study.recovery import StudyInterrupted
+    from hpo2.study.suite import run_suite
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    suite = _load_suite(file, {"device": device, "n_trials": n_trials})
+    progress = Progress()
+
+    def run_one(runner: StudyRunner) -> None:
+        display = StudyDisplay(console, runner.config.n_trials, runner.config.timeout, runner.config.jobs)
+        progress.listeners[:] = []
+        with Live(display.table(progress), console=console, refresh_per_second=4) as live:
+            progress.listeners.append(lambda p: live.update(display.table(p)))
+            runner.run()
+
+    try:
+        run_id = run_suite(suite, run_one, lambda line: console.print(line, highlight=False), progress,
+                           render_study_report)
+    except (SettingsError, DataMissingError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except StudyInterrupted as stopped:
+        raise _interrupted(stopped.retried) from None
+    except KeyboardInterrupt:
+        raise _interrupted([]) from None
+    _write_suite_report(suite, run_id, png)
+
+
+@suite_app.command("report")
+def suite_report(
+    name_or_file: str = typer.Argument(..., help="suite name (found in studies/) or suite file"),
+    png: bool = typer.Option(True, help="also render the profile as PNG (needs chromium)"),
+) -> None:
+    """Recompute the performance profile from the studies so far and write the report."""
+    from mlflow.tracking import MlflowClient
+
+    from hpo2.databases import local_file
+    from hpo2.tracking import find_study_run
+
+    suite = _load_suite(name_or_file)
+    local, run_id = local_file(suite.tracking_uri), None
+    client = MlflowClient(suite.tracking_uri) if local is None or local.is_file() else None  # creates no mlflow.db
+    if client is not None and client.get_experiment_by_name(suite.experiment) is not None:
+        run_id = find_study_run(client, suite.experiment, suite.config.name, role="suite")
+    _write_suite_report(suite, run_id, png)
 
 
 @app.command()

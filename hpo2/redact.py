@@ -17,8 +17,6 @@ import yaml
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-#: The study-file fields that may hold a URL with a password.
-URL_FIELDS = ("storage", "tracking_uri")
 MASK = "***"
 
 
@@ -54,7 +52,18 @@ def redact_text(text: str, *urls: str | None) -> str:
     return text
 
 
+def _masked(value: Any) -> Any:
+    """``value`` with every string that is a URL with a password redacted, at any depth."""
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return redact_url(value) if isinstance(value, str) else value
+
+
 def sanitized_study_text(data: dict[str, Any]) -> str:
-    """A study file's content as YAML with every URL password masked (what MLflow may keep)."""
-    clean = {k: redact_url(v) if k in URL_FIELDS and isinstance(v, str) else v for k, v in data.items()}
-    return "# written by hpo2 from the study file; passwords in URLs are masked\n" + yaml.safe_dump(clean, sort_keys=False)
+    """A study (or suite) file's content as YAML with every URL password masked, nested
+    ones included (a suite's ``study.storage``, a ``warm_start.storage``): what MLflow may keep."""
+    return "# written by hpo2 from the study file; passwords in URLs are masked\n" + yaml.safe_dump(
+        _masked(data), sort_keys=False
+    )

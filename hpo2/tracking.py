@@ -347,25 +347,28 @@ def _decode(kind: str, payload: Any) -> Any:
     return payload
 
 
-def find_study_run(client: MlflowClient, experiment: str, study_name: str) -> str | None:
-    """The run id of study ``study_name``'s parent run, if it has one."""
+def find_study_run(client: MlflowClient, experiment: str, study_name: str, role: str = "study") -> str | None:
+    """The run id of study ``study_name``'s parent run (of suite ``study_name``'s run
+    for ``role="suite"``), if it has one."""
     runs = client.search_runs(
         [experiment_id(client, experiment)],
-        filter_string=f"tags.`hpo2.study` = '{study_name}' and tags.`hpo2.role` = 'study'",
+        filter_string=f"tags.`hpo2.study` = '{study_name}' and tags.`hpo2.role` = '{role}'",
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
 
 
 def study_parent_run(
-    tracking_uri: str, experiment: str, study_name: str, tags: Mapping[str, str], artifact_location: str | None = None
+    tracking_uri: str, experiment: str, study_name: str, tags: Mapping[str, str], artifact_location: str | None = None,
+    role: str = "study",
 ) -> TrackedRun:
-    """The study's parent run: found again by its tags when the study resumes."""
+    """The study's parent run (a suite's run for ``role="suite"``): found again by its tags when it resumes."""
     client = MlflowClient(tracking_uri=tracking_uri)
     with quick_failing_http():
         experiment_id(client, experiment, artifact_location)
-        run_id = find_study_run(client, experiment, study_name)
+        run_id = find_study_run(client, experiment, study_name, role)
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
             return TrackedRun(client, run_id, name=study_name)
-    return TrackedRun.create(tracking_uri, experiment, study_name, {**tags, "hpo2.study": study_name, "hpo2.role": "study"})
+    tags = {**tags, "hpo2.study": study_name, "hpo2.role": role}
+    return TrackedRun.create(tracking_uri, experiment, study_name, tags)

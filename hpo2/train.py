@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
 from hpo2.optim.sam import SAM
+from hpo2.placement import DeviceBatches
 from hpo2.tasks import Task, build_task, loss_and_metric
 
 MAX_SECONDS = 30 * 24 * 3600  # 30 days: a longer budget is a typo, not a plan
@@ -150,9 +151,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def evaluate(task: Task, x: Tensor, y: Tensor, batch_size: int = 2048) -> tuple[float, float]:
-    """Mean loss and metric of the task's model over a split (eval mode, batched)."""
-    return loss_and_metric(task.model, task.loss_fn, task.metric_fn, x, y, batch_size)
+def evaluate(
+    task: Task, x: Tensor, y: Tensor, batch_size: int = 2048, device: torch.device | None = None
+) -> tuple[float, float]:
+    """Mean loss and metric of the task's model over a split (eval mode, batched; each
+    batch copied to ``device`` when given)."""
+    return loss_and_metric(task.model, task.loss_fn, task.metric_fn, x, y, batch_size, device)
 
 
 def resolve_batch_size(optimizer: torch.optim.Optimizer, task_batch: int, n_train: int) -> int:
@@ -191,6 +195,144 @@ def first_order_step(optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn
     return {"loss": value, "status": "ok" if math.isfinite(value) else "nonfinite_loss", "grad_equivalents": cost}
 
 
+class _TrainingLoop:
+    """One run of :func:`run_training`, in named steps: :meth:`train_epoch` draws the
+    batches, :meth:`take_step` steps the optimizer and counts the cost,
+    :meth:`divergence` and :meth:`budget_left` decide when to stop, :meth:`record`
+    evaluates and reports, :meth:`result` assembles the :class:`TrainResult`."""
+
+    def __init__(self, task: Task, optimizer_config: dict[str, Any], budget: Budget, seed: int, device: torch.device,
+                 eval_every_steps: int | None, divergence_factor: float, report: Report | None,
+                 on_step: StepHook | None) -> None:
+        self.task, self.budget, self.report, self.on_step = task, budget, report, on_step
+        self.eval_every_steps, self.divergence_factor = eval_every_steps, divergence_factor
+        self.model = task.model.to(device)
+        task.loss_fn.to(device)
+        self.train = DeviceBatches(task.train, device, seed)
+        # validation follows the training split's placement: resident together, or copied per batch
+        self.valid = task.valid.to(device) if self.train.resident else task.valid
+        self.valid_device = None if self.train.resident else device
+        self.optimizer = from_config(optimizer_config, self.model.parameters())
+        n = len(self.train)
+        self.batch_size = resolve_batch_size(self.optimizer, task.batch_size, n)
+        # gradient-equivalents are counted in gradients on the task's batch, whatever batch the optimizer takes
+        self.unit = self.batch_size / min(task.batch_size, n)
+        self.steps_per_epoch = max(1, n // self.batch_size)
+        self.history: list[Evaluation] = []
+        self.diagnostics_log: list[dict[str, Any]] = []
+        self.grad_eq, self.step, self.first_loss = 0.0, 0, None
+        self.last_train_loss = math.nan
+        self.status, self.reason = "completed", "budget reached"
+        self.ttt_seconds: float | None = None
+        self.ttt_grad: float | None = None
+        self.start = time.perf_counter()
+        self.excluded = 0.0  # seconds spent in evaluation and callbacks: not training time
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start - self.excluded
+
+    def budget_left(self) -> bool:
+        budget = self.budget
+        return not (
+            (budget.epochs is not None and self.step >= budget.epochs * self.steps_per_epoch)
+            or (budget.steps is not None and self.step >= budget.steps)
+            or (budget.seconds is not None and self.elapsed() >= budget.seconds)
+            or (budget.grad_equivalents is not None and self.grad_eq >= budget.grad_equivalents)
+        )
+
+    def record(self) -> bool:
+        """Evaluate on the validation split, note time-to-target, report; True: stop."""
+        paused = time.perf_counter()
+        valid_loss, valid_metric = evaluate(self.task, self.valid.x, self.valid.y, device=self.valid_device)
+        entry = Evaluation(self.step / self.steps_per_epoch, self.step, self.last_train_loss, valid_loss, valid_metric,
+                           paused - self.start - self.excluded, self.grad_eq)
+        self.history.append(entry)
+        if self.ttt_seconds is None and math.isfinite(valid_metric) and self.task.reached(valid_metric):
+            self.ttt_seconds, self.ttt_grad = entry.wall_seconds, entry.grad_equivalents
+        stop = bool(self.report(entry)) if self.report is not None else False
+        self.excluded += time.perf_counter() - paused
+        return stop
+
+    def take_snapshot(self) -> None:
+        """Snapshot protocol (hpo2.optim.svrg): its cost counts, its time is training time."""
+        snapshot = getattr(self.optimizer, "snapshot", None)
+        if snapshot is not None:
+            data = self.train.on_device()
+            closure = BatchClosure(self.model, self.task.loss_fn, data.x, data.y)
+            self.grad_eq += float(snapshot(closure, self.batch_size))
+
+    def take_step(self, xb: Tensor, yb: Tensor) -> None:
+        """One optimizer step on a batch; its cost and loss are counted, its diagnostics kept."""
+        if isinstance(self.optimizer, CurvatureOptimizer | SAM):
+            self.optimizer.step(BatchClosure(self.model, self.task.loss_fn, xb, yb))
+            diag = dict(self.optimizer.diagnostics)
+        else:
+            diag = first_order_step(self.optimizer, self.model, self.task.loss_fn, xb, yb)
+        self.step += 1
+        self.grad_eq += float(diag.get("grad_equivalents", 1.0)) * self.unit
+        self.last_train_loss = float(diag.get("loss", math.nan))
+        self.diagnostics_log.append(diag)
+        if self.on_step is not None:
+            self.on_step(self.step, diag)
+        if self.first_loss is None and math.isfinite(self.last_train_loss):
+            self.first_loss = abs(self.last_train_loss)
+        self.divergence(str(diag.get("status", "")))
+
+    def divergence(self, step_status: str) -> None:
+        """Mark the run diverged on a non-finite loss or gradient, or a loss far above its first."""
+        loss, step = self.last_train_loss, self.step
+        if not math.isfinite(loss) or step_status.startswith("nonfinite"):
+            self.status, self.reason = "diverged", f"non-finite loss or gradient at step {step}"
+        elif self.first_loss is not None and abs(loss) > self.divergence_factor * max(self.first_loss, 1e-12):
+            self.status = "diverged"
+            self.reason = f"loss {loss:.4g} exceeded {self.divergence_factor:g} x its first value at step {step}"
+
+    def due_for_evaluation(self, at_epoch_end: bool) -> bool:
+        every = self.eval_every_steps
+        return bool(every and self.step % every == 0) or (not every and at_epoch_end)
+
+    def train_epoch(self) -> bool:
+        """One pass over the training split in a fresh order; True: the run stops."""
+        order = self.train.epoch_order()
+        self.take_snapshot()
+        bs = self.batch_size
+        for b in range(self.steps_per_epoch):
+            self.take_step(*self.train.batch(order[b * bs : (b + 1) * bs]))
+            if self.status == "diverged":
+                return True
+            if self.due_for_evaluation(b == self.steps_per_epoch - 1) and self.record():
+                self.status, self.reason = "stopped", f"stopped by the report callback at step {self.step}"
+                return True
+            if not self.budget_left():
+                break
+        return False
+
+    def run(self) -> TrainResult:
+        self.model.train()
+        while self.budget_left():
+            if self.train_epoch():
+                break
+        if self.status != "diverged" and (not self.history or self.history[-1].step != self.step):
+            if self.record() and self.status == "completed":
+                self.status, self.reason = "stopped", f"stopped by the report callback at step {self.step}"
+        return self.result()
+
+    def result(self) -> TrainResult:
+        return TrainResult(
+            status=self.status,  # type: ignore[arg-type]  # one of the Literal's values, set above
+            reason=self.reason,
+            history=self.history,
+            steps=self.step,
+            wall_seconds=self.elapsed(),
+            grad_equivalents=self.grad_eq,
+            metric=self.task.metric,
+            higher_is_better=self.task.higher_is_better,
+            time_to_target_seconds=self.ttt_seconds,
+            time_to_target_grad_equivalents=self.ttt_grad,
+            step_diagnostics=self.diagnostics_log,
+        )
+
+
 def run_training(
     task: Task,
     optimizer_config: dict[str, Any] | ConfigSection,
@@ -205,6 +347,8 @@ def run_training(
 ) -> TrainResult:
     """Train ``task`` under ``budget``; see the module docstring.
 
+    The training split is placed on the device once (:class:`~hpo2.placement.DeviceBatches`).
+
     Args:
         optimizer_config: ``{"name": ..., "settings": {...}}`` (registry names).
         report: called with each :class:`Evaluation`; returning True stops the run
@@ -215,102 +359,9 @@ def run_training(
     torch.manual_seed(seed)
     if isinstance(optimizer_config, ConfigSection):
         optimizer_config = optimizer_config.model_dump()
-    model = task.model.to(dev)
-    task.loss_fn.to(dev)
-    train, valid = task.train.to(dev), task.valid.to(dev)
-    optimizer = from_config(optimizer_config, model.parameters())
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    n = len(train)
-    bs = resolve_batch_size(optimizer, task.batch_size, n)
-    # gradient-equivalents are counted in gradients on the task's batch, whatever batch the optimizer takes
-    unit = bs / min(task.batch_size, n)
-    steps_per_epoch = max(1, n // bs)
-
-    history: list[Evaluation] = []
-    diagnostics_log: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    excluded = 0.0  # seconds spent in evaluation and callbacks: not training time
-
-    def elapsed() -> float:
-        return time.perf_counter() - start - excluded
-    grad_eq, step, first_loss = 0.0, 0, None
-    status, reason = "completed", "budget reached"
-    ttt_seconds = ttt_grad = None
-    last_train_loss = math.nan
-
-    def record(epoch: float) -> bool:
-        nonlocal ttt_seconds, ttt_grad, excluded
-        paused = time.perf_counter()
-        valid_loss, valid_metric = evaluate(task, valid.x, valid.y)
-        entry = Evaluation(epoch, step, last_train_loss, valid_loss, valid_metric, paused - start - excluded, grad_eq)
-        history.append(entry)
-        if ttt_seconds is None and math.isfinite(valid_metric) and task.reached(valid_metric):
-            ttt_seconds, ttt_grad = entry.wall_seconds, entry.grad_equivalents
-        stop = bool(report(entry)) if report is not None else False
-        excluded += time.perf_counter() - paused
-        return stop
-
-    def budget_left() -> bool:
-        return not (
-            (budget.epochs is not None and step >= budget.epochs * steps_per_epoch)
-            or (budget.steps is not None and step >= budget.steps)
-            or (budget.seconds is not None and elapsed() >= budget.seconds)
-            or (budget.grad_equivalents is not None and grad_eq >= budget.grad_equivalents)
-        )
-
-    model.train()
-    stop = False
-    while budget_left() and not stop:
-        order = torch.randperm(n, generator=generator).to(dev)
-        snapshot = getattr(optimizer, "snapshot", None)
-        if snapshot is not None:  # snapshot protocol (hpo2.optim.svrg): its cost counts, its time is training time
-            grad_eq += float(snapshot(BatchClosure(model, task.loss_fn, train.x, train.y), bs))
-        for b in range(steps_per_epoch):
-            idx = order[b * bs : (b + 1) * bs]
-            xb, yb = train.x[idx], train.y[idx]
-            if isinstance(optimizer, CurvatureOptimizer | SAM):
-                optimizer.step(BatchClosure(model, task.loss_fn, xb, yb))
-                diag = dict(optimizer.diagnostics)
-            else:
-                diag = first_order_step(optimizer, task.model, task.loss_fn, xb, yb)
-            step += 1
-            grad_eq += float(diag.get("grad_equivalents", 1.0)) * unit
-            last_train_loss = float(diag.get("loss", math.nan))
-            diagnostics_log.append(diag)
-            if on_step is not None:
-                on_step(step, diag)
-            if first_loss is None and math.isfinite(last_train_loss):
-                first_loss = abs(last_train_loss)
-            if not math.isfinite(last_train_loss) or str(diag.get("status", "")).startswith("nonfinite"):
-                status, reason = "diverged", f"non-finite loss or gradient at step {step}"
-            elif first_loss is not None and abs(last_train_loss) > divergence_factor * max(first_loss, 1e-12):
-                status, reason = "diverged", f"loss {last_train_loss:.4g} exceeded {divergence_factor:g} x its first value at step {step}"
-            if status == "diverged":
-                stop = True
-                break
-            at_epoch_end = b == steps_per_epoch - 1
-            if (eval_every_steps and step % eval_every_steps == 0) or (not eval_every_steps and at_epoch_end):
-                if record(step / steps_per_epoch):
-                    status, reason, stop = "stopped", f"stopped by the report callback at step {step}", True
-                    break
-            if not budget_left():
-                break
-    if status != "diverged" and (not history or history[-1].step != step):
-        if record(step / steps_per_epoch) and status == "completed":
-            status, reason = "stopped", f"stopped by the report callback at step {step}"
-    return TrainResult(
-        status=status,  # type: ignore[arg-type]
-        reason=reason,
-        history=history,
-        steps=step,
-        wall_seconds=elapsed(),
-        grad_equivalents=grad_eq,
-        metric=task.metric,
-        higher_is_better=task.higher_is_better,
-        time_to_target_seconds=ttt_seconds,
-        time_to_target_grad_equivalents=ttt_grad,
-        step_diagnostics=diagnostics_log,
-    )
+    loop = _TrainingLoop(task, optimizer_config, budget, seed, dev, eval_every_steps, divergence_factor, report,
+                         on_step)
+    return loop.run()
 
 
 def train_from_config(config: TrainConfig, report: Report | None = None, on_step: StepHook | None = None) -> tuple[Task, TrainResult]:

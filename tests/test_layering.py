@@ -27,8 +27,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("hpo2.train", "hpo2.config", "hpo2.diagnostics")),
     ("tracking", ("hpo2.tracking",)),
     ("study", ("hpo2.study",)),
-    ("report", ("hpo2.report", "hpo2.dashboard")),
-    ("cli", ("hpo2.cli", "hpo2.progress")),
+    ("report", ("hpo2.report", "hpo2.suite_report", "hpo2.dashboard")),
+    ("cli", ("hpo2.cli", "hpo2.progress", "hpo2.optimizer_tables")),
 ]
 #: third-party packages a layer below ``tracking`` must not import
 ORCHESTRATION = ("optuna", "optuna_integration", "mlflow")

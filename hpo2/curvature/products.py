@@ -108,9 +108,18 @@ class HessianOperator(CurvatureOperator):
         params: tensors (requires_grad) the Hessian is taken with respect to.
 
     Example:
-        >>> op = HessianOperator(loss, model.parameters())
-        >>> hv = op.matvec([torch.randn_like(p) for p in op.params])
-        >>> g = op.gradient  # the (detached) gradient comes for free
+        On :math:`L(x) = \tfrac12 x^\top A x` the Hessian is :math:`A` and the
+        gradient :math:`A x` comes with the operator:
+
+        >>> import torch
+        >>> from hpo2.curvature import HessianOperator
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> x = torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=True)
+        >>> op = HessianOperator(0.5 * x @ A @ x, [x])
+        >>> op.matvec([torch.tensor([1.0, 2.0], dtype=torch.float64)])[0].tolist()
+        [4.0, 7.0]
+        >>> op.gradient[0].tolist()
+        [1.0, -2.0]
     """
 
     def __init__(self, loss: Tensor, params: Iterable[Tensor]) -> None:
@@ -146,6 +155,22 @@ def hvp(loss: Tensor, params: Iterable[Tensor], vectors: Sequence[Tensor]) -> li
 
     For several products on the same loss build a :class:`HessianOperator` once
     and call :meth:`~CurvatureOperator.matvec` repeatedly.
+
+    Args:
+        loss: scalar loss attached to the autograd graph of ``params``.
+        params: tensors the Hessian is taken with respect to.
+        vectors: one tensor per parameter, shaped like it.
+
+    Example:
+        For :math:`L = x_0^2 x_1`, :math:`H = \begin{pmatrix} 2x_1 & 2x_0 \\ 2x_0 & 0 \end{pmatrix}`;
+        at :math:`x = (1, 2)`, :math:`H e_0 = (4, 2)`:
+
+        >>> import torch
+        >>> from hpo2.curvature import hvp
+        >>> x = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+        >>> loss = x[0] ** 2 * x[1]
+        >>> [t.tolist() for t in hvp(loss, [x], [torch.tensor([1.0, 0.0], dtype=torch.float64)])]
+        [[4.0, 2.0]]
     """
     return HessianOperator(loss, params).matvec(vectors)
 
@@ -162,6 +187,22 @@ def functional_hvp(
     as ``jvp(grad(loss_fn), (params,), (vectors,))``.  ``params`` and ``vectors``
     are the same pytree (a dict of name -> tensor, or a tuple of tensors), as
     ``torch.func.functional_call`` takes them; see :func:`module_loss_fn`.
+
+    Args:
+        loss_fn: pure function of the parameter pytree returning the scalar loss.
+        params: the point :math:`\theta` (a pytree of tensors).
+        vectors: :math:`v`, the same pytree as ``params``.
+
+    Example:
+        On :math:`L(x) = \tfrac12 x^\top A x`, :math:`Hv = Av`:
+
+        >>> import torch
+        >>> from hpo2.curvature import functional_hvp
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> loss_fn = lambda p: 0.5 * p["x"] @ A @ p["x"]
+        >>> x = {"x": torch.zeros(2, dtype=torch.float64)}
+        >>> functional_hvp(loss_fn, x, {"x": torch.tensor([1.0, 2.0], dtype=torch.float64)})["x"].tolist()
+        [4.0, 7.0]
     """
     if isinstance(params, Mapping):
         if set(params) != set(vectors):
@@ -202,6 +243,20 @@ class GGNOperator(CurvatureOperator):
 
     Each product costs two backward passes through the network's graph (one for
     :math:`Jv` through the retained vector-Jacobian graph, one for :math:`J^\top`).
+
+    Example:
+        For a linear model and the mean squared error, :math:`G = \tfrac2N X^\top X`:
+
+        >>> import torch
+        >>> from hpo2.curvature import GGNOperator, mse_output_hessian
+        >>> _ = torch.manual_seed(0)
+        >>> X = torch.randn(5, 3, dtype=torch.float64)
+        >>> w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+        >>> outputs = X @ w
+        >>> G = GGNOperator(outputs, [w], mse_output_hessian(outputs))
+        >>> v = torch.randn(3, dtype=torch.float64)
+        >>> torch.allclose(G.matvec([v])[0], 2 / 5 * X.T @ X @ v)
+        True
     """
 
     def __init__(self, outputs: Tensor, params: Iterable[Tensor], output_hessian: OutputHessian) -> None:
@@ -253,7 +308,23 @@ def ggn_vector_product(
 
 class DampedOperator(CurvatureOperator):
     r"""Tikhonov-damped curvature :math:`(C + \lambda I)`, as CG solves it in
-    Newton-CG and Hessian-free (Martens 2010, sec. 4.1)."""
+    Newton-CG and Hessian-free (Martens 2010, sec. 4.1).
+
+    Args:
+        base: the curvature operator :math:`C` (its product count includes these products).
+        damping: :math:`\lambda \ge 0`.
+
+    Example:
+        For :math:`L = \|x\|^2` (:math:`H = 2I`) and :math:`\lambda = 0.5`,
+        :math:`(H + \lambda I) v = 2.5 v`:
+
+        >>> import torch
+        >>> from hpo2.curvature import DampedOperator, HessianOperator
+        >>> x = torch.ones(2, dtype=torch.float64, requires_grad=True)
+        >>> damped = DampedOperator(HessianOperator((x**2).sum(), [x]), damping=0.5)
+        >>> damped.mv(torch.tensor([1.0, -1.0], dtype=torch.float64)).tolist()
+        [2.5, -2.5]
+    """
 
     def __init__(self, base: CurvatureOperator, damping: float) -> None:
         super().__init__(base.params)

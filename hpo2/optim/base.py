@@ -18,12 +18,13 @@ unchanged.  With ``raise_on_nonfinite=True`` a non-finite loss or gradient raise
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import CurvatureOperator, GGNOperator, HessianOperator, grads_or_zeros, output_hessian_for
 from hpo2.optim.closure import require_batch_closure
@@ -44,16 +45,10 @@ class CurvatureOptimizer(Optimizer):
     Settings: ClassVar[type[OptimizerSettings]]
     joint: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        settings: OptimizerSettings | None = None,
-        *,
-        raise_on_nonfinite: bool = False,
-        **overrides: Any,
-    ) -> None:
-        base = settings.model_dump() if settings is not None else {}
-        self.settings = self.Settings.parse({**base, **overrides}, where=type(self).__name__)
+    def __init__(self, params: ParamsT, settings: Mapping[str, Any], *, raise_on_nonfinite: bool = False) -> None:
+        """Validate ``settings`` (each subclass passes its keyword arguments, which
+        mirror its ``Settings`` model) and set up the one-group optimizer state."""
+        self.settings = self.Settings.parse(dict(settings), where=type(self).__name__)
         super().__init__(params, self.settings.model_dump())
         if self.joint and len(self.param_groups) != 1:
             raise ValueError(f"{type(self).__name__} takes one parameter group (it steps all parameters jointly)")

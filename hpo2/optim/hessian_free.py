@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, grads_or_zeros, output_hessian_for
 from hpo2.curvature.layers import per_sample_grad_squares, per_sample_scale
@@ -63,6 +64,7 @@ from hpo2.optim.settings import (
     DataRegimeSettings,
     FloatRange,
     IntRange,
+    document_settings,
 )
 from hpo2.solvers import Armijo, CGResult, cg, host_floats, levenberg_marquardt
 
@@ -71,35 +73,98 @@ class HessianFreeSettings(DataRegimeSettings):
     """Settings of :class:`HessianFree`; defaults from Martens (2010) and
     Martens & Sutskever (2012)."""
 
+    family: ClassVar[str] = "Newton (CG)"
+    reference: ClassVar[str] = "Martens, ICML 2010; Martens & Sutskever, Neural Networks: Tricks of the Trade (2012)"
+
     batch_size: Annotated[BatchSize, BATCH_CHOICES] = "full"
+    """Gradient batch: 'full' (Martens 2010 sec. 4.3) the whole training set, None the task's, or an int."""
     lr: Annotated[float, Field(gt=0)] = 1.0
+    """First trial step of the final Armijo line search (Martens & Sutskever 2012 sec. 8.8)."""
     damping: Annotated[float, Field(ge=0), FloatRange(1e-4, 100.0, log=True)] = 1.0
+    """Initial Levenberg-Marquardt damping lambda of the model G + lambda I (Martens 2010 sec. 4.1)."""
     lm_boost: Annotated[float, Field(gt=1)] = 1.5
+    """Factor on the damping when the reduction ratio is below 1/4 (Martens: 3/2)."""
     lm_drop: Annotated[float, Field(gt=0, lt=1)] = 2.0 / 3.0
+    """Factor on the damping when the reduction ratio is above 3/4 (Martens: 2/3)."""
     cg_max_iter: Annotated[int, Field(ge=1), IntRange(10, 250, log=True)] = 250
+    """Most CG iterations (Gauss-Newton products) per step (Martens 2010: 250)."""
     cg_decay: Annotated[float, Field(ge=0, le=1), FloatRange(0.5, 0.99)] = 0.95
+    """Warm start: CG starts from this times the previous step's final CG iterate (sec. 4.5)."""
     martens_eps: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-2, log=True)] = 5e-4
+    """Martens' CG stopping rule: relative progress of the quadratic model below this (sec. 4.4)."""
     curvature_fraction: Annotated[float, Field(gt=0, le=1), FloatRange(0.02, 1.0, log=True)] = 0.1
+    """Fraction of the gradient batch the curvature chunk holds; chunks cycle over steps."""
     evaluation_batch: Annotated[Literal["curvature", "gradient"], Choice(("curvature", "gradient"))] = "curvature"
+    """Batch for CG backtracking and the reduction ratio: the 'curvature' chunk or the 'gradient' batch."""
     preconditioner: bool = True
+    """Precondition CG with the empirical-Fisher diagonal (Martens 2010 sec. 4.7)."""
     preconditioner_exponent: Annotated[float, Field(ge=0, le=1)] = 0.75
+    """Exponent of the preconditioner (diag(sum grad^2) + lambda)^exponent (Martens: 0.75)."""
     backtracking: bool = True
+    """Walk back through the stored CG iterates while the loss falls (sec. 4.6)."""
     ls_c1: Annotated[float, Field(gt=0, lt=1)] = 1e-2
+    """Armijo sufficient-decrease constant of the final line search."""
     ls_shrink: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    """Factor on the step when the final line search backtracks."""
     max_ls_evals: Annotated[int, Field(ge=1)] = 60
+    """Most loss evaluations in the final line search."""
 
 
+@document_settings
 class HessianFree(CurvatureOptimizer):
     """Martens' Hessian-free optimizer as a ``torch.optim.Optimizer``.
 
     ``step`` takes a :class:`~hpo2.optim.closure.BatchClosure` (the Gauss-Newton
     product needs the outputs and the loss function).
+
+    Example:
+        Three steps nearly solve a least-squares regression:
+
+        >>> import torch
+        >>> from hpo2.optim import BatchClosure, HessianFree
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+        >>> closure = BatchClosure(model, torch.nn.MSELoss(), x, y)
+        >>> opt = HessianFree(model.parameters(), damping=1e-3, curvature_fraction=1.0)
+        >>> losses = [float(opt.step(closure)) for _ in range(3)]
+        >>> losses[-1] < 1e-3 * losses[0]
+        True
     """
 
     Settings = HessianFreeSettings
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # CurvatureOptimizer's arguments
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        batch_size: BatchSize = "full",
+        lr: float = 1.0,
+        damping: float = 1.0,
+        lm_boost: float = 1.5,
+        lm_drop: float = 2.0 / 3.0,
+        cg_max_iter: int = 250,
+        cg_decay: float = 0.95,
+        martens_eps: float = 5e-4,
+        curvature_fraction: float = 0.1,
+        evaluation_batch: Literal["curvature", "gradient"] = "curvature",
+        preconditioner: bool = True,
+        preconditioner_exponent: float = 0.75,
+        backtracking: bool = True,
+        ls_c1: float = 1e-2,
+        ls_shrink: float = 0.8,
+        max_ls_evals: int = 60,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            batch_size=batch_size, lr=lr, damping=damping, lm_boost=lm_boost, lm_drop=lm_drop, cg_max_iter=cg_max_iter,
+            cg_decay=cg_decay, martens_eps=martens_eps, curvature_fraction=curvature_fraction,
+            evaluation_batch=evaluation_batch, preconditioner=preconditioner,
+            preconditioner_exponent=preconditioner_exponent, backtracking=backtracking, ls_c1=ls_c1,
+            ls_shrink=ls_shrink, max_ls_evals=max_ls_evals
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._statistics: LayerStatistics | None = None  # built on the first step (warns once)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]

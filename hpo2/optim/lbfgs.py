@@ -27,15 +27,16 @@ without it.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import HessianOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer, ParameterRay
-from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
 from hpo2.solvers import FixedStep, LineSearch, host_floats, make_line_search
 
 
@@ -43,16 +44,29 @@ class LBFGSSettings(OptimizerSettings):
     """Settings of :class:`LBFGS` (``torch.optim.LBFGS``'s names and defaults, with
     the strong-Wolfe search that Nocedal & Wright prescribe as default)."""
 
+    family: ClassVar[str] = "quasi-Newton"
+    reference: ClassVar[str] = "Liu & Nocedal, Math. Programming 45 (1989); Nocedal & Wright (2006), Alg. 7.4-7.5"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-3, 1.0, log=True)] = 1.0
+    """Step length (the fixed step, or the line search's first trial); torch.optim.LBFGS's lr."""
     max_iter: Annotated[int, Field(ge=1), IntRange(1, 20, log=True)] = 20
+    """L-BFGS iterations per step() call."""
     max_eval: Annotated[int | None, Field(ge=1)] = None
+    """Most loss evaluations per step() call (None: 1.25 * max_iter, as torch)."""
     tolerance_grad: Annotated[float, Field(ge=0)] = 1e-7
+    """Stop when the largest absolute gradient entry is at most this."""
     tolerance_change: Annotated[float, Field(ge=0)] = 1e-9
+    """Stop when the step or the loss change is at most this."""
     history_size: Annotated[int, Field(ge=1), IntRange(3, 100, log=True)] = 100
+    """Number of (s, y) curvature pairs kept (the memory m of Nocedal & Wright Alg. 7.5)."""
     line_search: Annotated[Literal["none", "strong_wolfe"], Choice(("none", "strong_wolfe"))] = "strong_wolfe"
+    """'strong_wolfe' search (N&W Alg. 3.5) or 'none' (fixed step lr)."""
     initial_scaling: Annotated[Literal["secant", "hvp"], Choice(("secant", "hvp"))] = "secant"
+    """H0 = gamma I with gamma from the newest pair ('secant', N&W eq. 7.20) or one HVP ('hvp')."""
     ls_c1: Annotated[float, Field(gt=0, lt=1)] = 1e-4
+    """Strong-Wolfe sufficient-decrease constant c1."""
     ls_c2: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    """Strong-Wolfe curvature constant c2."""
 
 
 def two_loop_direction(g: Tensor, s_hist: list[Tensor], y_hist: list[Tensor], rho_hist: list[float], gamma: float) -> Tensor:
@@ -82,15 +96,50 @@ def _pair_products(
     return torch.dot(y, d * t), torch.dot(y, y)
 
 
+@document_settings
 class LBFGS(CurvatureOptimizer):
     r"""L-BFGS as a ``torch.optim.Optimizer`` (one parameter group).
 
     Host reads per inner iteration: the slope :math:`g^\top d` (one), the line
     search's trial points (one each) and the stopping tests with the next pair's
     :math:`s^\top y, y^\top y` (one); the recursion itself reads nothing.
+
+    Example:
+        One ``step`` (up to ``max_iter`` iterations) finds the minimum of Rosenbrock's function:
+
+        >>> import torch
+        >>> from hpo2.optim import LBFGS
+        >>> x = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
+        >>> opt = LBFGS([x], max_iter=100)
+        >>> _ = opt.step(lambda: (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2)
+        >>> torch.allclose(x.detach(), torch.ones(2, dtype=torch.float64), atol=1e-5)
+        True
     """
 
     Settings = LBFGSSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 1.0,
+        max_iter: int = 20,
+        max_eval: int | None = None,
+        tolerance_grad: float = 1e-7,
+        tolerance_change: float = 1e-9,
+        history_size: int = 100,
+        line_search: Literal["none", "strong_wolfe"] = "strong_wolfe",
+        initial_scaling: Literal["secant", "hvp"] = "secant",
+        ls_c1: float = 1e-4,
+        ls_c2: float = 0.9,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
+            tolerance_change=tolerance_change, history_size=history_size, line_search=line_search,
+            initial_scaling=initial_scaling, ls_c1=ls_c1, ls_c2=ls_c2
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def _hvp_gamma(self, closure: Closure, g: Tensor) -> float | None:
         """:math:`g^\\top g / g^\\top H g` at the current parameters, or None if not positive."""

@@ -21,31 +21,45 @@ decay); the AdamW part uses Adam's paper defaults.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
 
 class MuonSettings(OptimizerSettings):
     """Settings of :class:`MuonWithAdamW` (Muon's published defaults; ``adamw_*`` for
     the non-matrix parameters)."""
 
+    family: ClassVar[str] = "first-order"
+    reference: ClassVar[str] = "Jordan et al. 2024, kellerjordan.github.io/posts/muon"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-4, 0.3, log=True)] = 0.02
+    """Muon's learning rate for the 2-d weight matrices."""
     momentum: Annotated[float, Field(ge=0, lt=1), FloatRange(0.8, 0.99)] = 0.95
+    """Muon's momentum mu."""
     nesterov: bool = True
+    """Use Nesterov momentum in Muon."""
     ns_steps: Annotated[int, Field(ge=1, lt=100), IntRange(3, 8)] = 5
+    """Newton-Schulz iterations orthogonalizing each update."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """Muon's decoupled weight decay."""
     adamw_lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
+    """AdamW learning rate for the other parameters (biases, norms, conv kernels)."""
     adamw_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    """AdamW beta1 for the other parameters."""
     adamw_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    """AdamW beta2 for the other parameters."""
     adamw_eps: Annotated[float, Field(gt=0)] = 1e-8
+    """AdamW epsilon for the other parameters."""
     adamw_weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """AdamW decoupled weight decay for the other parameters."""
 
 
+@document_settings
 class MuonWithAdamW(torch.optim.Optimizer):
     """Steps ``torch.optim.Muon`` on the 2-d parameters and ``torch.optim.AdamW`` on
     the rest, as one optimizer.
@@ -57,12 +71,51 @@ class MuonWithAdamW(torch.optim.Optimizer):
     ``charges_step_time``: its Newton-Schulz iterations cost about 0.7 of a gradient
     on the benchmark MLP (BENCHMARKS.md), so :func:`hpo2.train.first_order_step`
     counts the step's measured time on top of the gradient.
+
+    Example:
+        Muon takes the weight matrix, AdamW the bias; stepped torch-style:
+
+        >>> import torch
+        >>> from hpo2.optim import MuonWithAdamW
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(8, 4)
+        >>> x, y = torch.randn(64, 8), torch.randn(64, 4)
+        >>> opt = MuonWithAdamW(model.parameters(), lr=0.05, adamw_lr=0.05)
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = torch.nn.functional.mse_loss(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> losses = [opt.step(closure).item() for _ in range(30)]
+        >>> losses[-1] < 0.7 * losses[0]
+        True
     """
 
     charges_step_time = True
 
-    def __init__(self, params: Iterable[Tensor], settings: MuonSettings | None = None) -> None:
-        s = settings or MuonSettings()
+    Settings = MuonSettings
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        *,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        weight_decay: float = 0.0,
+        adamw_lr: float = 1e-3,
+        adamw_beta1: float = 0.9,
+        adamw_beta2: float = 0.999,
+        adamw_eps: float = 1e-8,
+        adamw_weight_decay: float = 0.0,
+    ) -> None:
+        settings = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
+            adamw_lr=adamw_lr, adamw_beta1=adamw_beta1, adamw_beta2=adamw_beta2, adamw_eps=adamw_eps,
+            adamw_weight_decay=adamw_weight_decay,
+        )
+        s = MuonSettings.parse(settings, where=type(self).__name__)
         params = [p for p in params if p.requires_grad]
         matrices, others = [p for p in params if p.dim() == 2], [p for p in params if p.dim() != 2]
         self._parts: list[torch.optim.Optimizer] = []
@@ -98,7 +151,3 @@ class MuonWithAdamW(torch.optim.Optimizer):
         for part in self._parts:
             part.step()
         return loss
-
-
-def build_muon(params: Iterable[Any], settings: MuonSettings) -> torch.optim.Optimizer:
-    return MuonWithAdamW(params, settings)

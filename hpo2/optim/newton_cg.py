@@ -38,16 +38,17 @@ exploit it to leave the saddle.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import CurvatureOperator, DampedOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer, ParameterRay
 from hpo2.optim.closure import BatchClosure
-from hpo2.optim.settings import Choice, DataRegimeSettings, FloatRange, IntRange
+from hpo2.optim.settings import BatchSize, Choice, DataRegimeSettings, FloatRange, IntRange, document_settings
 from hpo2.solvers import CGResult, FixedStep, TrustRegion, cg, host_floats, levenberg_marquardt, make_line_search
 from hpo2.solvers.cg import MatVec
 
@@ -56,33 +57,98 @@ class NewtonCGSettings(DataRegimeSettings):
     """Settings of :class:`NewtonCG`; defaults after Nocedal & Wright (2006), ch. 7,
     Martens (2010) for the damping rule."""
 
+    family: ClassVar[str] = "Newton (CG)"
+    reference: ClassVar[str] = "Nocedal & Wright, Numerical Optimization (2006), ch. 7; Martens, ICML 2010"
+
     lr: Annotated[float, Field(gt=0), FloatRange(0.1, 1.0, log=True)] = 1.0
+    """Step length: the first trial step of the line search, or the fixed step when globalization='none'."""
     damping: Annotated[float, Field(ge=0), FloatRange(1e-6, 1.0, log=True)] = 1e-3
+    """Initial Levenberg-Marquardt damping lambda added to the curvature, C + lambda I."""
     cg_max_iter: Annotated[int, Field(ge=1), IntRange(5, 100, log=True)] = 50
+    """Most CG iterations (curvature products) per step."""
     cg_tol: Annotated[float, Field(gt=0, le=1), FloatRange(1e-3, 0.5, log=True)] = 0.5
+    """CG forcing term cap: stop when ||r|| <= min(cg_tol, sqrt(||g||)) ||g|| (N&W Thm. 7.2)."""
     curvature: Annotated[Literal["auto", "ggn", "hessian"], Choice(("auto", "hessian"))] = "auto"
+    """Curvature matrix: 'ggn' (Gauss-Newton, PSD), 'hessian', or 'auto' (GGN for a BatchClosure)."""
     curvature_fraction: Annotated[float, Field(gt=0, le=1), FloatRange(0.05, 1.0, log=True)] = 1.0
+    """Fraction of the batch the curvature products use (subsampled Newton, Byrd et al. 2011)."""
     damping_rule: Annotated[Literal["lm", "fixed"], Choice(("lm", "fixed"))] = "lm"
+    """'lm': adapt the damping by the reduction ratio (Martens 2010 sec. 4.1); 'fixed': keep it."""
     lm_boost: Annotated[float, Field(gt=1)] = 1.5
+    """Factor on the damping when the reduction ratio is below 1/4."""
     lm_drop: Annotated[float, Field(gt=0, lt=1)] = 2.0 / 3.0
+    """Factor on the damping when the reduction ratio is above 3/4."""
     globalization: Annotated[
         Literal["armijo", "strong_wolfe", "trust_region", "none"], Choice(("armijo", "trust_region"))
     ] = "armijo"
+    """Step control: Armijo backtracking, strong Wolfe search, Steihaug trust region, or none."""
     negative_curvature: Literal["truncate", "direction"] = "truncate"
+    """On negative curvature in CG: 'truncate' at the last iterate, or add the 'direction' too."""
     tr_radius: Annotated[
         float, Field(gt=0), FloatRange(0.01, 10.0, log=True, when=("globalization", ("trust_region",)))
     ] = 1.0
+    """Initial trust-region radius (parameter-space norm; globalization='trust_region')."""
     tr_max_radius: Annotated[float, Field(gt=0)] = 1000.0
+    """Largest trust-region radius."""
     tr_eta: Annotated[float, Field(ge=0, lt=0.25)] = 0.15
+    """Least reduction ratio for a trust-region step to be accepted (N&W Alg. 4.1)."""
     max_ls_evals: Annotated[int, Field(ge=1)] = 20
+    """Most loss evaluations per line search."""
     tolerance_grad: Annotated[float, Field(ge=0)] = 1e-12
+    """Stop (status 'converged') when the gradient norm is at most this."""
 
 
+@document_settings
 class NewtonCG(CurvatureOptimizer):
-    """Newton-CG as a ``torch.optim.Optimizer``; the closure returns the loss
-    (no ``backward()``).  See the module docstring for the method."""
+    r"""Newton-CG as a ``torch.optim.Optimizer``; the closure returns the loss
+    (no ``backward()``).  See the module docstring for the method.
+
+    Example:
+        One undamped Newton step solves a convex quadratic :math:`\tfrac12 x^\top A x - b^\top x`:
+
+        >>> import torch
+        >>> from hpo2.optim import NewtonCG
+        >>> A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> b = torch.tensor([1.0, -1.0], dtype=torch.float64)
+        >>> x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        >>> opt = NewtonCG([x], damping=0.0, cg_tol=1e-10, globalization="none")
+        >>> _ = opt.step(lambda: 0.5 * x @ A @ x - b @ x)
+        >>> torch.allclose(x.detach(), torch.linalg.solve(A, b))
+        True
+    """
 
     Settings = NewtonCGSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        batch_size: BatchSize = None,
+        lr: float = 1.0,
+        damping: float = 1e-3,
+        cg_max_iter: int = 50,
+        cg_tol: float = 0.5,
+        curvature: Literal["auto", "ggn", "hessian"] = "auto",
+        curvature_fraction: float = 1.0,
+        damping_rule: Literal["lm", "fixed"] = "lm",
+        lm_boost: float = 1.5,
+        lm_drop: float = 2.0 / 3.0,
+        globalization: Literal["armijo", "strong_wolfe", "trust_region", "none"] = "armijo",
+        negative_curvature: Literal["truncate", "direction"] = "truncate",
+        tr_radius: float = 1.0,
+        tr_max_radius: float = 1000.0,
+        tr_eta: float = 0.15,
+        max_ls_evals: int = 20,
+        tolerance_grad: float = 1e-12,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            batch_size=batch_size, lr=lr, damping=damping, cg_max_iter=cg_max_iter, cg_tol=cg_tol, curvature=curvature,
+            curvature_fraction=curvature_fraction, damping_rule=damping_rule, lm_boost=lm_boost, lm_drop=lm_drop,
+            globalization=globalization, negative_curvature=negative_curvature, tr_radius=tr_radius,
+            tr_max_radius=tr_max_radius, tr_eta=tr_eta, max_ls_evals=max_ls_evals, tolerance_grad=tolerance_grad
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         group = self.param_groups[0]

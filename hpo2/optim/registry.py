@@ -32,7 +32,7 @@ from hpo2.optim.baselines import AdamSettings, AdamWSettings, SGDSettings, build
 from hpo2.optim.hessian_free import HessianFree
 from hpo2.optim.kfac import KFAC
 from hpo2.optim.lbfgs import LBFGS
-from hpo2.optim.muon import MuonSettings, build_muon
+from hpo2.optim.muon import MuonSettings, MuonWithAdamW
 from hpo2.optim.newton_cg import NewtonCG
 from hpo2.optim.saddle_free import SaddleFreeNewton
 from hpo2.optim.sam import SAM, SAM_KEY, SAMSettings, parse_sam
@@ -61,8 +61,11 @@ class OptimizerSpec:
         return self.settings.paper_defaults()
 
 
-def _curvature(cls: type[CurvatureOptimizer]) -> Callable[[Iterable[Any], OptimizerSettings], Optimizer]:
-    return lambda params, settings: cls(params, settings)
+def _curvature(
+    cls: type[CurvatureOptimizer] | type[MuonWithAdamW],
+) -> Callable[[Iterable[Any], OptimizerSettings], Optimizer]:
+    """Build ``cls`` from a settings model: its keyword arguments are the model's fields."""
+    return lambda params, settings: cls(params, **settings.model_dump())
 
 
 REGISTRY: dict[str, OptimizerSpec] = {
@@ -80,7 +83,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec("sgd", SGDSettings, build_sgd, False, "SGD with momentum (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec("adam", AdamSettings, build_adam, False, "Adam (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec("adamw", AdamWSettings, build_adam, False, "AdamW (torch.optim)"),  # type: ignore[arg-type]
-        OptimizerSpec("muon", MuonSettings, build_muon, False, "Muon on 2-d weights + AdamW (torch.optim)"),  # type: ignore[arg-type]
+        OptimizerSpec("muon", MuonSettings, _curvature(MuonWithAdamW), False, "Muon on 2-d weights + AdamW (torch.optim)"),
         OptimizerSpec("svrg", SVRG.Settings, _curvature(SVRG), False, "SVRG (variance-reduced SGD, Johnson & Zhang 2013)"),
     ]
 }
@@ -156,4 +159,4 @@ def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any]) -
     """
     spec, settings, sam = parse_optimizer_config_with_sam(config)
     optimizer = spec.build(params, settings)
-    return optimizer if sam is None else SAM(optimizer, sam)
+    return optimizer if sam is None else SAM(optimizer, **sam.model_dump())

@@ -25,38 +25,78 @@ double-backward graph and Lanczos adds ``lanczos_iter`` products.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import lanczos
 from hpo2.optim.base import Closure, CurvatureOptimizer
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 from hpo2.solvers import host_floats
 
 
 class SaddleFreeNewtonSettings(OptimizerSettings):
     """Settings of :class:`SaddleFreeNewton`."""
 
+    family: ClassVar[str] = "Newton (low-rank)"
+    reference: ClassVar[str] = "Dauphin et al., NIPS 2014 (arXiv 1406.2572), sec. 5-6"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-4, 1.0, log=True)] = 0.05
+    """Learning rate of the gradient step outside the Ritz subspace (the whole step before the first pairs)."""
     damping: Annotated[float, Field(ge=0), FloatRange(1e-3, 10.0, log=True)] = 0.1
+    """delta added to |lambda_i| in the saddle-free Newton step."""
     rank: Annotated[int, Field(ge=1), IntRange(1, 32, log=True)] = 8
+    """Number k of Ritz pairs (largest |lambda|) kept for |H|."""
     lanczos_iter: Annotated[int, Field(ge=1)] = 20
+    """Lanczos iterations (Hessian-vector products) per refresh."""
     refresh_every: Annotated[int, Field(ge=1), IntRange(1, 100, log=True)] = 10
+    """Recompute the Ritz pairs every this many steps."""
 
 
+@document_settings
 class SaddleFreeNewton(CurvatureOptimizer):
-    """Low-rank saddle-free Newton as a ``torch.optim.Optimizer``; the closure
+    r"""Low-rank saddle-free Newton as a ``torch.optim.Optimizer``; the closure
     returns the loss (no ``backward()``).  See the module docstring.
 
     Diagnostics: ``refreshed``, ``rank`` (Ritz pairs in use), ``eigenvalue_max`` /
     ``eigenvalue_min`` (of those pairs), ``negative_eigenvalues``,
     ``subspace_fraction`` (:math:`\\|V^\\top g\\| / \\|g\\|`), ``damping``.
+
+    Example:
+        At a saddle :math:`\tfrac12 x^\top \mathrm{diag}(2, -1) x` the step divides by
+        :math:`|\lambda|`: it reaches the minimum along the first axis and moves *down* the second
+        (Newton's step would go to the saddle at 0):
+
+        >>> import torch
+        >>> from hpo2.optim import SaddleFreeNewton
+        >>> H = torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))
+        >>> x = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+        >>> opt = SaddleFreeNewton([x], rank=2, lanczos_iter=2, damping=0.0)
+        >>> _ = opt.step(lambda: 0.5 * x @ H @ x)
+        >>> x.detach().tolist()
+        [0.0, 1.0]
     """
 
     Settings = SaddleFreeNewtonSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 0.05,
+        damping: float = 0.1,
+        rank: int = 8,
+        lanczos_iter: int = 20,
+        refresh_every: int = 10,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, damping=damping, rank=rank, lanczos_iter=lanczos_iter, refresh_every=refresh_every
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
         group, state = self.param_groups[0], self.global_state

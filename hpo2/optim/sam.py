@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -59,7 +59,7 @@ from torch.optim import Optimizer
 from hpo2.curvature import grads_or_zeros
 from hpo2.errors import SettingsError
 from hpo2.optim.base import CurvatureOptimizer
-from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings
+from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, document_settings
 from hpo2.solvers import host_floats
 
 Closure = Callable[[], Tensor]
@@ -69,9 +69,15 @@ SAM_KEY = "sam"
 class SAMSettings(OptimizerSettings):
     """Settings of :class:`SAM`: Foret et al.'s default radius; ASAM's :math:`\\eta`."""
 
+    family: ClassVar[str] = "wrapper"
+    reference: ClassVar[str] = "Foret et al., ICLR 2021 (arXiv 2010.01412); ASAM: Kwon et al., ICML 2021"
+
     rho: Annotated[float, Field(gt=0), FloatRange(0.01, 2.0, log=True)] = 0.05
+    """Radius of the ascent step (Foret et al. 2021 default 0.05; ASAM uses larger, e.g. 0.5-2)."""
     adaptive: Annotated[bool, Choice((False, True))] = False
+    """ASAM's scale-invariant ball T_w = |w| + eta (Kwon et al. 2021)."""
     eta: Annotated[float, Field(ge=0)] = 0.01
+    """ASAM's offset eta in T_w = |w| + eta."""
 
 
 def ascent_step(params: list[Tensor], grads: list[Tensor], rho: float, adaptive: bool = False, eta: float = 0.01) -> list[Tensor]:
@@ -89,17 +95,31 @@ def _norm(tensors: list[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
+@document_settings
 class SAM(Optimizer):
-    """Wraps ``base`` (any ``torch.optim.Optimizer``; see the module docstring).
+    r"""Wraps ``base`` (any ``torch.optim.Optimizer``; see the module docstring).
 
     ``step(closure)`` needs a closure that returns the loss (calling ``backward()``
     in it is allowed but not needed).  SAM keeps no state of its own:
     ``state_dict()`` is ``{"base": base.state_dict(), "sam": settings}``.
+
+    Example:
+        Around SGD: the gradient is taken at :math:`w + \rho g/\|g\|` and applied at :math:`w`;
+        for :math:`L = \tfrac12\|w\|^2` at :math:`w = (3, 4)` that is :math:`w - 0.1 \cdot 1.1\, w`:
+
+        >>> import torch
+        >>> from hpo2.optim import SAM
+        >>> w = torch.tensor([3.0, 4.0], requires_grad=True)
+        >>> opt = SAM(torch.optim.SGD([w], lr=0.1), rho=0.5)
+        >>> _ = opt.step(lambda: 0.5 * (w**2).sum())
+        >>> torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) * (1 - 0.1 * 1.1))
+        True
     """
 
-    def __init__(self, base: Optimizer, settings: SAMSettings | None = None, **overrides: Any) -> None:
-        values = {**(settings.model_dump() if settings is not None else {}), **overrides}
-        self.settings = SAMSettings.parse(values, where="sam")
+    Settings = SAMSettings
+
+    def __init__(self, base: Optimizer, *, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01) -> None:
+        self.settings = SAMSettings.parse(dict(rho=rho, adaptive=adaptive, eta=eta), where="sam")
         self.base = base
         super().__init__([p for group in base.param_groups for p in group["params"]], self.settings.model_dump())
         # One set of groups and state: the base optimizer's.
@@ -200,7 +220,7 @@ def parse_sam(value: Any, where: str) -> SAMSettings | None:
         return SAMSettings()
     if not isinstance(value, Mapping):
         raise SettingsError(f"{where} = {value!r}: give a mapping {{rho, adaptive, eta}} or true/false")
-    return SAMSettings.parse(dict(value), where=where)  # type: ignore[return-value]
+    return SAMSettings.parse(dict(value), where=where)
 
 
 def nest_sam(flat: Mapping[str, Any]) -> dict[str, Any]:

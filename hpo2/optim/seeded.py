@@ -4,9 +4,11 @@ the same random numbers as the uninterrupted run."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.base import CurvatureOptimizer
 
@@ -15,8 +17,8 @@ class SeededOptimizer(CurvatureOptimizer):
     """A :class:`CurvatureOptimizer` with ``self._generator`` seeded from the
     ``seed`` setting; its state is saved in ``state_dict`` and restored on load."""
 
-    def __init__(self, params: Any, settings: Any = None, **kwargs: Any) -> None:
-        super().__init__(params, settings, **kwargs)
+    def __init__(self, params: ParamsT, settings: Mapping[str, Any], *, raise_on_nonfinite: bool = False) -> None:
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._generator = torch.Generator().manual_seed(int(self.settings.seed))  # type: ignore[attr-defined]
 
     def state_dict(self) -> dict[str, Any]:

@@ -15,8 +15,9 @@ turns them into Optuna distributions.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -66,9 +67,17 @@ SearchDimension = FloatRange | IntRange | Choice
 
 
 class OptimizerSettings(BaseModel):
-    """Base of every optimizer's settings: frozen, unknown fields rejected."""
+    """Base of every optimizer's settings: frozen, unknown fields rejected.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Each field's description is the docstring under it (pydantic's
+    ``use_attribute_docstrings``: one line, shown by IDEs and by ``hpo2 optimizers
+    NAME``); ``family`` and ``reference`` name the method's kind and its paper.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    family: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
 
     @classmethod
     def search_space(cls) -> dict[str, SearchDimension]:
@@ -86,7 +95,7 @@ class OptimizerSettings(BaseModel):
         return cls().model_dump()
 
     @classmethod
-    def parse(cls, values: dict[str, Any] | None, where: str = "settings") -> OptimizerSettings:
+    def parse(cls, values: dict[str, Any] | None, where: str = "settings") -> Self:
         """Validate ``values`` into settings, with a one-paragraph error that names
         each bad field (``where.field``), the value given, and what is allowed."""
         values = dict(values or {})
@@ -117,3 +126,36 @@ class DataRegimeSettings(OptimizerSettings):
     """
 
     batch_size: Annotated[BatchSize, BATCH_CHOICES] = None
+    """Gradient batch: None keeps the task's, 'full' the whole training set, an int is capped at its size."""
+
+
+#: what the constructor arguments that are not settings mean (used in the generated ``Args:``)
+CONSTRUCTOR_ARGS = {
+    "params": "the parameters to optimize: an iterable of tensors, or of param-group dicts where groups are allowed.",
+    "base": "the optimizer to wrap (any ``torch.optim.Optimizer``).",
+    "raise_on_nonfinite": "raise ``FloatingPointError`` on a non-finite loss or gradient (default: reject the step).",
+}
+
+_Documented = TypeVar("_Documented", bound=type)
+
+
+def document_settings(cls: _Documented) -> _Documented:
+    """Class decorator: put an ``Args:`` section into ``cls``'s docstring, one line per
+    constructor argument in signature order, a setting's from ``cls.Settings`` (its
+    type, default and description), so the docstring cannot drift from the model.
+    The section goes before an ``Example:`` heading, else at the end; a
+    ``References:`` section with the settings' ``reference`` ends the docstring."""
+    settings: type[OptimizerSettings] = cls.__dict__["Settings"]
+    lines = ["Args:"]
+    for name, parameter in inspect.signature(cls).parameters.items():
+        if name in settings.model_fields:
+            field = settings.model_fields[name]
+            lines.append(f"    {name} ({parameter.annotation}, default {field.default!r}): {field.description}")
+        else:
+            lines.append(f"    {name}: {CONSTRUCTOR_ARGS[name]}")
+    section = "\n".join("    " + line for line in lines) + "\n\n"
+    doc = cls.__doc__ or ""
+    at = doc.find("    Example")
+    doc = doc[:at] + section + doc[at:] if at >= 0 else doc.rstrip() + "\n\n" + section
+    cls.__doc__ = doc.rstrip() + f"\n\n    References:\n        {settings.reference}\n"
+    return cls

@@ -35,32 +35,48 @@ early factors are ill conditioned).
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix, block_slices, inverse_root
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
 
 class ShampooSettings(OptimizerSettings):
     """Settings of :class:`Shampoo` (Distributed Shampoo / AlgoPerf defaults)."""
 
+    family: ClassVar[str] = "Kronecker-factored"
+    reference: ClassVar[str] = "Gupta, Koren & Singer, ICML 2018; Anil et al. 2020 (arXiv 2002.09018)"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
+    """Learning rate eta."""
     beta1: Annotated[float, Field(ge=0, lt=1), FloatRange(0.0, 0.99)] = 0.9
+    """Decay of the gradient's moving average (0: the raw gradient)."""
     beta2: Annotated[float, Field(gt=0, le=1), FloatRange(0.9, 0.9999, log=True)] = 0.999
+    """Decay of the factors L, R (1: plain sums, Gupta et al. 2018)."""
     epsilon: Annotated[float, Field(gt=0), FloatRange(1e-12, 1e-4, log=True)] = 1e-12
+    """Added to the factors' diagonal before the inverse fourth root."""
     grafting: Literal["adam", "none"] = "adam"
+    """'adam': Shampoo's direction with Adam's per-block step norm (Anil et al. 2020 sec. 3.3); 'none'."""
     graft_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    """Decay of Adam's second moment in the grafting."""
     graft_eps: Annotated[float, Field(gt=0)] = 1e-8
+    """Epsilon of Adam's step in the grafting."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """Decoupled weight decay lambda."""
     precondition_frequency: Annotated[int, Field(ge=1), IntRange(1, 100, log=True)] = 20
+    """Recompute the inverse fourth roots every this many steps."""
     start_preconditioning_step: Annotated[int, Field(ge=1)] = 20
+    """Step from which Shampoo's direction is used (Adam before it)."""
     max_preconditioner_dim: Annotated[int, Field(ge=1)] = 1024
+    """Largest block side: bigger dimensions are split into blocks (Anil et al. 2020 sec. 3.2)."""
 
 
+@document_settings
 class Shampoo(MatrixPreconditioner):
     """Shampoo as a ``torch.optim.Optimizer``; see the module docstring.
 
@@ -68,9 +84,46 @@ class Shampoo(MatrixPreconditioner):
     ``root_failures`` (``eigh`` failures so far), ``inverse_seconds``,
     ``condition_number`` (largest of the refreshed factors, ε included),
     ``preconditioned_fraction`` (of matrix parameters stepped with Shampoo).
+
+    Example:
+        Thirty steps on a matrix least-squares problem:
+
+        >>> import torch
+        >>> from hpo2.optim import Shampoo
+        >>> _ = torch.manual_seed(0)
+        >>> target = torch.randn(4, 3)
+        >>> w = torch.zeros(4, 3, requires_grad=True)
+        >>> opt = Shampoo([w], lr=0.1, start_preconditioning_step=2, precondition_frequency=1)
+        >>> losses = [float(opt.step(lambda: ((w - target) ** 2).sum())) for _ in range(30)]
+        >>> losses[-1] < 0.1 * losses[0]
+        True
     """
 
     Settings = ShampooSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 1e-3,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        epsilon: float = 1e-12,
+        grafting: Literal["adam", "none"] = "adam",
+        graft_beta2: float = 0.999,
+        graft_eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        precondition_frequency: int = 20,
+        start_preconditioning_step: int = 20,
+        max_preconditioner_dim: int = 1024,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, beta1=beta1, beta2=beta2, epsilon=epsilon, grafting=grafting, graft_beta2=graft_beta2,
+            graft_eps=graft_eps, weight_decay=weight_decay, precondition_frequency=precondition_frequency,
+            start_preconditioning_step=start_preconditioning_step, max_preconditioner_dim=max_preconditioner_dim
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]
         self._refreshes, self._inverse_seconds, self._condition = 0, 0.0, 0.0

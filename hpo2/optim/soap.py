@@ -34,28 +34,41 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix
-from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
 
 
 class SOAPSettings(OptimizerSettings):
     """Settings of :class:`SOAP` (paper defaults; ``shampoo_beta`` unset means ``beta2``)."""
 
+    family: ClassVar[str] = "Kronecker-factored"
+    reference: ClassVar[str] = "Vyas et al., SOAP, ICLR 2025 (arXiv 2409.11321)"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 3e-3
+    """Learning rate eta."""
     beta1: Annotated[float, Field(ge=0, lt=1), FloatRange(0.8, 0.99)] = 0.95
+    """Decay of the gradient's moving average M."""
     beta2: Annotated[float, Field(ge=0, lt=1), FloatRange(0.9, 0.9999, log=True)] = 0.95
+    """Decay of Adam's second moment V in the eigenbasis."""
     shampoo_beta: Annotated[float | None, Field(ge=0, lt=1)] = None
+    """Decay of Shampoo's factors L, R (None: beta2)."""
     eps: Annotated[float, Field(gt=0)] = 1e-8
+    """Added to sqrt(V) in Adam's denominator."""
     weight_decay: Annotated[float, Field(ge=0), FloatRange(1e-5, 0.3, log=True)] = 1e-2
+    """Decoupled weight decay lambda."""
     precondition_frequency: Annotated[int, Field(ge=1), IntRange(1, 100, log=True)] = 10
+    """Refresh the eigenbases every this many steps."""
     max_precond_dim: Annotated[int, Field(ge=1)] = 10000
+    """A side longer than this keeps the identity basis (plain Adam along it)."""
     eigenbasis: Annotated[Literal["power_qr", "eigh"], Choice(("power_qr", "eigh"))] = "power_qr"
+    """Basis refresh: one power iteration + QR ('power_qr', paper Alg. 4) or an exact 'eigh'."""
 
 
 def _rotate(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
@@ -72,15 +85,50 @@ def _rotate_back(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor
     return x @ right.T if right is not None else x
 
 
+@document_settings
 class SOAP(MatrixPreconditioner):
-    """SOAP as a ``torch.optim.Optimizer``; see the module docstring.
+    r"""SOAP as a ``torch.optim.Optimizer``; see the module docstring.
 
     Diagnostics per step: ``basis_refreshes`` (eigenbases recomputed this step),
     ``inverse_seconds`` (spent on them), ``condition_number`` (largest
     :math:`\\lambda_{max}/\\lambda_{min}` estimate of the refreshed factors).
+
+    Example:
+        Thirty steps on a matrix least-squares problem:
+
+        >>> import torch
+        >>> from hpo2.optim import SOAP
+        >>> _ = torch.manual_seed(0)
+        >>> target = torch.randn(4, 3)
+        >>> w = torch.zeros(4, 3, requires_grad=True)
+        >>> opt = SOAP([w], lr=0.1, precondition_frequency=1)
+        >>> losses = [float(opt.step(lambda: ((w - target) ** 2).sum())) for _ in range(30)]
+        >>> losses[-1] < 0.1 * losses[0]
+        True
     """
 
     Settings = SOAPSettings
+
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 3e-3,
+        beta1: float = 0.95,
+        beta2: float = 0.95,
+        shampoo_beta: float | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 10000,
+        eigenbasis: Literal["power_qr", "eigh"] = "power_qr",
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, beta1=beta1, beta2=beta2, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency, max_precond_dim=max_precond_dim, eigenbasis=eigenbasis
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]
         self._refreshes, self._inverse_seconds, self._condition = 0, 0.0, 0.0

@@ -41,16 +41,17 @@ full gradient :math:`\mu = \nabla F(w)` at the current point is known, so on
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import grads_or_zeros
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings
+from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 from hpo2.solvers import host_floats
 
 
@@ -58,24 +59,70 @@ class SVRGSettings(OptimizerSettings):
     """Settings of :class:`SVRG`; Johnson & Zhang refresh every 2 (convex) to 5
     (neural nets) epochs and use no momentum."""
 
+    family: ClassVar[str] = "variance reduction"
+    reference: ClassVar[str] = "Johnson & Zhang, NeurIPS 2013"
+
     lr: Annotated[float, Field(gt=0), FloatRange(1e-4, 1.0, log=True)] = 0.025
+    """Learning rate eta."""
     momentum: Annotated[float, Field(ge=0, lt=1), FloatRange(0.0, 0.95)] = 0.0
+    """Heavy-ball momentum beta on the variance-reduced gradient (0 in the paper)."""
     snapshot_every: Annotated[int, Field(ge=1), IntRange(1, 5)] = 2
+    """Take a new snapshot and its full gradient every this many epochs."""
     snapshot_samples: Annotated[int | None, Field(ge=1)] = None
+    """Samples of the snapshot gradient (None: the whole training set)."""
     chunk_size: Annotated[int, Field(ge=1)] = 4096
+    """Samples per chunk when summing the snapshot gradient (bounds memory)."""
     variance_probes: Annotated[int, Field(ge=0)] = 4
+    """Minibatches on which the achieved variance reduction is measured at a snapshot (0: off)."""
     seed: int = 0
+    """Seed of the generator drawing the snapshot subset and the variance probes."""
 
 
+@document_settings
 class SVRG(CurvatureOptimizer):
     """SVRG as a ``torch.optim.Optimizer``: call ``snapshot(BatchClosure over the
     training set)`` before the first step (the training loop does), then
-    ``step(closure)`` with a closure that returns the minibatch loss."""
+    ``step(closure)`` with a closure that returns the minibatch loss.
+
+    Example:
+        A snapshot per epoch (the training loop calls ``snapshot``), then minibatch steps:
+
+        >>> import torch
+        >>> from hpo2.optim import SVRG, BatchClosure
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
+        >>> x = torch.randn(256, 3)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+        >>> loss_fn = torch.nn.MSELoss()
+        >>> opt = SVRG(model.parameters(), lr=0.1, snapshot_every=1)
+        >>> for epoch in range(5):
+        ...     _ = opt.snapshot(BatchClosure(model, loss_fn, x, y), batch_size=32)
+        ...     for i in range(0, 256, 32):
+        ...         _ = opt.step(BatchClosure(model, loss_fn, x[i : i + 32], y[i : i + 32]))
+        >>> loss_fn(model(x), y).item() < 1e-3
+        True
+    """
 
     Settings = SVRGSettings
 
-    def __init__(self, params: Any, settings: SVRGSettings | None = None, **overrides: Any) -> None:
-        super().__init__(params, settings, **overrides)
+    def __init__(
+        self,
+        params: ParamsT,
+        *,
+        lr: float = 0.025,
+        momentum: float = 0.0,
+        snapshot_every: int = 2,
+        snapshot_samples: int | None = None,
+        chunk_size: int = 4096,
+        variance_probes: int = 4,
+        seed: int = 0,
+        raise_on_nonfinite: bool = False,
+    ) -> None:
+        settings = dict(
+            lr=lr, momentum=momentum, snapshot_every=snapshot_every, snapshot_samples=snapshot_samples,
+            chunk_size=chunk_size, variance_probes=variance_probes, seed=seed
+        )
+        super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._generator = torch.Generator().manual_seed(self.settings.seed)  # type: ignore[attr-defined]
         self.snapshot_diagnostics: dict[str, float] = {}
 

@@ -308,11 +308,23 @@ def cg(
             :math:`\\epsilon` (5e-4 in the paper); ``None`` disables it.
         martens_min_k: the rule's minimum window :math:`k` (10 in the paper).
         store_iterates: keep the iterates of :func:`backtrack_schedule` (``gamma``).
+        gamma: growth factor of the stored iterates' indices :math:`\\lceil \\gamma^j \\rceil` (Martens 2010 sec. 4.6).
         radius: Steihaug trust-region radius :math:`\\Delta`; then ``x0`` must be
             ``None`` and ``preconditioner`` too (the region is Euclidean).
         check_every: iterations between the host's reads (see the module
             docstring); 1 reads after every iteration and wastes no product;
             ``None``: :func:`default_check_every` of ``b``'s device.
+
+    Example:
+        On a symmetric positive definite 3x3 system CG is exact after at most 3 iterations:
+
+        >>> import torch
+        >>> from hpo2.solvers import cg
+        >>> A = torch.tensor([[4.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 2.0]], dtype=torch.float64)
+        >>> b = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+        >>> result = cg(lambda v: A @ v, b)
+        >>> torch.allclose(result.x, torch.linalg.solve(A, b)), result.n_iter <= 3
+        (True, True)
     """
     if check_every is None:
         check_every = default_check_every(b.device)
@@ -329,5 +341,25 @@ def cg(
 
 
 def steihaug_cg(matvec: MatVec, b: Tensor, radius: float, *, max_iter: int = 250, tol: float = 1e-10) -> CGResult:
-    """Steihaug-Toint truncated CG for :math:`\\min_{\\|x\\| \\le \\Delta} \\tfrac12 x^\\top A x - b^\\top x`."""
+    """Steihaug-Toint truncated CG for :math:`\\min_{\\|x\\| \\le \\Delta} \\tfrac12 x^\\top A x - b^\\top x`
+    (Steihaug 1983; Nocedal & Wright 2006, Alg. 7.2): :func:`cg` with ``radius``.
+
+    Args:
+        matvec: :math:`v \\mapsto A v` on flat vectors.
+        b: right-hand side (the negative gradient).
+        radius: the trust-region radius :math:`\\Delta > 0`.
+        max_iter: most CG iterations.
+        tol: relative residual tolerance, as in :func:`cg`.
+
+    Example:
+        The Newton step :math:`(3, 2)` lies outside the unit ball, so CG stops on its boundary:
+
+        >>> import torch
+        >>> from hpo2.solvers import steihaug_cg
+        >>> A = torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64))
+        >>> b = torch.tensor([3.0, 4.0], dtype=torch.float64)
+        >>> result = steihaug_cg(lambda v: A @ v, b, radius=1.0)
+        >>> round(float(result.x.norm()), 6), result.stop_reason
+        (1.0, 'trust_region_boundary')
+    """
     return cg(matvec, b, max_iter=max_iter, tol=tol, radius=radius)

@@ -58,10 +58,29 @@ def armijo_backtracking(
     shrink: float = 0.5,
     max_evals: int = 20,
 ) -> LineSearchResult:
-    """Backtrack from ``step0`` by ``shrink`` until Armijo's condition holds.
+    r"""Backtrack from ``step0`` by ``shrink`` until Armijo's condition holds.
 
     Returns ``success=False`` and step 0 when ``max_evals`` evaluations found no
     acceptable step (a non-finite value counts as unacceptable).
+
+    Args:
+        phi: :math:`\varphi(t)`, the loss at step :math:`t` along the direction.
+        value0, slope0: :math:`\varphi(0)` and :math:`\varphi'(0) < 0`.
+        step0: the first trial step.
+        c1: the sufficient-decrease constant: accept when
+            :math:`\varphi(t) \le \varphi(0) + c_1 t \varphi'(0)` (N&W eq. 3.4).
+        shrink: factor on the step after each rejection.
+        max_evals: most evaluations of ``phi``.
+
+    Example:
+        On :math:`\varphi(t) = (t - 0.2)^2` with :math:`c_1 = 0.5` the steps 1, 0.5 and 0.25 fail
+        :math:`\varphi(t) \le \varphi(0) + c_1 t \varphi'(0)`; 0.125 passes:
+
+        >>> from hpo2.solvers import armijo_backtracking
+        >>> phi = lambda t: (t - 0.2) ** 2
+        >>> result = armijo_backtracking(phi, value0=phi(0.0), slope0=-0.4, step0=1.0, c1=0.5)
+        >>> result.step, result.n_evals
+        (0.125, 4)
     """
     _check_descent(value0, slope0)
     if not 0 < shrink < 1:
@@ -102,13 +121,26 @@ def strong_wolfe(
     step_max: float = 1e10,
     tol_change: float = 1e-12,
 ) -> LineSearchResult:
-    """Strong-Wolfe line search; ``phi(t)`` returns :math:`(\\varphi(t), \\varphi'(t))`.
+    r"""Strong-Wolfe line search; ``phi(t)`` returns :math:`(\varphi(t), \varphi'(t))`.
 
     Args:
+        phi: :math:`t \mapsto (\varphi(t), \varphi'(t))` along the direction.
+        value0, slope0: :math:`\varphi(0)` and :math:`\varphi'(0) < 0`.
+        step0: the first trial step.
         c1, c2: the sufficient-decrease and curvature constants, :math:`0 < c_1 < c_2 < 1`.
         max_evals: most evaluations of ``phi`` in all.
         step_max: largest step tried while bracketing (extrapolation doubles the step).
         tol_change: stop zooming once the bracket is this narrow.
+
+    Example:
+        On :math:`\varphi(t) = (t - 3)^2` the accepted step satisfies
+        :math:`|\varphi'(t)| \le c_2 |\varphi'(0)|`:
+
+        >>> from hpo2.solvers import strong_wolfe
+        >>> phi = lambda t: ((t - 3.0) ** 2, 2 * (t - 3.0))
+        >>> result = strong_wolfe(phi, *phi(0.0), step0=1.0, c2=0.1)
+        >>> result.success, abs(result.slope) <= 0.1 * 6.0
+        (True, True)
     """
     _check_descent(value0, slope0)
     if not 0 < c1 < c2 < 1:

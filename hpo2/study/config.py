@@ -18,7 +18,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hpo2.config import validate
 from hpo2.errors import SettingsError, did_you_mean
@@ -31,6 +40,19 @@ from hpo2.train import MAX_SECONDS, Budget, ConfigSection
 
 MAX_TRIALS = 1_000_000
 MAX_NAME = 100
+
+
+def check_name(value: str) -> str:
+    """A study's (or suite's) name: it names files and MLflow runs."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        raise ValueError("use letters, digits, '_', '.', '-' (it names files and MLflow runs)")
+    if len(value) > MAX_NAME:
+        raise ValueError(f"{len(value)} characters; at most {MAX_NAME} (it names files and MLflow runs)")
+    return value
+
+
+#: a study's or suite's name (letters, digits, '_', '.', '-'; at most MAX_NAME characters)
+StudyName = Annotated[str, AfterValidator(check_name)]
 
 
 class Strict(BaseModel):
@@ -137,10 +159,21 @@ class OptimizerChoice(Strict):
         return {**{k: v for k, v in space.items() if k not in self.fixed}, **self.sam_space()[0]}
 
 
+#: samplers that hpo2 runs per optimizer (:class:`hpo2.study.samplers.PerOptimizerSampler`): they allocate
+PER_OPTIMIZER_SAMPLERS = ("gp", "botorch", "cmaes")
+
+
 class SamplerConfig(Strict):
+    """The sampler.  For the per-optimizer samplers (gp, botorch, cmaes): ``allocation`` picks each trial's
+    optimizer (:mod:`hpo2.study.allocation`; unset: ``adaptive`` for one objective, ``balanced`` for several),
+    ``allocation_floor`` is the least share of an even split that adaptive allocation leaves every optimizer,
+    and ``n_startup_trials`` counts random trials per optimizer after its paper defaults (1 unless set)."""
+
     name: Literal["tpe", "gp", "botorch", "cmaes", "random", "qmc"] = "tpe"
     seed: int | None = None
     n_startup_trials: int | None = Field(default=None, ge=0)
+    allocation: Literal["balanced", "adaptive"] | None = None
+    allocation_floor: float = Field(default=0.25, ge=0, le=1)
 
 
 class PrunerConfig(Strict):
@@ -154,10 +187,27 @@ class ObjectiveConfig(Strict):
     direction: Literal["auto", "maximize", "minimize"] = "auto"
 
 
+class WarmStartConfig(Strict):
+    """Start from an earlier study's best configurations (:mod:`hpo2.study.warm_start`):
+    ``study`` (a study name or file, as ``hpo2 study`` finds it; with ``storage``: the
+    study's name in that storage) and/or ``storage`` (an Optuna storage URL holding
+    one study), ``top_k`` configurations per optimizer."""
+
+    study: str | None = None
+    storage: str | None = None
+    top_k: int = Field(default=2, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _source(self) -> WarmStartConfig:
+        if self.study is None and self.storage is None:
+            raise ValueError("give study (an earlier study's name or file) or storage (its Optuna storage URL)")
+        return self
+
+
 class StudyConfig(Strict):
     """A study: what to search over, how, for how long, and where results go."""
 
-    name: str
+    name: StudyName
     task: ConfigSection
     budget: Budget = Budget(epochs=2)
     objective: list[ObjectiveConfig] = Field(default_factory=lambda: [ObjectiveConfig()])
@@ -179,15 +229,7 @@ class StudyConfig(Strict):
     #: the most of a trial's time the checkpoint flatness measurements may take (the end-of-trial one is always taken)
     curvature_share: float = Field(default=0.1, gt=0, le=1)
     report: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
-            raise ValueError("use letters, digits, '_', '.', '-' (it names files and MLflow runs)")
-        if len(value) > MAX_NAME:
-            raise ValueError(f"{len(value)} characters; at most {MAX_NAME} (it names files and MLflow runs)")
-        return value
+    warm_start: WarmStartConfig | None = None
 
     @field_validator("task", mode="before")
     @classmethod
@@ -200,6 +242,13 @@ class StudyConfig(Strict):
         if isinstance(value, str | dict):
             value = [value]
         return [{"metric": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _warm_start(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"storage": value} if "://" in value or value.startswith("journal:") else {"study": value}
+        return value
 
     @field_validator("optimizers", mode="before")
     @classmethod
@@ -221,7 +270,24 @@ class StudyConfig(Strict):
             raise ValueError("sampler.name = 'cmaes' optimises one objective; use tpe, gp, botorch, random or qmc")
         if self.n_trials is None and self.timeout is None:
             raise ValueError("set n_trials or timeout (or both)")
+        self._check_allocation()
         return self
+
+    def _check_allocation(self) -> None:
+        allocation, sampler = self.sampler.allocation, self.sampler.name
+        if allocation is not None and sampler not in PER_OPTIMIZER_SAMPLERS:
+            raise ValueError(f"sampler.allocation = {allocation!r} applies to the per-optimizer samplers "
+                             f"{', '.join(PER_OPTIMIZER_SAMPLERS)}; sampler {sampler!r} picks the optimizer itself")
+        if allocation == "adaptive" and self.multi_objective:
+            raise ValueError("sampler.allocation = 'adaptive' needs one objective (it chases the best value); "
+                             "use 'balanced' with several objectives")
+
+    @property
+    def allocation(self) -> Literal["balanced", "adaptive"]:
+        """The allocation in force: the file's, else adaptive for one objective and balanced for several."""
+        if self.sampler.allocation is not None:
+            return self.sampler.allocation
+        return "balanced" if self.multi_objective else "adaptive"
 
     @property
     def multi_objective(self) -> bool:

@@ -71,6 +71,7 @@ from hpo2.study.samplers import build_pruner, build_sampler
 from hpo2.study.space import SearchSpace
 from hpo2.study.storage import init_lock_path, open_storage
 from hpo2.study.trial_tracking import TrialTracker
+from hpo2.study.warm_start import WarmStart, enqueue_warm_start, plan_warm_start
 from hpo2.tasks import TASKS, build_task
 from hpo2.tracking import TrackedRun, check_reachable, experiment_id, quick_failing_http, study_parent_run
 from hpo2.train import Budget, Evaluation, resolve_device, run_training
@@ -100,6 +101,7 @@ class StudyRunner:
         self.device = resolve_device(config.device)
         # the direction of the task's metric is registered with it: no data is loaded to know it
         self.directions = objective_directions(config, TASKS[config.task.name].higher_is_better)
+        self.warm_start: WarmStart | None = None  # what an earlier study gives (after open)
         self.offline_runs: list[TrackedRun] = []  # runs the tracking server has not received yet
         self.stop = StopRequest()
         self.deadline: float | None = None  # time.monotonic() when the study's timeout ends
@@ -135,6 +137,8 @@ class StudyRunner:
         check_reachable(self.tracking_uri)
         # missing data files are a one-line error now, not a failure in every trial
         build_task(self.config.task.name, self.config.task.settings)
+        if self.config.warm_start is not None:  # the earlier study is only read
+            self.warm_start = plan_warm_start(self.config, self.study_file, self.space)
         # Workers starting together on one machine would race to create the sqlite
         # tables of Optuna and MLflow: the first one creates them, the others wait.
         with file_lock(init_lock_path(self.study_file, self.config.name)):
@@ -169,12 +173,14 @@ class StudyRunner:
 
     def _begin(self) -> None:
         """Log the study's params and file to its parent run; close the MLflow runs
-        of trials lost earlier; enqueue the paper defaults."""
+        of trials lost earlier; enqueue a warm start's configurations, then the paper defaults."""
         self.parent.log_params({"task": self.config.task.name, "sampler": self.config.sampler.name,
                                 "pruner": self.config.pruner.name, "optimizers": ",".join(self.space.names),
                                 "objective": ",".join(o.metric for o in self.config.objective)})
         self.log_study_file()
         self._close_lost_trial_runs(self.study)
+        if self.warm_start is not None:  # first: an earlier study's best configurations
+            enqueue_warm_start(self.study, self.warm_start)
         if self.config.enqueue_defaults:
             self.space.enqueue_defaults(self.study)
 

@@ -25,7 +25,6 @@ Optuna users know them; only the proposal of settings is per optimizer.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, get_args
 
@@ -35,6 +34,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo2.errors import SettingsError, did_you_mean
+from hpo2.study.allocation import Allocation, allocate
 from hpo2.study.config import SamplerConfig, StudyConfig
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
 
@@ -43,32 +43,58 @@ _FINISHED = (TrialState.COMPLETE,)
 
 
 class PerOptimizerSampler(BaseSampler):
-    """Balanced optimizer allocation + joint per-optimizer proposals from ``make_sampler``.
+    """Optimizer allocation (:mod:`hpo2.study.allocation`) + joint per-optimizer proposals from ``make_sampler``.
+
+    ``make_sampler(seed, n_startup_trials)`` builds one wrapped sampler per optimizer, kept for the
+    process's life so that what it learns between proposals stays (Optuna's GPSampler starts each
+    fit from the previous kernel parameters; a fresh sampler per proposal, as before, refitted from
+    scratch).  Its ``n_startup_trials`` is the optimizer's design points: the paper
+    defaults trial (when it finished) plus ``startup`` random ones, at least 2 so that a model is
+    never fitted on one point.
 
     The wrapped sampler's own trial state (CMA-ES keeps its search distribution in
     trial system attributes) is saved on the real trial and given back to it on the
     next proposal, so stateful samplers keep learning across trials.
     """
 
-    def __init__(self, space: SearchSpace, make_sampler: Callable[[int], BaseSampler], seed: int = 0) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        make_sampler: Callable[[int, int], BaseSampler],
+        seed: int = 0,
+        allocation: Allocation = "balanced",
+        startup: int = 1,
+        defaults_enqueued: bool = True,
+        floor: float = 0.25,
+    ) -> None:
         self._space = space
         self._make_sampler = make_sampler
         self._seed = seed
+        self._allocation = allocation
+        self._startup = startup
+        self._defaults_enqueued = defaults_enqueued
+        self._floor = floor
+        self._samplers: dict[str, BaseSampler] = {}
         self._proposals: dict[int, dict[str, Any]] = {}
+
+    @property
+    def design_points(self) -> int:
+        """Trials each optimizer gets before a model proposes its settings or adaptive allocation starts."""
+        return max(2, self._startup + int(self._defaults_enqueued))
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return {}
 
-    def _allocate(self, study: optuna.Study, trial: FrozenTrial) -> str:
-        counts = Counter(
-            t.params.get(OPTIMIZER_PARAM, t.system_attrs.get("fixed_params", {}).get(OPTIMIZER_PARAM))
-            for t in study.get_trials(deepcopy=False)
-            if t.number != trial.number
-        )
-        return min(self._space.names, key=lambda name: (counts[name], self._space.names.index(name)))
+    def _sampler_for(self, optimizer: str) -> BaseSampler:
+        if optimizer not in self._samplers:
+            index = self._space.names.index(optimizer)
+            self._samplers[optimizer] = self._make_sampler(self._seed + index, self.design_points)
+        return self._samplers[optimizer]
 
     def _propose(self, study: optuna.Study, trial: FrozenTrial, optimizer: str) -> dict[str, Any]:
         distributions = self._space.optimizers[optimizer].distributions
@@ -76,14 +102,16 @@ class PerOptimizerSampler(BaseSampler):
             t for t in study.get_trials(deepcopy=False, states=_FINISHED)
             if t.params.get(OPTIMIZER_PARAM) == optimizer and all(k in t.params for k in distributions)
         ]
-        shadow = optuna.create_study(directions=study.directions, sampler=self._make_sampler(self._seed + len(history)))
+        shadow = optuna.create_study(directions=study.directions, sampler=self._sampler_for(optimizer))
         shadow.add_trials(
             [
                 optuna.trial.create_trial(
                     params={k: t.params[k] for k in distributions},
                     distributions=distributions,
                     values=t.values,
-                    system_attrs={k[len(_STATE_PREFIX):]: v for k, v in t.system_attrs.items() if k.startswith(_STATE_PREFIX)},
+                    system_attrs={
+                        k[len(_STATE_PREFIX):]: v for k, v in t.system_attrs.items() if k.startswith(_STATE_PREFIX)
+                    },
                 )
                 for t in history
             ]
@@ -97,7 +125,10 @@ class PerOptimizerSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
         if param_name == OPTIMIZER_PARAM:
-            return self._allocate(study, trial)
+            return allocate(
+                self._allocation, self._space.names, study.get_trials(deepcopy=False), trial.number,
+                study.directions[0], self.design_points, self._floor, self._seed,
+            )
         optimizer = param_name.split(".", 1)[0]
         if trial.number not in self._proposals:
             self._proposals[trial.number] = self._propose(study, trial, optimizer)
@@ -107,11 +138,12 @@ class PerOptimizerSampler(BaseSampler):
         self._proposals.pop(trial.number, None)
 
 
-def plain_sampler(config: SamplerConfig, seed: int) -> BaseSampler:
+def plain_sampler(config: SamplerConfig, seed: int, n_startup_trials: int | None = None) -> BaseSampler:
     """The sampler ``config`` names, seeded, as hpo2 configures it for a fixed
     search space (TPE multivariate with ``group`` and constant liar; model samplers
-    with ``n_startup_trials`` random trials first, 5 unless set)."""
-    startup = config.n_startup_trials
+    with ``n_startup_trials`` random trials first: the argument, else the config's, else 5;
+    BoTorch with hpo2's candidates function, :class:`~hpo2.study.botorch_candidates.LogEICandidates`)."""
+    startup = n_startup_trials if n_startup_trials is not None else config.n_startup_trials
     name = config.name
     if name == "tpe":
         kwargs: dict[str, Any] = {"seed": seed, "multivariate": True, "group": True, "constant_liar": True}
@@ -128,7 +160,10 @@ def plain_sampler(config: SamplerConfig, seed: int) -> BaseSampler:
     if name == "botorch":
         from optuna_integration import BoTorchSampler
 
-        return BoTorchSampler(seed=seed, n_startup_trials=startup if startup is not None else 5)
+        from hpo2.study.botorch_candidates import LogEICandidates
+
+        return BoTorchSampler(seed=seed, n_startup_trials=startup if startup is not None else 5,
+                              candidates_func=LogEICandidates())
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup if startup is not None else 1,
                                             warn_independent_sampling=False)
@@ -143,7 +178,11 @@ def build_sampler(config: StudyConfig, space: SearchSpace) -> BaseSampler:
     seed = sampler.seed if sampler.seed is not None else config.seed
     if sampler.name in ("tpe", "random", "qmc"):
         return plain_sampler(sampler, seed)
-    return PerOptimizerSampler(space, lambda s: plain_sampler(sampler, s), seed=seed)
+    return PerOptimizerSampler(
+        space, lambda s, n: plain_sampler(sampler, s, n), seed=seed, allocation=config.allocation,
+        startup=sampler.n_startup_trials if sampler.n_startup_trials is not None else 1,
+        defaults_enqueued=config.enqueue_defaults, floor=sampler.allocation_floor,
+    )
 
 
 def build_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:

@@ -3,7 +3,8 @@
 A task fixes its data split, seeds, default batch size and target metric, and
 states the reference numbers it reproduces.  Tasks are built by name with
 settings (:func:`build_task`); every task's settings model shares
-:class:`TaskSettings` (seed, batch size, size limits, data directory).
+:class:`TaskSettings` (seed, batch size, size limits, data directory, and a
+``target`` that replaces the task's own time-to-target threshold).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class TaskSettings(BaseModel):
     n_train: int | None = Field(default=None, ge=1, description="use only the first n training samples")
     n_valid: int | None = Field(default=None, ge=1, description="use only the first n validation samples")
     data_dir: str | None = Field(default=None, description="where the task's data files are (task-specific default)")
+    target: float | None = Field(
+        default=None, allow_inf_nan=False,
+        description="the validation metric whose first crossing is time-to-target (None: the task's own)",
+    )
 
 
 @dataclass
@@ -56,15 +61,19 @@ def loss_and_metric(
     x: Tensor,
     y: Tensor,
     batch_size: int = 2048,
+    device: torch.device | None = None,
 ) -> tuple[float, float]:
     """Mean loss and metric of ``model`` on ``x, y`` (eval mode, in batches, the
-    model's mode restored); the metric is the loss when ``metric_fn`` is None."""
+    model's mode restored); the metric is the loss when ``metric_fn`` is None.
+    With ``device``, each batch is copied there (a split kept in host memory)."""
     was_training = model.training
     model.eval()
     try:
         loss_sum, metric_sum, n = 0.0, 0.0, len(x)
         for start in range(0, n, batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            if device is not None:
+                xb, yb = xb.to(device), yb.to(device)
             out = model(xb)
             weight = len(xb) / n
             loss_sum += float(loss_fn(out, yb)) * weight

@@ -96,4 +96,6 @@ def build_task(name: str, settings: dict[str, Any] | None = None) -> Task:
     task.valid = task.valid.head(parsed.n_valid)
     if parsed.batch_size is not None:
         task.batch_size = parsed.batch_size
+    if parsed.target is not None:
+        task.target = parsed.target
     return task

@@ -157,7 +157,7 @@ def test_non_finite_loss_rejects_the_step_and_keeps_params(case: str) -> None:
     for a, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(a.detach(), b)
     if isinstance(opt, CurvatureOptimizer):
-        strict = type(opt)(model.parameters(), opt.settings, raise_on_nonfinite=True)
+        strict = type(opt)(model.parameters(), **opt.settings.model_dump(), raise_on_nonfinite=True)
         start(strict, model, nn.CrossEntropyLoss(), x, y)
         with pytest.raises(FloatingPointError, match="non"):
             strict.step(BatchClosure(model, InfiniteCrossEntropy(), x, y))

@@ -44,8 +44,9 @@ def test_model_samplers_propose_settings_from_the_model_not_at_random(model_samp
     optimizer's settings sit near that optimizer's optimum; random's do not."""
 
     def late_distances(sampler: str) -> list[float]:
+        balanced = {"allocation": "balanced"} if sampler != "random" else {}
         config = StudyConfig(name="s", task="digits_mlp", optimizers=["sgd", "adam"],
-                             sampler={"name": sampler, "seed": 3, "n_startup_trials": 5}, n_trials=30)
+                             sampler={"name": sampler, "seed": 3, "n_startup_trials": 5, **balanced}, n_trials=30)
         space = SearchSpace(config)
         study = optuna.create_study(direction="minimize", sampler=build_sampler(config, space))
         study.optimize(lambda trial: _distance_to_optimum(*space.suggest(trial)), n_trials=30)
