@@ -179,6 +179,7 @@ def _write(document: object, name: str) -> Path:
 
 @settings(max_examples=500, **FUZZ)
 @given(documents)
+@pytest.mark.slow  # a whole study or a server
 def test_fuzzed_study_files_never_raise_anything_but_a_settings_error(document):
     path = _write(document, "fuzz.yaml")
     try:
@@ -206,6 +207,7 @@ train_documents = (
 
 @settings(max_examples=300, **FUZZ)
 @given(train_documents)
+@pytest.mark.slow  # a whole study or a server
 def test_fuzzed_train_configs_never_raise_anything_but_a_settings_error(document):
     path = _write(document, "train.yaml")
     try:

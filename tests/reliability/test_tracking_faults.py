@@ -23,6 +23,9 @@ from hpo2.study.results import mlflow_run_id
 from hpo2.study.runner import StudyRunner
 from tests.reliability.conftest import free_port, wait_http
 
+# end to end: real processes, servers or whole studies (deselected in the developer loop; CI runs them)
+pytestmark = pytest.mark.slow
+
 
 def _study(tmp_path: Path, tracking_uri: str, n_trials: int = 4) -> Path:
     path = tmp_path / "s.yaml"

@@ -9,6 +9,9 @@ import yaml
 
 from tests.study.helpers import run_cli, write_study
 
+# end to end: real processes, servers or whole studies (deselected in the developer loop; CI runs them)
+pytestmark = pytest.mark.slow
+
 
 def test_best_export_then_train_reproduces_the_best_validation_metric(tmp_path):
     path = write_study(tmp_path, n_trials=3)

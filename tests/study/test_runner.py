@@ -5,12 +5,16 @@ from __future__ import annotations
 import time
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from hpo2.study.config import load_study_config
 from hpo2.study.runner import StudyRunner
 from tests.study.helpers import run_cli, write_study
+
+# end to end: real processes, servers or whole studies (deselected in the developer loop; CI runs them)
+pytestmark = pytest.mark.slow
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

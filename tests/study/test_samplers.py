@@ -21,6 +21,7 @@ from tests.study.helpers import write_study
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "botorch", "cmaes", "random", "qmc"])
+@pytest.mark.slow  # a whole study or a server
 def test_each_sampler_runs_a_study(tmp_path, sampler):
     path = write_study(tmp_path, sampler={"name": sampler, "seed": 1, **({"n_startup_trials": 2} if sampler in ("gp", "botorch") else {})},
                        n_trials=6, enqueue_defaults=False, curvature_diagnostics=False)
@@ -39,6 +40,7 @@ def _distance_to_optimum(name: str, settings: dict) -> float:
 
 
 @pytest.mark.parametrize("model_sampler", ["gp", "botorch"])
+@pytest.mark.slow  # a whole study or a server
 def test_model_samplers_propose_settings_from_the_model_not_at_random(model_sampler):
     """On a cheap synthetic objective, the late proposals of GP/BoTorch for each
     optimizer's settings sit near that optimizer's optimum; random's do not."""
