@@ -20,7 +20,6 @@ the file store under ``./mlruns`` is not used.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import threading

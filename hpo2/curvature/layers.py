@@ -137,10 +137,10 @@ class LayerRecord:
 
     def split(self, matrix: Tensor) -> dict[Tensor, Tensor]:
         """Split a ``(out, in [+ 1])`` matrix into the layer's parameters' shapes."""
-        weight = self.module.weight  # type: ignore[union-attr]
+        weight = self.module.weight
         parts = {weight: (matrix[:, :-1] if self.has_bias else matrix).reshape(weight.shape)}
         if self.has_bias:
-            parts[self.module.bias] = matrix[:, -1]  # type: ignore[index]
+            parts[self.module.bias] = matrix[:, -1]
         return parts
 
 

@@ -21,6 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from hpo2.study.config import StudyConfig, storage_error
 
+
 def open_journal(url: str) -> optuna.storages.BaseStorage | None:
     """A ``journal:PATH`` URL as Optuna's journal-file storage (several processes on
     one machine, no heartbeat); None for any other URL."""
