@@ -16,12 +16,15 @@ mkdir -p "$DEST/wheels"
 
 version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
 WANTED=()
-for name in optuna mlflow-skinny mlflow-tracing sqlalchemy alembic pydantic cmaes pytorch-optimizer; do
+for name in optuna mlflow-skinny mlflow-tracing sqlalchemy alembic pydantic cmaes; do
   WANTED+=("$name==$(version "$name")")
 done
-$PY -m pip download --quiet --dest "$DEST/wheels" --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  --platform manylinux1_x86_64 --platform any "${WANTED[@]}"
+TARGET=(--dest "$DEST/wheels" --only-binary=:all: --python-version 3.12 --implementation cp
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+  --platform manylinux1_x86_64 --platform any)
+$PY -m pip download --quiet "${TARGET[@]}" "${WANTED[@]}"
+# the Shampoo/SOAP tests' reference; --no-deps: it asks for torch, which the machine has in its CUDA build
+$PY -m pip download --quiet --no-deps "${TARGET[@]}" "pytorch-optimizer==$(version pytorch-optimizer)"
 
 # already on the machine (KINDS.md, "Python packages already there"): keep its builds, PyTorch's above all
 ON_MACHINE="torch numpy scipy scikit_learn typer rich PyYAML pyyaml click cloudpickle protobuf requests anyio packaging

@@ -38,7 +38,7 @@ from torch import nn
 from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import publish, median_seconds, paired_ratio  # noqa: E402
+from common import median_seconds, paired_ratio, publish  # noqa: E402
 
 from hpo2.curvature import HessianOperator, functional_hvp, module_loss_fn  # noqa: E402
 

@@ -29,7 +29,8 @@ from common import _timed, paired_ratio, publish, synchronize  # noqa: E402
 
 from hpo2.optim import LBFGS, SAM, BatchClosure, CurvatureOptimizer, from_config  # noqa: E402
 from hpo2.optim.registry import REGISTRY  # noqa: E402
-from hpo2.train import first_order_step as train_step, resolve_batch_size  # noqa: E402
+from hpo2.train import first_order_step as train_step  # noqa: E402
+from hpo2.train import resolve_batch_size
 
 
 def problem(device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

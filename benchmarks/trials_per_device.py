@@ -139,7 +139,8 @@ def main() -> None:
     lines += [row(r) for r in results]
     notes = (f"Task {args.task}, optimizers {', '.join(OPTIMIZERS)} drawn at random, "
              f"{args.trial_seconds:g} s per trial; "
-             f"sampled from the first finished trial (at most {args.warmup:g} s after the start) for {args.window:g} s, "
+             f"sampled from the first finished trial (at most {args.warmup:g} s after the start) "
+             f"for {args.window:g} s, "
              "every 0.5 s (nvidia-smi utilization.gpu).")
     device = torch.device(args.device)
     publish(f"Trials per device: GPU busy ({device.type})", "\n".join(lines), device, write=not args.no_write,

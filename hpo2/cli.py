@@ -98,7 +98,6 @@ def train(
 
     from hpo2.config import load_train_config
     from hpo2.errors import DataMissingError, SettingsError
-
     from hpo2.train import Evaluation, resolve_device, train_from_config
 
     try:
@@ -159,7 +158,7 @@ study_app = typer.Typer(help="Run and inspect studies (Optuna + MLflow).", no_ar
 app.add_typer(study_app, name="study")
 
 
-def _load_study_file(name_or_file: str, overrides: dict | None = None):  # type: ignore[no-untyped-def]
+def _load_study_file(name_or_file: str, overrides: dict | None = None):
     from hpo2.errors import SettingsError
     from hpo2.study.config import load_study_config
     from hpo2.study.locate import find_study_file
@@ -170,7 +169,7 @@ def _load_study_file(name_or_file: str, overrides: dict | None = None):  # type:
         raise fail(str(exc)) from None
 
 
-def _nothing_to_do(config, path: Path, target: int | None) -> bool:  # type: ignore[no-untyped-def]
+def _nothing_to_do(config, path: Path, target: int | None) -> bool:
     """A rerun of a study whose trial budget is spent says so and shows its status (no re-render)."""
     from hpo2.progress import print_status
     from hpo2.study.catalog import budget_spent, open_existing, study_closed
@@ -192,16 +191,15 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:  # type: ign
 
 def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: str | None,
                tracking_uri: str | None, device: str | None, warm_start: str | None = None) -> None:
+    import warnings
+
+    import optuna
     from rich.live import Live
 
+    from hpo2.errors import DataMissingError, SettingsError
     from hpo2.progress import Progress, StudyDisplay, print_status
     from hpo2.redact import redact_url
     from hpo2.study.runner import StudyReport, StudyRunner
-    from hpo2.errors import DataMissingError, SettingsError
-
-    import optuna
-
-    import warnings
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -302,7 +300,7 @@ def worker(
 STORAGE_OPTION = typer.Option(None, "--storage", help="the study's Optuna storage URL, if not the study file's")
 
 
-def _existing_study(name_or_file: str, overrides: dict):  # type: ignore[no-untyped-def]
+def _existing_study(name_or_file: str, overrides: dict):
     """The study file's config, its path and the study already in storage (or exit 2)."""
     from hpo2.errors import SettingsError
     from hpo2.study.results import load_study

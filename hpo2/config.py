@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from hpo2.optim.registry import load_config_file, parse_optimizer_config
 from hpo2.errors import SettingsError, did_you_mean
+from hpo2.optim.registry import load_config_file, parse_optimizer_config
 from hpo2.tasks import parse_task_settings
 from hpo2.train import TrainConfig
 

@@ -23,7 +23,7 @@ MASK = "***"
 def url_password(url: str) -> str | None:
     """The password inside ``url``, or None (also for strings that are not URLs)."""
     try:
-        return make_url(url).password  # type: ignore[return-value]
+        return make_url(url).password
     except (ArgumentError, ValueError):
         try:
             return urlsplit(url).password

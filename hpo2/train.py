@@ -45,9 +45,8 @@ from torch import Tensor, nn
 
 from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
 from hpo2.optim.sam import SAM
-from hpo2.placement import DeviceBatches
 from hpo2.tasks import Task, build_task, loss_and_metric
-
+from hpo2.tasks.placement import DeviceBatches, fits, free_bytes, split_bytes
 
 MAX_SECONDS = 30 * 24 * 3600  # 30 days: a longer budget is a typo, not a plan
 
@@ -175,7 +174,9 @@ Report = Callable[[Evaluation], bool | None]
 StepHook = Callable[[int, dict[str, Any]], None]
 
 
-def first_order_step(optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, xb: Tensor, yb: Tensor) -> dict[str, Any]:
+def first_order_step(
+    optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, xb: Tensor, yb: Tensor
+) -> dict[str, Any]:
     """One torch-style step (``backward()`` then ``optimizer.step()``) and what it
     costs: one gradient, plus, for an optimizer whose ``step`` does work comparable
     to a gradient (``charges_step_time = True``, e.g. Muon's Newton-Schulz
@@ -209,7 +210,8 @@ class _TrainingLoop:
         self.eval_every_steps, self.divergence_factor = eval_every_steps, divergence_factor
         self.model = task.model.to(device)
         task.loss_fn.to(device)
-        self.train = DeviceBatches(task.train, device, seed)
+        resident = fits(split_bytes(task.train, task.valid), free_bytes(device))
+        self.train = DeviceBatches(task.train, device, seed, resident)
         # validation follows the training split's placement: resident together, or copied per batch
         self.valid = task.valid.to(device) if self.train.resident else task.valid
         self.valid_device = None if self.train.resident else device
@@ -221,7 +223,8 @@ class _TrainingLoop:
         self.steps_per_epoch = max(1, n // self.batch_size)
         self.history: list[Evaluation] = []
         self.diagnostics_log: list[dict[str, Any]] = []
-        self.grad_eq, self.step, self.first_loss = 0.0, 0, None
+        self.grad_eq, self.step = 0.0, 0
+        self.first_loss: float | None = None
         self.last_train_loss = math.nan
         self.status, self.reason = "completed", "budget reached"
         self.ttt_seconds: float | None = None
@@ -313,9 +316,9 @@ class _TrainingLoop:
         while self.budget_left():
             if self.train_epoch():
                 break
-        if self.status != "diverged" and (not self.history or self.history[-1].step != self.step):
-            if self.record() and self.status == "completed":
-                self.status, self.reason = "stopped", f"stopped by the report callback at step {self.step}"
+        unrecorded = self.status != "diverged" and (not self.history or self.history[-1].step != self.step)
+        if unrecorded and self.record() and self.status == "completed":
+            self.status, self.reason = "stopped", f"stopped by the report callback at step {self.step}"
         return self.result()
 
     def result(self) -> TrainResult:
@@ -348,7 +351,7 @@ def run_training(
 ) -> TrainResult:
     """Train ``task`` under ``budget``; see the module docstring.
 
-    The training split is placed on the device once (:class:`~hpo2.placement.DeviceBatches`).
+    The training split is placed on the device once (:class:`~hpo2.tasks.placement.DeviceBatches`).
 
     Args:
         optimizer_config: ``{"name": ..., "settings": {...}}`` (registry names).
@@ -365,7 +368,9 @@ def run_training(
     return loop.run()
 
 
-def train_from_config(config: TrainConfig, report: Report | None = None, on_step: StepHook | None = None) -> tuple[Task, TrainResult]:
+def train_from_config(
+    config: TrainConfig, report: Report | None = None, on_step: StepHook | None = None
+) -> tuple[Task, TrainResult]:
     """Build the config's task and run :func:`run_training` on it."""
     torch.manual_seed(config.seed)
     task = build_task(config.task.name, config.task.settings)

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("solvers", ("hpo2.solvers",)),
     ("optim", ("hpo2.optim",)),
     ("tasks", ("hpo2.tasks",)),
-    ("train", ("hpo2.train", "hpo2.config", "hpo2.diagnostics", "hpo2.placement")),
+    ("train", ("hpo2.train", "hpo2.config", "hpo2.diagnostics")),
     ("tracking", ("hpo2.tracking",)),
     ("study", ("hpo2.study",)),
     ("report", ("hpo2.report", "hpo2.suite_report", "hpo2.dashboard")),

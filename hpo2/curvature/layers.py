@@ -137,10 +137,10 @@ class LayerRecord:
 
     def split(self, matrix: Tensor) -> dict[Tensor, Tensor]:
         """Split a ``(out, in [+ 1])`` matrix into the layer's parameters' shapes."""
-        weight = self.module.weight  # type: ignore[union-attr]
+        weight = self.module.weight
         parts = {weight: (matrix[:, :-1] if self.has_bias else matrix).reshape(weight.shape)}
         if self.has_bias:
-            parts[self.module.bias] = matrix[:, -1]  # type: ignore[index]
+            parts[self.module.bias] = matrix[:, -1]
         return parts
 
 
@@ -259,7 +259,7 @@ def per_sample_scale(
 
 
 def _closed_form_scale(loss_fn: object, outputs: Tensor, targets: Tensor) -> Tensor | None:
-    """:func:`per_sample_scale` without vmap for the common losses (``None`` for others):
+    r""":func:`per_sample_scale` without vmap for the common losses (``None`` for others):
     ``reduction="sum"``: 1; ``"mean"`` of ``nn.MSELoss`` / ``nn.BCEWithLogitsLoss``: N;
     of ``nn.CrossEntropyLoss`` with class-index targets, one per sample:
     :math:`\sum_m w_{y_m} / w_{y_n}` over the non-ignored samples, 0 for ignored ones."""

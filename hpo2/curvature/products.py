@@ -205,9 +205,9 @@ def functional_hvp(
         [4.0, 7.0]
     """
     if isinstance(params, Mapping):
-        if set(params) != set(vectors):  # type: ignore[arg-type]
+        if set(params) != set(vectors):
             raise ValueError(
-                f"vectors has keys {sorted(vectors)} but params has keys {sorted(params)}"  # type: ignore[arg-type]
+                f"vectors has keys {sorted(vectors)} but params has keys {sorted(params)}"
             )
         check_vectors([vectors[k] for k in params], list(params.values()))  # type: ignore[index]
     else:

@@ -39,7 +39,7 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
         refresh = (step - 1) % first["hessian_refresh"] == 0
         self._start_diagnostics()
         loss_t, grads, diag = self._gradient_and_diagonal(closure, refresh, estimator, first["n_probes"])
-        g_norm_t = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+        g_norm_t = torch.sqrt(torch.stack([(g.double() ** 2).sum() for g in grads]).sum())
         diag_ok = 1.0 if diag is None else torch.stack([torch.isfinite(d).all() for d in diag]).all()
         loss, g_norm, diag_finite = host_floats(loss_t, g_norm_t, diag_ok)  # one read for the step's checks
         self.diagnostics.update(loss=loss, grad_norm=g_norm, hessian_refreshed=int(refresh))

@@ -203,7 +203,9 @@ class LBFGS(CurvatureOptimizer):
             (slope,) = host_floats(torch.dot(g, d))
             if slope > -tol_change:
                 break
-            moved_loss, g, t, ls_evals = self._move(closure, search, d, t, loss, g, slope, n_iter, max_eval - evals)  # type: ignore[arg-type]
+            moved_loss, g, t, ls_evals = self._move(
+                closure, search, d, t, loss, g, slope, n_iter, max_eval - evals  # type: ignore[arg-type]
+            )
             state["t"] = t
             evals += ls_evals
             state["func_evals"] += ls_evals

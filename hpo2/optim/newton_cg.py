@@ -170,7 +170,9 @@ class NewtonCG(CurvatureOptimizer):
             if group["globalization"] == "trust_region":
                 rho = self._trust_region_step(closure, x0, loss, g, damped, forcing)  # type: ignore[arg-type]
             else:
-                rho = self._line_search_step(closure, x0, loss, g, g_norm, damped, forcing, operator, damping)  # type: ignore[arg-type]
+                rho = self._line_search_step(
+                    closure, x0, loss, g, g_norm, damped, forcing, operator, damping  # type: ignore[arg-type]
+                )
             if group["damping_rule"] == "lm":
                 damping = levenberg_marquardt(damping, rho, group["lm_boost"], group["lm_drop"])
             state["damping"] = damping

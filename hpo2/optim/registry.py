@@ -25,9 +25,10 @@ from typing import Any
 import yaml
 from torch.optim import Optimizer
 
+from hpo2.errors import SettingsError, check_known, did_you_mean
 from hpo2.optim.adahessian import AdaHessian
-from hpo2.optim.baselines import AdamSettings, AdamWSettings, SGDSettings, build_adam, build_sgd
 from hpo2.optim.base import CurvatureOptimizer
+from hpo2.optim.baselines import AdamSettings, AdamWSettings, SGDSettings, build_adam, build_sgd
 from hpo2.optim.hessian_free import HessianFree
 from hpo2.optim.kfac import KFAC
 from hpo2.optim.lbfgs import LBFGS
@@ -35,7 +36,6 @@ from hpo2.optim.muon import MuonSettings, MuonWithAdamW
 from hpo2.optim.newton_cg import NewtonCG
 from hpo2.optim.saddle_free import SaddleFreeNewton
 from hpo2.optim.sam import SAM, SAM_KEY, SAMSettings, parse_sam
-from hpo2.errors import SettingsError, check_known, did_you_mean
 from hpo2.optim.settings import OptimizerSettings, SearchDimension
 from hpo2.optim.shampoo import Shampoo
 from hpo2.optim.soap import SOAP

@@ -120,7 +120,7 @@ class SaddleFreeNewton(CurvatureOptimizer):
                 state["eigenvalues"], state["eigenvectors"] = pairs
         state["global_step"] = step
         values, vectors = state.get("eigenvalues"), state.get("eigenvectors")
-        if vectors is None:
+        if values is None or vectors is None:
             direction = -group["lr"] * g
         else:
             coefficients = vectors @ g

@@ -201,10 +201,10 @@ class SAM(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         return {"base": self.base.state_dict(), SAM_KEY: self.settings.model_dump()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if set(state_dict) != {"base", SAM_KEY}:
             raise ValueError(f"a SAM state_dict has keys 'base' and 'sam', got {sorted(state_dict)}")
         self.settings = SAMSettings.parse(state_dict[SAM_KEY], where="state_dict.sam")

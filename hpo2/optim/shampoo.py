@@ -131,7 +131,7 @@ class Shampoo(MatrixPreconditioner):
         return super().step(closure)
 
     def _update(self, group: dict[str, Any], p: Tensor, grad: Tensor, state: dict[str, Any]) -> None:
-        b1, b2, gb2 = group["beta1"], group["beta2"], group["graft_beta2"]
+        b1, gb2 = group["beta1"], group["graft_beta2"]
         if "step" not in state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p)

@@ -19,7 +19,7 @@ def host_floats(*values: Tensor | float) -> list[float]:
     (in the widest of their dtypes, so float64 values stay exact)."""
     tensors = [v.detach().reshape(()) for v in values if isinstance(v, Tensor)]
     if not tensors:
-        return [float(v) for v in values]  # type: ignore[arg-type]  # only floats here
+        return [float(v) for v in values]
     dtype = reduce(torch.promote_types, (t.dtype for t in tensors))
     device = tensors[0].device
     read = iter(torch.stack([t.to(device=device, dtype=dtype) for t in tensors]).tolist())

@@ -81,7 +81,8 @@ def override_dimension(
     if not value[0] < value[1]:
         raise ValueError(f"{shown}: give [low, high] with low < high")
     field = settings.model_fields[key]
-    constraints = TypeAdapter(Annotated[(field.annotation, *field.metadata)])  # type: ignore[valid-type]
+    # Annotated[...] is built at run time from the field's own constraints; mypy checks only static forms.
+    constraints: TypeAdapter[Any] = TypeAdapter(Annotated[(field.annotation, *field.metadata)])  # type: ignore[arg-type]
     for end, v in zip(("low", "high"), value):
         try:
             constraints.validate_python(v)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hpo2.optim.registry import load_config_file
 from hpo2.errors import SettingsError
+from hpo2.optim.registry import load_config_file
 
 STUDIES_ENV = "HPO2_STUDIES"
 STUDY_SUFFIXES = (".yaml", ".yml", ".json")

@@ -22,6 +22,7 @@ parent exits 130 then.  On Linux a child also gets SIGTERM if the parent dies.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -96,10 +97,8 @@ def plan_slots(per_device: int, device: str, gpus: Sequence[str], cores: int) ->
 
 def _die_with_parent() -> None:
     """In the child before exec (Linux): SIGTERM when the parent dies, so no worker outlives a killed parent."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the parent's forwarding still covers signals
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):  # not Linux: the parent's forwarding still covers Ctrl-C and SIGTERM
-        pass
 
 
 class WorkerPool:
@@ -131,6 +130,9 @@ class WorkerPool:
 
     def start(self) -> None:
         for slot in self.slots:
+            if self.interrupted:  # Ctrl-C while starting: start no more
+                self.slots = self.slots[: len(self.processes)]
+                return
             command = [sys.executable, "-m", "hpo2.cli", "worker", *self.worker_args, "--device", slot.device]
             env = {**os.environ, **{k: v for k, v in slot.env.items() if k != "OMP_NUM_THREADS" or k not in os.environ}}
             proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -145,7 +147,7 @@ class WorkerPool:
         relays: list[threading.Thread] = []
         try:
             self.start()
-            for slot, proc in zip(self.slots, self.processes):
+            for slot, proc in zip(self.slots, self.processes, strict=True):
                 assert proc.stdout is not None  # stdout=PIPE above
                 relays.append(threading.Thread(target=self._relay, args=(slot.label, proc.stdout), daemon=True))
                 relays[-1].start()

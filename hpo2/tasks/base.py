@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 
-
 class TaskSettings(BaseModel):
     """Settings every task takes; tasks add their own fields."""
 

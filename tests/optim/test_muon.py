@@ -52,7 +52,7 @@ def test_matrix_updates_are_orthogonalised_and_the_rest_follows_adamw():
         singular = torch.linalg.svdvals(update)
         # Five quintic Newton-Schulz steps put singular values in roughly [0.7, 1.2]
         # (Jordan et al.), whatever the spread of the gradient's.
-        assert 0.5 < float(singular.min()) and float(singular.max()) < 1.3, singular
+        assert float(singular.min()) > 0.5 and float(singular.max()) < 1.3, singular
         before = weight.detach().clone()
     assert float(grad_singular.max() / grad_singular.min()) > 3  # the gradient itself is far from orthogonal
     for ours, ref in zip([p for p in model.parameters() if p.dim() == 1], biases):

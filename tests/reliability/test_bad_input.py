@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from hpo2.cli import app
 from hpo2.config import load_train_config
-from hpo2.optim.registry import load_config_file, parse_optimizer_config
 from hpo2.errors import SettingsError
+from hpo2.optim.registry import load_config_file, parse_optimizer_config
 from hpo2.optim.settings import FloatRange
 from hpo2.study.config import StudyConfig, load_study_config
 from hpo2.train import TrainConfig
@@ -179,6 +179,7 @@ def _write(document: object, name: str) -> Path:
 
 @settings(max_examples=500, **FUZZ)
 @given(documents)
+@pytest.mark.slow  # a whole study or a server
 def test_fuzzed_study_files_never_raise_anything_but_a_settings_error(document):
     path = _write(document, "fuzz.yaml")
     try:
@@ -206,6 +207,7 @@ train_documents = (
 
 @settings(max_examples=300, **FUZZ)
 @given(train_documents)
+@pytest.mark.slow  # a whole study or a server
 def test_fuzzed_train_configs_never_raise_anything_but_a_settings_error(document):
     path = _write(document, "train.yaml")
     try:

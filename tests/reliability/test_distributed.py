@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+
+# end to end: real processes, servers or whole studies (deselected in the developer loop; CI runs them)
+pytestmark = pytest.mark.slow
 
 
 def test_four_workers_share_one_study_through_postgresql(tmp_path: Path, postgres, mlflow_server):

@@ -32,6 +32,9 @@ from hpo2.study.config import load_study_config
 from hpo2.study.results import mlflow_run_id
 from hpo2.study.space import SearchSpace
 
+# end to end: real processes, servers or whole studies (deselected in the developer loop; CI runs them)
+pytestmark = pytest.mark.slow
+
 N_TRIALS = 3
 OPTIMIZERS = ["adam", "sgd"]  # trials 0 and 1 are their paper defaults
 

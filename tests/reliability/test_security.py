@@ -16,8 +16,8 @@ import yaml
 from typer.testing import CliRunner
 
 from hpo2.cli import app
-from hpo2.tasks import build_task
 from hpo2.errors import UntrustedFileError
+from hpo2.tasks import build_task
 from hpo2.tasks.files import read_cifar10
 
 

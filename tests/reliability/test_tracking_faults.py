@@ -17,11 +17,14 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from hpo2.cli import app
+from hpo2.progress import Progress
 from hpo2.study.config import load_study_config
 from hpo2.study.results import mlflow_run_id
-from hpo2.progress import Progress
 from hpo2.study.runner import StudyRunner
 from tests.reliability.conftest import free_port, wait_http
+
+# end to end: real processes, servers or whole studies (deselected in the developer loop; CI runs them)
+pytestmark = pytest.mark.slow
 
 
 def _study(tmp_path: Path, tracking_uri: str, n_trials: int = 4) -> Path:
@@ -162,12 +165,12 @@ def test_two_studies_spool_into_one_folder_and_sync_makes_mlflow_agree_with_optu
 
     server.start()
     try:
-        for name, (path, _) in studies.items():
+        for _name, (path, _) in studies.items():
             result = CliRunner().invoke(app, ["study", "sync", str(path)])
             assert result.exit_code == 0 and "sent 2 run(s)" in result.output, result.output
         assert not list((tmp_path / "mlflow-unsent").glob("*"))
         client = MlflowClient(server.url)
-        for name, (path, study) in studies.items():
+        for name, (_path, study) in studies.items():
             study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / f'{name}.optuna.db'}")
             runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
             assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 3  # parent + 2 trials

@@ -23,6 +23,9 @@ from hpo2.study.runner import StudyRunner
 from hpo2.tasks import TASKS, Split, Task, TaskSettings, TaskSpec
 from hpo2.tasks.base import accuracy
 
+# end to end: real processes, servers or whole studies (deselected in the developer loop; CI runs them)
+pytestmark = pytest.mark.slow
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

@@ -22,6 +22,9 @@ from optuna.trial import TrialState
 
 from hpo2.study.workers import plan_slots, visible_gpus
 
+# end to end: real processes, servers or whole studies (deselected in the developer loop; CI runs them)
+pytestmark = pytest.mark.slow
+
 
 def test_slots_per_visible_gpu_each_seeing_its_own() -> None:
     slots = plan_slots(3, "auto", ["3", "5"], cores=16)

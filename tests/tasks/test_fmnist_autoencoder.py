@@ -24,7 +24,7 @@ def test_architecture_data_and_loss() -> None:
     assert kinds.count("Sigmoid") == 6 and kinds[6:8] == ["Linear", "Linear"] and kinds[-1] == "Linear"
     assert isinstance(task.loss_fn, nn.BCEWithLogitsLoss)
     assert task.train.x.shape == (64, 784) and torch.equal(task.train.x, task.train.y)
-    assert 0 <= float(task.train.x.min()) and float(task.train.x.max()) <= 1
+    assert float(task.train.x.min()) >= 0 and float(task.train.x.max()) <= 1
     assert task.metric == "reconstruction_error" and not task.higher_is_better
 
 

@@ -72,6 +72,7 @@ def _hpo2(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hpo2.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a whole study or a server
 def test_study_run_shows_progress_without_noise_and_a_rerun_has_nothing_to_do(tmp_path: Path) -> None:
     path = _study_file(tmp_path / "studies", task="digits_mlp", budget={"epochs": 1}, optimizers=["sgd", "sophia"])
     first = _hpo2(tmp_path, "study", "run", str(path))

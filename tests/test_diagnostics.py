@@ -81,6 +81,7 @@ def test_m_sharpness_equals_a_direct_computation(m: int, seed: int) -> None:
         assert torch.equal(p.detach(), b)  # parameters restored exactly
 
 
+@pytest.mark.slow  # a whole study or a server
 def test_a_study_logs_flatness_per_trial_searches_sam_and_plots_sharpness(tmp_path) -> None:
     import optuna
     import yaml

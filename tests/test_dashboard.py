@@ -99,6 +99,7 @@ def test_dashboard_outside_a_project_refuses_instead_of_serving_an_empty_store(t
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow  # a whole study or a server
 def test_dashboard_serves_the_mlflow_ui_and_rest_api(project: Path, sig: signal.Signals) -> None:
     """From a sub-folder of the project: the UI and REST API answer, the printed link is
     the runs table, one uvicorn worker and no job runners; a signal to ``hpo2 dashboard``

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from hpo2.placement import DeviceBatches, fits, split_bytes
 from hpo2.tasks import build_task
 from hpo2.tasks.base import Split
+from hpo2.tasks.placement import DeviceBatches, fits, split_bytes
 from hpo2.train import Budget, run_training
 from tests.conftest import DEVICES
 
@@ -84,17 +84,18 @@ def test_same_seed_same_batches_other_seed_other_batches() -> None:
     assert sorted(orders[0].tolist()) == list(range(40))
 
 
-def _train(steps: int, seed: int = 0) -> tuple[int, float]:
+def _train(steps: int, seed: int = 0, device: str = "cpu") -> tuple[int, float]:
     task = build_task("logreg_breast_cancer", {"batch_size": 50})
     with counting_copies() as calls:
-        result = run_training(task, {"name": "adam"}, Budget(steps=steps), seed=seed, device="cpu")
+        result = run_training(task, {"name": "adam"}, Budget(steps=steps), seed=seed, device=device)
     data_copies = sum(1 for shape, _ in calls if shape and shape[0] in (50, 400, 85))  # batches, train, valid
     return data_copies, result.history[-1].valid_metric
 
 
-def test_the_training_loop_copies_the_data_once_per_trial_not_per_step() -> None:
-    few, metric_few = _train(steps=2)
-    many, _ = _train(steps=16)  # two epochs: eight steps each
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_training_loop_copies_the_data_once_per_trial_not_per_step(device: str) -> None:
+    few, metric_few = _train(steps=2, device=device)
+    many, _ = _train(steps=16, device=device)  # two epochs: eight steps each
     assert few == many, "data copied per step or per epoch"
     assert few == 4  # train and validation inputs and targets, once
-    assert _train(steps=2)[1] == metric_few  # same seed, same metric
+    assert _train(steps=2, device=device)[1] == metric_few  # same seed, same metric

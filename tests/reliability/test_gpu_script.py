@@ -12,7 +12,7 @@ import pytest
 
 from hpo2.tasks.image_classification import FASHION_MNIST_DEFAULT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PIECES = ["HVP cost", "optimizer step cost", "time-to-target", "trials per device",
           "CUDA tests (collected only: no GPU)"]
 

@@ -1,0 +1,94 @@
+"""Samplers (hpo2.study.samplers): every allowed name builds its sampler and any other is refused; each runs a
+study; the model samplers propose from the model, not at random; the QMC seed changes the design."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import get_args
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from optuna_integration import BoTorchSampler
+
+from hpo2.errors import SettingsError
+from hpo2.study.config import SamplerConfig, StudyConfig, load_study_config
+from hpo2.study.runner import StudyRunner
+from hpo2.study.samplers import build_sampler, plain_sampler
+from hpo2.study.space import SearchSpace
+from tests.study.helpers import write_study
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "botorch", "cmaes", "random", "qmc"])
+@pytest.mark.slow  # a whole study or a server
+def test_each_sampler_runs_a_study(tmp_path, sampler):
+    path = write_study(tmp_path, sampler={"name": sampler, "seed": 1, **({"n_startup_trials": 2} if sampler in ("gp", "botorch") else {})},
+                       n_trials=6, enqueue_defaults=False, curvature_diagnostics=False)
+    config, file = load_study_config(path)
+    study = StudyRunner(config, file).run()
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 6
+    assert any(t.state == TrialState.COMPLETE for t in finished)
+    assert {t.params["optimizer"] for t in finished} <= {"sgd", "adam", "newton_cg"}
+
+
+def _distance_to_optimum(name: str, settings: dict) -> float:
+    optimum = {"sgd": {"lr": 1e-2, "momentum": 0.5}, "adam": {"lr": 3e-4, "beta1": 0.85, "beta2": 0.99}}[name]
+    d = (math.log10(settings["lr"]) - math.log10(optimum["lr"])) ** 2
+    return d + sum(((settings[k] - v) * 5) ** 2 for k, v in optimum.items() if k != "lr")
+
+
+@pytest.mark.parametrize("model_sampler", ["gp", "botorch"])
+@pytest.mark.slow  # a whole study or a server
+def test_model_samplers_propose_settings_from_the_model_not_at_random(model_sampler):
+    """On a cheap synthetic objective, the late proposals of GP/BoTorch for each
+    optimizer's settings sit near that optimizer's optimum; random's do not."""
+
+    def late_distances(sampler: str) -> list[float]:
+        balanced = {"allocation": "balanced"} if sampler != "random" else {}
+        config = StudyConfig(name="s", task="digits_mlp", optimizers=["sgd", "adam"],
+                             sampler={"name": sampler, "seed": 3, "n_startup_trials": 5, **balanced}, n_trials=30)
+        space = SearchSpace(config)
+        study = optuna.create_study(direction="minimize", sampler=build_sampler(config, space))
+        study.optimize(lambda trial: _distance_to_optimum(*space.suggest(trial)), n_trials=30)
+        late = study.trials[-10:]
+        assert {t.params["optimizer"] for t in late} == {"sgd", "adam"}  # balanced allocation
+        return [t.value for t in late]
+
+    model, random = late_distances(model_sampler), late_distances("random")
+    assert statistics.median(model) < 0.2 * statistics.median(random)
+    assert statistics.median(model) < 0.2
+
+
+def test_qmc_sampler_seed_changes_the_design():
+    from hpo2.study.config import SamplerConfig
+    from hpo2.study.samplers import plain_sampler
+
+    def first_points(seed: int) -> list[float]:
+        study = optuna.create_study(sampler=plain_sampler(SamplerConfig(name="qmc"), seed))
+        study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=4)
+        return [t.params["x"] for t in study.trials]
+
+    assert first_points(0) == first_points(0)
+    assert first_points(0) != first_points(1)
+
+
+EXPECTED = {"tpe": optuna.samplers.TPESampler, "gp": optuna.samplers.GPSampler, "botorch": BoTorchSampler,
+            "cmaes": optuna.samplers.CmaEsSampler, "random": optuna.samplers.RandomSampler,
+            "qmc": optuna.samplers.QMCSampler}  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_each_allowed_name_builds_its_own_sampler() -> None:
+    names = get_args(SamplerConfig.model_fields["name"].annotation)
+    assert set(names) == set(EXPECTED)
+    for name in names:
+        assert type(plain_sampler(SamplerConfig(name=name), seed=0)) is EXPECTED[name], name
+
+
+def test_an_unknown_name_is_a_clear_error_not_cmaes() -> None:
+    config = SamplerConfig.model_construct(name="cmaess", n_startup_trials=None)  # past validation, as a caller could
+    with pytest.raises(SettingsError, match=r"sampler.name: 'cmaess' is not a known sampler \(did you mean 'cmaes'\?\); "
+                                            r"allowed: tpe, gp, botorch, cmaes, random, qmc"):
+        plain_sampler(config, seed=0)
