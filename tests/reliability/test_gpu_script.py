@@ -12,6 +12,8 @@ import pytest
 
 from hpo2.tasks.image_classification import FASHION_MNIST_DEFAULT
 
+pytestmark = pytest.mark.slow  # runs every benchmark piece in subprocesses (about a minute)
+
 ROOT = Path(__file__).resolve().parents[2]
 PIECES = ["HVP cost", "optimizer step cost", "time-to-target", "trials per device",
           "CUDA tests (collected only: no GPU)"]

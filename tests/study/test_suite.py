@@ -50,6 +50,7 @@ def first_crossing(client: MlflowClient, run_id: str, target: float) -> float:
     return next((cost[s] for s in sorted(metric) if metric[s] >= target), math.inf)
 
 
+@pytest.mark.slow
 def test_suite_runs_a_study_per_task_and_writes_the_profile(tmp_path):
     path = write_suite(tmp_path)
     result = run_cli("suite", "run", str(path), "--no-png")
@@ -149,6 +150,7 @@ def test_report_of_a_suite_never_run_says_so_and_creates_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["suite.yaml"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_suite_resumes_where_it_stopped(tmp_path):
     from hpo2.study.recovery import StudyInterrupted
     from hpo2.study.suite import load_suite, run_suite

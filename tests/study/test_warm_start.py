@@ -50,6 +50,7 @@ def expected_warm_configs(earlier: optuna.Study, top_k: int) -> list[dict]:
     return out
 
 
+@pytest.mark.slow
 def test_warm_start_runs_the_earlier_best_first_and_never_twice(tmp_path):
     first = run_cli("study", "run", str(write(tmp_path, "a")))
     assert first.exit_code == 0, first.output
