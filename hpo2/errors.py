@@ -13,7 +13,9 @@ from typing import Any
 
 
 class SettingsError(ValueError):
-    """A user's config (optimizer, task, study, storage or tracking) is wrong; the message names the field and the fix."""
+    """A user's config (optimizer, task, study, storage or tracking) is wrong.
+
+    The message names the field and the fix."""
 
 
 class DataMissingError(RuntimeError):

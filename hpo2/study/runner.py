@@ -203,7 +203,9 @@ class StudyRunner:
         with quick_failing_http():  # MLflow calls made here and by the report, not only by the tracked runs
             self.open()
             self._begin()
-            budget = TrialBudget(self.study, self.storage_url, n_trials if n_trials is not None else self.config.n_trials)
+            budget = TrialBudget(
+                self.study, self.storage_url, n_trials if n_trials is not None else self.config.n_trials
+            )
             self._run(budget, timeout)
         return self.study
 
@@ -384,8 +386,16 @@ class StudyRunner:
 
         def measure_flatness(evaluation: Evaluation) -> None:
             started = time.perf_counter()
-            summary = flatness_summary(task.model, task.loss_fn, task.metric_fn, flatness_batch.x, flatness_batch.y,
-                                       evaluation.valid_metric, task.higher_is_better, seed=self.config.seed)  # fmt: skip
+            summary = flatness_summary(
+                task.model,
+                task.loss_fn,
+                task.metric_fn,
+                flatness_batch.x,
+                flatness_batch.y,
+                evaluation.valid_metric,
+                task.higher_is_better,
+                seed=self.config.seed,
+            )
             tracker.curvature(summary, evaluation.step)
             flatness.update(summary, step=evaluation.step, valid_metric=evaluation.valid_metric,
                             seconds=flatness["seconds"] + time.perf_counter() - started)  # fmt: skip

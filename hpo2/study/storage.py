@@ -33,7 +33,9 @@ def open_journal(url: str) -> optuna.storages.BaseStorage | None:
 StaleTrialHook = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
-def open_storage(url: str, config: StudyConfig, on_stale: StaleTrialHook | None = None) -> optuna.storages.BaseStorage | str:
+def open_storage(
+    url: str, config: StudyConfig, on_stale: StaleTrialHook | None = None
+) -> optuna.storages.BaseStorage | str:
     """An Optuna storage for ``url``; RDB URLs get heartbeats and stale-trial retry
     (``on_stale`` runs too, for each trial whose worker stopped beating).
     ``journal:PATH`` opens a journal file (several processes on one machine, no heartbeat)."""

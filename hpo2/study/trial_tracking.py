@@ -73,8 +73,13 @@ class TrialTracker:
         with self._timed():
             self.run.set_tags({"hpo2.status": status_tag or status.lower(), "hpo2.reason": reason or ""})
             if result is not None and result.time_to_target_seconds is not None:
-                self.run.log_metrics({"time_to_target_seconds": result.time_to_target_seconds,
-                                      "time_to_target_grad_equivalents": result.time_to_target_grad_equivalents}, step=0)
+                self.run.log_metrics(
+                    {
+                        "time_to_target_seconds": result.time_to_target_seconds,
+                        "time_to_target_grad_equivalents": result.time_to_target_grad_equivalents,
+                    },
+                    step=0,
+                )
             self.run.log_metrics({"tracking_seconds": self.seconds,
                                   "tracking_fraction": self.seconds / max(self.total_seconds, 1e-9)}, step=0)
             sent = self.run.end(status)

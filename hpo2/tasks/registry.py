@@ -79,7 +79,8 @@ def parse_task_settings(name: str, values: dict[str, Any] | None, where: str = "
         return spec, spec.settings(**values)
     except ValidationError as exc:
         problems = [
-            f"{where}.settings.{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in exc.errors()
+            f"{where}.settings.{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}"
+            for e in exc.errors()
         ]
         raise SettingsError("; ".join(problems)) from None
 
