@@ -114,9 +114,16 @@ def test_every_module_has_a_layer() -> None:
     ("file", "source", "expected"),
     [
         # a function-level import counts: it only hides a cycle
-        ("study/extra.py", "def finish():\n    from hpo2.report import render_study_report\n",
-         "hpo2.study.extra (study) imports hpo2.report (report)"),
-        ("optim/extra.py", "from hpo2.train import run_training\n", "hpo2.optim.extra (optim) imports hpo2.train (train)"),
+        (
+            "study/extra.py",
+            "def finish():\n    from hpo2.report import render_study_report\n",
+            "hpo2.study.extra (study) imports hpo2.report (report)",
+        ),
+        (
+            "optim/extra.py",
+            "from hpo2.train import run_training\n",
+            "hpo2.optim.extra (optim) imports hpo2.train (train)",
+        ),
         ("train_extra.py", "import optuna\n", None),  # no layer: KeyError, checked below
         ("tasks/extra.py", "import mlflow\n", "hpo2.tasks.extra (tasks) imports mlflow"),
         ("curvature/extra.py", "from ..optim import NewtonCG\n", "hpo2.curvature.extra (curvature) imports hpo2.optim"),
