@@ -589,9 +589,7 @@ def dashboard(
     ),
     study: str | None = typer.Option(None, "--study", help="serve the tracking store of this study (name or file)"),
 ) -> None:
-    """Serve the MLflow UI for the project's tracking store (optuna-dashboard alongside if installed).
-
-    Ctrl-C stops it."""
+    """Serve the MLflow UI for the project's tracking store (and optuna-dashboard if installed); Ctrl-C stops it."""
     import shutil
 
     from mlflow.tracking import MlflowClient
