@@ -46,7 +46,9 @@ N_AMORTIZED = 10
 
 
 def mlp(batch: int = 512) -> tuple[nn.Module, torch.Size, int]:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
+    )
     return model, torch.Size([batch, 784]), batch
 
 
@@ -113,7 +115,8 @@ def measure(name: str, build: Callable, device: torch.device, repeats: int, batc
     start = time.perf_counter()
     compiled_grad(detached)
     compiled_forward_over_reverse(1)
-    rows.append((name, "torch.compile of gradient + product: one-off compile time", (time.perf_counter() - start) * 1e3, math.nan))
+    compile_ms = (time.perf_counter() - start) * 1e3
+    rows.append((name, "torch.compile of gradient + product: one-off compile time", compile_ms, math.nan))
     t_cgrad, ratio = paired_ratio(lambda: compiled_grad(detached), gradient, device, repeats, warmup)
     rows.append((name, "gradient, torch.compile", t_cgrad * 1e3, ratio))
     paths: dict[str, Callable[[int], None]] = {
@@ -152,7 +155,9 @@ def main() -> None:
     for name, build in ((f"MLP 784-512-512-10, batch {batch or 512}", mlp), (f"CNN 2c2d, batch {batch or 128}", cnn)):
         rows += measure(name, build, device, args.repeats, batch, args.compile_backend, products, warmup)
     lines = ["| model | measurement | median ms | / gradient |", "| --- | --- | ---: | ---: |"]
-    lines += [f"| {m} | {what} | {ms:.2f} | {'-' if math.isnan(ratio) else f'{ratio:.2f}'} |" for m, what, ms, ratio in rows]
+    lines += [
+        f"| {m} | {what} | {ms:.2f} | {'-' if math.isnan(ratio) else f'{ratio:.2f}'} |" for m, what, ms, ratio in rows
+    ]
     table = "\n".join(lines)
     publish(f"HVP cost over gradient cost ({device.type})", table, device, write=not args.no_write, raw_name="hvp_cost",
             raw=[{"model": m, "measurement": what, "median_ms": ms, "per_gradient": None if math.isnan(r) else r}

@@ -60,7 +60,10 @@ def lbfgs_rows(device: torch.device, repeats: int) -> list[str]:
             return loss
 
         t_ours, ratio = paired_ratio(lambda: ours.step(closure), lambda: ref.step(ref_closure), device, repeats)
-        rows.append(f"| LBFGS ({line_search}), 10 inner iterations | {t_ours * 1e3:.2f} | {ratio:.2f} (hpo2 / torch.optim.LBFGS) | - |")
+        rows.append(
+            f"| LBFGS ({line_search}), 10 inner iterations | {t_ours * 1e3:.2f} "
+            f"| {ratio:.2f} (hpo2 / torch.optim.LBFGS) | - |"
+        )
     return rows
 
 
@@ -78,7 +81,9 @@ VARIANTS: list[tuple[str, dict[str, object]]] = [
 ]
 
 
-def _step_fn(name: str, optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor):  # type: ignore[no-untyped-def]
+def _step_fn(  # type: ignore[no-untyped-def]
+    name: str, optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor
+):
     """One step as the training loop takes it, and its counted gradient-equivalents."""
     if isinstance(optimizer, CurvatureOptimizer | SAM):
         closure = BatchClosure(model, loss_fn, x, y)
@@ -137,7 +142,8 @@ def counted_rows(device: torch.device, repeats: int) -> list[str]:
         # Means over the steps, not medians: the matrix and Kronecker methods refresh
         # their preconditioners every 10-100 steps, and those steps must be paid for.
         m, c = sum(seconds) / sum(units), statistics.fmean(counted)
-        label = name + (" " + ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else "") + f" (batch {size})"
+        described = " " + ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else ""
+        label = name + described + f" (batch {size})"
         rows.append(f"| {label} | {statistics.median(seconds) * 1e3:.2f} | {m:.2f} | {c:.2f} | {m / c:.2f} |")
     return rows
 
@@ -145,7 +151,9 @@ def counted_rows(device: torch.device, repeats: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=40, help="steps per optimizer (periodic refreshes are amortized over them)")
+    parser.add_argument(
+        "--repeats", type=int, default=40, help="steps per optimizer (periodic refreshes are amortized over them)"
+    )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: a shared machine's other jobs then stall no thread of ours)")
@@ -154,8 +162,10 @@ def main() -> None:
     device = torch.device(args.device)
     lines = ["| L-BFGS step (MLP 64-128-10, batch 1024) | median ms | ratio | - |", "| --- | ---: | --- | ---: |"]
     lines += lbfgs_rows(device, args.repeats)
-    lines += ["", f"| optimizer step (MLP 64-128-10, task batch 1024, training set {TRAINING_SET}), defaults unless stated | median ms "
-              "| measured (gradients of wall time, mean) | counted (grad_equivalents) | measured / counted |",
+    lines += ["",
+              f"| optimizer step (MLP 64-128-10, task batch 1024, training set {TRAINING_SET}), defaults unless stated "
+              "| median ms | measured (gradients of wall time, mean) | counted (grad_equivalents) "
+              "| measured / counted |",
               "| --- | ---: | ---: | ---: | ---: |"]
     lines += counted_rows(device, args.repeats)
     table = "\n".join(lines)

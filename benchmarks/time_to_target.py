@@ -55,8 +55,8 @@ from common import publish, study_benchmark_arguments  # noqa: E402
 from hpo2.tasks import build_task  # noqa: E402
 from hpo2.train import Budget, evaluate, run_training  # noqa: E402
 
-OPTIMIZERS = ["newton_cg", "hessian_free", "lbfgs", "adahessian", "sophia", "kfac", "shampoo", "soap", "saddle_free_newton",
-              "muon", "adam", "sgd"]
+OPTIMIZERS = ["newton_cg", "hessian_free", "lbfgs", "adahessian", "sophia", "kfac", "shampoo", "soap",
+              "saddle_free_newton", "muon", "adam", "sgd"]
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,9 @@ def train_once(case: Case, optimizer_config: dict[str, Any], seed: int, device: 
                               eval_every_steps=case.eval_every_steps)
     except Exception as exc:  # a configuration that cannot run is a row, not the end of the benchmark
         print(f"{case.task} {optimizer_config}: failed: {exc}", file=sys.stderr)
-        return Repeat(seed, f"failed: {type(exc).__name__}", None, None, math.nan, math.nan, math.nan, None, 0, math.nan)
+        return Repeat(
+            seed, f"failed: {type(exc).__name__}", None, None, math.nan, math.nan, math.nan, None, 0, math.nan
+        )
     final = result.final
     dev = torch.device(device)  # the model trained there; the task's splits stay in host memory
     diverged = result.status == "diverged"
@@ -204,7 +206,8 @@ def train_once(case: Case, optimizer_config: dict[str, Any], seed: int, device: 
         seed=seed, status=result.status, seconds_to_target=result.time_to_target_seconds,
         grad_equivalents_to_target=result.time_to_target_grad_equivalents,
         valid_metric=final.valid_metric if final and result.status != "diverged" else math.nan,
-        train_loss=train_loss, train_metric=train_metric, test_loss=test_loss, steps=result.steps, wall_seconds=result.wall_seconds,
+        train_loss=train_loss, train_metric=train_metric, test_loss=test_loss, steps=result.steps,
+        wall_seconds=result.wall_seconds,
     )
 
 

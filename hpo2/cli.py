@@ -34,7 +34,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """hpo2: Hessian-vector-product optimizers and the studies that tune them."""
     quiet_library_logs()
@@ -69,13 +71,16 @@ def fail(message: str) -> typer.Exit:
     """Print a user error (no traceback) and exit with code 2."""
     from rich.markup import escape
 
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # one line: paths stay whole
+    # soft_wrap: the message stays on one line, so paths stay whole
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
 @app.command()
 def optimizers(
-    name: str | None = typer.Argument(None, help="An optimizer's name: list its settings (default, search range, meaning)."),
+    name: str | None = typer.Argument(
+        None, help="An optimizer's name: list its settings (default, search range, meaning)."
+    ),
 ) -> None:
     """List the optimizers, or every setting of one with its default, search range, allowed values and meaning."""
     from hpo2.errors import SettingsError
@@ -89,7 +94,9 @@ def optimizers(
 
 @app.command()
 def train(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML/JSON with task, optimizer, budget (as `study best --export` writes)."),
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="YAML/JSON with task, optimizer, budget (as `study best --export` writes)."
+    ),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 or auto (default: the config's, else auto)."),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; also read from MLFLOW_TRACKING_URI."),
 ) -> None:
@@ -101,7 +108,9 @@ def train(
     from hpo2.train import Evaluation, resolve_device, train_from_config
 
     try:
-        cfg = load_train_config(config, {"device": device, "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")})
+        cfg = load_train_config(
+            config, {"device": device, "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")}
+        )
     except SettingsError as exc:
         raise fail(str(exc)) from None
     run = None
@@ -113,7 +122,9 @@ def train(
         except SettingsError as exc:
             raise fail(str(exc)) from None
 
-        run = TrackedRun.create(cfg.tracking_uri, cfg.experiment, f"{cfg.task.name}-{cfg.optimizer.name}", {"hpo2.task": cfg.task.name})
+        run = TrackedRun.create(
+            cfg.tracking_uri, cfg.experiment, f"{cfg.task.name}-{cfg.optimizer.name}", {"hpo2.task": cfg.task.name}
+        )
         run.log_params({"optimizer": cfg.optimizer.name, "task": cfg.task.name, "seed": cfg.seed,
                         **flatten_params("", cfg.optimizer.settings), **flatten_params("task", cfg.task.settings)})
 
@@ -144,9 +155,12 @@ def train(
         raise fail(str(exc)) from None
     console.print()
     best = result.best_metric
-    console.print(f"{result.status}: {result.reason}; best valid {task.metric} = {best if best is None else f'{best:.4g}'}; "
-                  f"time to target: {'not reached' if result.time_to_target_seconds is None else f'{result.time_to_target_seconds:.1f}s'}",
-                  highlight=False)
+    console.print(
+        f"{result.status}: {result.reason}; best valid {task.metric} = {best if best is None else f'{best:.4g}'}; "
+        "time to target: "
+        f"{'not reached' if result.time_to_target_seconds is None else f'{result.time_to_target_seconds:.1f}s'}",
+        highlight=False,
+    )
     if run is not None:
         run.set_tags({"hpo2.status": result.status, "hpo2.reason": result.reason})
         run.end("FINISHED" if result.status != "diverged" else "FAILED")
@@ -216,9 +230,11 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
         runner = StudyRunner(config, path, progress, report).open()
     except (SettingsError, DataMissingError, ValueError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
-                  f"storage {redact_url(runner.storage_url)}, MLflow {redact_url(runner.tracking_uri)}, device {runner.device}",
-                  highlight=False)
+    console.print(
+        f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
+        f"storage {redact_url(runner.storage_url)}, MLflow {redact_url(runner.tracking_uri)}, device {runner.device}",
+        highlight=False,
+    )
     for note in runner.warm_start.notes if runner.warm_start is not None else []:
         console.print(note, highlight=False)
     from hpo2.study.recovery import StudyInterrupted
@@ -235,7 +251,10 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     console.print()
     print_status(console, runner.study, config)
     if progress.trial_seconds:
-        console.print(f"tracking took {100 * progress.tracking_seconds / progress.trial_seconds:.2f}% of trial time", highlight=False)
+        console.print(
+            f"tracking took {100 * progress.tracking_seconds / progress.trial_seconds:.2f}% of trial time",
+            highlight=False,
+        )
 
 
 def _interrupted(retried: list[int]) -> typer.Exit:
@@ -256,10 +275,13 @@ def study_run(
     n_trials: int | None = typer.Option(None, help="total finished trials to reach (the count continues on resume)"),
     timeout: float | None = typer.Option(None, help="stop starting trials after this many seconds"),
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite beside the study file)"),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite:///mlflow.db beside the study file)"),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (default: sqlite:///mlflow.db beside the study file)"
+    ),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N or auto"),
-    warm_start: str | None = typer.Option(None, help="an earlier study (name, file or storage URL) whose best "
-                                          "configurations per optimizer run first"),
+    warm_start: str | None = typer.Option(
+        None, help="an earlier study (name, file or storage URL) whose best configurations per optimizer run first"
+    ),
 ) -> None:
     """Create or resume a study and run its trials."""
     _run_study(file, n_trials, timeout, storage, tracking_uri, device, warm_start)
@@ -327,8 +349,11 @@ def study_status(
 @study_app.command("best")
 def study_best(
     name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
-    export: Path | None = typer.Option(None, "--export", help="where to write the best trial as a `hpo2 train --config` file "
-                                       "(default: <study dir>/<name>.best.yaml)"),
+    export: Path | None = typer.Option(
+        None,
+        "--export",
+        help="where to write the best trial as a `hpo2 train --config` file (default: <study dir>/<name>.best.yaml)",
+    ),
     storage: str | None = STORAGE_OPTION,
 ) -> None:
     """The best trial, written as a config for `hpo2 train` and `from_config`."""
@@ -348,7 +373,9 @@ def study_best(
         write_export(target, exported)
     except OSError as exc:
         raise fail(f"--export: cannot write {target} ({exc.strerror}); give a writable path") from None
-    console.print(f"wrote {shown_path(target)}; reuse it with: hpo2 train --config {shown_path(target)}", highlight=False)
+    console.print(
+        f"wrote {shown_path(target)}; reuse it with: hpo2 train --config {shown_path(target)}", highlight=False
+    )
 
 
 @study_app.command("report")
@@ -375,8 +402,11 @@ def study_report(
     if run_id is None:
         raise fail(f"no MLflow run for study {config.name!r} in {redact_url(uri)}")
     target = out or beside_study(path, config.name, ".report.html")
-    console.print(f"rendering the plots of {len(study.trials)} trials into MLflow run {run_id}, then {shown_path(target)}"
-                  f"{' (PNG copies take a while)' if png else ''} ...", highlight=False)
+    console.print(
+        f"rendering the plots of {len(study.trials)} trials into MLflow run {run_id}, then {shown_path(target)}"
+        f"{' (PNG copies take a while)' if png else ''} ...",
+        highlight=False,
+    )
     with console.status("rendering ..."):
         render_study_report(study, config, uri, run_id, out=target, png=png)
     console.print(f"wrote {shown_path(target)} (and the plots to MLflow run {run_id})", highlight=False)
@@ -443,8 +473,10 @@ def study_sync(
                                  config.experiment or config.name)
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    console.print(f"sent {sent} run(s) to MLflow" + (f"; {left} still unsent (tracking unreachable), kept" if left else ""),
-                  highlight=False)
+    console.print(
+        f"sent {sent} run(s) to MLflow" + (f"; {left} still unsent (tracking unreachable), kept" if left else ""),
+        highlight=False,
+    )
     if left:
         raise typer.Exit(code=1)
 
@@ -552,10 +584,14 @@ def suite_report(
 def dashboard(
     port: int = typer.Option(5000, help="port of the MLflow UI"),
     host: str = typer.Option("127.0.0.1", help="bind address (127.0.0.1: this machine only; MLflow has no login)"),
-    tracking_uri: str | None = typer.Option(None, help="backend store to serve, also read from MLFLOW_TRACKING_URI (default: studies/mlflow.db, found upward from here)"),
+    tracking_uri: str | None = typer.Option(
+        None,
+        help="backend store to serve, also read from MLFLOW_TRACKING_URI "
+        "(default: studies/mlflow.db, found upward from here)",
+    ),
     study: str | None = typer.Option(None, "--study", help="serve the tracking store of this study (name or file)"),
 ) -> None:
-    """Serve the MLflow UI for the project's tracking store (optuna-dashboard alongside if installed); Ctrl-C stops it."""
+    """Serve the MLflow UI for the project's tracking store (and optuna-dashboard if installed); Ctrl-C stops it."""
     import shutil
 
     from mlflow.tracking import MlflowClient

@@ -64,7 +64,8 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None)
     data = load_config_file(path)
     if looks_like_study_file(data):
         raise SettingsError(
-            f"{path} is a study file (it has {', '.join(k for k in ('n_trials', 'optimizers') if k in data) or 'a search'} "
+            f"{path} is a study file "
+            f"(it has {', '.join(k for k in ('n_trials', 'optimizers') if k in data) or 'a search'} "
             f"and no optimizer): run it with `hpo2 study run {path}`; `hpo2 train --config` takes one optimizer, "
             "as `hpo2 study best NAME --export best.yaml` writes"
         )

@@ -138,10 +138,13 @@ class StudyDisplay:
                                 f"{counts[TrialState.FAIL]} failed; {counts[TrialState.RUNNING]} running")  # fmt: skip
         table.add_row("best", self._best(study, trials))
         elapsed = time.monotonic() - self.started
-        table.add_row("time", f"{duration_text(elapsed)} elapsed, "
-                              f"ETA {duration_text(eta_seconds(trials, self.target, elapsed, self.timeout, self.jobs))}")  # fmt: skip
+        eta = eta_seconds(trials, self.target, elapsed, self.timeout, self.jobs)
+        table.add_row("time", f"{duration_text(elapsed)} elapsed, ETA {duration_text(eta)}")
         if progress.current_trial is not None:
-            table.add_row("current", f"trial {progress.current_trial} ({progress.current_optimizer}), epoch {progress.current_epoch:.2f}")
+            table.add_row(
+                "current",
+                f"trial {progress.current_trial} ({progress.current_optimizer}), epoch {progress.current_epoch:.2f}",
+            )
         return table
 
     def _print_finished(self, trials: Sequence[FrozenTrial]) -> None:
@@ -182,5 +185,8 @@ def print_status(console: Console, study: optuna.Study, config: StudyConfig) -> 
     best = best_trials(study)
     if best:
         label = "best" if len(best) == 1 else f"Pareto front ({len(best)} trials)"
-        console.print(f"{label}: " + "; ".join(f"trial {t.number} {t.params.get('optimizer')} = {round_values(t.values)}"
-                                               for t in best), highlight=False)
+        console.print(
+            f"{label}: "
+            + "; ".join(f"trial {t.number} {t.params.get('optimizer')} = {round_values(t.values)}" for t in best),
+            highlight=False,
+        )

@@ -81,7 +81,10 @@ def sharpness_figure(study: optuna.Study) -> go.Figure | None:
         x, y = flat.get("m_sharpness"), flat.get("valid_metric")
         if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
             continue
-        label = f"trial {t.number}<br>top eigenvalue {flat.get('top_eigenvalue', math.nan):.3g}<br>gap {flat.get('generalization_gap', math.nan):.3g}"
+        label = (
+            f"trial {t.number}<br>top eigenvalue {flat.get('top_eigenvalue', math.nan):.3g}"
+            f"<br>gap {flat.get('generalization_gap', math.nan):.3g}"
+        )
         points.setdefault(str(t.params.get(OPTIMIZER_PARAM)), []).append((x, y, label))
     if not points:
         return None
@@ -89,8 +92,11 @@ def sharpness_figure(study: optuna.Study) -> go.Figure | None:
     for name, rows in sorted(points.items()):
         xs, ys, labels = zip(*rows)
         fig.add_trace(go.Scatter(x=xs, y=ys, text=labels, mode="markers", name=name, hovertemplate="%{text}"))
-    fig.update_layout(title="Sharpness against validation metric (one point per trial)",
-                      xaxis_title="m-sharpness (rho 0.05, training sample)", yaxis_title="validation metric")  # fmt: skip
+    fig.update_layout(
+        title="Sharpness against validation metric (one point per trial)",
+        xaxis_title="m-sharpness (rho 0.05, training sample)",
+        yaxis_title="validation metric",
+    )
     return fig
 
 
@@ -126,9 +132,14 @@ def study_figures(study: optuna.Study, config: StudyConfig, client: MlflowClient
     sharpness = sharpness_figure(study)
     if sharpness is not None:
         figures["sharpness_vs_validation"] = sharpness
-    figures["learning_curves_wall_time"] = learning_curves(study, client, "wall_seconds", "Best trial of each optimizer: validation metric against wall time")
+    figures["learning_curves_wall_time"] = learning_curves(
+        study, client, "wall_seconds", "Best trial of each optimizer: validation metric against wall time"
+    )
     figures["learning_curves_grad_equivalents"] = learning_curves(
-        study, client, "grad_equivalents", "Best trial of each optimizer: validation metric against gradient-equivalents"
+        study,
+        client,
+        "grad_equivalents",
+        "Best trial of each optimizer: validation metric against gradient-equivalents",
     )
     return figures
 
@@ -145,7 +156,11 @@ def trial_curvature_figure(client: MlflowClient, run_id: str, title: str) -> go.
         return None
     fig = make_subplots(rows=len(present), cols=1, shared_xaxes=True, subplot_titles=list(present))
     for row, (label, history) in enumerate(present.items(), start=1):
-        fig.add_trace(go.Scatter(x=[m.step for m in history], y=[m.value for m in history], mode="lines+markers", name=label), row=row, col=1)
+        fig.add_trace(
+            go.Scatter(x=[m.step for m in history], y=[m.value for m in history], mode="lines+markers", name=label),
+            row=row,
+            col=1,
+        )
     fig.update_layout(title=title, showlegend=False, height=250 * len(present))
     fig.update_xaxes(title_text="step", row=len(present), col=1)
     return fig
@@ -185,7 +200,9 @@ def _summary_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "time to target (s)": _fmt(t.user_attrs.get("hpo2.time_to_target_seconds")),
             "grad-eq to target": _fmt(t.user_attrs.get("hpo2.time_to_target_grad_equivalents")),
             "grad-eq total": _fmt(t.user_attrs.get("hpo2.grad_equivalents")),
-            "settings": ", ".join(f"{k.split('.', 1)[1]}={_fmt(v)}" for k, v in t.params.items() if k != OPTIMIZER_PARAM),
+            "settings": ", ".join(
+                f"{k.split('.', 1)[1]}={_fmt(v)}" for k, v in t.params.items() if k != OPTIMIZER_PARAM
+            ),
         })  # fmt: skip
     return rows
 
@@ -209,15 +226,19 @@ def report_html(study: optuna.Study, config: StudyConfig, figures: dict[str, go.
     command = f"hpo2 study best {config.name} --export best.yaml && hpo2 train --config best.yaml"
     plots = []
     for i, (stem, fig) in enumerate(figures.items()):
-        plots.append(f"<h2>{html.escape(stem.replace('_', ' '))}</h2>" + fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"fig-{stem}"))
+        plots.append(
+            f"<h2>{html.escape(stem.replace('_', ' '))}</h2>"
+            + fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"fig-{stem}")
+        )
     states = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+    objectives = ", ".join(f"{o.metric} ({d.name.lower()})" for o, d in zip(config.objective, study.directions))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>hpo2 study {html.escape(config.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}pre{{background:#f6f6f6;padding:1em}}</style></head>
 <body><h1>Study {html.escape(config.name)}</h1>
 <p>Task <b>{html.escape(config.task.name)}</b>, sampler <b>{html.escape(config.sampler.name)}</b>,
-objective {html.escape(", ".join(f"{o.metric} ({d.name.lower()})" for o, d in zip(config.objective, study.directions)))};
+objective {html.escape(objectives)};
 trials: {html.escape(states)}.</p>
 <h2>Best configuration per optimizer</h2><table><tr>{head}</tr>{body}</table>
 <h2>Reuse the winner</h2><pre>{html.escape(command)}</pre><pre>{html.escape(exported)}</pre>

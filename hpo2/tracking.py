@@ -310,7 +310,9 @@ class TrackedRun:
         """Write the still-unsent operations to ``path`` (replaced whole, never half-written)."""
         records = [{"op": kind, "payload": _encode(kind, payload)} for kind, payload in self._ops]
         partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps({"study": study, "name": self.name, "run_id": self.run_id, "operations": records}, indent=1))
+        partial.write_text(
+            json.dumps({"study": study, "name": self.name, "run_id": self.run_id, "operations": records}, indent=1)
+        )
         partial.replace(path)
 
     @property
@@ -319,7 +321,9 @@ class TrackedRun:
         return next((dict(payload[3]) for kind, payload in self._ops if kind == "create"), {})
 
     @classmethod
-    def from_spool(cls, client: MlflowClient, data: Mapping[str, Any], on_created: Callable[[str], None] | None = None) -> TrackedRun:
+    def from_spool(
+        cls, client: MlflowClient, data: Mapping[str, Any], on_created: Callable[[str], None] | None = None
+    ) -> TrackedRun:
         """The run a spool file describes, its unsent operations queued again (send them with :meth:`retry`)."""
         run = cls(client, data.get("run_id"), name=data.get("name", "run"), on_created=on_created)
         run._ops = [(record["op"], _decode(record["op"], record["payload"])) for record in data["operations"]]

@@ -103,7 +103,12 @@ class RosenbrockResiduals(nn.Module):
 
 
 def rosenbrock_closure(model: RosenbrockResiduals) -> BatchClosure:
-    return BatchClosure(model, nn.MSELoss(reduction="sum"), torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
+    return BatchClosure(
+        model,
+        nn.MSELoss(reduction="sum"),
+        torch.zeros(1, 1, dtype=torch.float64),
+        torch.zeros(1, 2, dtype=torch.float64),
+    )
 
 
 class Sin(nn.Module):

@@ -57,7 +57,8 @@ def test_a_study_name_is_found_from_any_folder_of_the_project(tmp_path: Path, mo
     monkeypatch.delenv("HPO2_STUDIES")
     with pytest.raises(SettingsError) as error:
         find_study_file("nope", tmp_path / "src" / "deep")
-    assert f"{tmp_path / 'src' / 'deep'}, {tmp_path / 'studies'}" in str(error.value) and "HPO2_STUDIES" in str(error.value)
+    message = str(error.value)
+    assert f"{tmp_path / 'src' / 'deep'}, {tmp_path / 'studies'}" in message and "HPO2_STUDIES" in message
 
 
 def test_best_and_report_are_written_beside_the_study_not_in_the_current_folder(project: Path) -> None:
@@ -69,7 +70,8 @@ def test_best_and_report_are_written_beside_the_study_not_in_the_current_folder(
     report = _cli("study", "report", "a", "--no-png")
     assert report.exit_code == 0, report.output
     assert "rendering the plots of 2 trials" in report.output  # says what it does before the long part
-    assert (project / "studies" / "a.report.html").is_file() and f"wrote {project / 'studies' / 'a.report.html'}" in report.output.replace("\n", "")
+    html_report = project / "studies" / "a.report.html"
+    assert html_report.is_file() and f"wrote {html_report}" in report.output.replace("\n", "")
     assert list((project / "src" / "deep").iterdir()) == []
 
 
@@ -78,7 +80,8 @@ def test_study_list_shows_every_study_with_its_progress(project: Path) -> None:
     (project / "studies" / "train.yaml").write_text("task: digits_mlp\noptimizer: sgd\n")  # a train config: not a study
     result = CliRunner().invoke(app, ["study", "list"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in result.output.splitlines()
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in result.output.splitlines()
             if line.startswith("│") and line.split("│")[1].strip()}  # fmt: skip
     assert set(rows) == {"a", "never"}, result.output
     best_a = optuna.load_study(study_name="a", storage=f"sqlite:///{project / 'studies' / 'a.optuna.db'}").best_trial

@@ -118,7 +118,9 @@ def test_dashboard_serves_the_mlflow_ui_and_rest_api(project: Path, sig: signal.
             except OSError:
                 time.sleep(0.5)
         assert page is not None and "<html" in page.lower()
-        api = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10", timeout=5).read()
+        api = urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10", timeout=5
+        ).read()
         assert b"quickstart" in api  # the project's store, not an empty ./mlflow.db
         started = _descendants(proc.pid)
         assert 1 <= len(started) <= 2, f"expected the mlflow CLI and one uvicorn worker, found {len(started)} processes"

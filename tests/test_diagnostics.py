@@ -112,7 +112,9 @@ def test_a_study_logs_flatness_per_trial_searches_sam_and_plots_sharpness(tmp_pa
         # 12 evaluations: the last is not a pruner checkpoint, so this is the end-of-trial measurement
         assert flat["step"] == max(m.step for m in client.get_metric_history(run_id, "valid_metric"))
         assert flat["valid_metric"] == pytest.approx(t.value)
-        assert all(math.isfinite(flat[k]) for k in ("top_eigenvalue", "hessian_trace", "m_sharpness", "generalization_gap"))
+        assert all(
+            math.isfinite(flat[k]) for k in ("top_eigenvalue", "hessian_trace", "m_sharpness", "generalization_gap")
+        )
         assert flat["seconds"] > 0
         history = client.get_metric_history(run_id, "curvature.m_sharpness")
         assert history and history[-1].value == pytest.approx(flat["m_sharpness"])

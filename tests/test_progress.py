@@ -45,7 +45,11 @@ def test_eta_is_the_mean_trial_duration_times_the_work_left_capped_by_the_timeou
             return NOW
 
     monkeypatch.setattr(hpo2.progress, "datetime", Clock)
-    trials = [_trial(0, TrialState.COMPLETE, 10.0), _trial(1, TrialState.PRUNED, 20.0), _trial(2, TrialState.RUNNING, 5.0)]
+    trials = [
+        _trial(0, TrialState.COMPLETE, 10.0),
+        _trial(1, TrialState.PRUNED, 20.0),
+        _trial(2, TrialState.RUNNING, 5.0),
+    ]
     # mean 15 s; 3 trials left of 5, one of them 5 s in: 3 * 15 - 5 = 40 s
     assert eta_seconds(trials, target=5, elapsed=60.0, timeout=None) == pytest.approx(40.0)
     assert eta_seconds(trials, target=5, elapsed=60.0, timeout=None, jobs=2) == pytest.approx(20.0)
@@ -69,7 +73,9 @@ def _hpo2(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real command in a fresh process: what a user's terminal shows, stderr included."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "150"}
     env.pop("HPO2_STUDIES", None)
-    return subprocess.run([sys.executable, "-m", "hpo2.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "hpo2.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow  # a whole study or a server
@@ -79,7 +85,9 @@ def test_study_run_shows_progress_without_noise_and_a_rerun_has_nothing_to_do(tm
     output = first.stdout + first.stderr
     assert first.returncode == 0, output
     for number, optimizer in ((0, "sgd"), (1, "sophia")):  # one line per finished trial, paper defaults first
-        assert re.search(rf"^trial +{number} +{optimizer} +complete +[0-9.]+ +[0-9.]+s$", first.stdout, re.M), first.stdout
+        assert re.search(rf"^trial +{number} +{optimizer} +complete +[0-9.]+ +[0-9.]+s$", first.stdout, re.M), (
+            first.stdout
+        )
     assert re.search(r"\d+:\d\d elapsed, ETA \d+:\d\d", first.stdout), first.stdout
     assert "INFO" not in output and "Warning" not in output, output  # MLflow's table creation, torch's UserWarning
     best = re.search(r"^best: trial \d+ \w+ = (\S+)$", first.stdout, re.M)
@@ -102,6 +110,8 @@ def test_a_multi_objective_status_names_its_objectives_and_rounds_the_front(tmp_
     assert result.exit_code == 0, result.output
     assert "objective: valid_loss (minimize), grad_equivalents (minimize)" in result.output
     front = re.search(r"^(?:best|Pareto front \(\d+ trials\)): (.*)$", result.output, re.M)
-    assert front is not None and re.search(r"= \d", front.group(1)) and not re.search(r"\d\.\d{6,}", front.group(1)), result.output
+    assert front is not None and re.search(r"= \d", front.group(1)) and not re.search(r"\d\.\d{6,}", front.group(1)), (
+        result.output
+    )
     assert optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.optuna.db'}").directions == [
         optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]

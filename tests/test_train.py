@@ -66,7 +66,9 @@ def test_time_to_target_is_recorded_when_the_target_is_reached():
     first = next(e for e in result.history if e.valid_metric >= task.target)
     assert result.time_to_target_grad_equivalents == first.grad_equivalents
     assert result.time_to_target_seconds == first.wall_seconds
-    unreached = run_training(build_task("logreg_breast_cancer"), {"name": "sgd", "settings": {"lr": 1e-6}}, Budget(steps=1), device="cpu")
+    unreached = run_training(
+        build_task("logreg_breast_cancer"), {"name": "sgd", "settings": {"lr": 1e-6}}, Budget(steps=1), device="cpu"
+    )
     assert unreached.time_to_target_seconds is None
 
 
@@ -110,9 +112,15 @@ def test_hpo2_train_end_to_end_with_mlflow(tmp_path):
     "config,message",
     [
         ({"task": {"name": "nope"}, "optimizer": {"name": "sgd"}}, "task.name: 'nope' is not a known task"),
-        ({"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd", "settings": {"lr": -1}}}, "optimizer.settings.lr = -1"),
+        (
+            {"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd", "settings": {"lr": -1}}},
+            "optimizer.settings.lr = -1",
+        ),
         ({"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd"}, "budget": {}}, "set at least one of epochs"),
-        ({"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd"}, "bugdet": {"epochs": 1}}, "bugdet: unknown key (did you mean 'budget'?); allowed: task, optimizer, budget"),
+        (
+            {"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd"}, "bugdet": {"epochs": 1}},
+            "bugdet: unknown key (did you mean 'budget'?); allowed: task, optimizer, budget",
+        ),
     ],
 )
 def test_hpo2_train_bad_config_exits_2_with_the_field(tmp_path, config, message):

@@ -29,7 +29,9 @@ def rademacher_like(tensors: Sequence[Tensor], generator: torch.Generator | None
     """Independent Rademacher tensors (entries -1 or +1, each with probability 1/2)."""
     out = []
     for t in tensors:
-        bits = torch.randint(0, 2, t.shape, generator=generator, device=t.device if generator is None else generator.device)
+        bits = torch.randint(
+            0, 2, t.shape, generator=generator, device=t.device if generator is None else generator.device
+        )
         out.append(bits.to(device=t.device, dtype=t.dtype) * 2 - 1)
     return out
 
@@ -105,19 +107,28 @@ def _term_weights(loss: str | nn.Module, outputs: Tensor, targets: Tensor | None
         raise ValueError(f"loss={loss!r} is not supported by the Gauss-Newton-Bartlett estimator; allowed: {allowed}")
     reduction = getattr(module, "reduction", "mean")
     if reduction not in ("mean", "sum"):
-        raise ValueError(f"loss reduction={reduction!r} is not supported by the Gauss-Newton-Bartlett estimator; allowed: mean, sum")
+        raise ValueError(
+            f"loss reduction={reduction!r} is not supported by the Gauss-Newton-Bartlett estimator; allowed: mean, sum"
+        )
     z = outputs.detach()
     if name == "cross_entropy":
         shape = z.movedim(1, -1).shape[:-1]
         kappa = torch.ones(shape, dtype=z.dtype, device=z.device)
-        if module is not None and targets is not None and targets.dtype in (torch.int64, torch.int32) and targets.shape == shape:
+        if (
+            module is not None
+            and targets is not None
+            and targets.dtype in (torch.int64, torch.int32)
+            and targets.shape == shape
+        ):
             valid = targets != module.ignore_index
             if module.weight is not None:
                 kappa = module.weight.to(z.dtype)[targets.clamp_min(0) * valid]
             kappa = kappa * valid
     else:
         if name == "bce_with_logits" and module is not None and module.pos_weight is not None:
-            raise ValueError("BCEWithLogitsLoss with pos_weight is not supported by the Gauss-Newton-Bartlett estimator")
+            raise ValueError(
+                "BCEWithLogitsLoss with pos_weight is not supported by the Gauss-Newton-Bartlett estimator"
+            )
         weight = getattr(module, "weight", None)
         kappa = torch.ones_like(z) if weight is None else weight.to(z.dtype).expand_as(z).clone()
     if reduction == "mean":
@@ -203,7 +214,9 @@ def gauss_newton_bartlett_diagonal(
     acc = [torch.zeros_like(p) for p in plist]
     for k in range(n_probes):
         sampled_loss = _sampled_loss(outputs, name, kappa, generator)
-        grads = torch.autograd.grad(sampled_loss, plist, retain_graph=retain_graph or k < n_probes - 1, allow_unused=True)
+        grads = torch.autograd.grad(
+            sampled_loss, plist, retain_graph=retain_graph or k < n_probes - 1, allow_unused=True
+        )
         for a, g in zip(acc, grads):
             if g is not None:
                 a.add_(g * g)

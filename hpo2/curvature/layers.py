@@ -112,9 +112,15 @@ class LayerRecord:
     def output_grads(self, scale: Tensor | float = 1.0) -> Tensor:
         r"""Per-sample output gradients :math:`\hat g_{n,t} = c_n\, g_{n,t}`, shape ``(N, T, out)``."""
         if self.raw_output_grad is None:
-            raise RuntimeError(f"layer {self.name!r}: no output gradient recorded (run one backward pass inside the block)")
+            raise RuntimeError(
+                f"layer {self.name!r}: no output gradient recorded (run one backward pass inside the block)"
+            )
         g = self.raw_output_grad
-        g = g.flatten(2).transpose(1, 2) if isinstance(self.module, nn.Conv2d) else g.reshape(g.shape[0], -1, g.shape[-1])
+        g = (
+            g.flatten(2).transpose(1, 2)
+            if isinstance(self.module, nn.Conv2d)
+            else g.reshape(g.shape[0], -1, g.shape[-1])
+        )
         scale_t = torch.as_tensor(scale, dtype=g.dtype, device=g.device)
         return g * (scale_t.reshape(-1, 1, 1) if scale_t.dim() == 1 else scale_t)
 
@@ -170,7 +176,9 @@ class LayerStatistics:
                 self._modules[name] = module
         covered = {id(p) for m in self._modules.values() for p in m.parameters(recurse=False)}
         names = {id(p): n for n, p in model.named_parameters()}
-        self.fallback: list[str] = [names.get(id(p), f"<param {i}>") for i, p in enumerate(self.params) if id(p) not in covered]
+        self.fallback: list[str] = [
+            names.get(id(p), f"<param {i}>") for i, p in enumerate(self.params) if id(p) not in covered
+        ]
         self.layers: list[LayerRecord] = []
         self._calls: dict[str, int] = {}
         self._handles: list[RemovableHandle] = []
@@ -255,7 +263,9 @@ def per_sample_scale(
     batch = output_grad.detach().reshape(z.shape[0], -1)
     own = per_sample.reshape(z.shape[0], -1)
     norm2 = (batch * batch).sum(1)
-    return torch.where(norm2 > 0, (own * batch).sum(1) / norm2.clamp_min(torch.finfo(z.dtype).tiny), torch.zeros_like(norm2))
+    return torch.where(
+        norm2 > 0, (own * batch).sum(1) / norm2.clamp_min(torch.finfo(z.dtype).tiny), torch.zeros_like(norm2)
+    )
 
 
 def _closed_form_scale(loss_fn: object, outputs: Tensor, targets: Tensor) -> Tensor | None:
@@ -266,15 +276,22 @@ def _closed_form_scale(loss_fn: object, outputs: Tensor, targets: Tensor) -> Ten
     n = outputs.shape[0]
     ones = torch.ones(n, dtype=outputs.dtype, device=outputs.device)
     reduction = getattr(loss_fn, "reduction", None)
-    if not isinstance(loss_fn, nn.MSELoss | nn.BCEWithLogitsLoss | nn.CrossEntropyLoss) or reduction not in ("mean", "sum"):
+    supported = isinstance(loss_fn, nn.MSELoss | nn.BCEWithLogitsLoss | nn.CrossEntropyLoss)
+    if not supported or reduction not in ("mean", "sum"):
         return None
     if isinstance(loss_fn, nn.CrossEntropyLoss):
         if targets.dtype not in (torch.int64, torch.int32) or targets.shape != (n,):
-            return None if loss_fn.weight is not None or outputs.dim() != 2 else (ones if reduction == "sum" else ones * n)
+            return (
+                None if loss_fn.weight is not None or outputs.dim() != 2 else (ones if reduction == "sum" else ones * n)
+            )
         valid = (targets != loss_fn.ignore_index).to(outputs.dtype)
         if reduction == "sum":
             return valid
-        w = valid if loss_fn.weight is None else loss_fn.weight.to(outputs.dtype)[targets.clamp_min(0) * valid.long()] * valid
+        w = (
+            valid
+            if loss_fn.weight is None
+            else loss_fn.weight.to(outputs.dtype)[targets.clamp_min(0) * valid.long()] * valid
+        )
         return torch.where(w > 0, w.sum() / w.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
     return ones if reduction == "sum" else ones * n
 

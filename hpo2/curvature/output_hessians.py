@@ -76,7 +76,9 @@ def bce_with_logits_output_hessian(logits: Tensor, reduction: str = "mean") -> O
     return lambda u: diag * u
 
 
-def generic_output_hessian(loss_fn: Callable[[Tensor, Tensor], Tensor], outputs: Tensor, targets: Tensor) -> OutputHessian:
+def generic_output_hessian(
+    loss_fn: Callable[[Tensor, Tensor], Tensor], outputs: Tensor, targets: Tensor
+) -> OutputHessian:
     """Exact :math:`H_L u` for any twice-differentiable scalar ``loss_fn(outputs, targets)``
     by double backward on a detached copy of the outputs (graph built once)."""
     z = outputs.detach().requires_grad_(True)

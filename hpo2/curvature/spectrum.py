@@ -174,7 +174,11 @@ def top_eigenvalues(
     if not 1 <= k <= operator.dim:
         raise ValueError(f"k={k} must be between 1 and the operator's dimension {operator.dim}")
     if method == "lanczos":
-        tri = lanczos(operator, _rademacher(operator.dim, operator.dtype, operator.device, generator), n_iter or max(2 * k + 20, 30))
+        tri = lanczos(
+            operator,
+            _rademacher(operator.dim, operator.dtype, operator.device, generator),
+            n_iter or max(2 * k + 20, 30),
+        )
         theta, s = tri.eigh()
         order = torch.argsort(theta, descending=True)[:k]
         vectors = (s[:, order].T.to(tri.basis.dtype)) @ tri.basis

@@ -80,7 +80,9 @@ class CurvatureOptimizer(Optimizer):
                 "without calling loss.backward()"
             )
         if loss.grad_fn is None and not called_backward:
-            raise ValueError("the closure's loss has no autograd graph: compute it from the parameters, outside no_grad")
+            raise ValueError(
+                "the closure's loss has no autograd graph: compute it from the parameters, outside no_grad"
+            )
         return loss
 
     def _value_and_grad(self, closure: Closure, allow_backward: bool = False) -> tuple[Tensor, Tensor]:
@@ -202,12 +204,16 @@ class CurvatureOptimizer(Optimizer):
 
     def _check_finite(self, loss: float, grad_norm: float) -> bool:
         """Record a non-finite loss or gradient (the step is then rejected); raise if asked."""
-        status = "nonfinite_loss" if not math.isfinite(loss) else "nonfinite_grad" if not math.isfinite(grad_norm) else None
+        status = (
+            "nonfinite_loss" if not math.isfinite(loss) else "nonfinite_grad" if not math.isfinite(grad_norm) else None
+        )
         if status is None:
             return True
         self.diagnostics["status"] = status
         if self.raise_on_nonfinite:
-            raise FloatingPointError(f"{type(self).__name__}: {status.replace('_', ' ')} (loss={loss}, grad norm={grad_norm})")
+            raise FloatingPointError(
+                f"{type(self).__name__}: {status.replace('_', ' ')} (loss={loss}, grad norm={grad_norm})"
+            )
         return False
 
 

@@ -90,7 +90,9 @@ class BatchClosure:
 
     def has_active_dropout(self) -> bool:
         """Whether dropout is on: it makes curvature products on one batch inconsistent."""
-        return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in self.model.modules())
+        return any(
+            isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in self.model.modules()
+        )
 
 
 def require_batch_closure(closure: object, who: str, why: str) -> BatchClosure:

@@ -28,7 +28,9 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
 
     joint = False
 
-    def _prepare_step(self, closure: Closure | None, estimator: str) -> tuple[float, list[Tensor], list[Tensor] | None] | None:
+    def _prepare_step(
+        self, closure: Closure | None, estimator: str
+    ) -> tuple[float, list[Tensor], list[Tensor] | None] | None:
         """Count the step, take the gradient (and the diagonal on refresh steps),
         record diagnostics; ``None`` when the loss, gradient or diagonal is not finite
         (the step is then rejected and the parameters stay as they are)."""

@@ -296,7 +296,9 @@ class HessianFree(CurvatureOptimizer):
             self._statistics = LayerStatistics(batch.model, self._params)
         with torch.enable_grad(), self._statistics as stats:
             full = batch.evaluate()
-            found = torch.autograd.grad(full.loss, [*self._params, full.outputs], retain_graph=retain, allow_unused=True)
+            found = torch.autograd.grad(
+                full.loss, [*self._params, full.outputs], retain_graph=retain, allow_unused=True
+            )
         self._count("n_grad")
         grads = grads_or_zeros(found, self._params)
         self._store_grads(grads)
@@ -307,7 +309,9 @@ class HessianFree(CurvatureOptimizer):
         by_param = stats.grad_squares(scale.clamp_min(0).sqrt())
         missing = [p for p in self._params if p not in by_param]
         if missing:
-            weights = torch.where(scale > 0, 1 / scale.clamp_min(torch.finfo(scale.dtype).tiny), torch.zeros_like(scale))
+            weights = torch.where(
+                scale > 0, 1 / scale.clamp_min(torch.finfo(scale.dtype).tiny), torch.zeros_like(scale)
+            )
             by_param.update(zip(missing, per_sample_grad_squares(
                 batch.model, batch.loss_fn, batch.inputs, batch.targets, missing, weights=weights)))
             self._count("n_grad")  # the per-sample fallback: see per_sample_grad_squares for its real cost

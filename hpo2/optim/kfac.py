@@ -169,7 +169,9 @@ class KFAC(SeededOptimizer):
         t = int(state.get("global_step", 0)) + 1
         update_cov = (t - 1) % group["cov_update_every"] == 0
         update_inverse = (t - 1) % group["inverse_update_every"] == 0
-        self._start_diagnostics(damping=group["damping"], cov_updated=int(update_cov), inverse_updated=0, inverse_seconds=0.0)
+        self._start_diagnostics(
+            damping=group["damping"], cov_updated=int(update_cov), inverse_updated=0, inverse_seconds=0.0
+        )
         batch = require_batch_closure(closure, type(self).__name__, "per-layer statistics and sampled labels")
         started = time.perf_counter()
         loss_t, grads, records, scale = self._forward_backward(batch, update_cov, group["fisher"])
@@ -221,7 +223,8 @@ class KFAC(SeededOptimizer):
                 name = likelihood_name(batch.loss_fn)
                 if name is None:
                     raise ValueError(
-                        f"{type(self).__name__}: fisher='sampled' needs the loss to be one of {supported_likelihoods()}, "
+                        f"{type(self).__name__}: fisher='sampled' needs the loss to be one of "
+                        f"{supported_likelihoods()}, "
                         f"got {type(batch.loss_fn).__name__}; use fisher='empirical' for other losses"
                     )
                 sampled, n_terms = sampled_label_loss(outputs, name, self._generator)

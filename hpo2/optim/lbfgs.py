@@ -69,7 +69,9 @@ class LBFGSSettings(OptimizerSettings):
     """Strong-Wolfe curvature constant c2."""
 
 
-def two_loop_direction(g: Tensor, s_hist: list[Tensor], y_hist: list[Tensor], rho_hist: list[float], gamma: float) -> Tensor:
+def two_loop_direction(
+    g: Tensor, s_hist: list[Tensor], y_hist: list[Tensor], rho_hist: list[float], gamma: float
+) -> Tensor:
     r""":math:`-H_k g` by the two-loop recursion (Nocedal & Wright, Alg. 7.4); the
     coefficients :math:`\alpha_i, \beta_i` stay 0-d tensors on the device."""
     q = -g

@@ -120,9 +120,26 @@ class MuonWithAdamW(torch.optim.Optimizer):
         matrices, others = [p for p in params if p.dim() == 2], [p for p in params if p.dim() != 2]
         self._parts: list[torch.optim.Optimizer] = []
         if matrices:
-            self._parts.append(torch.optim.Muon(matrices, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, ns_steps=s.ns_steps, weight_decay=s.weight_decay))
+            self._parts.append(
+                torch.optim.Muon(
+                    matrices,
+                    lr=s.lr,
+                    momentum=s.momentum,
+                    nesterov=s.nesterov,
+                    ns_steps=s.ns_steps,
+                    weight_decay=s.weight_decay,
+                )
+            )
         if others:
-            self._parts.append(torch.optim.AdamW(others, lr=s.adamw_lr, betas=(s.adamw_beta1, s.adamw_beta2), eps=s.adamw_eps, weight_decay=s.adamw_weight_decay))
+            self._parts.append(
+                torch.optim.AdamW(
+                    others,
+                    lr=s.adamw_lr,
+                    betas=(s.adamw_beta1, s.adamw_beta2),
+                    eps=s.adamw_eps,
+                    weight_decay=s.adamw_weight_decay,
+                )
+            )
         if not self._parts:
             raise ValueError("MuonWithAdamW got no parameters that require grad")
         self.settings = s

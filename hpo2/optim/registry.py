@@ -71,20 +71,42 @@ def _curvature(
 REGISTRY: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in [
-        OptimizerSpec("newton_cg", NewtonCG.Settings, _curvature(NewtonCG), True, "truncated Newton-CG (Hessian or GGN)"),
-        OptimizerSpec("hessian_free", HessianFree.Settings, _curvature(HessianFree), True, "Martens' Hessian-free (GGN, LM damping)"),
+        OptimizerSpec(
+            "newton_cg", NewtonCG.Settings, _curvature(NewtonCG), True, "truncated Newton-CG (Hessian or GGN)"
+        ),
+        OptimizerSpec(
+            "hessian_free",
+            HessianFree.Settings,
+            _curvature(HessianFree),
+            True,
+            "Martens' Hessian-free (GGN, LM damping)",
+        ),
         OptimizerSpec("lbfgs", LBFGS.Settings, _curvature(LBFGS), True, "limited-memory BFGS"),
-        OptimizerSpec("adahessian", AdaHessian.Settings, _curvature(AdaHessian), True, "AdaHessian (Hutchinson diagonal)"),
+        OptimizerSpec(
+            "adahessian", AdaHessian.Settings, _curvature(AdaHessian), True, "AdaHessian (Hutchinson diagonal)"
+        ),
         OptimizerSpec("sophia", Sophia.Settings, _curvature(Sophia), True, "Sophia (clipped diagonal Newton)"),
         OptimizerSpec("kfac", KFAC.Settings, _curvature(KFAC), True, "K-FAC (Kronecker factors, KL-clipped)"),
-        OptimizerSpec("saddle_free_newton", SaddleFreeNewton.Settings, _curvature(SaddleFreeNewton), True, "low-rank saddle-free Newton (Lanczos |H|)"),
-        OptimizerSpec("shampoo", Shampoo.Settings, _curvature(Shampoo), True, "Shampoo (Kronecker-factored, Adam grafting)"),
+        OptimizerSpec(
+            "saddle_free_newton",
+            SaddleFreeNewton.Settings,
+            _curvature(SaddleFreeNewton),
+            True,
+            "low-rank saddle-free Newton (Lanczos |H|)",
+        ),
+        OptimizerSpec(
+            "shampoo", Shampoo.Settings, _curvature(Shampoo), True, "Shampoo (Kronecker-factored, Adam grafting)"
+        ),
         OptimizerSpec("soap", SOAP.Settings, _curvature(SOAP), True, "SOAP (Adam in Shampoo's eigenbasis)"),
         OptimizerSpec("sgd", SGDSettings, build_sgd, False, "SGD with momentum (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec("adam", AdamSettings, build_adam, False, "Adam (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec("adamw", AdamWSettings, build_adam, False, "AdamW (torch.optim)"),  # type: ignore[arg-type]
-        OptimizerSpec("muon", MuonSettings, _curvature(MuonWithAdamW), False, "Muon on 2-d weights + AdamW (torch.optim)"),
-        OptimizerSpec("svrg", SVRG.Settings, _curvature(SVRG), False, "SVRG (variance-reduced SGD, Johnson & Zhang 2013)"),
+        OptimizerSpec(
+            "muon", MuonSettings, _curvature(MuonWithAdamW), False, "Muon on 2-d weights + AdamW (torch.optim)"
+        ),
+        OptimizerSpec(
+            "svrg", SVRG.Settings, _curvature(SVRG), False, "SVRG (variance-reduced SGD, Johnson & Zhang 2013)"
+        ),
     ]
 }
 
@@ -92,7 +114,9 @@ REGISTRY: dict[str, OptimizerSpec] = {
 def get_spec(name: str, where: str = "optimizer.name") -> OptimizerSpec:
     """The registered optimizer ``name``, or an error listing the known names."""
     if name not in REGISTRY:
-        raise SettingsError(f"{where}: {name!r} is not a known optimizer{did_you_mean(name, REGISTRY)}; allowed: {', '.join(REGISTRY)}")
+        raise SettingsError(
+            f"{where}: {name!r} is not a known optimizer{did_you_mean(name, REGISTRY)}; allowed: {', '.join(REGISTRY)}"
+        )
     return REGISTRY[name]
 
 
@@ -107,7 +131,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise SettingsError(f"config file is not valid YAML: {yaml_error_message(path, exc)}") from None
     except json.JSONDecodeError as exc:
-        raise SettingsError(f"config file is not valid JSON: {path}, line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise SettingsError(
+            f"config file is not valid JSON: {path}, line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"config file {str(path)!r} cannot be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
@@ -125,7 +151,9 @@ def parse_optimizer_config_with_sam(
     config: Mapping[str, Any] | str | Path,
 ) -> tuple[OptimizerSpec, OptimizerSettings, SAMSettings | None]:
     """:func:`parse_optimizer_config` plus the optional ``settings.sam`` part."""
-    if isinstance(config, Path) or (isinstance(config, str) and (config.endswith((".yaml", ".yml", ".json")) or "/" in config)):
+    if isinstance(config, Path) or (
+        isinstance(config, str) and (config.endswith((".yaml", ".yml", ".json")) or "/" in config)
+    ):
         config = load_config_file(config)
     where = "optimizer"
     if isinstance(config, str):

@@ -80,7 +80,9 @@ class SAMSettings(OptimizerSettings):
     """ASAM's offset eta in T_w = |w| + eta."""
 
 
-def ascent_step(params: list[Tensor], grads: list[Tensor], rho: float, adaptive: bool = False, eta: float = 0.01) -> list[Tensor]:
+def ascent_step(
+    params: list[Tensor], grads: list[Tensor], rho: float, adaptive: bool = False, eta: float = 0.01
+) -> list[Tensor]:
     r""":math:`\hat\epsilon = \rho g/\|g\|` (SAM) or :math:`\rho T^2 g/\|T g\|` with
     :math:`T = |w| + \eta` (ASAM), per parameter tensor; zero where :math:`g = 0`."""
     scales = [p.detach().abs() + eta if adaptive else None for p in params]
@@ -161,7 +163,13 @@ class SAM(Optimizer):
         loss, grad_norm = host_floats(loss_t, _norm(grads))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             status = "nonfinite_loss" if not math.isfinite(loss) else "nonfinite_grad"
-            self.diagnostics = {"loss": loss, "grad_norm": grad_norm, "status": status, "n_grad": 1, "grad_equivalents": 1.0}
+            self.diagnostics = {
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "status": status,
+                "n_grad": 1,
+                "grad_equivalents": 1.0,
+            }
             return loss_t
         s = self.settings
         epsilon = ascent_step(self._params, grads, s.rho, s.adaptive, s.eta)

@@ -139,8 +139,12 @@ class Shampoo(MatrixPreconditioner):
             if p.dim() >= 2:
                 m = as_matrix(p)
                 state["blocks"] = [
-                    {"left": m.new_zeros(r.stop - r.start, r.stop - r.start), "right": m.new_zeros(c.stop - c.start, c.stop - c.start),
-                     "left_root": None, "right_root": None}
+                    {
+                        "left": m.new_zeros(r.stop - r.start, r.stop - r.start),
+                        "right": m.new_zeros(c.stop - c.start, c.stop - c.start),
+                        "left_root": None,
+                        "right_root": None,
+                    }
                     for r, c in block_slices(*m.shape, group["max_preconditioner_dim"])
                 ]
         state["step"] += 1
@@ -155,13 +159,21 @@ class Shampoo(MatrixPreconditioner):
         direction = adam if group["grafting"] == "adam" else momentum.clone()
         if p.dim() >= 2:
             self._matrices += 1
-            if self._precondition(group, state, as_matrix(grad), as_matrix(momentum), as_matrix(adam), as_matrix(direction)):
+            if self._precondition(
+                group, state, as_matrix(grad), as_matrix(momentum), as_matrix(adam), as_matrix(direction)
+            ):
                 self._preconditioned += 1
         p.mul_(1 - group["lr"] * group["weight_decay"])
         p.add_(direction, alpha=-group["lr"])
 
     def _precondition(
-        self, group: dict[str, Any], state: dict[str, Any], grad: Tensor, momentum: Tensor, adam: Tensor, direction: Tensor
+        self,
+        group: dict[str, Any],
+        state: dict[str, Any],
+        grad: Tensor,
+        momentum: Tensor,
+        adam: Tensor,
+        direction: Tensor,
     ) -> bool:
         """Update the factors; write the grafted Shampoo direction into ``direction``
         (a matrix view of the step) once roots exist.  True if it did."""

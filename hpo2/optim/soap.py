@@ -140,7 +140,9 @@ class SOAP(MatrixPreconditioner):
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(g)
             state["exp_avg_sq"] = torch.zeros_like(g)
-            state["factors"] = [g.new_zeros(n, n) if p.dim() >= 2 and n <= group["max_precond_dim"] else None for n in g.shape]
+            state["factors"] = [
+                g.new_zeros(n, n) if p.dim() >= 2 and n <= group["max_precond_dim"] else None for n in g.shape
+            ]
             state["bases"] = [None, None]
             self._update_factors(group, state, g, initial=True)
             return
@@ -200,4 +202,6 @@ class SOAP(MatrixPreconditioner):
         self._condition = max(self._condition, float(values.max() / values.min().clamp_min(1e-30)))
 
     def _summarise(self) -> None:
-        self.diagnostics.update(basis_refreshes=self._refreshes, inverse_seconds=self._inverse_seconds, condition_number=self._condition)
+        self.diagnostics.update(
+            basis_refreshes=self._refreshes, inverse_seconds=self._inverse_seconds, condition_number=self._condition
+        )

@@ -89,7 +89,11 @@ class TrialBudget:
     @staticmethod
     def _counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
         retried = retried_trial_numbers(trials)
-        return [t for t in trials if t.state != TrialState.WAITING and not (t.state == TrialState.FAIL and t.number in retried)]
+        return [
+            t
+            for t in trials
+            if t.state != TrialState.WAITING and not (t.state == TrialState.FAIL and t.number in retried)
+        ]
 
     @property
     def heartbeat(self) -> bool:
@@ -105,7 +109,11 @@ class TrialBudget:
     @contextmanager
     def _storage_lock(self) -> Iterator[None]:
         if self.url.startswith("postgresql"):
-            engine = self.study._storage._backend.engine if hasattr(self.study._storage, "_backend") else self.study._storage.engine
+            engine = (
+                self.study._storage._backend.engine
+                if hasattr(self.study._storage, "_backend")
+                else self.study._storage.engine
+            )
             with engine.connect() as conn:
                 conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
                 try:

@@ -152,7 +152,9 @@ class Deletion:
     def describe(self) -> str:
         parts = []
         if self.n_trials is not None:
-            parts.append(f"the Optuna study {self.config.name!r} ({self.n_trials} trials) in {redact_url(self.storage_url)}")
+            parts.append(
+                f"the Optuna study {self.config.name!r} ({self.n_trials} trials) in {redact_url(self.storage_url)}"
+            )
         if self.run_ids:
             parts.append(f"{len(self.run_ids)} MLflow runs in {redact_url(self.tracking_uri)}")
         if self.experiment_id is not None:
@@ -170,7 +172,9 @@ class Deletion:
                 # Renamed first: restoring a deleted experiment would bring its runs back, and a
                 # deleted experiment keeps its name, so the study could not create it again.
                 stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-                client.rename_experiment(self.experiment_id, f"{self.config.experiment or self.config.name} (deleted {stamp})")
+                client.rename_experiment(
+                    self.experiment_id, f"{self.config.experiment or self.config.name} (deleted {stamp})"
+                )
                 client.delete_experiment(self.experiment_id)
 
 
@@ -179,7 +183,9 @@ def _run_ids(client: MlflowClient, experiment_id: str, filter_string: str) -> li
     ids: list[str] = []
     token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string, ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        page = client.search_runs(
+            [experiment_id], filter_string, ViewType.ACTIVE_ONLY, max_results=1000, page_token=token
+        )
         ids.extend(run.info.run_id for run in page)
         token = page.token
         if not token:

@@ -306,7 +306,9 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         )
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     data.update(given)
-    source = f"{path} (with command-line {', '.join('--' + k.replace('_', '-') for k in given)})" if given else str(path)
+    source = (
+        f"{path} (with command-line {', '.join('--' + k.replace('_', '-') for k in given)})" if given else str(path)
+    )
     config = validate(StudyConfig, data, source)
     parse_task_settings(config.task.name, config.task.settings)
     return config, path.resolve()
@@ -321,8 +323,9 @@ def storage_error(url: str, exc: BaseException) -> SettingsError:
     """The one-paragraph error for a storage URL the driver could not open (password masked)."""
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return SettingsError(
-        f"storage: cannot open {redact_url(url)!r} ({type(exc).__name__}: {redact_text(first_line, url)}). Check the URL, "
-        "that the database server runs and the database exists, or leave storage unset for a sqlite file beside the study"
+        f"storage: cannot open {redact_url(url)!r} ({type(exc).__name__}: {redact_text(first_line, url)}). "
+        "Check the URL, that the database server runs and the database exists, "
+        "or leave storage unset for a sqlite file beside the study"
     )
 
 

@@ -69,7 +69,9 @@ class OptimizerSpace:
                 continue
             if dim.when is not None:
                 other, allowed = dim.when
-                current = params.get(f"{self.name}.{other}", self.fixed.get(other, get_spec(self.name).paper_defaults()[other]))
+                current = params.get(
+                    f"{self.name}.{other}", self.fixed.get(other, get_spec(self.name).paper_defaults()[other])
+                )
                 if current not in allowed:
                     continue
             settings[key] = params[full]

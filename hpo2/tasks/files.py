@@ -100,7 +100,9 @@ def read_cifar10(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
             except (pickle.UnpicklingError, EOFError) as exc:
                 raise UntrustedFileError(f"{path} is not a CIFAR-10 python batch ({exc})") from None
         if not isinstance(batch, dict):
-            raise UntrustedFileError(f"{path} is not a CIFAR-10 python batch (holds a {type(batch).__name__}, not a dict)")
+            raise UntrustedFileError(
+                f"{path} is not a CIFAR-10 python batch (holds a {type(batch).__name__}, not a dict)"
+            )
         data = batch.get(b"data", batch.get("data"))
         labels = batch.get(b"labels", batch.get("labels"))
         return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)

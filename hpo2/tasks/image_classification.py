@@ -63,7 +63,9 @@ def _idx_splits(arrays: tuple[np.ndarray, ...], seed: int) -> tuple[Split, Split
     y = torch.from_numpy(y_train.astype(np.int64))
     n_valid = len(x) // 6
     train_idx, valid_idx = seeded_split(len(x), (len(x) - n_valid, n_valid), seed)
-    test = Split(torch.from_numpy(x_test.astype(np.float32) / 255.0).unsqueeze(1), torch.from_numpy(y_test.astype(np.int64)))
+    test = Split(
+        torch.from_numpy(x_test.astype(np.float32) / 255.0).unsqueeze(1), torch.from_numpy(y_test.astype(np.int64))
+    )
     return Split(x[train_idx], y[train_idx]), Split(x[valid_idx], y[valid_idx]), test
 
 
@@ -96,11 +98,14 @@ def two_conv_two_dense() -> nn.Module:
     )  # fmt: skip
 
 
-def _classification(name: str, model: nn.Module, splits: tuple[Split, Split, Split], target: float, reference: str) -> Task:
+def _classification(
+    name: str, model: nn.Module, splits: tuple[Split, Split, Split], target: float, reference: str
+) -> Task:
     train, valid, test = splits
     return Task(
         name=name, model=model, loss_fn=nn.CrossEntropyLoss(), train=train, valid=valid, test=test,
-        batch_size=128, metric="accuracy", metric_fn=accuracy, higher_is_better=True, target=target, reference=reference,
+        batch_size=128, metric="accuracy", metric_fn=accuracy, higher_is_better=True, target=target,
+        reference=reference,
     )  # fmt: skip
 
 
@@ -128,7 +133,8 @@ def _download_with_torchvision(kind: str, root: Path) -> None:
         from torchvision import datasets
     except ImportError as exc:
         raise DataMissingError(
-            f"download=True needs torchvision (pip install torchvision) and internet; or put the {kind} files under {root}"
+            "download=True needs torchvision (pip install torchvision) and internet; "
+            f"or put the {kind} files under {root}"
         ) from exc
     if kind == "MNIST":
         datasets.MNIST(str(root), download=True)  # writes root/MNIST/raw/*.gz
@@ -196,4 +202,10 @@ def cifar10_3c3d(settings: ImageTaskSettings) -> Task:
     x = (x - mean) / std
     y = torch.from_numpy(y_train)
     test = Split((torch.from_numpy(x_test).float() / 255.0 - mean) / std, torch.from_numpy(y_test))
-    return _classification("cifar10_3c3d", three_conv_three_dense(), (Split(x[train_idx], y[train_idx]), Split(x[valid_idx], y[valid_idx]), test), 0.75, "")
+    return _classification(
+        "cifar10_3c3d",
+        three_conv_three_dense(),
+        (Split(x[train_idx], y[train_idx]), Split(x[valid_idx], y[valid_idx]), test),
+        0.75,
+        "",
+    )

@@ -24,7 +24,9 @@ from hpo2.tasks.base import Split, Task, TaskSettings, accuracy, mlp, seeded_spl
 from hpo2.tasks.losses import WeightCost
 
 
-def _standardised_splits(x: np.ndarray, y: np.ndarray, sizes: tuple[int, int, int], seed: int, y_dtype: torch.dtype) -> tuple[Split, Split, Split]:
+def _standardised_splits(
+    x: np.ndarray, y: np.ndarray, sizes: tuple[int, int, int], seed: int, y_dtype: torch.dtype
+) -> tuple[Split, Split, Split]:
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=y_dtype)
     train_idx, valid_idx, test_idx = seeded_split(len(xt), sizes, seed)
     mean, std = xt[train_idx].mean(0), xt[train_idx].std(0).clamp_min(1e-6)
@@ -46,7 +48,9 @@ def digits_mlp(settings: TaskSettings) -> Task:
 def logreg_breast_cancer(settings: TaskSettings) -> Task:
     """Breast cancer, 400 / 85 / 84 split, batch 400 (full batch); target 96% validation accuracy."""
     data = load_breast_cancer()
-    train, valid, test = _standardised_splits(data.data, data.target[:, None], (400, 85, 84), settings.seed, torch.float32)
+    train, valid, test = _standardised_splits(
+        data.data, data.target[:, None], (400, 85, 84), settings.seed, torch.float32
+    )
     model = nn.Linear(30, 1)
     return Task(
         name="logreg_breast_cancer", model=model, loss_fn=WeightCost(nn.BCEWithLogitsLoss(), [model.weight], 1e-2),

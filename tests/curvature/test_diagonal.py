@@ -64,12 +64,16 @@ def test_gauss_newton_bartlett_is_unbiased_for_ggn_diagonal(loss_name, loss_fn):
     true_diag = torch.diagonal(dense_ggn(model, loss_fn, x, y))
     outputs = model(x)
     est = _flat(
-        gauss_newton_bartlett_diagonal(outputs, model.parameters(), loss_name, n_probes=20000, generator=gen, retain_graph=True)
+        gauss_newton_bartlett_diagonal(
+            outputs, model.parameters(), loss_name, n_probes=20000, generator=gen, retain_graph=True
+        )
     )
     assert float((est - true_diag).norm() / true_diag.norm()) < 0.05
     # The GGN diagonal the closed-form operator gives agrees with the dense one too.
     op = GGNOperator(outputs, model.parameters(), output_hessian_for(loss_fn, outputs, y))
-    torch.testing.assert_close(torch.stack([op.mv(e) for e in torch.eye(op.dim, dtype=torch.float64)]).diagonal(), true_diag)
+    torch.testing.assert_close(
+        torch.stack([op.mv(e) for e in torch.eye(op.dim, dtype=torch.float64)]).diagonal(), true_diag
+    )
 
 
 def test_estimators_reject_bad_settings():

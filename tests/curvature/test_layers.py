@@ -44,7 +44,9 @@ def _loop_squares(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) ->
     return total
 
 
-def _one_pass(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> tuple[LayerStatistics, Tensor, list[Tensor]]:
+def _one_pass(
+    model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor
+) -> tuple[LayerStatistics, Tensor, list[Tensor]]:
     params = list(model.parameters())
     with LayerStatistics(model, params) as stats:
         outputs = model(x)
@@ -87,7 +89,11 @@ def test_grad_squares_match_vmap_path(kind: str) -> None:
 
 def test_per_sample_scale_reads_the_reduction() -> None:
     model, x, y = _data("mlp", 6, seed=0)
-    for loss_fn, expected in ((nn.CrossEntropyLoss(), 6.0), (nn.CrossEntropyLoss(reduction="sum"), 1.0), (nn.MSELoss(), 6.0)):
+    for loss_fn, expected in (
+        (nn.CrossEntropyLoss(), 6.0),
+        (nn.CrossEntropyLoss(reduction="sum"), 1.0),
+        (nn.MSELoss(), 6.0),
+    ):
         target = y if isinstance(loss_fn, nn.CrossEntropyLoss) else torch.randn(6, 3, dtype=torch.float64)
         _, scale, _ = _one_pass(model, loss_fn, x, target)
         torch.testing.assert_close(scale, torch.full((6,), expected, dtype=torch.float64))
@@ -109,8 +115,12 @@ def test_kronecker_factors_and_gradient(kind: str) -> None:
             torch.testing.assert_close(value, by_param[p])
         big_a, big_g = record.kronecker_factors(scale)
         n, t = a.shape[0], a.shape[1]
-        torch.testing.assert_close(big_a, sum(a[i, j, :, None] * a[i, j, None, :] for i in range(n) for j in range(t)) / n)
-        torch.testing.assert_close(big_g, sum(g_hat[i, j, :, None] * g_hat[i, j, None, :] for i in range(n) for j in range(t)) / (n * t))
+        torch.testing.assert_close(
+            big_a, sum(a[i, j, :, None] * a[i, j, None, :] for i in range(n) for j in range(t)) / n
+        )
+        torch.testing.assert_close(
+            big_g, sum(g_hat[i, j, :, None] * g_hat[i, j, None, :] for i in range(n) for j in range(t)) / (n * t)
+        )
         if record.has_bias:
             assert torch.all(a[..., -1] == 1)
 

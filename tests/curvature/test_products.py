@@ -187,5 +187,7 @@ def test_damped_operator_is_h_plus_lambda_identity_and_counts_base_products(seed
     base = HessianOperator(loss_fn(model(x), y), model.parameters())
     damped = DampedOperator(base, 0.3)
     v = torch.randn(base.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    torch.testing.assert_close(damped.mv(v), (h + 0.3 * torch.eye(base.dim, dtype=torch.float64)) @ v, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(
+        damped.mv(v), (h + 0.3 * torch.eye(base.dim, dtype=torch.float64)) @ v, rtol=1e-9, atol=1e-11
+    )
     assert base.n_products == 1

@@ -22,7 +22,9 @@ def _mlp_hessian(seed: int):
 
 
 def _matrix_with_spectrum(eigs: torch.Tensor, seed: int) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+    q, _ = torch.linalg.qr(
+        torch.randn(len(eigs), len(eigs), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    )
     return q @ torch.diag(eigs) @ q.T
 
 

@@ -178,14 +178,21 @@ def test_non_finite_gradient_rejects_the_step_and_keeps_params(case: str) -> Non
         assert torch.equal(a.detach(), b)
 
 
-@pytest.mark.filterwarnings("error::UserWarning")  # a step warns about nothing (torch's scalar-conversion warning leaked)
+# a step warns about nothing (torch's scalar-conversion warning leaked)
+@pytest.mark.filterwarnings("error::UserWarning")
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_step_reports_finite_diagnostics_and_its_work_and_lowers_the_loss(case: str) -> None:
     x, y = classification_batch()
     loss_fn = nn.CrossEntropyLoss()
     model = classification_mlp()
     opt = build(case, model.parameters())
-    keys = SAM_KEYS if isinstance(opt, SAM) else CURVATURE_KEYS if isinstance(opt, CurvatureOptimizer) else FIRST_ORDER_KEYS
+    keys = (
+        SAM_KEYS
+        if isinstance(opt, SAM)
+        else CURVATURE_KEYS
+        if isinstance(opt, CurvatureOptimizer)
+        else FIRST_ORDER_KEYS
+    )
     with torch.no_grad():
         first = float(loss_fn(model(x), y))
     start(opt, model, loss_fn, x, y)

@@ -127,7 +127,8 @@ def test_a_curvature_chunk_step_solves_with_the_chunk_ggn_and_cycles() -> None:
         rows = slice(4 * (chunk % 4), 4 * (chunk % 4) + 4)
         theta = torch.cat([p.detach().reshape(-1) for p in params])
         grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_fn(model(x), y), params)])
-        system = dense_ggn(model, loss_fn, x[rows], y[rows]) + opt.global_state.get("damping", damping) * torch.eye(len(theta), dtype=theta.dtype)
+        damping_now = opt.global_state.get("damping", damping)
+        system = dense_ggn(model, loss_fn, x[rows], y[rows]) + damping_now * torch.eye(len(theta), dtype=theta.dtype)
         warm = opt.global_state.get("cg_solution")
         opt.step(BatchClosure(model, loss_fn, x, y))
         if warm is None:  # a cold start of full CG: the dense solution
@@ -214,7 +215,8 @@ def test_counts_are_fractions_of_the_batch() -> None:
     opt.step(BatchClosure(model, nn.MSELoss(), x, y))
     d = opt.diagnostics
     assert d["n_grad"] == 1
-    assert d["n_hvp"] == pytest.approx(0.25 * (d["cg_iters"] + 1))  # one product per CG iteration (cold start) + building the operator
+    # one product per CG iteration (cold start) + building the operator
+    assert d["n_hvp"] == pytest.approx(0.25 * (d["cg_iters"] + 1))
     # chunk forward for the products, chunk loss before and after, the final line search on the batch
     assert d["n_loss"] == pytest.approx(0.25 * 3 + d["ls_evals"])
     assert d["grad_equivalents"] == pytest.approx(d["n_grad"] + d["n_hvp"] + d["n_loss"] / 3)
@@ -238,7 +240,10 @@ def test_lm_damping_rises_after_a_poor_step_with_the_closed_form_ratio():
 
 def test_lm_damping_drops_after_a_good_step():
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(30, 4, dtype=torch.float64, generator=gen), torch.randn(30, 1, dtype=torch.float64, generator=gen)
+    x, y = (
+        torch.randn(30, 4, dtype=torch.float64, generator=gen),
+        torch.randn(30, 1, dtype=torch.float64, generator=gen),
+    )
     model = nn.Linear(4, 1).double()
     opt = HessianFree(model.parameters(), damping=0.5, curvature_fraction=1.0)
     opt.step(BatchClosure(model, nn.MSELoss(), x, y))
@@ -288,7 +293,9 @@ def test_curvature_minibatch_uses_a_subset_for_products_and_the_whole_batch_for_
 
 def test_hessian_free_warns_when_dropout_is_active():
     model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 1)).double()
-    closure = BatchClosure(model, nn.MSELoss(), torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64))
+    closure = BatchClosure(
+        model, nn.MSELoss(), torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+    )
     with pytest.warns(UserWarning, match="dropout is active"):
         HessianFree(model.parameters()).step(closure)
 

@@ -24,7 +24,9 @@ def _mlp() -> nn.Module:
 
 def _cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, stride=2), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, 3)).double()
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, stride=2), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, 3)
+    ).double()
 
 
 def _patches(x: Tensor, conv: nn.Conv2d) -> Tensor:
@@ -33,7 +35,11 @@ def _patches(x: Tensor, conv: nn.Conv2d) -> Tensor:
     padded = F.pad(x, (pw, pw, ph, ph))
     rows = (padded.shape[2] - kh) // sh + 1
     cols = (padded.shape[3] - kw) // sw + 1
-    out = [padded[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw].reshape(x.shape[0], -1) for i in range(rows) for j in range(cols)]
+    out = [
+        padded[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw].reshape(x.shape[0], -1)
+        for i in range(rows)
+        for j in range(cols)
+    ]
     return torch.stack(out, dim=1)
 
 
@@ -111,7 +117,11 @@ def test_direction_is_the_pi_damped_kronecker_solve_scaled_by_the_kl_clip():
         vg += float((v * grad).sum()) * lr**2
     nu = min(1.0, (kappa / vg) ** 0.5)
     assert nu < 1 and opt.diagnostics["kl_scale"] == pytest.approx(nu, rel=1e-10)
-    expected = [before[0] - lr * nu * directions[0][:, :-1], before[1] - lr * nu * directions[0][:, -1], before[2] - lr * nu * directions[1]]
+    expected = [
+        before[0] - lr * nu * directions[0][:, :-1],
+        before[1] - lr * nu * directions[0][:, -1],
+        before[2] - lr * nu * directions[1],
+    ]
     for p, e in zip(model.parameters(), expected):
         torch.testing.assert_close(p.detach(), e, rtol=1e-9, atol=1e-12)
 

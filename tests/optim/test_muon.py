@@ -89,6 +89,8 @@ def test_the_training_loop_charges_muons_newton_schulz_time_and_nothing_for_sgd(
     for name in ("muon", "sgd"):
         model = nn.Sequential(nn.Linear(32, 256), nn.Tanh(), nn.Linear(256, 4))
         optimizer = from_config(name, model.parameters())
-        counts[name] = [first_order_step(optimizer, model, nn.CrossEntropyLoss(), x, y)["grad_equivalents"] for _ in range(3)]
+        counts[name] = [
+            first_order_step(optimizer, model, nn.CrossEntropyLoss(), x, y)["grad_equivalents"] for _ in range(3)
+        ]
     assert counts["sgd"] == [1.0, 1.0, 1.0]
     assert all(c > 1.0 for c in counts["muon"])  # five Newton-Schulz iterations are not free

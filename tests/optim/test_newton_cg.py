@@ -24,7 +24,9 @@ def test_a_non_finite_loss_still_reports_its_cost() -> None:
 
 
 def _sin_closure(model: Sin) -> BatchClosure:
-    return BatchClosure(model, nn.MSELoss(), torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64))
+    return BatchClosure(
+        model, nn.MSELoss(), torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    )
 
 
 def test_gauss_newton_by_default_with_a_batch_closure_hessian_with_a_plain_one() -> None:
@@ -42,7 +44,9 @@ def test_lm_damping_follows_the_closed_form_reduction_ratio(globalization: str) 
     for the step s actually taken; lambda x 3/2 below 1/4, x 2/3 above 3/4."""
     lam, w0 = 1e-3, 1.4
     model = Sin(w0)
-    opt = NewtonCG(model.parameters(), damping=lam, globalization=globalization, lr=0.5 if globalization == "none" else 1.0)
+    opt = NewtonCG(
+        model.parameters(), damping=lam, globalization=globalization, lr=0.5 if globalization == "none" else 1.0
+    )
     opt.step(_sin_closure(model))
     s = float(model.w.detach()) - w0
     g, gn = 2 * math.sin(w0) * math.cos(w0), 2 * math.cos(w0) ** 2
@@ -83,8 +87,12 @@ def test_trust_radius_doubles_on_a_good_boundary_step_and_shrinks_on_a_bad_one()
 
     # (z - 2)^2 with a tall bump at z = 1.5: the boundary step from 0 lands on the bump
     ridge = Quadratic1d()
-    bump = BatchClosure(ridge, lambda z, y: ((z + 3.0 - y) ** 2).sum() + 50 * torch.exp(-(((z + 3.0 - 1.5) / 0.1) ** 2)).sum(),
-                        torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1), 2.0, dtype=torch.float64))
+    bump = BatchClosure(
+        ridge,
+        lambda z, y: ((z + 3.0 - y) ** 2).sum() + 50 * torch.exp(-(((z + 3.0 - 1.5) / 0.1) ** 2)).sum(),
+        torch.ones(1, 1, dtype=torch.float64),
+        torch.full((1, 1), 2.0, dtype=torch.float64),
+    )
     opt = NewtonCG(ridge.parameters(), damping=0.0, globalization="trust_region", tr_radius=1.5)
     opt.step(bump)
     assert opt.diagnostics["reduction_ratio"] < 0.25 and opt.diagnostics["status"] == "rejected"
@@ -97,7 +105,9 @@ class IndefiniteQuadratic(nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(3)
         q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=gen))
-        self.register_buffer("a", q @ torch.diag(torch.tensor([-2.0, -0.5, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64)) @ q.T)
+        self.register_buffer(
+            "a", q @ torch.diag(torch.tensor([-2.0, -0.5, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64)) @ q.T
+        )
         self.theta = nn.Parameter(torch.randn(6, dtype=torch.float64, generator=gen) * 0.1)
 
     def forward(self) -> torch.Tensor:

@@ -46,11 +46,16 @@ def test_exported_defaults_round_trip_through_yaml_and_the_refresh_knob_is_searc
 
 def test_bad_settings_name_the_field_and_the_rule():
     params = list(nn.Linear(3, 2).parameters())
-    with pytest.raises(SettingsError, match=r"optimizer.settings.inverse_update_every = 0: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        SettingsError, match=r"optimizer.settings.inverse_update_every = 0: Input should be greater than or equal to 1"
+    ):
         from_config({"name": "kfac", "settings": {"inverse_update_every": 0}}, params)
     with pytest.raises(SettingsError, match=r"optimizer.settings.fisher = 'exact'"):
         from_config({"name": "kfac", "settings": {"fisher": "exact"}}, params)
-    with pytest.raises(SettingsError, match=r"unknown setting\(s\) precondition_freq \(did you mean 'precondition_frequency'\?\); allowed: lr"):
+    with pytest.raises(
+        SettingsError,
+        match=r"unknown setting\(s\) precondition_freq \(did you mean 'precondition_frequency'\?\); allowed: lr",
+    ):
         from_config({"name": "soap", "settings": {"precondition_freq": 5}}, params)
 
 def test_kfac_sampled_fisher_refuses_a_loss_without_a_likelihood():
@@ -66,7 +71,9 @@ def test_from_config_builds_from_dict_yaml_json_and_name(tmp_path):
     model = classification_mlp()
     opt = from_config({"optimizer": {"name": "hessian_free", "settings": {"damping": 0.3}}}, model.parameters())
     assert isinstance(opt, HessianFree) and opt.settings.damping == 0.3
-    (tmp_path / "best.yaml").write_text(yaml.safe_dump({"task": {"name": "x"}, "optimizer": {"name": "sophia", "settings": {"rho": 0.1}}}))
+    (tmp_path / "best.yaml").write_text(
+        yaml.safe_dump({"task": {"name": "x"}, "optimizer": {"name": "sophia", "settings": {"rho": 0.1}}})
+    )
     assert from_config(tmp_path / "best.yaml", model.parameters()).settings.rho == 0.1
     (tmp_path / "o.json").write_text(json.dumps({"name": "lbfgs", "settings": {"history_size": 7}}))
     assert from_config(str(tmp_path / "o.json"), model.parameters()).settings.history_size == 7
@@ -76,11 +83,20 @@ def test_from_config_builds_from_dict_yaml_json_and_name(tmp_path):
 
 def test_from_config_errors_name_the_field_and_what_is_allowed(tmp_path):
     params = list(classification_mlp().parameters())
-    with pytest.raises(SettingsError, match=r"optimizer.name: 'newton' is not a known optimizer \(did you mean 'newton_cg'\?\); allowed: newton_cg, hessian_free"):
+    with pytest.raises(
+        SettingsError,
+        match=r"optimizer.name: 'newton' is not a known optimizer \(did you mean 'newton_cg'\?\); "
+        r"allowed: newton_cg, hessian_free",
+    ):
         from_config({"name": "newton"}, params)
-    with pytest.raises(SettingsError, match=r"unknown setting\(s\) dampening \(did you mean 'damping'\?\); allowed: batch_size, lr, damping"):
+    with pytest.raises(
+        SettingsError,
+        match=r"unknown setting\(s\) dampening \(did you mean 'damping'\?\); allowed: batch_size, lr, damping",
+    ):
         from_config({"name": "newton_cg", "settings": {"dampening": 1}}, params)
-    with pytest.raises(SettingsError, match=r"optimizer.settings.cg_max_iter = 0: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        SettingsError, match=r"optimizer.settings.cg_max_iter = 0: Input should be greater than or equal to 1"
+    ):
         from_config({"name": "newton_cg", "settings": {"cg_max_iter": 0}}, params)
     (tmp_path / "bad.yaml").write_text("optimizer: [unclosed")
     with pytest.raises(SettingsError, match="not valid YAML: .*bad.yaml, line 1, column 21"):

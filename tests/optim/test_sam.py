@@ -110,7 +110,9 @@ def test_sam_ends_in_the_flat_minimum_where_sgd_ends_in_a_sharp_one() -> None:
 
 def test_from_config_wraps_every_optimizer_and_counts_the_extra_gradient() -> None:
     model = nn.Linear(3, 1).double()
-    opt = from_config({"name": "adam", "settings": {"lr": 0.01, "sam": {"rho": 0.1, "adaptive": True}}}, model.parameters())
+    opt = from_config(
+        {"name": "adam", "settings": {"lr": 0.01, "sam": {"rho": 0.1, "adaptive": True}}}, model.parameters()
+    )
     assert isinstance(opt, SAM) and isinstance(opt.base, torch.optim.Adam) and opt.settings.adaptive
     assert isinstance(from_config({"name": "sophia", "settings": {"sam": True}}, model.parameters()), SAM)
     assert not isinstance(from_config({"name": "sgd", "settings": {"sam": False}}, model.parameters()), SAM)
@@ -151,7 +153,8 @@ def test_study_file_sam_entry_makes_rho_a_search_dimension() -> None:
     from hpo2.study.space import SearchSpace
 
     config = StudyConfig(name="s", task="digits_mlp", optimizers=[
-        {"name": "sgd", "sam": {"rho": [0.02, 0.4], "adaptive": True}}, {"name": "newton_cg", "sam": True}, "adam"])  # fmt: skip
+        {"name": "sgd", "sam": {"rho": [0.02, 0.4], "adaptive": True}}, {"name": "newton_cg", "sam": True},
+        "adam"])  # fmt: skip
     space = SearchSpace(config)
     assert space.optimizers["sgd"].dimensions["sam.rho"] == FloatRange(0.02, 0.4, log=True)
     assert space.optimizers["sgd"].fixed == {"sam.adaptive": True}
@@ -170,7 +173,8 @@ def test_study_file_sam_entry_makes_rho_a_search_dimension() -> None:
             assert "sam" not in settings
     assert seen == {"sgd", "newton_cg", "adam"}
     for bad, message in [({"rho": [0.5, 0.1]}, "sam.rho = \\[0.5, 0.1\\]: give \\[low, high\\]"),
-                         ({"rho": [0.0, 0.1]}, r"low = 0.0 is not a valid rho"), ({"eta": [0.1, 0.2]}, "sam.eta .* not searchable"),
+                         ({"rho": [0.0, 0.1]}, r"low = 0.0 is not a valid rho"),
+                         ({"eta": [0.1, 0.2]}, "sam.eta .* not searchable"),
                          ({"radius": 0.1}, "sam.radius: unknown SAM setting"), ({"rho": -1.0}, "sam.rho")]:  # fmt: skip
         with pytest.raises(ValidationError, match=message):
             StudyConfig(name="s", task="digits_mlp", optimizers=[{"name": "sgd", "sam": bad}])

@@ -86,9 +86,17 @@ def test_blocks_are_preconditioned_independently():
     """A separable loss: each block of a blocked 5x4 weight must move exactly as the
     same block would as a parameter of its own."""
     gen = torch.Generator().manual_seed(2)
-    scale, target = torch.rand(5, 4, dtype=torch.float64, generator=gen) + 0.5, torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    scale, target = (
+        torch.rand(5, 4, dtype=torch.float64, generator=gen) + 0.5,
+        torch.randn(5, 4, dtype=torch.float64, generator=gen),
+    )
     w = nn.Parameter(torch.randn(5, 4, dtype=torch.float64, generator=gen))
-    slices = [(slice(0, 3), slice(0, 3)), (slice(0, 3), slice(3, 4)), (slice(3, 5), slice(0, 3)), (slice(3, 5), slice(3, 4))]
+    slices = [
+        (slice(0, 3), slice(0, 3)),
+        (slice(0, 3), slice(3, 4)),
+        (slice(3, 5), slice(0, 3)),
+        (slice(3, 5), slice(3, 4)),
+    ]
     pieces = [nn.Parameter(w.detach()[r, c].clone()) for r, c in slices]
     settings = dict(lr=0.05, precondition_frequency=1, start_preconditioning_step=1, epsilon=1e-8)
     blocked = Shampoo([w], max_preconditioner_dim=3, **settings)

@@ -19,7 +19,10 @@ def _eigenbasis(factor: np.ndarray) -> np.ndarray:
 
 def test_precondition_frequency_one_is_adam_in_the_eigenbasis_of_the_factors():
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(40, 5, dtype=torch.float64, generator=gen), torch.randn(40, 4, dtype=torch.float64, generator=gen)
+    x, y = (
+        torch.randn(40, 5, dtype=torch.float64, generator=gen),
+        torch.randn(40, 4, dtype=torch.float64, generator=gen),
+    )
     model = nn.Linear(5, 4, bias=False).double()
     w = model.weight.detach().numpy().copy()
     lr, b1, b2, sb, eps, wd = 0.02, 0.9, 0.95, 0.8, 1e-8, 0.01

@@ -21,7 +21,8 @@ def least_squares(seed: int) -> tuple[nn.Linear, torch.Tensor, torch.Tensor, tor
     """F(w) = 1/n sum_i (x_i w - y_i)^2 / 2 with noise, so SGD's gradients never vanish at w*."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(N, D, dtype=torch.float64, generator=gen)
-    y = x @ torch.randn(D, 1, dtype=torch.float64, generator=gen) + 0.5 * torch.randn(N, 1, dtype=torch.float64, generator=gen)
+    w_true = torch.randn(D, 1, dtype=torch.float64, generator=gen)
+    y = x @ w_true + 0.5 * torch.randn(N, 1, dtype=torch.float64, generator=gen)
     model = nn.Linear(D, 1, bias=False).double()
     nn.init.zeros_(model.weight)
     w_star = torch.linalg.lstsq(x, y).solution.T
@@ -32,7 +33,14 @@ def half_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * nn.functional.mse_loss(out, target)
 
 
-def run_epochs(model: nn.Linear, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, epochs: int, w_star: torch.Tensor) -> list[float]:
+def run_epochs(
+    model: nn.Linear,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    w_star: torch.Tensor,
+) -> list[float]:
     """Errors ||w - w*|| after each epoch of shuffled minibatches."""
     gen = torch.Generator().manual_seed(1)
     errors = []
@@ -56,7 +64,9 @@ def run_epochs(model: nn.Linear, x: torch.Tensor, y: torch.Tensor, optimizer: to
 def test_svrg_converges_linearly_where_sgd_stalls(seed: int) -> None:
     lr = 0.05
     model, x, y, w_star = least_squares(seed)
-    svrg_errors = run_epochs(model, x, y, SVRG(model.parameters(), lr=lr, snapshot_every=1, variance_probes=0), 40, w_star)
+    svrg_errors = run_epochs(
+        model, x, y, SVRG(model.parameters(), lr=lr, snapshot_every=1, variance_probes=0), 40, w_star
+    )
     model, x, y, w_star = least_squares(seed)
     sgd_errors = run_epochs(model, x, y, torch.optim.SGD(model.parameters(), lr=lr), 40, w_star)
     assert svrg_errors[-1] < 1e-9
@@ -85,7 +95,8 @@ def test_corrected_gradient_is_unbiased(seed: int) -> None:
     full = torch.autograd.grad(half_mse(model(x), y), model.weight)[0]
     mean = torch.stack(directions).mean(0)
     torch.testing.assert_close(mean, full, rtol=1e-10, atol=1e-12)
-    assert float(torch.stack(directions).std(0).norm()) > 1e-3  # each single direction differs: a real stochastic estimate
+    # each single direction differs: a real stochastic estimate
+    assert float(torch.stack(directions).std(0).norm()) > 1e-3
 
 
 def test_variance_reduction_diagnostic_and_counting() -> None:
@@ -132,7 +143,9 @@ def test_state_dict_round_trip() -> None:
 
 def test_training_loop_counts_the_snapshot() -> None:
     task = build_task("digits_mlp", {})
-    result = run_training(task, {"name": "svrg", "settings": {"snapshot_every": 1, "variance_probes": 2}}, Budget(epochs=2), device="cpu")
+    result = run_training(
+        task, {"name": "svrg", "settings": {"snapshot_every": 1, "variance_probes": 2}}, Budget(epochs=2), device="cpu"
+    )
     steps_per_epoch = result.steps // 2
     n_train = len(task.train)
     snapshot = n_train / task.batch_size

@@ -59,7 +59,9 @@ def postgres() -> Iterator[dict[str, str]]:
         base = f"postgresql+psycopg2://hpo2@127.0.0.1:{port}"
         yield {"optuna": f"{base}/optuna", "mlflow": f"{base}/mlflow", "port": str(port)}
     finally:
-        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
+        subprocess.run(
+            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 

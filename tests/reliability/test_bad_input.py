@@ -26,28 +26,86 @@ from hpo2.train import TrainConfig
 VALID = {"name": "b", "task": "digits_mlp", "n_trials": 2}
 
 CASES = {
-    "malformed yaml": ("name: b\ntask: [digits_mlp\n", "not valid YAML: {tmp}/bad.yaml, line 3, column 1: while parsing a flow sequence"),
+    "malformed yaml": (
+        "name: b\ntask: [digits_mlp\n",
+        "not valid YAML: {tmp}/bad.yaml, line 3, column 1: while parsing a flow sequence",
+    ),
     "wrong type": (yaml.safe_dump({**VALID, "n_trials": "ten"}), "n_trials = 'ten': Input should be a valid integer"),
-    "unknown optimizer": (yaml.safe_dump({**VALID, "optimizers": ["adam", "newtn_cg"]}), "'newtn_cg' is not a known optimizer (did you mean 'newton_cg'?); allowed: newton_cg"),
-    "unknown setting": (yaml.safe_dump({**VALID, "optimizers": [{"name": "adam", "fixed": {"learning_rate": 0.1}}]}), "unknown setting(s) learning_rate; allowed: lr"),
-    "range low > high": (yaml.safe_dump({**VALID, "optimizers": [{"name": "sgd", "ranges": {"lr": [0.1, 0.001]}}]}), "ranges.lr = [0.1, 0.001]: give [low, high] with low < high"),
-    "storage cannot be opened": (yaml.safe_dump({**VALID, "storage": "postgresql+psycopg2://nobody@127.0.0.1:1/none"}), "storage: cannot open"),
-    "task data missing": (yaml.safe_dump({**VALID, "task": {"name": "fmnist_mlp", "settings": {"data_dir": "/nonexistent"}}}), "apt-get install dataset-fashion-mnist"),
+    "unknown optimizer": (
+        yaml.safe_dump({**VALID, "optimizers": ["adam", "newtn_cg"]}),
+        "'newtn_cg' is not a known optimizer (did you mean 'newton_cg'?); allowed: newton_cg",
+    ),
+    "unknown setting": (
+        yaml.safe_dump({**VALID, "optimizers": [{"name": "adam", "fixed": {"learning_rate": 0.1}}]}),
+        "unknown setting(s) learning_rate; allowed: lr",
+    ),
+    "range low > high": (
+        yaml.safe_dump({**VALID, "optimizers": [{"name": "sgd", "ranges": {"lr": [0.1, 0.001]}}]}),
+        "ranges.lr = [0.1, 0.001]: give [low, high] with low < high",
+    ),
+    "storage cannot be opened": (
+        yaml.safe_dump({**VALID, "storage": "postgresql+psycopg2://nobody@127.0.0.1:1/none"}),
+        "storage: cannot open",
+    ),
+    "task data missing": (
+        yaml.safe_dump({**VALID, "task": {"name": "fmnist_mlp", "settings": {"data_dir": "/nonexistent"}}}),
+        "apt-get install dataset-fashion-mnist",
+    ),
     "code in yaml": ("name: b\ntask: !!python/object/apply:os.system ['touch pwned']\n", "not valid YAML"),
-    "typo'd key": (yaml.safe_dump({**VALID, "n_trial": 3}), "n_trial = 3: unknown key (did you mean 'n_trials'?); allowed: name, task"),
-    "typo'd budget key": (yaml.safe_dump({**VALID, "budget": {"epoch": 1}}), "budget.epoch = 1: unknown key (did you mean 'epochs'?)"),
-    "typo'd setting": (yaml.safe_dump({**VALID, "optimizers": [{"name": "sgd", "fixed": {"momentm": 0.5}}]}), "unknown setting(s) momentm (did you mean 'momentum'?)"),
-    "too many trials": ("name: b\ntask: digits_mlp\nn_trials: 1e11\n", "n_trials = 100000000000.0: Input should be less than or equal to 1000000"),
-    "too many epochs": (yaml.safe_dump({**VALID, "budget": {"epochs": 1e9}}), "budget.epochs = 1000000000.0: Input should be less than or equal to 100000"),
-    "infinite epochs": (yaml.safe_dump({**VALID, "budget": {"epochs": float("inf")}}), "budget.epochs = inf: Input should be a finite number"),
-    "range outside the setting": (yaml.safe_dump({**VALID, "optimizers": [{"name": "sgd", "ranges": {"momentum": [0.5, 1.5]}}]}), "ranges.momentum = [0.5, 1.5]: high = 1.5 is not a valid momentum (Input should be less than 1)"),
-    "range below the setting": (yaml.safe_dump({**VALID, "optimizers": [{"name": "sophia", "ranges": {"hessian_refresh": [0, 5]}}]}), "ranges.hessian_refresh = [0, 5]: low = 0 is not a valid hessian_refresh (Input should be greater than or equal to 1)"),
-    "infinite range": ("name: b\ntask: digits_mlp\noptimizers: [{name: sgd, ranges: {lr: [1e-4, .inf]}}]\n", "ranges.lr = [0.0001, inf]: both ends must be finite numbers"),
+    "typo'd key": (
+        yaml.safe_dump({**VALID, "n_trial": 3}),
+        "n_trial = 3: unknown key (did you mean 'n_trials'?); allowed: name, task",
+    ),
+    "typo'd budget key": (
+        yaml.safe_dump({**VALID, "budget": {"epoch": 1}}),
+        "budget.epoch = 1: unknown key (did you mean 'epochs'?)",
+    ),
+    "typo'd setting": (
+        yaml.safe_dump({**VALID, "optimizers": [{"name": "sgd", "fixed": {"momentm": 0.5}}]}),
+        "unknown setting(s) momentm (did you mean 'momentum'?)",
+    ),
+    "too many trials": (
+        "name: b\ntask: digits_mlp\nn_trials: 1e11\n",
+        "n_trials = 100000000000.0: Input should be less than or equal to 1000000",
+    ),
+    "too many epochs": (
+        yaml.safe_dump({**VALID, "budget": {"epochs": 1e9}}),
+        "budget.epochs = 1000000000.0: Input should be less than or equal to 100000",
+    ),
+    "infinite epochs": (
+        yaml.safe_dump({**VALID, "budget": {"epochs": float("inf")}}),
+        "budget.epochs = inf: Input should be a finite number",
+    ),
+    "range outside the setting": (
+        yaml.safe_dump({**VALID, "optimizers": [{"name": "sgd", "ranges": {"momentum": [0.5, 1.5]}}]}),
+        "ranges.momentum = [0.5, 1.5]: high = 1.5 is not a valid momentum (Input should be less than 1)",
+    ),
+    "range below the setting": (
+        yaml.safe_dump({**VALID, "optimizers": [{"name": "sophia", "ranges": {"hessian_refresh": [0, 5]}}]}),
+        "ranges.hessian_refresh = [0, 5]: low = 0 is not a valid hessian_refresh "
+        "(Input should be greater than or equal to 1)",
+    ),
+    "infinite range": (
+        "name: b\ntask: digits_mlp\noptimizers: [{name: sgd, ranges: {lr: [1e-4, .inf]}}]\n",
+        "ranges.lr = [0.0001, inf]: both ends must be finite numbers",
+    ),
     "long name": (yaml.safe_dump({**VALID, "name": "n" * 250}), "250 characters; at most 100"),
-    "train config given to study run": (yaml.safe_dump({"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd"}}), "is a `hpo2 train` config (one optimizer, no study name): train with `hpo2 train --config {tmp}/bad.yaml`"),
-    "file store": (yaml.safe_dump({**VALID, "tracking_uri": "file:///{tmp}/mlruns"}), "MLflow 3 refuses the file store; use a sqlite database"),
-    "MLflow store not writable": (yaml.safe_dump({**VALID, "tracking_uri": "sqlite:///{tmp}/bad.yaml/mlflow.db"}), "tracking_uri: cannot write the sqlite database 'sqlite:///{tmp}/bad.yaml/mlflow.db' (Not a directory)"),
-    "study folder not writable": (yaml.safe_dump({**VALID, "storage": "sqlite:///{tmp}/bad.yaml/b.db"}), "storage: cannot write the sqlite database"),
+    "train config given to study run": (
+        yaml.safe_dump({"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd"}}),
+        "is a `hpo2 train` config (one optimizer, no study name): train with `hpo2 train --config {tmp}/bad.yaml`",
+    ),
+    "file store": (
+        yaml.safe_dump({**VALID, "tracking_uri": "file:///{tmp}/mlruns"}),
+        "MLflow 3 refuses the file store; use a sqlite database",
+    ),
+    "MLflow store not writable": (
+        yaml.safe_dump({**VALID, "tracking_uri": "sqlite:///{tmp}/bad.yaml/mlflow.db"}),
+        "tracking_uri: cannot write the sqlite database 'sqlite:///{tmp}/bad.yaml/mlflow.db' (Not a directory)",
+    ),
+    "study folder not writable": (
+        yaml.safe_dump({**VALID, "storage": "sqlite:///{tmp}/bad.yaml/b.db"}),
+        "storage: cannot write the sqlite database",
+    ),
 }
 
 
@@ -71,7 +129,10 @@ def _refused_and_nothing_written(tmp_path: Path, study_text: str, options: list[
 @pytest.mark.parametrize(
     "options,message",
     [
-        (["--n-trials", "0"], "(with command-line --n-trials): n_trials = 0: Input should be greater than or equal to 1"),
+        (
+            ["--n-trials", "0"],
+            "(with command-line --n-trials): n_trials = 0: Input should be greater than or equal to 1",
+        ),
         (["--n-trials", "-1"], "n_trials = -1: Input should be greater than or equal to 1"),
         (["--n-trials", "2000000"], "n_trials = 2000000: Input should be less than or equal to 1000000"),
         (["--timeout", "0"], "(with command-line --timeout): timeout = 0.0: Input should be greater than 0"),
@@ -106,7 +167,10 @@ def test_a_study_file_given_to_train_names_the_right_command(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(VALID))
     result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "s.yaml")])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert f"is a study file (it has n_trials and no optimizer): run it with `hpo2 study run {tmp_path}/s.yaml`" in " ".join(result.output.split())
+    assert (
+        f"is a study file (it has n_trials and no optimizer): run it with `hpo2 study run {tmp_path}/s.yaml`"
+        in " ".join(result.output.split())
+    )
 
 
 def test_yaml_1_2_numbers_are_read_as_numbers_everywhere(tmp_path):
@@ -119,7 +183,9 @@ def test_yaml_1_2_numbers_are_read_as_numbers_everywhere(tmp_path):
     assert config.optimizers[0].fixed == {"momentum": 0.5} and config.timeout == 600.0
     assert (config.budget.seconds, config.budget.grad_equivalents) == (100.0, 5000.0)
     train = tmp_path / "t.yaml"
-    train.write_text("task: {name: digits_mlp}\noptimizer: {name: adam, settings: {lr: 1e-3, eps: 1e-8}}\nbudget: {epochs: 1E0}\n")
+    train.write_text(
+        "task: {name: digits_mlp}\noptimizer: {name: adam, settings: {lr: 1e-3, eps: 1e-8}}\nbudget: {epochs: 1E0}\n"
+    )
     assert load_train_config(train).budget.epochs == 1.0
     spec, settings = parse_optimizer_config(train)
     assert (settings.lr, settings.eps) == (1e-3, 1e-8)
@@ -140,7 +206,13 @@ def test_servers_bind_to_loopback_unless_asked():
 
 FIELDS = list(StudyConfig.model_fields) + ["bogus", "optimizer", "settings"]
 scalars = st.none() | st.booleans() | st.integers(-5, 100) | st.floats(allow_nan=True) | st.text(max_size=12)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(-3, 3), inner, max_size=4), max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(-3, 3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 random_files = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), values, max_size=8)
 mutated_valid = st.fixed_dictionaries({}).flatmap(
     lambda _: st.dictionaries(st.sampled_from(FIELDS), values, max_size=3).map(lambda extra: {**VALID, **extra})
@@ -148,8 +220,14 @@ mutated_valid = st.fixed_dictionaries({}).flatmap(
 optimizer_entries = st.lists(
     st.sampled_from(["sgd", "adam", "newton_cg", "sophia", "x"])
     | st.fixed_dictionaries({"name": st.sampled_from(["sgd", "sophia", "lbfgs"])},
-                            optional={"ranges": st.dictionaries(st.sampled_from(["lr", "rho", "history_size", "zz"]), values, max_size=2),
-                                      "fixed": st.dictionaries(st.sampled_from(["lr", "estimator", "zz"]), values, max_size=2)}),
+                            optional={
+                                "ranges": st.dictionaries(
+                                    st.sampled_from(["lr", "rho", "history_size", "zz"]), values, max_size=2
+                                ),
+                                "fixed": st.dictionaries(
+                                    st.sampled_from(["lr", "estimator", "zz"]), values, max_size=2
+                                ),
+                            }),
     max_size=3,
 )  # fmt: skip
 with_optimizers = optimizer_entries.map(lambda o: {**VALID, "optimizers": o})
@@ -194,13 +272,21 @@ TRAIN_FIELDS = list(TrainConfig.model_fields) + ["bogus", "n_trials", "optimizer
 VALID_TRAIN = {"task": {"name": "digits_mlp"}, "optimizer": {"name": "sgd", "settings": {"lr": 0.1}}}
 train_sections = st.fixed_dictionaries({}, optional={
     "name": st.sampled_from(["sgd", "adam", "sophia", "lbfgs", "digits_mlp", "nope"]) | values,
-    "settings": st.dictionaries(st.sampled_from(["lr", "momentum", "eps", "estimator", "batch_size", "n_train", "data_dir", "zz"]), values, max_size=3) | values,
+    "settings": st.dictionaries(
+        st.sampled_from(["lr", "momentum", "eps", "estimator", "batch_size", "n_train", "data_dir", "zz"]),
+        values,
+        max_size=3,
+    ) | values,
 })  # fmt: skip
 train_documents = (
     st.dictionaries(st.sampled_from(TRAIN_FIELDS), values, max_size=6)
     | st.dictionaries(st.sampled_from(TRAIN_FIELDS), values, max_size=3).map(lambda extra: {**VALID_TRAIN, **extra})
     | st.fixed_dictionaries({"task": train_sections, "optimizer": train_sections},
-                            optional={"budget": st.dictionaries(st.sampled_from(["epochs", "steps", "seconds", "grad_equivalents", "epoch"]), values, max_size=2)})
+                            optional={"budget": st.dictionaries(
+                                st.sampled_from(["epochs", "steps", "seconds", "grad_equivalents", "epoch"]),
+                                values,
+                                max_size=2,
+                            )})
     | st.text(max_size=40)
 )  # fmt: skip
 
@@ -218,7 +304,8 @@ def test_fuzzed_train_configs_never_raise_anything_but_a_settings_error(document
         assert isinstance(config, TrainConfig)
 
 
-OVERRIDES = {"n_trials": st.none() | st.integers(), "timeout": st.none() | st.floats(), "jobs": st.none() | st.integers(-3, 10**6),
+OVERRIDES = {"n_trials": st.none() | st.integers(), "timeout": st.none() | st.floats(),
+             "jobs": st.none() | st.integers(-3, 10**6),
              "device": st.none() | st.text(max_size=8), "storage": st.none() | st.text(max_size=20)}  # fmt: skip
 
 
@@ -236,12 +323,24 @@ def test_fuzzed_overrides_are_validated_with_the_file(overrides):
             assert value is None or getattr(config, key) == value
 
 
-bad_counts = st.integers(max_value=0) | st.integers(min_value=10**6 + 1) | st.text(min_size=1, max_size=6).filter(lambda t: not t.strip().lstrip("-").isdigit())
-bad_seconds = st.floats(max_value=0) | st.sampled_from(["inf", "nan", "-inf", "1e99"]) | st.text(min_size=1, max_size=6).filter(lambda t: not t.strip().replace(".", "").lstrip("-").isdigit())
+bad_counts = (
+    st.integers(max_value=0)
+    | st.integers(min_value=10**6 + 1)
+    | st.text(min_size=1, max_size=6).filter(lambda t: not t.strip().lstrip("-").isdigit())
+)
+bad_seconds = (
+    st.floats(max_value=0)
+    | st.sampled_from(["inf", "nan", "-inf", "1e99"])
+    | st.text(min_size=1, max_size=6).filter(lambda t: not t.strip().replace(".", "").lstrip("-").isdigit())
+)
 
 
 @settings(max_examples=50, **FUZZ)
-@given(st.sampled_from(["--n-trials", "--timeout"]).flatmap(lambda o: st.tuples(st.just(o), bad_counts if o == "--n-trials" else bad_seconds)))
+@given(
+    st.sampled_from(["--n-trials", "--timeout"]).flatmap(
+        lambda o: st.tuples(st.just(o), bad_counts if o == "--n-trials" else bad_seconds)
+    )
+)
 def test_fuzzed_bad_command_line_values_exit_2_naming_the_option(option_value):
     option, value = option_value
     path = _write(VALID, "cli.yaml")

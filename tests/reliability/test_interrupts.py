@@ -51,7 +51,8 @@ def write_study(folder: Path, template: Path, name: str, storage: str | None, re
     path = folder / f"{name}.yaml"
     study = {
         "name": name, "task": "digits_mlp", "budget": {"epochs": 1}, "optimizers": OPTIMIZERS,
-        "n_trials": N_TRIALS, "heartbeat_interval": 1, "pruner": {"name": "none"}, "sampler": {"name": "random", "seed": 0},
+        "n_trials": N_TRIALS, "heartbeat_interval": 1, "pruner": {"name": "none"},
+        "sampler": {"name": "random", "seed": 0},
         "curvature_diagnostics": False, "report": report, "device": "cpu",
     }  # fmt: skip
     if storage is not None:
@@ -129,7 +130,9 @@ def assert_interrupted_cleanly(path: Path, point: str, first: subprocess.Complet
     study, _, runs = load(path)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     killed = [r for r in runs if r.info.status == "KILLED"]
-    assert {r.data.tags.get("hpo2.role", "trial") for r in killed} == ({"study"} if point in ("report", "before_run") else {"study", "trial"})
+    assert {r.data.tags.get("hpo2.role", "trial") for r in killed} == (
+        {"study"} if point in ("report", "before_run") else {"study", "trial"}
+    )
     assert all(r.data.tags["hpo2.reason"] == "interrupted" for r in killed)
     if point != "report":
         trials = study.trials
@@ -180,7 +183,9 @@ def test_postgres_study_killed_or_interrupted_resumes_whole(tmp_path, mlflow_db_
     _scenario(path, point, sig)
 
 
-def test_study_timeout_ends_an_endless_trial_and_an_endless_budget_without_timeout_is_refused(tmp_path, mlflow_db_template):
+def test_study_timeout_ends_an_endless_trial_and_an_endless_budget_without_timeout_is_refused(
+    tmp_path, mlflow_db_template
+):
     path = write_study(tmp_path, mlflow_db_template, "t", None)
     data = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**data, "budget": {"epochs": float("inf")}, "n_trials": 2}))

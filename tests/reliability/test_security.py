@@ -57,8 +57,15 @@ def test_a_crafted_cifar_batch_is_refused_and_runs_nothing(tmp_path):
         build_task("cifar10_3c3d", {"data_dir": str(tmp_path / "data")})
     assert not marker.exists()
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({"task": {"name": "cifar10_3c3d", "settings": {"data_dir": str(tmp_path / "data")}},
-                                      "optimizer": {"name": "sgd"}, "device": "cpu"}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "task": {"name": "cifar10_3c3d", "settings": {"data_dir": str(tmp_path / "data")}},
+                "optimizer": {"name": "sgd"},
+                "device": "cpu",
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["train", "--config", str(config)])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "data_batch_3: refused to load" in " ".join(result.output.split())
@@ -70,7 +77,9 @@ PASSWORD = "Pa55-w0rd-hunter2"  # trust auth accepts any password: what matters 
 
 def _run_in_subprocess(*args: str, cwd: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = subprocess.run([sys.executable, "-m", "hpo2.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [sys.executable, "-m", "hpo2.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-2000:]
     return process.stdout + process.stderr
 
@@ -85,7 +94,8 @@ def test_a_storage_password_reaches_no_output_mlflow_record_report_or_export(tmp
     tracking = f"postgresql+psycopg2://hpo2:{PASSWORD}@127.0.0.1:{port}/mlflow"
     study_file = tmp_path / "secret.yaml"
     study_file.write_text(yaml.safe_dump({
-        "name": f"secret-{tmp_path.name[-8:]}", "task": {"name": "digits_mlp", "settings": {"n_train": 200, "n_valid": 100}},
+        "name": f"secret-{tmp_path.name[-8:]}",
+        "task": {"name": "digits_mlp", "settings": {"n_train": 200, "n_valid": 100}},
         "optimizers": ["sgd"], "n_trials": 1, "budget": {"steps": 3}, "report": False, "curvature_diagnostics": False,
         "storage": storage, "tracking_uri": tracking, "device": "cpu",
     }))  # fmt: skip

@@ -45,7 +45,9 @@ def test_sigkilled_worker_trial_is_failed_retried_and_its_run_closed(tmp_path: P
                 trials = optuna.load_study(study_name="k", storage=storage).trials
             except KeyError:
                 trials = []
-            if any(t.number == 1 and t.state == TrialState.RUNNING and "hpo2.mlflow_run_id" in t.user_attrs for t in trials):
+            if any(
+                t.number == 1 and t.state == TrialState.RUNNING and "hpo2.mlflow_run_id" in t.user_attrs for t in trials
+            ):
                 break
             time.sleep(0.2)
         else:
@@ -98,8 +100,19 @@ def _breaking_task(how: str) -> Task:
     x, y = torch.randn(64, 4, generator=gen), torch.randint(0, 2, (64,), generator=gen)
     model = Breaking(how, after=3)
     BUILT.append(weakref.ref(model))
-    return Task(name=f"breaking_{how}", model=model, loss_fn=nn.CrossEntropyLoss(), train=Split(x, y), valid=Split(x, y),
-                test=None, batch_size=16, metric="accuracy", metric_fn=accuracy, higher_is_better=True, target=0.9)
+    return Task(
+        name=f"breaking_{how}",
+        model=model,
+        loss_fn=nn.CrossEntropyLoss(),
+        train=Split(x, y),
+        valid=Split(x, y),
+        test=None,
+        batch_size=16,
+        metric="accuracy",
+        metric_fn=accuracy,
+        higher_is_better=True,
+        target=0.9,
+    )
 
 
 class ConcaveLoss(nn.Module):
@@ -119,10 +132,17 @@ def _concave_task() -> Task:
 
 @pytest.fixture(scope="module", autouse=True)
 def breaking_tasks():
-    for spec in (TaskSpec("breaking_nan", TaskSettings, lambda s: _breaking_task("nan"), "loss turns NaN after 3 steps", True),
-                 TaskSpec("breaking_oom", TaskSettings, lambda s: _breaking_task("oom"),
-                          "CUDA out of memory after 3 steps (simulated)", True),
-                 TaskSpec("concave", TaskSettings, lambda s: _concave_task(), "negative curvature everywhere", False)):
+    for spec in (
+        TaskSpec("breaking_nan", TaskSettings, lambda s: _breaking_task("nan"), "loss turns NaN after 3 steps", True),
+        TaskSpec(
+            "breaking_oom",
+            TaskSettings,
+            lambda s: _breaking_task("oom"),
+            "CUDA out of memory after 3 steps (simulated)",
+            True,
+        ),
+        TaskSpec("concave", TaskSettings, lambda s: _concave_task(), "negative curvature everywhere", False),
+    ):
         TASKS[spec.name] = spec
     yield
     for name in ("breaking_nan", "breaking_oom", "concave"):
@@ -131,8 +151,19 @@ def breaking_tasks():
 
 def _run(tmp_path: Path, task: str, optimizers: list, n_trials: int = 2, budget: dict | None = None) -> optuna.Study:
     path = tmp_path / f"{task}.yaml"
-    path.write_text(yaml.safe_dump({"name": task, "task": task, "budget": budget or {"epochs": 3}, "optimizers": optimizers,
-                                    "n_trials": n_trials, "report": False, "pruner": {"name": "none"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": task,
+                "task": task,
+                "budget": budget or {"epochs": 3},
+                "optimizers": optimizers,
+                "n_trials": n_trials,
+                "report": False,
+                "pruner": {"name": "none"},
+            }
+        )
+    )
     config, file = load_study_config(path)
     return StudyRunner(config, file).run()
 
@@ -140,11 +171,15 @@ def _run(tmp_path: Path, task: str, optimizers: list, n_trials: int = 2, budget:
 def test_nan_loss_ends_the_trial_with_a_reason(tmp_path):
     study = _run(tmp_path, "breaking_nan", ["adam"])
     assert all(t.state == TrialState.PRUNED for t in study.trials)
-    assert all(t.user_attrs["hpo2.status"] == "diverged" and "non-finite" in t.user_attrs["hpo2.reason"] for t in study.trials)
+    assert all(
+        t.user_attrs["hpo2.status"] == "diverged" and "non-finite" in t.user_attrs["hpo2.reason"] for t in study.trials
+    )
 
 
 def test_negative_curvature_every_step_ends_the_trial_with_a_reason(tmp_path):
-    study = _run(tmp_path, "concave", [{"name": "newton_cg", "fixed": {"damping": 0.0}}], n_trials=1, budget={"steps": 200})
+    study = _run(
+        tmp_path, "concave", [{"name": "newton_cg", "fixed": {"damping": 0.0}}], n_trials=1, budget={"steps": 200}
+    )
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED and trial.user_attrs["hpo2.status"] == "diverged"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

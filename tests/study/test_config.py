@@ -17,9 +17,20 @@ from tests.study.helpers import run_cli
     [
         ({"name": "x", "task": "digits_mlp", "sampler": {"name": "smac"}}, "sampler.name"),
         ({"name": "x", "task": "digits_mlp", "optimizers": ["newton"]}, "'newton' is not a known optimizer"),
-        ({"name": "x", "task": "digits_mlp", "optimizers": [{"name": "sgd", "ranges": {"lr": [1.0, 0.1]}}]}, "ranges.lr = [1.0, 0.1]: give [low, high] with low < high"),
+        (
+            {"name": "x", "task": "digits_mlp", "optimizers": [{"name": "sgd", "ranges": {"lr": [1.0, 0.1]}}]},
+            "ranges.lr = [1.0, 0.1]: give [low, high] with low < high",
+        ),
         ({"name": "x", "task": "digits_mlp", "n_trials": "many"}, "n_trials = 'many'"),
-        ({"name": "x", "task": "digits_mlp", "objective": ["valid_loss", "wall_seconds"], "sampler": {"name": "cmaes"}}, "cmaes"),
+        (
+            {
+                "name": "x",
+                "task": "digits_mlp",
+                "objective": ["valid_loss", "wall_seconds"],
+                "sampler": {"name": "cmaes"},
+            },
+            "cmaes",
+        ),
         ({"name": "x y", "task": "digits_mlp"}, "name = 'x y'"),
         ({"name": "x", "task": {"name": "digits_mlp", "settings": {"batchsize": 3}}}, "unknown setting(s) batchsize"),
     ],

@@ -71,7 +71,10 @@ def test_a_trial_that_raises_or_diverges_fails_alone(tmp_path):
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.optuna.db'}")
     by_opt = {t.params["optimizer"]: t for t in study.trials}
     assert by_opt["sgd"].state == TrialState.PRUNED and by_opt["sgd"].user_attrs["hpo2.status"] == "diverged"
-    assert by_opt["sophia"].state == TrialState.FAIL and "Gauss-Newton-Bartlett" in by_opt["sophia"].user_attrs["hpo2.reason"]
+    assert (
+        by_opt["sophia"].state == TrialState.FAIL
+        and "Gauss-Newton-Bartlett" in by_opt["sophia"].user_attrs["hpo2.reason"]
+    )
     assert by_opt["adam"].state == TrialState.COMPLETE
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])

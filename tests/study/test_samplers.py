@@ -23,8 +23,13 @@ from tests.study.helpers import write_study
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "botorch", "cmaes", "random", "qmc"])
 @pytest.mark.slow  # a whole study or a server
 def test_each_sampler_runs_a_study(tmp_path, sampler):
-    path = write_study(tmp_path, sampler={"name": sampler, "seed": 1, **({"n_startup_trials": 2} if sampler in ("gp", "botorch") else {})},
-                       n_trials=6, enqueue_defaults=False, curvature_diagnostics=False)
+    path = write_study(
+        tmp_path,
+        sampler={"name": sampler, "seed": 1, **({"n_startup_trials": 2} if sampler in ("gp", "botorch") else {})},
+        n_trials=6,
+        enqueue_defaults=False,
+        curvature_diagnostics=False,
+    )
     config, file = load_study_config(path)
     study = StudyRunner(config, file).run()
     finished = [t for t in study.trials if t.state.is_finished()]
@@ -89,6 +94,9 @@ def test_each_allowed_name_builds_its_own_sampler() -> None:
 
 def test_an_unknown_name_is_a_clear_error_not_cmaes() -> None:
     config = SamplerConfig.model_construct(name="cmaess", n_startup_trials=None)  # past validation, as a caller could
-    with pytest.raises(SettingsError, match=r"sampler.name: 'cmaess' is not a known sampler \(did you mean 'cmaes'\?\); "
-                                            r"allowed: tpe, gp, botorch, cmaes, random, qmc"):
+    with pytest.raises(
+        SettingsError,
+        match=r"sampler.name: 'cmaess' is not a known sampler \(did you mean 'cmaes'\?\); "
+        r"allowed: tpe, gp, botorch, cmaes, random, qmc",
+    ):
         plain_sampler(config, seed=0)

@@ -12,13 +12,16 @@ from hpo2.tasks import build_task
 from hpo2.tasks.image_classification import FASHION_MNIST_DEFAULT
 from hpo2.train import Budget, run_training
 
-pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DEFAULT).is_dir(), reason="dataset-fashion-mnist is not installed")
+pytestmark = pytest.mark.skipif(
+    not Path(FASHION_MNIST_DEFAULT).is_dir(), reason="dataset-fashion-mnist is not installed"
+)
 
 
 def test_architecture_data_and_loss() -> None:
     task = build_task("fmnist_autoencoder", {"n_train": 64, "n_valid": 32})
     linears = [m for m in task.model if isinstance(m, nn.Linear)]
-    assert [m.in_features for m in linears] + [linears[-1].out_features] == [784, 1000, 500, 250, 30, 250, 500, 1000, 784]
+    widths = [m.in_features for m in linears] + [linears[-1].out_features]
+    assert widths == [784, 1000, 500, 250, 30, 250, 500, 1000, 784]
     # logistic units everywhere but the linear 30-unit code and the output logits
     kinds = [type(m).__name__ for m in task.model]
     assert kinds.count("Sigmoid") == 6 and kinds[6:8] == ["Linear", "Linear"] and kinds[-1] == "Linear"
