@@ -112,8 +112,9 @@ def _term_weights(loss: str | nn.Module, outputs: Tensor, targets: Tensor | None
         kappa = torch.ones(shape, dtype=z.dtype, device=z.device)
         if module is not None and targets is not None and targets.dtype in (torch.int64, torch.int32) and targets.shape == shape:
             valid = targets != module.ignore_index
-            if module.weight is not None:
-                kappa = module.weight.to(z.dtype)[targets.clamp_min(0) * valid]
+            class_weight = getattr(module, "weight", None)
+            if class_weight is not None:
+                kappa = class_weight.to(z.dtype)[targets.clamp_min(0) * valid]
             kappa = kappa * valid
     else:
         if name == "bce_with_logits" and module is not None and module.pos_weight is not None:

@@ -177,7 +177,7 @@ class LBFGS(CurvatureOptimizer):
         self._start_diagnostics()
 
         allow_backward = group["initial_scaling"] == "secant"
-        first_loss_t, g = self._value_and_grad(closure, allow_backward)  # type: ignore[arg-type]
+        first_loss_t, g = self._value_and_grad(closure, allow_backward)
         ys_t, yy_t = _pair_products(g, state.get("prev_g"), state.get("d"), state.get("t"))
         loss, g_norm, g_max, g_l1, ys, yy = host_floats(
             first_loss_t, g.norm(), g.abs().max(), g.abs().sum(), ys_t, yy_t
@@ -197,14 +197,14 @@ class LBFGS(CurvatureOptimizer):
         while n_iter < max_iter:
             n_iter += 1
             state["n_iter"] += 1
-            d, t, added = self._direction(closure, g, ys, yy, g_l1)  # type: ignore[arg-type]
+            d, t, added = self._direction(closure, g, ys, yy, g_l1)  # type: ignore[arg-type]  # _value_and_grad above raised if the closure was None
             skipped += not added
             state.update(d=d, t=t, prev_g=g.clone(), prev_loss=loss)
             (slope,) = host_floats(torch.dot(g, d))
             if slope > -tol_change:
                 break
             moved_loss, g, t, ls_evals = self._move(
-                closure, search, d, t, loss, g, slope, n_iter, max_eval - evals  # type: ignore[arg-type]
+                closure, search, d, t, loss, g, slope, n_iter, max_eval - evals  # type: ignore[arg-type]  # _value_and_grad above raised if the closure was None
             )
             state["t"] = t
             evals += ls_evals

@@ -108,7 +108,7 @@ class SaddleFreeNewton(CurvatureOptimizer):
             loss_t, grads, operator = self._gradient_and_curvature(closure, "hessian")
             g = self._flatten(grads)
         else:
-            loss_t, g = self._value_and_grad(closure)  # type: ignore[arg-type]
+            loss_t, g = self._value_and_grad(closure)
         loss, g_norm = host_floats(loss_t, g.norm())
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
         if not self._check_finite(loss, g_norm):

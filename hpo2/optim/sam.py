@@ -48,7 +48,7 @@ Cost: one extra gradient per step (the ascent gradient at :math:`w`), counted in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 
 import torch
@@ -80,7 +80,7 @@ class SAMSettings(OptimizerSettings):
     """ASAM's offset eta in T_w = |w| + eta."""
 
 
-def ascent_step(params: list[Tensor], grads: list[Tensor], rho: float, adaptive: bool = False, eta: float = 0.01) -> list[Tensor]:
+def ascent_step(params: Sequence[Tensor], grads: Sequence[Tensor], rho: float, adaptive: bool = False, eta: float = 0.01) -> list[Tensor]:
     r""":math:`\hat\epsilon = \rho g/\|g\|` (SAM) or :math:`\rho T^2 g/\|T g\|` with
     :math:`T = |w| + \eta` (ASAM), per parameter tensor; zero where :math:`g = 0`."""
     scales = [p.detach().abs() + eta if adaptive else None for p in params]
@@ -167,9 +167,10 @@ class SAM(Optimizer):
         epsilon = ascent_step(self._params, grads, s.rho, s.adaptive, s.eta)
         saved = [p.detach().clone() for p in self._params]
         self._shift(epsilon, +1.0)
-        if self.curvature_base:
-            self.base.step(closure)  # everything the base evaluates is at w + eps
-            diag = dict(self.base.diagnostics)  # type: ignore[attr-defined]
+        base = self.base
+        if isinstance(base, CurvatureOptimizer):
+            base.step(closure)  # type: ignore[arg-type]  # torch types closures as returning float; ours return the loss tensor
+            diag = dict(base.diagnostics)
             perturbed_loss = float(diag.get("loss", math.nan))
             if diag.get("status") in ("ok", "converged"):
                 self._shift(epsilon, -1.0)  # w + eps + Delta  ->  w + Delta

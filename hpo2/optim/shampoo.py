@@ -141,7 +141,7 @@ class Shampoo(MatrixPreconditioner):
                 state["blocks"] = [
                     {"left": m.new_zeros(r.stop - r.start, r.stop - r.start), "right": m.new_zeros(c.stop - c.start, c.stop - c.start),
                      "left_root": None, "right_root": None}
-                    for r, c in block_slices(*m.shape, group["max_preconditioner_dim"])
+                    for r, c in block_slices(m.shape[0], m.shape[1], group["max_preconditioner_dim"])
                 ]
         state["step"] += 1
         t = state["step"]
@@ -169,7 +169,7 @@ class Shampoo(MatrixPreconditioner):
         refresh = t >= start and (t - start) % group["precondition_frequency"] == 0
         correction = 1.0 if b2 == 1 else 1 - b2**t
         used = False
-        for block, (rows, cols) in zip(state["blocks"], block_slices(*grad.shape, group["max_preconditioner_dim"])):
+        for block, (rows, cols) in zip(state["blocks"], block_slices(grad.shape[0], grad.shape[1], group["max_preconditioner_dim"])):
             g = grad[rows, cols]
             for key, outer in (("left", g @ g.T), ("right", g.T @ g)):
                 if b2 == 1:

@@ -190,13 +190,13 @@ class SVRG(CurvatureOptimizer):
                 "hpo2.train calls it at every epoch start"
             )
         self._start_diagnostics()
-        loss_t, g_w = self._value_and_grad(closure)  # type: ignore[arg-type]
+        loss_t, g_w = self._value_and_grad(closure)
         loss, g_norm = host_floats(loss_t, g_w.norm())
         if not self._check_finite(loss, g_norm):
             self.diagnostics["loss"] = loss
             self._finish_diagnostics()
             return loss_t
-        g_snap = self._gradient_at(st["snapshot"], closure)  # type: ignore[arg-type]
+        g_snap = self._gradient_at(st["snapshot"], closure)  # type: ignore[arg-type]  # _value_and_grad above raised if the closure was None
         direction = g_w - g_snap + st["snapshot_gradient"]
         if group["momentum"] > 0:
             buf = st.get("momentum_buffer")

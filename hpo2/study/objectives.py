@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from hpo2.study.config import StudyConfig
 from hpo2.train import TrainResult
 
+Direction = Literal["minimize", "maximize"]
+
 #: the direction of every objective whose direction does not depend on the task
-DIRECTIONS = {"valid_loss": "minimize", "train_loss": "minimize", "wall_seconds": "minimize",
+DIRECTIONS: dict[str, Direction] = {"valid_loss": "minimize", "train_loss": "minimize", "wall_seconds": "minimize",
               "grad_equivalents": "minimize"}  # fmt: skip
 
 
-def objective_directions(config: StudyConfig, higher_is_better: bool) -> list[str]:
+def objective_directions(config: StudyConfig, higher_is_better: bool) -> list[Direction]:
     """``minimize`` / ``maximize`` for each objective of ``config``: as written, or
     (``auto``) from the metric; ``valid_metric`` follows the task's ``higher_is_better``."""
-    out = []
+    out: list[Direction] = []
     for objective in config.objective:
-        if objective.direction != "auto":
+        if objective.direction == "maximize" or objective.direction == "minimize":
             out.append(objective.direction)
         elif objective.metric == "valid_metric":
             out.append("maximize" if higher_is_better else "minimize")

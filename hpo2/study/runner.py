@@ -76,8 +76,8 @@ from hpo2.tasks import TASKS, build_task
 from hpo2.tracking import TrackedRun, check_reachable, experiment_id, quick_failing_http, study_parent_run
 from hpo2.train import Budget, Evaluation, resolve_device, run_training
 
-#: ``report(study, config, tracking_uri, parent_run_id)``: renders the study's report at the end of a run
-StudyReport = Callable[[optuna.Study, StudyConfig, str, str], None]
+#: ``report(study, config, tracking_uri, parent_run_id)``: renders the study's report at the end of a run (its result is unused)
+StudyReport = Callable[[optuna.Study, StudyConfig, str, str], object]
 
 
 class StudyRunner:
