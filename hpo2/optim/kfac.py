@@ -165,7 +165,7 @@ class KFAC(SeededOptimizer):
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._statistics: LayerStatistics | None = None
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
         group, state = self.param_groups[0], self.global_state
         t = int(state.get("global_step", 0)) + 1
         update_cov = (t - 1) % group["cov_update_every"] == 0

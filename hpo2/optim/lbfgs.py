@@ -166,7 +166,7 @@ class LBFGS(CurvatureOptimizer):
         state["gamma"] = ys / yy
         return True
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
         group = self.param_groups[0]
         max_iter = group["max_iter"]
         max_eval = group["max_eval"] if group["max_eval"] is not None else max_iter * 5 // 4

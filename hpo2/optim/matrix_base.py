@@ -84,7 +84,7 @@ class MatrixPreconditioner(CurvatureOptimizer):
 
     joint = False
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
         self._start_diagnostics()
         started = time.perf_counter()
         loss_t, flat_grad = self._value_and_grad(closure, allow_backward=True)

@@ -150,7 +150,7 @@ class NewtonCG(CurvatureOptimizer):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
         group = self.param_groups[0]
         state = self.global_state
         damping = float(state.get("damping", group["damping"]))

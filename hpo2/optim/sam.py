@@ -154,7 +154,7 @@ class SAM(Optimizer):
         for p, e in zip(self._params, epsilon):
             p.add_(e, alpha=sign)
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
         if closure is None:
             raise ValueError("SAM.step needs a closure that returns the loss (it evaluates the gradient twice)")
         loss_t, grads = self._gradient(closure)

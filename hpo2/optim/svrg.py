@@ -123,7 +123,7 @@ class SVRG(CurvatureOptimizer):
             chunk_size=chunk_size, variance_probes=variance_probes, seed=seed
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
-        self._generator = torch.Generator().manual_seed(self.settings.seed)  # type: ignore[attr-defined]
+        self._generator = torch.Generator().manual_seed(self.settings.seed)  # type: ignore[attr-defined]  # SVRG.Settings declares seed
         self.snapshot_diagnostics: dict[str, float] = {}
 
     # -- gradients of the loss over a (large) batch, in chunks
@@ -182,7 +182,7 @@ class SVRG(CurvatureOptimizer):
         )
         return 2.0 * probes
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
         st, group = self.global_state, self.param_groups[0]
         if "snapshot" not in st:
             raise ValueError(

@@ -419,7 +419,7 @@ class StudyRunner:
             task, {"name": optimizer_name, "settings": settings}, budget,
             seed=self.config.seed, device=self.device, report=report, on_step=on_step,
         )  # fmt: skip
-        if capped and result.status == "completed" and result.wall_seconds >= budget.seconds:  # type: ignore[operator]
+        if capped and result.status == "completed" and result.wall_seconds >= budget.seconds:  # type: ignore[operator]  # capped means budget.seconds is set
             result.status = "stopped"
             result.reason = f"the study's timeout ended the trial after {result.wall_seconds:.1f} s of training"
         final = result.final
