@@ -165,7 +165,7 @@ class KFAC(SeededOptimizer):
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._statistics: LayerStatistics | None = None
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         group, state = self.param_groups[0], self.global_state
         t = int(state.get("global_step", 0)) + 1
         update_cov = (t - 1) % group["cov_update_every"] == 0
@@ -294,7 +294,7 @@ class KFAC(SeededOptimizer):
         vg_terms: list[Tensor] = []
         for weight, bias in layers:
             st = self.state[weight]
-            grad = _weight_matrix(weight.grad, bias.grad if bias is not None else None)  # type: ignore[arg-type]  # _store_grads gave every parameter a gradient
+            grad = _weight_matrix(weight.grad, bias.grad if bias is not None else None)  # type: ignore[arg-type]  # grads stored above
             if wd:
                 grad = grad + wd * _weight_matrix(weight, bias)
             rotated = st["vec_G"].T @ grad @ st["vec_A"]

@@ -84,7 +84,7 @@ class MatrixPreconditioner(CurvatureOptimizer):
 
     joint = False
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         self._start_diagnostics()
         started = time.perf_counter()
         loss_t, flat_grad = self._value_and_grad(closure, allow_backward=True)
@@ -99,7 +99,7 @@ class MatrixPreconditioner(CurvatureOptimizer):
         state["global_step"] = int(state.get("global_step", 0)) + 1
         with torch.no_grad():
             for group, p in self._parameters():
-                self._update(group, p, p.grad, self.state[p])  # type: ignore[arg-type]  # _value_and_grad stored every parameter's gradient
+                self._update(group, p, p.grad, self.state[p])  # type: ignore[arg-type]  # grads stored above
         self._summarise()
         self._finish_diagnostics()
         charge_overhead(self, grad_seconds, time.perf_counter() - started)

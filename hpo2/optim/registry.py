@@ -80,9 +80,9 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec("saddle_free_newton", SaddleFreeNewton.Settings, _curvature(SaddleFreeNewton), True, "low-rank saddle-free Newton (Lanczos |H|)"),
         OptimizerSpec("shampoo", Shampoo.Settings, _curvature(Shampoo), True, "Shampoo (Kronecker-factored, Adam grafting)"),
         OptimizerSpec("soap", SOAP.Settings, _curvature(SOAP), True, "SOAP (Adam in Shampoo's eigenbasis)"),
-        OptimizerSpec("sgd", SGDSettings, build_sgd, False, "SGD with momentum (torch.optim)"),  # type: ignore[arg-type]  # build_* takes its own Settings subclass, the one paired here
-        OptimizerSpec("adam", AdamSettings, build_adam, False, "Adam (torch.optim)"),  # type: ignore[arg-type]  # build_* takes its own Settings subclass, the one paired here
-        OptimizerSpec("adamw", AdamWSettings, build_adam, False, "AdamW (torch.optim)"),  # type: ignore[arg-type]  # build_* takes its own Settings subclass, the one paired here
+        OptimizerSpec("sgd", SGDSettings, build_sgd, False, "SGD with momentum (torch.optim)"),  # type: ignore[arg-type]  # takes its own Settings subclass
+        OptimizerSpec("adam", AdamSettings, build_adam, False, "Adam (torch.optim)"),  # type: ignore[arg-type]  # takes its own Settings subclass
+        OptimizerSpec("adamw", AdamWSettings, build_adam, False, "AdamW (torch.optim)"),  # type: ignore[arg-type]  # takes its own Settings subclass
         OptimizerSpec("muon", MuonSettings, _curvature(MuonWithAdamW), False, "Muon on 2-d weights + AdamW (torch.optim)"),
         OptimizerSpec("svrg", SVRG.Settings, _curvature(SVRG), False, "SVRG (variance-reduced SGD, Johnson & Zhang 2013)"),
     ]

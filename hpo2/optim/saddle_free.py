@@ -99,7 +99,7 @@ class SaddleFreeNewton(CurvatureOptimizer):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         group, state = self.param_groups[0], self.global_state
         step = int(state.get("global_step", 0)) + 1
         refresh = (step - 1) % group["refresh_every"] == 0 or "eigenvectors" not in state

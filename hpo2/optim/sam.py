@@ -154,7 +154,7 @@ class SAM(Optimizer):
         for p, e in zip(self._params, epsilon):
             p.add_(e, alpha=sign)
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         if closure is None:
             raise ValueError("SAM.step needs a closure that returns the loss (it evaluates the gradient twice)")
         loss_t, grads = self._gradient(closure)
@@ -169,7 +169,7 @@ class SAM(Optimizer):
         self._shift(epsilon, +1.0)
         base = self.base
         if isinstance(base, CurvatureOptimizer):
-            base.step(closure)  # type: ignore[arg-type]  # torch types closures as returning float; ours return the loss tensor
+            base.step(closure)  # type: ignore[arg-type]  # closure returns a Tensor loss
             diag = dict(base.diagnostics)
             perturbed_loss = float(diag.get("loss", math.nan))
             if diag.get("status") in ("ok", "converged"):

@@ -182,7 +182,7 @@ class SVRG(CurvatureOptimizer):
         )
         return 2.0 * probes
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # hpo2 closures return the loss tensor (torch types them as returning float)
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         st, group = self.global_state, self.param_groups[0]
         if "snapshot" not in st:
             raise ValueError(
@@ -191,12 +191,13 @@ class SVRG(CurvatureOptimizer):
             )
         self._start_diagnostics()
         loss_t, g_w = self._value_and_grad(closure)
+        assert closure is not None, "the call above raises on a missing closure"
         loss, g_norm = host_floats(loss_t, g_w.norm())
         if not self._check_finite(loss, g_norm):
             self.diagnostics["loss"] = loss
             self._finish_diagnostics()
             return loss_t
-        g_snap = self._gradient_at(st["snapshot"], closure)  # type: ignore[arg-type]  # _value_and_grad above raised if the closure was None
+        g_snap = self._gradient_at(st["snapshot"], closure)
         direction = g_w - g_snap + st["snapshot_gradient"]
         if group["momentum"] > 0:
             buf = st.get("momentum_buffer")

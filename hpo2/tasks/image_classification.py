@@ -48,7 +48,7 @@ def load_idx_dataset(directory: Path, how_to_get: str) -> tuple[np.ndarray, np.n
     missing = [stem for stem, p in zip(IDX_FILES, paths) if p is None]
     if missing:
         raise DataMissingError(f"missing {', '.join(missing)} (or .gz) in {directory}. {how_to_get}")
-    return tuple(read_idx(p) for p in paths)  # type: ignore[return-value,arg-type]  # four paths, none None (checked above)
+    return tuple(read_idx(p) for p in paths)  # type: ignore[return-value,arg-type]  # no None path (checked)
 
 
 def _idx_splits(arrays: tuple[np.ndarray, ...], seed: int) -> tuple[Split, Split, Split]:
