@@ -270,7 +270,7 @@ def render_study_report(
         for t in study.get_trials(deepcopy=False):
             run_id = mlflow_run_id(study, t)
             fig = trial_curvature_figure(client, run_id, f"trial {t.number}: curvature") if run_id else None
-            if fig is not None:
+            if run_id and fig is not None:
                 trial_figures[run_id] = fig
         for run_id, fig in trial_figures.items():
             for path in write_figures({"curvature": fig}, folder / "trials" / run_id, png=False):

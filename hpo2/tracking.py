@@ -194,14 +194,17 @@ class TrackedRun:
             exp_id, experiment, artifact_location, tags, run_name = payload
             exp_id = exp_id or experiment_id(self.client, experiment, artifact_location)
             self.run_id = self.client.create_run(exp_id, tags=tags, run_name=run_name).info.run_id
-        elif kind == "params":
-            self.client.log_batch(self.run_id, params=payload)
+            return
+        run_id = self.run_id
+        assert run_id is not None, "the queue starts with the run's creation"
+        if kind == "params":
+            self.client.log_batch(run_id, params=payload)
         elif kind == "metrics":
-            self.client.log_batch(self.run_id, metrics=payload)
+            self.client.log_batch(run_id, metrics=payload)
         elif kind == "tags":
-            self.client.log_batch(self.run_id, tags=payload)
+            self.client.log_batch(run_id, tags=payload)
         elif kind == "end":
-            self.client.set_terminated(self.run_id, status=payload)
+            self.client.set_terminated(run_id, status=payload)
 
     def _drain(self) -> None:
         with self._lock, quick_failing_http():
@@ -226,8 +229,9 @@ class TrackedRun:
             self.offline_error = None
 
     def _tell_created(self) -> None:
+        assert self.on_created is not None and self.run_id is not None, "called after a creation went through"
         try:
-            self.on_created(self.run_id)  # type: ignore[misc]
+            self.on_created(self.run_id)
         except Exception as exc:  # the run exists; only the link back to it is missing
             warnings.warn(f"MLflow run {self.run_id} of {self.name} was created but could not be recorded: {exc}",
                           RuntimeWarning, stacklevel=2)

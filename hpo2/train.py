@@ -268,7 +268,7 @@ class _TrainingLoop:
     def take_step(self, xb: Tensor, yb: Tensor) -> None:
         """One optimizer step on a batch; its cost and loss are counted, its diagnostics kept."""
         if isinstance(self.optimizer, CurvatureOptimizer | SAM):
-            self.optimizer.step(BatchClosure(self.model, self.task.loss_fn, xb, yb))
+            self.optimizer.step(BatchClosure(self.model, self.task.loss_fn, xb, yb))  # type: ignore[arg-type]  # closure returns a Tensor loss
             diag = dict(self.optimizer.diagnostics)
         else:
             diag = first_order_step(self.optimizer, self.model, self.task.loss_fn, xb, yb)

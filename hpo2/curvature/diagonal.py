@@ -121,8 +121,9 @@ def _term_weights(loss: str | nn.Module, outputs: Tensor, targets: Tensor | None
             and targets.shape == shape
         ):
             valid = targets != module.ignore_index
-            if module.weight is not None:
-                kappa = module.weight.to(z.dtype)[targets.clamp_min(0) * valid]
+            class_weight = getattr(module, "weight", None)
+            if class_weight is not None:
+                kappa = class_weight.to(z.dtype)[targets.clamp_min(0) * valid]
             kappa = kappa * valid
     else:
         if name == "bce_with_logits" and module is not None and module.pos_weight is not None:

@@ -102,6 +102,7 @@ class LayerRecord:
         a = self.inputs
         if isinstance(self.module, nn.Conv2d):
             m = self.module
+            assert not isinstance(m.padding, str), "_conv_supported admits numeric padding only"
             a = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride).transpose(1, 2)
         else:
             a = a.reshape(a.shape[0], -1, a.shape[-1])
@@ -143,10 +144,12 @@ class LayerRecord:
 
     def split(self, matrix: Tensor) -> dict[Tensor, Tensor]:
         """Split a ``(out, in [+ 1])`` matrix into the layer's parameters' shapes."""
-        weight = self.module.weight
+        weight, bias = self.module.weight, self.module.bias
+        assert isinstance(weight, Tensor), "a Linear or Conv2d layer's weight"
         parts = {weight: (matrix[:, :-1] if self.has_bias else matrix).reshape(weight.shape)}
         if self.has_bias:
-            parts[self.module.bias] = matrix[:, -1]
+            assert isinstance(bias, Tensor), "has_bias"
+            parts[bias] = matrix[:, -1]
         return parts
 
 

@@ -205,14 +205,16 @@ def functional_hvp(
         [4.0, 7.0]
     """
     if isinstance(params, Mapping):
-        if set(params) != set(vectors):
+        if not isinstance(vectors, Mapping) or set(params) != set(vectors):
             raise ValueError(
                 f"vectors has keys {sorted(vectors)} but params has keys {sorted(params)}"
             )
-        check_vectors([vectors[k] for k in params], list(params.values()))  # type: ignore[index]
+        check_vectors([vectors[k] for k in params], list(params.values()))
+    elif isinstance(vectors, Mapping):
+        raise ValueError("vectors is a mapping but params is a tuple; pass both in the same form")
     else:
         check_vectors(list(vectors), list(params))
-    _, hv = torch.func.jvp(torch.func.grad(loss_fn), (params,), (vectors,))
+    hv = torch.func.jvp(torch.func.grad(loss_fn), (params,), (vectors,))[1]
     return hv
 
 

@@ -109,7 +109,7 @@ class AdaHessian(DiagonalCurvatureOptimizer):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         prepared = self._prepare_step(closure, "hutchinson")
         if prepared is None:
             return torch.tensor(self.diagnostics["loss"])

@@ -85,7 +85,7 @@ class CurvatureOptimizer(Optimizer):
             )
         return loss
 
-    def _value_and_grad(self, closure: Closure, allow_backward: bool = False) -> tuple[Tensor, Tensor]:
+    def _value_and_grad(self, closure: Closure | None, allow_backward: bool = False) -> tuple[Tensor, Tensor]:
         """Loss (detached, on the device) and flat gradient at the current parameters (one
         gradient evaluation).  With ``allow_backward`` a torch-style closure that calls
         ``backward()`` works too."""
@@ -100,7 +100,7 @@ class CurvatureOptimizer(Optimizer):
         return loss.detach(), self._flatten(grads)
 
     def _gradient_and_curvature(
-        self, closure: Closure, curvature: str, fraction: float = 1.0
+        self, closure: Closure | None, curvature: str, fraction: float = 1.0
     ) -> tuple[Tensor, list[Tensor], CurvatureOperator]:
         """Loss (detached) and gradient on the whole batch, and the curvature operator
         (``"hessian"`` or ``"ggn"``) on the batch or its first ``fraction``.
@@ -111,9 +111,10 @@ class CurvatureOptimizer(Optimizer):
         if curvature == "hessian" and fraction == 1.0:
             loss_tensor = self._call_closure(closure)
             with torch.enable_grad():
-                operator: CurvatureOperator = HessianOperator(loss_tensor, self._params)
-            grads = operator.gradient
-            loss = operator.loss.detach()
+                hessian = HessianOperator(loss_tensor, self._params)
+            operator: CurvatureOperator = hessian
+            grads = hessian.gradient
+            loss = hessian.loss.detach()
         else:
             why = "Gauss-Newton curvature" if curvature == "ggn" else "a curvature minibatch"
             batch = require_batch_closure(closure, type(self).__name__, why)

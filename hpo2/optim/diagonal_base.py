@@ -82,7 +82,7 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
             return op.loss.detach(), op.gradient, diag
         batch = require_batch_closure(closure, type(self).__name__, "the Gauss-Newton-Bartlett estimator")
         output_loss = getattr(batch.loss_fn, "output_loss", batch.loss_fn)  # see output_hessian_for
-        if likelihood_name(output_loss) is None:
+        if not isinstance(output_loss, torch.nn.Module) or likelihood_name(output_loss) is None:
             raise ValueError(
                 f"{type(self).__name__}: the Gauss-Newton-Bartlett estimator needs the loss to be one of "
                 f"{supported_likelihoods()}, got {type(batch.loss_fn).__name__}; "

@@ -167,7 +167,7 @@ class HessianFree(CurvatureOptimizer):
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._statistics: LayerStatistics | None = None  # built on the first step (warns once)
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         group = self.param_groups[0]
         state = self.global_state
         batch = require_batch_closure(closure, "HessianFree", "Gauss-Newton curvature")

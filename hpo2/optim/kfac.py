@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -164,7 +165,7 @@ class KFAC(SeededOptimizer):
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._statistics: LayerStatistics | None = None
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         group, state = self.param_groups[0], self.global_state
         t = int(state.get("global_step", 0)) + 1
         update_cov = (t - 1) % group["cov_update_every"] == 0
@@ -211,7 +212,7 @@ class KFAC(SeededOptimizer):
         if not record:
             with torch.enable_grad():
                 evaluation = batch.evaluate()
-                found = torch.autograd.grad(evaluation.loss, self._params, allow_unused=True)
+                found: Sequence[Tensor] = torch.autograd.grad(evaluation.loss, self._params, allow_unused=True)
             self._count("n_grad")
             return evaluation.loss.detach(), grads_or_zeros(found, self._params), [], 1.0
         if self._statistics is None:
@@ -245,7 +246,9 @@ class KFAC(SeededOptimizer):
         """EMA of the layer's factors, kept in its weight's state (with its bias's index)."""
         a_new, g_new = record.kronecker_factors(scale)
         module = record.module
-        st = self.state[module.weight]
+        weight = module.weight
+        assert isinstance(weight, Tensor), "a Linear or Conv2d layer's weight"
+        st = self.state[weight]
         if "A" not in st:
             st["A"], st["G"] = a_new.clone(), g_new.clone()
             st["bias_index"] = next((i for i, p in enumerate(self._params) if p is module.bias), -1)
@@ -294,7 +297,7 @@ class KFAC(SeededOptimizer):
         vg_terms: list[Tensor] = []
         for weight, bias in layers:
             st = self.state[weight]
-            grad = _weight_matrix(weight.grad, bias.grad if bias is not None else None)  # type: ignore[arg-type]
+            grad = _weight_matrix(weight.grad, bias.grad if bias is not None else None)  # type: ignore[arg-type]  # grads stored above
             if wd:
                 grad = grad + wd * _weight_matrix(weight, bias)
             rotated = st["vec_G"].T @ grad @ st["vec_A"]

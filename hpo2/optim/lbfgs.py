@@ -168,7 +168,7 @@ class LBFGS(CurvatureOptimizer):
         state["gamma"] = ys / yy
         return True
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         group = self.param_groups[0]
         max_iter = group["max_iter"]
         max_eval = group["max_eval"] if group["max_eval"] is not None else max_iter * 5 // 4
@@ -179,7 +179,8 @@ class LBFGS(CurvatureOptimizer):
         self._start_diagnostics()
 
         allow_backward = group["initial_scaling"] == "secant"
-        first_loss_t, g = self._value_and_grad(closure, allow_backward)  # type: ignore[arg-type]
+        first_loss_t, g = self._value_and_grad(closure, allow_backward)
+        assert closure is not None, "the call above raises on a missing closure"
         ys_t, yy_t = _pair_products(g, state.get("prev_g"), state.get("d"), state.get("t"))
         loss, g_norm, g_max, g_l1, ys, yy = host_floats(
             first_loss_t, g.norm(), g.abs().max(), g.abs().sum(), ys_t, yy_t
@@ -199,14 +200,14 @@ class LBFGS(CurvatureOptimizer):
         while n_iter < max_iter:
             n_iter += 1
             state["n_iter"] += 1
-            d, t, added = self._direction(closure, g, ys, yy, g_l1)  # type: ignore[arg-type]
+            d, t, added = self._direction(closure, g, ys, yy, g_l1)
             skipped += not added
             state.update(d=d, t=t, prev_g=g.clone(), prev_loss=loss)
             (slope,) = host_floats(torch.dot(g, d))
             if slope > -tol_change:
                 break
             moved_loss, g, t, ls_evals = self._move(
-                closure, search, d, t, loss, g, slope, n_iter, max_eval - evals  # type: ignore[arg-type]
+                closure, search, d, t, loss, g, slope, n_iter, max_eval - evals
             )
             state["t"] = t
             evals += ls_evals

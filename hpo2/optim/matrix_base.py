@@ -84,10 +84,10 @@ class MatrixPreconditioner(CurvatureOptimizer):
 
     joint = False
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         self._start_diagnostics()
         started = time.perf_counter()
-        loss_t, flat_grad = self._value_and_grad(closure, allow_backward=True)  # type: ignore[arg-type]
+        loss_t, flat_grad = self._value_and_grad(closure, allow_backward=True)
         loss, g_norm = host_floats(loss_t, flat_grad.double().norm())  # also waits for the gradient: timed with it
         grad_seconds = time.perf_counter() - started
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
@@ -99,7 +99,7 @@ class MatrixPreconditioner(CurvatureOptimizer):
         state["global_step"] = int(state.get("global_step", 0)) + 1
         with torch.no_grad():
             for group, p in self._parameters():
-                self._update(group, p, p.grad, self.state[p])  # type: ignore[arg-type]
+                self._update(group, p, p.grad, self.state[p])  # type: ignore[arg-type]  # grads stored above
         self._summarise()
         self._finish_diagnostics()
         charge_overhead(self, grad_seconds, time.perf_counter() - started)

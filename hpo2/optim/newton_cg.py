@@ -150,7 +150,7 @@ class NewtonCG(CurvatureOptimizer):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         group = self.param_groups[0]
         state = self.global_state
         damping = float(state.get("damping", group["damping"]))
@@ -159,7 +159,8 @@ class NewtonCG(CurvatureOptimizer):
         if curvature == "auto":
             curvature = "ggn" if isinstance(closure, BatchClosure) else "hessian"
         fraction = group["curvature_fraction"]
-        loss_t, grads, operator = self._gradient_and_curvature(closure, curvature, fraction)  # type: ignore[arg-type]
+        loss_t, grads, operator = self._gradient_and_curvature(closure, curvature, fraction)
+        assert closure is not None, "the call above raises on a missing closure"
         g = self._flatten(grads)
         loss, g_norm = host_floats(loss_t, g.norm())  # the step's one read before CG: finite? converged?
         self.diagnostics.update(loss=loss, grad_norm=g_norm, curvature=curvature)
@@ -168,10 +169,10 @@ class NewtonCG(CurvatureOptimizer):
             forcing = min(group["cg_tol"], math.sqrt(g_norm))
             x0 = self._flat_params()
             if group["globalization"] == "trust_region":
-                rho = self._trust_region_step(closure, x0, loss, g, damped, forcing)  # type: ignore[arg-type]
+                rho = self._trust_region_step(closure, x0, loss, g, damped, forcing)
             else:
                 rho = self._line_search_step(
-                    closure, x0, loss, g, g_norm, damped, forcing, operator, damping  # type: ignore[arg-type]
+                    closure, x0, loss, g, g_norm, damped, forcing, operator, damping
                 )
             if group["damping_rule"] == "lm":
                 damping = levenberg_marquardt(damping, rho, group["lm_boost"], group["lm_drop"])

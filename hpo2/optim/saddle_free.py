@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import lanczos
+from hpo2.curvature.spectrum import LinearOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 from hpo2.solvers import host_floats
@@ -98,7 +99,7 @@ class SaddleFreeNewton(CurvatureOptimizer):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         group, state = self.param_groups[0], self.global_state
         step = int(state.get("global_step", 0)) + 1
         refresh = (step - 1) % group["refresh_every"] == 0 or "eigenvectors" not in state
@@ -108,7 +109,7 @@ class SaddleFreeNewton(CurvatureOptimizer):
             loss_t, grads, operator = self._gradient_and_curvature(closure, "hessian")
             g = self._flatten(grads)
         else:
-            loss_t, g = self._value_and_grad(closure)  # type: ignore[arg-type]
+            loss_t, g = self._value_and_grad(closure)
         loss, g_norm = host_floats(loss_t, g.norm())
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
         if not self._check_finite(loss, g_norm):
@@ -141,10 +142,10 @@ class SaddleFreeNewton(CurvatureOptimizer):
         return loss_t
 
     @staticmethod
-    def _top_pairs(operator: object, g: Tensor, rank: int, n_iter: int) -> tuple[Tensor, Tensor] | None:
+    def _top_pairs(operator: LinearOperator, g: Tensor, rank: int, n_iter: int) -> tuple[Tensor, Tensor] | None:
         """The ``rank`` Ritz pairs of largest |value| from Lanczos started at ``g``;
         ``None`` if they are not finite (the previous pairs are kept)."""
-        tri = lanczos(operator, g, max(n_iter, rank))  # type: ignore[arg-type]
+        tri = lanczos(operator, g, max(n_iter, rank))
         theta, s = tri.eigh()
         order = torch.argsort(theta.abs(), descending=True)[:rank]
         values = theta[order].to(g.dtype)

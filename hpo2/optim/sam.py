@@ -48,7 +48,7 @@ Cost: one extra gradient per step (the ascent gradient at :math:`w`), counted in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 
 import torch
@@ -81,7 +81,7 @@ class SAMSettings(OptimizerSettings):
 
 
 def ascent_step(
-    params: list[Tensor], grads: list[Tensor], rho: float, adaptive: bool = False, eta: float = 0.01
+    params: Sequence[Tensor], grads: Sequence[Tensor], rho: float, adaptive: bool = False, eta: float = 0.01
 ) -> list[Tensor]:
     r""":math:`\hat\epsilon = \rho g/\|g\|` (SAM) or :math:`\rho T^2 g/\|T g\|` with
     :math:`T = |w| + \eta` (ASAM), per parameter tensor; zero where :math:`g = 0`."""
@@ -156,7 +156,7 @@ class SAM(Optimizer):
         for p, e in zip(self._params, epsilon):
             p.add_(e, alpha=sign)
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         if closure is None:
             raise ValueError("SAM.step needs a closure that returns the loss (it evaluates the gradient twice)")
         loss_t, grads = self._gradient(closure)
@@ -175,9 +175,10 @@ class SAM(Optimizer):
         epsilon = ascent_step(self._params, grads, s.rho, s.adaptive, s.eta)
         saved = [p.detach().clone() for p in self._params]
         self._shift(epsilon, +1.0)
-        if self.curvature_base:
-            self.base.step(closure)  # everything the base evaluates is at w + eps
-            diag = dict(self.base.diagnostics)  # type: ignore[attr-defined]
+        base = self.base
+        if isinstance(base, CurvatureOptimizer):
+            base.step(closure)  # type: ignore[arg-type]  # closure returns a Tensor loss
+            diag = dict(base.diagnostics)
             perturbed_loss = float(diag.get("loss", math.nan))
             if diag.get("status") in ("ok", "converged"):
                 self._shift(epsilon, -1.0)  # w + eps + Delta  ->  w + Delta

@@ -19,7 +19,7 @@ class SeededOptimizer(CurvatureOptimizer):
 
     def __init__(self, params: ParamsT, settings: Mapping[str, Any], *, raise_on_nonfinite: bool = False) -> None:
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
-        self._generator = torch.Generator().manual_seed(int(self.settings.seed))  # type: ignore[attr-defined]
+        self._generator = torch.Generator().manual_seed(int(self.settings.seed))  # type: ignore[attr-defined]  # Settings declares seed
 
     def state_dict(self) -> dict[str, Any]:
         self.global_state["rng_state"] = bytes(self._generator.get_state().tolist())

@@ -125,7 +125,7 @@ class Shampoo(MatrixPreconditioner):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         self._refreshes, self._inverse_seconds, self._condition = 0, 0.0, 0.0
         self._preconditioned = self._matrices = 0
         return super().step(closure)
@@ -145,7 +145,7 @@ class Shampoo(MatrixPreconditioner):
                         "left_root": None,
                         "right_root": None,
                     }
-                    for r, c in block_slices(*m.shape, group["max_preconditioner_dim"])
+                    for r, c in block_slices(m.shape[0], m.shape[1], group["max_preconditioner_dim"])
                 ]
         state["step"] += 1
         t = state["step"]
@@ -181,7 +181,8 @@ class Shampoo(MatrixPreconditioner):
         refresh = t >= start and (t - start) % group["precondition_frequency"] == 0
         correction = 1.0 if b2 == 1 else 1 - b2**t
         used = False
-        for block, (rows, cols) in zip(state["blocks"], block_slices(*grad.shape, group["max_preconditioner_dim"])):
+        slices = block_slices(grad.shape[0], grad.shape[1], group["max_preconditioner_dim"])
+        for block, (rows, cols) in zip(state["blocks"], slices):
             g = grad[rows, cols]
             for key, outer in (("left", g @ g.T), ("right", g.T @ g)):
                 if b2 == 1:

@@ -130,7 +130,7 @@ class SOAP(MatrixPreconditioner):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         self._refreshes, self._inverse_seconds, self._condition = 0, 0.0, 0.0
         return super().step(closure)
 

@@ -102,7 +102,7 @@ class Sophia(DiagonalCurvatureOptimizer):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         prepared = self._prepare_step(closure, self.param_groups[0]["estimator"])
         if prepared is None:
             return torch.tensor(self.diagnostics["loss"])

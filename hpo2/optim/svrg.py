@@ -123,7 +123,7 @@ class SVRG(CurvatureOptimizer):
             chunk_size=chunk_size, variance_probes=variance_probes, seed=seed
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
-        self._generator = torch.Generator().manual_seed(self.settings.seed)  # type: ignore[attr-defined]
+        self._generator = torch.Generator().manual_seed(self.settings.seed)  # type: ignore[attr-defined]  # SVRG.Settings declares seed
         self.snapshot_diagnostics: dict[str, float] = {}
 
     # -- gradients of the loss over a (large) batch, in chunks
@@ -182,7 +182,7 @@ class SVRG(CurvatureOptimizer):
         )
         return 2.0 * probes
 
-    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         st, group = self.global_state, self.param_groups[0]
         if "snapshot" not in st:
             raise ValueError(
@@ -190,13 +190,14 @@ class SVRG(CurvatureOptimizer):
                 "hpo2.train calls it at every epoch start"
             )
         self._start_diagnostics()
-        loss_t, g_w = self._value_and_grad(closure)  # type: ignore[arg-type]
+        loss_t, g_w = self._value_and_grad(closure)
+        assert closure is not None, "the call above raises on a missing closure"
         loss, g_norm = host_floats(loss_t, g_w.norm())
         if not self._check_finite(loss, g_norm):
             self.diagnostics["loss"] = loss
             self._finish_diagnostics()
             return loss_t
-        g_snap = self._gradient_at(st["snapshot"], closure)  # type: ignore[arg-type]
+        g_snap = self._gradient_at(st["snapshot"], closure)
         direction = g_w - g_snap + st["snapshot_gradient"]
         if group["momentum"] > 0:
             buf = st.get("momentum_buffer")

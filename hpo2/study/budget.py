@@ -34,7 +34,8 @@ from pathlib import Path
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import fail_stale_trials
+from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 from sqlalchemy import text
@@ -109,11 +110,10 @@ class TrialBudget:
     @contextmanager
     def _storage_lock(self) -> Iterator[None]:
         if self.url.startswith("postgresql"):
-            engine = (
-                self.study._storage._backend.engine
-                if hasattr(self.study._storage, "_backend")
-                else self.study._storage.engine
-            )
+            storage = self.study._storage
+            rdb = storage._backend if isinstance(storage, _CachedStorage) else storage
+            assert isinstance(rdb, RDBStorage), "a postgresql URL opens an RDB storage"
+            engine = rdb.engine
             with engine.connect() as conn:
                 conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
                 try:

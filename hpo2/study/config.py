@@ -82,7 +82,7 @@ def override_dimension(
         raise ValueError(f"{shown}: give [low, high] with low < high")
     field = settings.model_fields[key]
     # Annotated[...] is built at run time from the field's own constraints; mypy checks only static forms.
-    constraints: TypeAdapter[Any] = TypeAdapter(Annotated[(field.annotation, *field.metadata)])  # type: ignore[arg-type]
+    constraints: TypeAdapter[Any] = TypeAdapter(Annotated[(field.annotation, *field.metadata)])  # type: ignore[arg-type]  # run-time Annotated form
     for end, v in zip(("low", "high"), value):
         try:
             constraints.validate_python(v)

@@ -20,7 +20,7 @@ def objective_directions(config: StudyConfig, higher_is_better: bool) -> list[Di
     (``auto``) from the metric; ``valid_metric`` follows the task's ``higher_is_better``."""
     out: list[Direction] = []
     for objective in config.objective:
-        if objective.direction != "auto":
+        if objective.direction == "maximize" or objective.direction == "minimize":
             out.append(objective.direction)
         elif objective.metric == "valid_metric":
             out.append("maximize" if higher_is_better else "minimize")

@@ -130,7 +130,7 @@ def beat_now(study: optuna.Study, trial_id: int) -> None:
     RUNNING for good.  Beating here, first thing in the objective, narrows that
     window to the instant between ``study.ask`` and the objective."""
     if is_heartbeat_enabled(study._storage):
-        study._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+        study._storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]  # a BaseHeartbeat (checked)
 
 
 def retry_trial(study: optuna.Study, trial_number: int) -> None:

@@ -79,6 +79,8 @@ def best_per_optimizer(study: optuna.Study) -> dict[str, FrozenTrial]:
     best: dict[str, FrozenTrial] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         name = t.params.get(OPTIMIZER_PARAM)
+        if name is None:  # a trial added outside the search space names no optimizer
+            continue
         current = best.get(name)
         if current is None or (t.values[0] > current.values[0] if maximize else t.values[0] < current.values[0]):
             best[name] = t

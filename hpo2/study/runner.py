@@ -77,7 +77,7 @@ from hpo2.tracking import TrackedRun, check_reachable, experiment_id, quick_fail
 from hpo2.train import Budget, Evaluation, resolve_device, run_training
 
 #: ``report(study, config, tracking_uri, parent_run_id)``: renders the study's report at the end of a run
-StudyReport = Callable[[optuna.Study, StudyConfig, str, str], None]
+StudyReport = Callable[[optuna.Study, StudyConfig, str, str], object]
 
 
 class StudyRunner:
@@ -422,7 +422,7 @@ class StudyRunner:
             task, {"name": optimizer_name, "settings": settings}, budget,
             seed=self.config.seed, device=self.device, report=report, on_step=on_step,
         )  # fmt: skip
-        if capped and result.status == "completed" and result.wall_seconds >= budget.seconds:  # type: ignore[operator]
+        if capped and result.status == "completed" and result.wall_seconds >= budget.seconds:  # type: ignore[operator]  # capped: seconds set
             result.status = "stopped"
             result.reason = f"the study's timeout ended the trial after {result.wall_seconds:.1f} s of training"
         final = result.final

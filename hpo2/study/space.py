@@ -34,7 +34,8 @@ def to_distribution(dim: FloatRange | IntRange | Choice) -> BaseDistribution:
 def _inside(dist: BaseDistribution, value: Any) -> bool:
     if isinstance(dist, CategoricalDistribution):
         return value in dist.choices
-    return value is not None and dist.low <= value <= dist.high  # type: ignore[attr-defined]
+    assert isinstance(dist, FloatDistribution | IntDistribution), f"unexpected {type(dist).__name__}"
+    return value is not None and dist.low <= value <= dist.high
 
 
 @dataclass
@@ -99,6 +100,7 @@ class SearchSpace:
             elif isinstance(dist, IntDistribution):
                 params[key] = trial.suggest_int(key, dist.low, dist.high, log=dist.log)
             else:
+                assert isinstance(dist, CategoricalDistribution), f"{key}: unexpected {type(dist).__name__}"
                 params[key] = trial.suggest_categorical(key, dist.choices)
         return str(name), space.settings_from_params(params)
 

@@ -191,3 +191,9 @@ def test_damped_operator_is_h_plus_lambda_identity_and_counts_base_products(seed
         damped.mv(v), (h + 0.3 * torch.eye(base.dim, dtype=torch.float64)) @ v, rtol=1e-9, atol=1e-11
     )
     assert base.n_products == 1
+
+
+def test_functional_hvp_refuses_a_mapping_of_vectors_for_a_tuple_of_params():
+    x = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="same form"):
+        functional_hvp(lambda p: (p[0] ** 2).sum(), (x,), {"x": torch.ones(2, dtype=torch.float64)})
