@@ -103,12 +103,12 @@ def test_reduction_ratio_uses_the_undamped_model_and_the_curvature_chunk() -> No
     theta = torch.cat([p.detach().reshape(-1) for p in params])
     grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_fn(model(x), y), params)])
     ggn_chunk = dense_ggn(model, loss_fn, x[:8], y[:8])
-    before = float(loss_fn(model(x[:8]), y[:8]))
+    before = float(loss_fn(model(x[:8]), y[:8]).detach())
     opt = HessianFree(params, damping=damping, curvature_fraction=0.5, preconditioner=False)
     opt.step(BatchClosure(model, loss_fn, x, y))
     assert opt.diagnostics["step_size"] == 1.0 and opt.diagnostics["curvature_samples"] == 8
     p = torch.cat([q.detach().reshape(-1) for q in params]) - theta
-    after = float(loss_fn(model(x[:8]), y[:8]))
+    after = float(loss_fn(model(x[:8]), y[:8]).detach())
     expected = (after - before) / float(grad @ p + 0.5 * p @ ggn_chunk @ p)
     assert opt.diagnostics["reduction_ratio"] == pytest.approx(expected, rel=1e-8)
     damped = (after - before) / float(grad @ p + 0.5 * p @ (ggn_chunk + damping * torch.eye(len(p), dtype=p.dtype)) @ p)
