@@ -105,17 +105,23 @@ def _group_alive(pgid: int) -> bool:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt like Ctrl-C does, so both stop the servers."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM both raise KeyboardInterrupt, so either stops the servers.
+
+    SIGINT gets Python's own handler back explicitly: a process started as a background
+    job of a non-interactive shell (``hpo2 dashboard &`` in a script, a CI step) inherits
+    SIGINT *ignored*, and Python then installs no handler, so ``kill -INT`` would be lost."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def serve(commands: Sequence[list[str]]) -> int:
@@ -123,7 +129,7 @@ def serve(commands: Sequence[list[str]]) -> int:
     the main one exits or Ctrl-C / SIGTERM arrives; then stop every process group.
     Returns the main server's exit code (0 when stopped by a signal)."""
     procs: list[subprocess.Popen[bytes]] = []
-    with _sigterm_as_interrupt():
+    with _signals_as_interrupt():
         try:
             for command in commands:
                 procs.append(subprocess.Popen(command, env=server_env(), start_new_session=True))

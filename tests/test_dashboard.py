@@ -22,6 +22,11 @@ from hpo2.errors import SettingsError
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _like_a_background_job() -> None:
+    """Start with SIGINT ignored, as a non-interactive shell starts ``cmd &`` (a CI step)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,11 +108,13 @@ def test_dashboard_outside_a_project_refuses_instead_of_serving_an_empty_store(t
 def test_dashboard_serves_the_mlflow_ui_and_rest_api(project: Path, sig: signal.Signals) -> None:
     """From a sub-folder of the project: the UI and REST API answer, the printed link is
     the runs table, one uvicorn worker and no job runners; a signal to ``hpo2 dashboard``
-    stops every process it started and the port is free afterwards."""
+    stops every process it started and the port is free afterwards, also when the dashboard
+    was started with SIGINT ignored (a background job of a script, a CI step)."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "hpo2.cli", "dashboard", "--port", str(port)],
                             cwd=project / "src" / "deep", env=env, start_new_session=True,
+                            preexec_fn=_like_a_background_job,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     started: list[int] = []
     try:
