@@ -24,8 +24,6 @@ heartbeat expires (RDB storages only: a journal has no heartbeat).
 from __future__ import annotations
 
 import enum
-import fcntl
-import hashlib
 import threading
 import warnings
 from collections.abc import Iterator
@@ -38,20 +36,9 @@ from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
-from sqlalchemy import text
 
 from hpo2.databases import local_file
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``fcntl`` lock on ``path`` held for the block (processes on one machine)."""
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+from hpo2.study.locks import advisory_lock, file_lock, lock_key
 
 
 def _lock_file_for(url: str) -> Path | None:
@@ -81,7 +68,7 @@ class TrialBudget:
         self.url = storage_url
         self.limit = limit
         self._thread_lock = threading.Lock()
-        self._key = int.from_bytes(hashlib.sha256(f"hpo2:{study.study_name}".encode()).digest()[:7], "big")
+        self._key = lock_key(f"hpo2:{study.study_name}")
         self._release: list = []
 
     def counted(self) -> int:
@@ -113,14 +100,8 @@ class TrialBudget:
             storage = self.study._storage
             rdb = storage._backend if isinstance(storage, _CachedStorage) else storage
             assert isinstance(rdb, RDBStorage), "a postgresql URL opens an RDB storage"
-            engine = rdb.engine
-            with engine.connect() as conn:
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
-                try:
-                    yield
-                finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-                    conn.commit()
+            with advisory_lock(rdb.engine, self._key):
+                yield
             return
         lock_file = _lock_file_for(self.url)
         if lock_file is None:

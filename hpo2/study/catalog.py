@@ -27,7 +27,7 @@ from hpo2.redact import redact_url
 from hpo2.study.budget import TrialBudget
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.locate import study_files
-from hpo2.study.storage import open_journal
+from hpo2.study.storage import open_journal, study_init_lock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -38,10 +38,12 @@ def open_existing(config: StudyConfig, study_file: Path) -> optuna.Study | None:
     local = local_file(url)
     if local is not None and not local.is_file():
         return None
-    try:
-        return optuna.load_study(study_name=config.name, storage=open_journal(url) or url)
-    except KeyError:
-        return None
+    # opening an RDB storage creates Optuna's tables if missing: not while a starting worker does
+    with study_init_lock(url, study_file, config.name):
+        try:
+            return optuna.load_study(study_name=config.name, storage=open_journal(url) or url)
+        except KeyError:
+            return None
 
 
 def study_closed(config: StudyConfig, study_file: Path) -> bool:

@@ -50,7 +50,7 @@ from hpo2.databases import check_sqlite_writable
 from hpo2.diagnostics import flatness_summary
 from hpo2.optim.registry import load_config_file
 from hpo2.redact import redact_url, sanitized_study_text
-from hpo2.study.budget import Admission, TrialBudget, file_lock
+from hpo2.study.budget import Admission, TrialBudget
 from hpo2.study.checkpoints import curvature_due, on_checkpoint
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.objectives import objective_directions, objective_value
@@ -69,7 +69,7 @@ from hpo2.study.recovery import (
 from hpo2.study.results import record_mlflow_run_id
 from hpo2.study.samplers import build_pruner, build_sampler
 from hpo2.study.space import SearchSpace
-from hpo2.study.storage import init_lock_path, open_storage
+from hpo2.study.storage import open_storage, study_init_lock
 from hpo2.study.trial_tracking import TrialTracker
 from hpo2.study.warm_start import WarmStart, enqueue_warm_start, plan_warm_start
 from hpo2.tasks import TASKS, build_task, check_task_data
@@ -139,9 +139,9 @@ class StudyRunner:
         check_task_data(self.config.task.name, self.config.task.settings)
         if self.config.warm_start is not None:  # the earlier study is only read
             self.warm_start = plan_warm_start(self.config, self.study_file, self.space)
-        # Workers starting together on one machine would race to create the sqlite
-        # tables of Optuna and MLflow: the first one creates them, the others wait.
-        with file_lock(init_lock_path(self.study_file, self.config.name)):
+        # Workers starting together would race to create the tables of Optuna and
+        # MLflow, the study and its parent run: the first one creates them, the others wait.
+        with study_init_lock(self.storage_url, self.study_file, self.config.name):
             study = optuna.create_study(
                 study_name=self.config.name,
                 storage=open_storage(self.storage_url, self.config, self._close_lost_trial_runs),

@@ -1,5 +1,6 @@
 """Where a study's trials live: the Optuna storage for a URL, and the lock that
-serializes the first creation of a study's tables by workers starting together.
+serializes the first creation of a study's tables by workers starting together
+(on one machine or, with PostgreSQL, on several).
 
 Any Optuna URL works.  RDB storages (sqlite, PostgreSQL) get a heartbeat, so a
 trial whose worker was killed is marked failed and retried by the next run
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import optuna
@@ -20,6 +22,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
 from hpo2.study.config import StudyConfig, storage_error
+from hpo2.study.locks import file_lock, lock_key, url_advisory_lock
 
 
 def open_journal(url: str) -> optuna.storages.BaseStorage | None:
@@ -62,7 +65,23 @@ def open_storage(
         raise storage_error(url, exc) from None
 
 
-def init_lock_path(study_file: Path, name: str) -> Path:
-    """A lock file in the temp folder, one per study file and name (the study's own folder stays clean)."""
+@contextmanager
+def study_init_lock(storage_url: str, study_file: Path, name: str) -> Iterator[None]:
+    """Held while a worker creates or loads the study, its tables and its MLflow
+    parent run, so workers starting together create each once.
+
+    PostgreSQL storage: an advisory lock in that database, shared by workers on
+    every machine (creating Optuna's tables from two sessions at once fails with a
+    duplicate-key error on PostgreSQL's catalog).  Otherwise a lock file in the temp
+    folder, one per study file and name (the study's own folder stays clean)."""
+    if storage_url.startswith("postgresql"):
+        with ExitStack() as held:
+            try:
+                held.enter_context(url_advisory_lock(storage_url, lock_key(f"hpo2-init:{name}")))
+            except Exception as exc:  # any driver error: the user's URL is wrong or unreachable
+                raise storage_error(storage_url, exc) from None
+            yield
+        return
     digest = hashlib.sha256(f"{study_file.resolve()}:{name}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"hpo2-init-{digest}.lock"
+    with file_lock(Path(tempfile.gettempdir()) / f"hpo2-init-{digest}.lock"):
+        yield

@@ -57,12 +57,22 @@ def postgres() -> Iterator[dict[str, str]]:
         for db in ("optuna", "mlflow"):
             run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "hpo2", db)
         base = f"postgresql+psycopg2://hpo2@127.0.0.1:{port}"
-        yield {"optuna": f"{base}/optuna", "mlflow": f"{base}/mlflow", "port": str(port)}
+        yield {"optuna": f"{base}/optuna", "mlflow": f"{base}/mlflow", "port": str(port), "base": base,
+               "createdb": str(bindir / "createdb")}
     finally:
         subprocess.run(
             _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_database(postgres: dict[str, str], request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database on the test cluster (no Optuna tables yet)."""
+    name = "db_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[-40:]
+    subprocess.run(_as_postgres([postgres["createdb"], "-h", "127.0.0.1", "-p", postgres["port"], "-U", "hpo2", name]),
+                   check=True, capture_output=True)  # fmt: skip
+    return f"{postgres['base']}/{name}"
 
 
 def wait_http(url: str, seconds: float = 120) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -32,7 +33,7 @@ def test_four_workers_share_one_study_through_postgresql(tmp_path: Path, postgre
         for _ in range(4)
     ]  # fmt: skip
     outputs = [w.communicate(timeout=600)[0].decode() for w in workers]
-    assert all(w.returncode == 0 for w in workers), "\n".join(outputs)
+    assert all(w.returncode == 0 for w in workers), _failed_workers(workers, outputs)
 
     study = optuna.load_study(study_name="shared", storage=postgres["optuna"])
     finished = [t for t in study.trials if t.state.is_finished()]
@@ -50,6 +51,57 @@ def test_four_workers_share_one_study_through_postgresql(tmp_path: Path, postgre
     assert study.trials[int(best_mlflow.data.tags["hpo2.trial_number"])].value == study.best_value
 
 
+# Each process stands for a worker on its own machine: its own copy of the study file (so no
+# file lock is shared), started together on one new database and one MLflow server.
+_OPEN_TOGETHER = """
+import sys, time
+from pathlib import Path
+from hpo2.study.config import load_study_config
+from hpo2.study.runner import StudyRunner
+config, path = load_study_config(sys.argv[1])
+Path(sys.argv[2], "ready").touch()
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+runner = StudyRunner(config, path).open()
+print("parent run", runner.parent.run_id)
+"""
+
+
+def test_workers_on_several_machines_create_one_study_and_one_parent_run(
+    tmp_path: Path, fresh_database: str, mlflow_server: str
+):
+    go = tmp_path / "go"
+    workers = []
+    for i in range(6):
+        machine = tmp_path / f"machine{i}"
+        machine.mkdir()
+        (machine / "together.yaml").write_text(yaml.safe_dump({
+            "name": "together", "task": "logreg_breast_cancer", "optimizers": ["sgd", "adam"], "n_trials": 2,
+            "storage": fresh_database, "tracking_uri": mlflow_server,
+        }))  # fmt: skip
+        workers.append(subprocess.Popen([sys.executable, "-c", _OPEN_TOGETHER, str(machine / "together.yaml"),
+                                         str(machine), str(go)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=machine))  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"machine{i}" / "ready").exists() for i in range(6)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    outputs = [w.communicate(timeout=300)[0].decode() for w in workers]
+    assert all(w.returncode == 0 for w in workers), _failed_workers(workers, outputs)
+
+    assert [s.study_name for s in optuna.get_all_study_summaries(fresh_database)] == ["together"]
+    parents = {line.split()[-1] for out in outputs for line in out.splitlines() if line.startswith("parent run")}
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("together").experiment_id])
+    assert len(parents) == 1 and [r.info.run_id for r in runs] == list(parents)
+
+
+def _failed_workers(workers: list[subprocess.Popen], outputs: list[str]) -> str:
+    """The exit code and the last lines of each worker that failed (the traceback is at the end)."""
+    return "\n\n".join(f"worker {i} exited {w.returncode}:\n{out[-4000:]}"
+                         for i, (w, out) in enumerate(zip(workers, outputs, strict=True)) if w.returncode != 0)
+
+
 def test_journal_file_storage_shares_a_study_between_processes_on_one_machine(tmp_path: Path):
     study_file = tmp_path / "j.yaml"
     study_file.write_text(yaml.safe_dump({
@@ -59,7 +111,7 @@ def test_journal_file_storage_shares_a_study_between_processes_on_one_machine(tm
     workers = [subprocess.Popen([sys.executable, "-m", "hpo2.cli", "worker", str(study_file), "--device", "cpu"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0].decode() for w in workers]
-    assert all(w.returncode == 0 for w in workers), "\n".join(outputs)
+    assert all(w.returncode == 0 for w in workers), _failed_workers(workers, outputs)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 

@@ -1,0 +1,60 @@
+"""Locks that every worker of a study shares: an ``fcntl`` lock on a file for
+processes on one machine, a PostgreSQL advisory lock for workers on several
+machines that share a PostgreSQL storage.
+
+Advisory locks (``pg_advisory_lock``) are held by a database session and freed by
+the server when that session ends, so a worker killed while holding one blocks
+nobody; they need no table, so they also serialize the creation of Optuna's tables.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+
+def lock_key(name: str) -> int:
+    """A stable 56-bit advisory-lock key for ``name`` (a signed bigint, as PostgreSQL takes)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "big")
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock on ``path`` held for the block (processes on one machine)."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def advisory_lock(engine: Engine, key: int) -> Iterator[None]:
+    """PostgreSQL's session advisory lock ``key`` held for the block, on one connection of ``engine``."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
+
+
+@contextmanager
+def url_advisory_lock(url: str, key: int) -> Iterator[None]:
+    """:func:`advisory_lock` on a connection of its own to the database at ``url``
+    (before any Optuna storage exists; the connection is closed afterwards)."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with advisory_lock(engine, key):
+            yield
+    finally:
+        engine.dispose()
