@@ -179,10 +179,12 @@ class StudyRunner:
                                 "objective": ",".join(o.metric for o in self.config.objective)})
         self.log_study_file()
         self._close_lost_trial_runs(self.study)
-        if self.warm_start is not None:  # first: an earlier study's best configurations
-            enqueue_warm_start(self.study, self.warm_start)
-        if self.config.enqueue_defaults:
-            self.space.enqueue_defaults(self.study)
+        # check-then-enqueue: workers starting together must not both see "not enqueued yet"
+        with study_init_lock(self.storage_url, self.study_file, self.config.name):
+            if self.warm_start is not None:  # first: an earlier study's best configurations
+                enqueue_warm_start(self.study, self.warm_start)
+            if self.config.enqueue_defaults:
+                self.space.enqueue_defaults(self.study)
 
     def log_study_file(self) -> None:
         """Log the study file to the parent run as a copy with URL passwords masked

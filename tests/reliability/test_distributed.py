@@ -53,21 +53,26 @@ def test_four_workers_share_one_study_through_postgresql(tmp_path: Path, postgre
 
 # Each process stands for a worker on its own machine: its own copy of the study file (so no
 # file lock is shared), started together on one new database and one MLflow server.
+# Enqueueing is slowed by 2 s so that the workers' check-then-enqueue windows overlap unless serialized.
 _OPEN_TOGETHER = """
 import sys, time
 from pathlib import Path
+import optuna
+enqueue = optuna.Study.enqueue_trial
+optuna.Study.enqueue_trial = lambda *args, **kwargs: (time.sleep(2), enqueue(*args, **kwargs))[1]
 from hpo2.study.config import load_study_config
 from hpo2.study.runner import StudyRunner
 config, path = load_study_config(sys.argv[1])
 Path(sys.argv[2], "ready").touch()
 while not Path(sys.argv[3]).exists():
     time.sleep(0.01)
-runner = StudyRunner(config, path).open()
+runner = StudyRunner(config, path)
+runner.run()
 print("parent run", runner.parent.run_id)
 """
 
 
-def test_workers_on_several_machines_create_one_study_and_one_parent_run(
+def test_workers_on_several_machines_create_one_study_one_parent_run_and_enqueue_defaults_once(
     tmp_path: Path, fresh_database: str, mlflow_server: str
 ):
     go = tmp_path / "go"
@@ -77,7 +82,8 @@ def test_workers_on_several_machines_create_one_study_and_one_parent_run(
         machine.mkdir()
         (machine / "together.yaml").write_text(yaml.safe_dump({
             "name": "together", "task": "logreg_breast_cancer", "optimizers": ["sgd", "adam"], "n_trials": 2,
-            "storage": fresh_database, "tracking_uri": mlflow_server,
+            "budget": {"epochs": 1}, "storage": fresh_database, "tracking_uri": mlflow_server, "report": False,
+            "curvature_diagnostics": False, "pruner": {"name": "none"},
         }))  # fmt: skip
         workers.append(subprocess.Popen([sys.executable, "-c", _OPEN_TOGETHER, str(machine / "together.yaml"),
                                          str(machine), str(go)],
@@ -90,9 +96,15 @@ def test_workers_on_several_machines_create_one_study_and_one_parent_run(
     assert all(w.returncode == 0 for w in workers), _failed_workers(workers, outputs)
 
     assert [s.study_name for s in optuna.get_all_study_summaries(fresh_database)] == ["together"]
+    # the two paper-default trials were enqueued once: they fill the budget of 2, nothing waits
+    study = optuna.load_study(study_name="together", storage=fresh_database)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert sorted(t.params["optimizer"] for t in study.trials) == ["adam", "sgd"]
+    assert all(t.user_attrs.get("hpo2.paper_defaults") for t in study.trials)
     parents = {line.split()[-1] for out in outputs for line in out.splitlines() if line.startswith("parent run")}
     client = MlflowClient(mlflow_server)
-    runs = client.search_runs([client.get_experiment_by_name("together").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("together").experiment_id],
+                              filter_string="tags.`hpo2.role` = 'study'")
     assert len(parents) == 1 and [r.info.run_id for r in runs] == list(parents)
 
 
