@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
 from hpo2.optim.sam import SAM
+from hpo2.solvers import host_floats
 from hpo2.tasks import Task, build_task, loss_and_metric
 from hpo2.tasks.placement import DeviceBatches, fits, free_bytes, split_bytes
 
@@ -181,20 +182,28 @@ def first_order_step(
     costs: one gradient, plus, for an optimizer whose ``step`` does work comparable
     to a gradient (``charges_step_time = True``, e.g. Muon's Newton-Schulz
     iterations), the step's measured seconds in units of this step's own gradient
-    seconds, so a budget in gradient-equivalents does not flatter it."""
+    seconds, so a budget in gradient-equivalents does not flatter it.
+
+    A non-finite loss or gradient (an overflow in the backward pass can leave the
+    loss finite) skips ``optimizer.step()``, as hpo2's own optimizers reject such a
+    step, with status ``nonfinite_loss`` or ``nonfinite_grad``: the parameters stay
+    finite and the training loop ends the run as diverged."""
     optimizer.zero_grad(set_to_none=True)
     started = time.perf_counter()
     loss = loss_fn(model(xb), yb)
     loss.backward()
-    value = float(loss.detach())  # waits for the backward on a GPU
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+    value, norm = host_floats(loss, grad_norm)  # one transfer; waits for the backward on a GPU
     grad_seconds = time.perf_counter() - started
+    status = "nonfinite_loss" if not math.isfinite(value) else "nonfinite_grad" if not math.isfinite(norm) else "ok"
     cost = 1.0
-    if math.isfinite(value):
+    if status == "ok":
         started = time.perf_counter()
         optimizer.step()
         if getattr(optimizer, "charges_step_time", False):
             cost += (time.perf_counter() - started) / max(grad_seconds, 1e-9)
-    return {"loss": value, "status": "ok" if math.isfinite(value) else "nonfinite_loss", "grad_equivalents": cost}
+    return {"loss": value, "status": status, "grad_equivalents": cost}
 
 
 class _TrainingLoop:
