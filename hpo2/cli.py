@@ -93,6 +93,20 @@ def optimizers(
 
 
 @app.command()
+def tasks(
+    name: str | None = typer.Argument(None, help="A task's name: list its settings (default, allowed, meaning)."),
+) -> None:
+    """List the tasks and whether their data is here, or every setting of one (``task.settings`` in a study file)."""
+    from hpo2.errors import SettingsError
+    from hpo2.task_tables import task_settings_table, tasks_table
+
+    try:
+        console.print(tasks_table() if name is None else task_settings_table(name))
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
 def train(
     config: Path = typer.Option(
         ..., "--config", "-c", help="YAML/JSON with task, optimizer, budget (as `study best --export` writes)."

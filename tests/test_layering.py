@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tracking", ("hpo2.tracking",)),
     ("study", ("hpo2.study",)),
     ("report", ("hpo2.report", "hpo2.suite_report", "hpo2.dashboard")),
-    ("cli", ("hpo2.cli", "hpo2.progress", "hpo2.optimizer_tables")),
+    ("cli", ("hpo2.cli", "hpo2.progress", "hpo2.optimizer_tables", "hpo2.task_tables")),
 ]
 #: third-party packages a layer below ``tracking`` must not import
 ORCHESTRATION = ("optuna", "optuna_integration", "mlflow")

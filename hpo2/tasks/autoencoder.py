@@ -24,8 +24,12 @@ from hpo2.tasks.synthetic import deep_autoencoder, squared_reconstruction_error
 
 
 class AutoencoderSettings(TaskSettings):
-    n_train: int | None = Field(default=5_000, ge=1, description="use only the first n training images")
-    n_valid: int | None = Field(default=2_000, ge=1, description="use only the first n validation images")
+    """A subset by default: the full 60,000 images make a trial minutes long on a CPU."""
+
+    n_train: int | None = Field(default=5_000, ge=1)
+    """use only the first n training images (null: all)"""
+    n_valid: int | None = Field(default=2_000, ge=1)
+    """use only the first n validation images (null: all)"""
 
 
 def _as_reconstruction(split: Split) -> Split:

@@ -18,19 +18,23 @@ from torch import Tensor, nn
 
 
 class TaskSettings(BaseModel):
-    """Settings every task takes; tasks add their own fields."""
+    """Settings every task takes; tasks add their own fields.  Each field's
+    description is the docstring under it (``hpo2 tasks NAME`` prints them)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     seed: int = 0
-    batch_size: int | None = Field(default=None, ge=1, description="None: the task's default")
-    n_train: int | None = Field(default=None, ge=1, description="use only the first n training samples")
-    n_valid: int | None = Field(default=None, ge=1, description="use only the first n validation samples")
-    data_dir: str | None = Field(default=None, description="where the task's data files are (task-specific default)")
-    target: float | None = Field(
-        default=None, allow_inf_nan=False,
-        description="the validation metric whose first crossing is time-to-target (None: the task's own)",
-    )
+    """seed of the data split and of the model's initialisation"""
+    batch_size: int | None = Field(default=None, ge=1)
+    """mini-batch size (null: the task's default)"""
+    n_train: int | None = Field(default=None, ge=1)
+    """use only the first n training samples (null: all)"""
+    n_valid: int | None = Field(default=None, ge=1)
+    """use only the first n validation samples (null: all)"""
+    data_dir: str | None = None
+    """where the task's data files are (null: the task's default folder)"""
+    target: float | None = Field(default=None, allow_inf_nan=False)
+    """the validation metric whose first crossing is time-to-target (null: the task's own)"""
 
 
 @dataclass

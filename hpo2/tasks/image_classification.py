@@ -35,7 +35,10 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 
 
 class ImageTaskSettings(TaskSettings):
+    """For data sets that are not in a Debian package: files in ``data_dir``, or a download."""
+
     download: bool = False
+    """download the data set with torchvision when its files are missing (needs torchvision and a network)"""
 
 
 def _cache_dir(name: str) -> Path:

@@ -115,9 +115,14 @@ def _draw_curves(n: int, seed: int, size: int, points_per_curve: int, width: flo
 
 
 class CurvesSettings(TaskSettings):
+    """How many CURVES-like images are generated for each split."""
+
     size_train: int = Field(default=20000, ge=1)
+    """training images generated"""
     size_valid: int = Field(default=5000, ge=1)
+    """validation images generated"""
     size_test: int = Field(default=5000, ge=1)
+    """test images generated"""
 
 
 def sparse_init_(linear: nn.Linear, nonzero: int = 15) -> None:
