@@ -68,7 +68,8 @@ def open_storage(
 @contextmanager
 def study_init_lock(storage_url: str, study_file: Path, name: str) -> Iterator[None]:
     """Held while a worker creates or loads the study, its tables and its MLflow
-    parent run, so workers starting together create each once.
+    parent run, and while it enqueues the study's first configurations (paper
+    defaults, warm start), so workers starting together do each once.
 
     PostgreSQL storage: an advisory lock in that database, shared by workers on
     every machine (creating Optuna's tables from two sessions at once fails with a
