@@ -17,7 +17,8 @@ Three problems, each sampler built exactly as a study builds it
 
 On the conditional spaces, random and TPE take the space natively; ``gp`` and
 ``botorch`` run through hpo2's per-optimizer wrapping with ``balanced`` or
-``adaptive`` allocation (:mod:`hpo2.study.allocation`).  Every study enqueues the
+``adaptive`` allocation (:mod:`hpo2.study.allocation`), adaptive also with a third of the
+model proposals drawn at random (``random_fraction``).  Every study enqueues the
 paper defaults first, as study files do.  Medians and [min, max] over ``--seeds``
 sampler seeds; the last column is the first trial at which the median run reaches
 random's median best after the last checkpoint.
@@ -113,14 +114,15 @@ def hartmann(seeds: int, samplers: list[str]) -> tuple[str, dict]:
     return "\n".join(lines), raw
 
 
-#: (label, sampler, allocation) compared on the conditional spaces
-CONDITIONAL_SAMPLERS = [
-    ("random", "random", None),
-    ("tpe", "tpe", None),
-    ("gp balanced", "gp", "balanced"),
-    ("gp adaptive", "gp", "adaptive"),
-    ("botorch balanced", "botorch", "balanced"),
-    ("botorch adaptive", "botorch", "adaptive"),
+#: (label, the study file's ``sampler`` settings but the seed) compared on the conditional spaces
+CONDITIONAL_SAMPLERS: list[tuple[str, dict]] = [
+    ("random", {"name": "random"}),
+    ("tpe", {"name": "tpe"}),
+    ("gp balanced", {"name": "gp", "allocation": "balanced"}),
+    ("gp adaptive", {"name": "gp", "allocation": "adaptive"}),
+    ("gp adaptive, 1/3 random", {"name": "gp", "allocation": "adaptive", "random_fraction": 1 / 3}),
+    ("botorch balanced", {"name": "botorch", "allocation": "balanced"}),
+    ("botorch adaptive", {"name": "botorch", "allocation": "adaptive"}),
 ]
 BRANIN_MIN = 0.397887
 #: optimizer -> (function, minimum of its branch)
@@ -153,10 +155,10 @@ def branch_value(params: dict, space: SearchSpace) -> float:
     return minimum + 0.5 * min(1.0, (branin(u[:2]) - BRANIN_MIN) / 50)
 
 
-def branches_best_values(sampler: str, allocation: str | None, seed: int, trials: int) -> list[float]:
+def branches_best_values(sampler: dict, seed: int, trials: int) -> list[float]:
     """Best value after each trial of one synthetic study (paper defaults enqueued first)."""
     config = StudyConfig(name="b", task="digits_mlp", optimizers=list(BRANCHES), n_trials=trials,
-                         sampler={"name": sampler, "seed": seed, **({"allocation": allocation} if allocation else {})})
+                         sampler={**sampler, "seed": seed})
     space = SearchSpace(config)
     study = optuna.create_study(direction="minimize", sampler=build_sampler(config, space))
     space.enqueue_defaults(study)
@@ -182,10 +184,10 @@ def conditional_table(runs: dict[str, list[list[float]]], trials: int, digits: i
 
 def branches(seeds: int, trials: int, labels: list[str]) -> tuple[str, dict]:
     raw: dict[str, list[list[float]]] = {}
-    for label, sampler, allocation in (c for c in CONDITIONAL_SAMPLERS if c[0] in labels):
+    for label, sampler in (c for c in CONDITIONAL_SAMPLERS if c[0] in labels):
         raw[label] = []
         for seed in range(seeds):
-            raw[label].append(branches_best_values(sampler, allocation, seed, trials))
+            raw[label].append(branches_best_values(sampler, seed, trials))
             print(f"branches {label} seed {seed}: {raw[label][-1][-1]:.4g}", file=sys.stderr, flush=True)
     return conditional_table(raw, trials, 3, "best"), raw
 
@@ -201,14 +203,12 @@ TASK_STUDY = {
 }
 
 
-def task_best_values(sampler: str, allocation: str | None, seed: int, trials: int, epochs: float,
-                     workdir: Path) -> list[float]:
+def task_best_values(label: str, sampler: dict, seed: int, trials: int, epochs: float, workdir: Path) -> list[float]:
     """Best validation loss after each trial of one study."""
-    name = f"{sampler}-{allocation}-{seed}"
+    name = f"{''.join(c if c.isalnum() else '-' for c in label)}-{seed}"
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**TASK_STUDY, "name": name, "n_trials": trials, "budget": {"epochs": epochs},
-                                    "sampler": {"name": sampler, "seed": seed,
-                                                **({"allocation": allocation} if allocation else {})},
+                                    "sampler": {**sampler, "seed": seed},
                                     "storage": f"sqlite:///{workdir / (name + '.db')}"}))
     config, file = load_study_config(path)
     study = StudyRunner(config, file).run()
@@ -219,10 +219,10 @@ def task_best_values(sampler: str, allocation: str | None, seed: int, trials: in
 def real_task(seeds: int, trials: int, labels: list[str], epochs: float) -> tuple[str, dict]:
     raw: dict[str, list[list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, sampler, allocation in (c for c in CONDITIONAL_SAMPLERS if c[0] in labels):
+        for label, sampler in (c for c in CONDITIONAL_SAMPLERS if c[0] in labels):
             raw[label] = []
             for seed in range(seeds):
-                raw[label].append(task_best_values(sampler, allocation, seed, trials, epochs, Path(tmp)))
+                raw[label].append(task_best_values(label, sampler, seed, trials, epochs, Path(tmp)))
                 print(f"task {label} seed {seed}: {raw[label][-1][-1]:.4g}", file=sys.stderr, flush=True)
     return conditional_table(raw, trials, 4, "best valid loss"), raw
 

@@ -167,13 +167,15 @@ class SamplerConfig(Strict):
     """The sampler.  For the per-optimizer samplers (gp, botorch, cmaes): ``allocation`` picks each trial's
     optimizer (:mod:`hpo2.study.allocation`; unset: ``adaptive`` for one objective, ``balanced`` for several),
     ``allocation_floor`` is the least share of an even split that adaptive allocation leaves every optimizer,
-    and ``n_startup_trials`` counts random trials per optimizer after its paper defaults (1 unless set)."""
+    ``n_startup_trials`` counts random trials per optimizer after its paper defaults (1 unless set), and
+    ``random_fraction`` is the share of model proposals replaced by random ones (interleaved random search)."""
 
     name: Literal["tpe", "gp", "botorch", "cmaes", "random", "qmc"] = "tpe"
     seed: int | None = None
     n_startup_trials: int | None = Field(default=None, ge=0)
     allocation: Literal["balanced", "adaptive"] | None = None
     allocation_floor: float = Field(default=0.25, ge=0, le=1)
+    random_fraction: float = Field(default=0.0, ge=0, lt=1)
 
 
 class PrunerConfig(Strict):
@@ -278,6 +280,10 @@ class StudyConfig(Strict):
         if allocation is not None and sampler not in PER_OPTIMIZER_SAMPLERS:
             raise ValueError(f"sampler.allocation = {allocation!r} applies to the per-optimizer samplers "
                              f"{', '.join(PER_OPTIMIZER_SAMPLERS)}; sampler {sampler!r} picks the optimizer itself")
+        if self.sampler.random_fraction and sampler not in PER_OPTIMIZER_SAMPLERS:
+            raise ValueError(f"sampler.random_fraction = {self.sampler.random_fraction} applies to the per-optimizer "
+                             f"samplers {', '.join(PER_OPTIMIZER_SAMPLERS)}; sampler {sampler!r} has no model "
+                             "proposals to replace")
         if allocation == "adaptive" and self.multi_objective:
             raise ValueError("sampler.allocation = 'adaptive' needs one objective (it chases the best value); "
                              "use 'balanced' with several objectives")

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, get_args
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
@@ -55,6 +56,14 @@ class PerOptimizerSampler(BaseSampler):
     The wrapped sampler's own trial state (CMA-ES keeps its search distribution in
     trial system attributes) is saved on the real trial and given back to it on the
     next proposal, so stateful samplers keep learning across trials.
+
+    ``random_fraction``: after the design points, each proposal is drawn uniformly
+    at random instead of from the model with that probability
+    (interleaved random search: SMAC interleaves random configurations, Hutter et al.,
+    LION 2011; BOHB draws a third of them at random, Falkner et al., ICML 2018).  It
+    bounds how long a model can keep refining one basin of a rugged objective; the
+    coin is seeded by the study seed and the trial number, and such a trial is tagged
+    with the user attribute ``hpo2.random_proposal``.
     """
 
     def __init__(
@@ -66,6 +75,7 @@ class PerOptimizerSampler(BaseSampler):
         startup: int = 1,
         defaults_enqueued: bool = True,
         floor: float = 0.25,
+        random_fraction: float = 0.0,
     ) -> None:
         self._space = space
         self._make_sampler = make_sampler
@@ -74,6 +84,7 @@ class PerOptimizerSampler(BaseSampler):
         self._startup = startup
         self._defaults_enqueued = defaults_enqueued
         self._floor = floor
+        self._random_fraction = random_fraction
         self._samplers: dict[str, BaseSampler] = {}
         self._proposals: dict[int, dict[str, Any]] = {}
 
@@ -96,12 +107,24 @@ class PerOptimizerSampler(BaseSampler):
             self._samplers[optimizer] = self._make_sampler(self._seed + index, self.design_points)
         return self._samplers[optimizer]
 
+    def _random_turn(self, trial_number: int) -> int | None:
+        """A seed for a random proposal when this trial's coin says so (probability ``random_fraction``), else None."""
+        if not self._random_fraction:
+            return None
+        rng = np.random.default_rng([self._seed % 2**32, trial_number, 1])  # not the allocation's stream
+        return int(rng.integers(2**31)) if rng.random() < self._random_fraction else None
+
     def _propose(self, study: optuna.Study, trial: FrozenTrial, optimizer: str) -> dict[str, Any]:
         distributions = self._space.optimizers[optimizer].distributions
         history = [
             t for t in study.get_trials(deepcopy=False, states=_FINISHED)
             if t.params.get(OPTIMIZER_PARAM) == optimizer and all(k in t.params for k in distributions)
         ]
+        random_seed = self._random_turn(trial.number) if len(history) >= self.design_points else None
+        if random_seed is not None:
+            study._storage.set_trial_user_attr(trial._trial_id, "hpo2.random_proposal", True)
+            sampler: BaseSampler = optuna.samplers.RandomSampler(seed=random_seed)
+            return optuna.create_study(sampler=sampler).ask(fixed_distributions=distributions).params
         shadow = optuna.create_study(directions=study.directions, sampler=self._sampler_for(optimizer))
         shadow.add_trials(
             [
@@ -182,6 +205,7 @@ def build_sampler(config: StudyConfig, space: SearchSpace) -> BaseSampler:
         space, lambda s, n: plain_sampler(sampler, s, n), seed=seed, allocation=config.allocation,
         startup=sampler.n_startup_trials if sampler.n_startup_trials is not None else 1,
         defaults_enqueued=config.enqueue_defaults, floor=sampler.allocation_floor,
+        random_fraction=sampler.random_fraction,
     )
 
 

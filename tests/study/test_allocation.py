@@ -93,6 +93,49 @@ def test_allocation_defaults_and_refusals():
                  "study.yaml")
 
 
+class LowestPointSampler(optuna.samplers.BaseSampler):
+    """A stand-in "model" whose every proposal is the lower corner of the space: easy to tell from a random draw."""
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return param_distribution.choices[0] if hasattr(param_distribution, "choices") else param_distribution.low
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.2])
+def test_random_fraction_replaces_that_share_of_model_proposals_after_the_design_points(fraction):
+    config = StudyConfig(name="s", task="digits_mlp", optimizers=["adam"], sampler={"name": "gp"})
+    space = SearchSpace(config)
+    sampler = PerOptimizerSampler(space, lambda s, n: LowestPointSampler(), seed=4, startup=2, random_fraction=fraction)
+    # with seed 4 the coin comes up "random" at trial 2, a design point: it must not count there
+    assert (sampler._random_turn(2) is not None) == bool(fraction) and sampler.design_points == 3
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: synthetic(t, space), n_trials=63)
+    design, after = study.trials[:3], study.trials[3:]
+    lowest = {k: d.low for k, d in space.optimizers["adam"].distributions.items()}
+    at_model = [all(t.params[k] == v for k, v in lowest.items()) for t in after]
+    tagged = [bool(t.user_attrs.get("hpo2.random_proposal")) for t in after]
+    assert not any(t.user_attrs.get("hpo2.random_proposal") for t in design)
+    assert at_model == [not tag for tag in tagged]  # a random proposal never sits at the model's point
+    assert abs(sum(tagged) - fraction * len(after)) <= 0.2 * len(after), sum(tagged)  # 60 coins
+
+
+def test_random_fraction_is_refused_for_samplers_without_a_model_per_optimizer():
+    with pytest.raises(SettingsError, match="sampler.random_fraction = 0.3 applies to the per-optimizer samplers"):
+        validate(StudyConfig, {"name": "s", "task": "digits_mlp", "sampler": {"name": "tpe", "random_fraction": 0.3}},
+                 "study.yaml")
+    with pytest.raises(SettingsError, match="sampler.random_fraction"):
+        validate(StudyConfig, {"name": "s", "task": "digits_mlp", "sampler": {"name": "gp", "random_fraction": 1}},
+                 "study.yaml")
+    config = StudyConfig(name="s", task="digits_mlp", sampler={"name": "gp", "random_fraction": 0.3})
+    sampler = build_sampler(config, SearchSpace(config))
+    assert isinstance(sampler, PerOptimizerSampler) and sampler._random_fraction == 0.3
+
+
 def test_botorch_gp_treats_the_objective_as_deterministic():
     """hpo2's BoTorch GP reproduces its (deterministic) observations: BoTorch's default inferred noise
     smoothed improvements of a few percent of the spread away, the cause of its Hartmann-6 stall."""
