@@ -228,7 +228,7 @@ def test_lm_damping_rises_after_a_poor_step_with_the_closed_form_ratio():
     x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
     opt = HessianFree(model.parameters(), damping=lam, preconditioner=False)
     opt.step(BatchClosure(model, nn.MSELoss(), x, y))
-    w0, w1 = 1.4, float(model.w)
+    w0, w1 = 1.4, float(model.w.detach())
     p = w1 - w0
     g, gn = 2 * math.sin(w0) * math.cos(w0), 2 * math.cos(w0) ** 2
     expected_rho = (math.sin(w1) ** 2 - math.sin(w0) ** 2) / (g * p + 0.5 * gn * p * p)  # undamped model (Martens)
