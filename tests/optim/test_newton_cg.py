@@ -81,7 +81,7 @@ def test_trust_radius_doubles_on_a_good_boundary_step_and_shrinks_on_a_bad_one()
                            torch.zeros(1, 1, dtype=torch.float64))
     opt = NewtonCG(model.parameters(), damping=0.0, globalization="trust_region", tr_radius=0.5)
     opt.step(closure)  # the Newton step (3) is outside the radius: boundary, rho = 1 -> radius x 2
-    assert float(model.w) == pytest.approx(0.5)
+    assert float(model.w.detach()) == pytest.approx(0.5)
     assert opt.diagnostics["radius"] == pytest.approx(1.0)
     assert opt.diagnostics["reduction_ratio"] == pytest.approx(1.0)
 
@@ -97,7 +97,7 @@ def test_trust_radius_doubles_on_a_good_boundary_step_and_shrinks_on_a_bad_one()
     opt.step(bump)
     assert opt.diagnostics["reduction_ratio"] < 0.25 and opt.diagnostics["status"] == "rejected"
     assert opt.diagnostics["radius"] == pytest.approx(0.25 * 1.5)
-    assert float(ridge.w) == 0.0
+    assert float(ridge.w.detach()) == 0.0
 
 
 class IndefiniteQuadratic(nn.Module):
@@ -118,13 +118,13 @@ class IndefiniteQuadratic(nn.Module):
 def test_newton_cg_handles_negative_curvature_by_descending(mode):
     problem = IndefiniteQuadratic()
     opt = NewtonCG(problem.parameters(), damping=0.0, negative_curvature=mode)
-    before = float(problem())
+    before = float(problem().detach())
     saw_negative = False
     for _ in range(20):
         opt.step(problem)
         saw_negative |= bool(opt.diagnostics.get("negative_curvature", 0))
     assert saw_negative
-    assert float(problem()) < before - 0.1  # left the saddle region at 0, not stuck on it
+    assert float(problem().detach()) < before - 0.1  # left the saddle region at 0, not stuck on it
 
 
 def test_steihaug_newton_cg_respects_radius_on_indefinite_problem():
@@ -159,4 +159,4 @@ def test_newton_cg_reaches_scipy_trust_ncg_optimum_on_logistic_regression():
                 break
         got = torch.cat([model.weight.detach().reshape(-1), model.bias.detach()]).numpy()
         assert abs(got - x_ref).max() < 1e-6, globalization
-        assert float(closure()) == pytest.approx(f_ref, abs=1e-12)
+        assert float(closure().detach()) == pytest.approx(f_ref, abs=1e-12)
