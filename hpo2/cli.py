@@ -137,16 +137,16 @@ def train(
             raise fail(str(exc)) from None
 
         run = TrackedRun.create(
-            cfg.tracking_uri, cfg.experiment, f"{cfg.task.name}-{cfg.optimizer.name}", {"hpo2.task": cfg.task.name}
+            cfg.tracking_uri, cfg.experiment, f"{cfg.task.label}-{cfg.optimizer.name}", {"hpo2.task": cfg.task.label}
         )
-        run.log_params({"optimizer": cfg.optimizer.name, "task": cfg.task.name, "seed": cfg.seed,
+        run.log_params({"optimizer": cfg.optimizer.name, "task": cfg.task.label, "seed": cfg.seed,
                         **flatten_params("", cfg.optimizer.settings), **flatten_params("task", cfg.task.settings)})
 
-    table = Table(title=f"{cfg.task.name} / {cfg.optimizer.name}")
+    table = Table(title=f"{cfg.task.label} / {cfg.optimizer.name}")
     for column in ("epoch", "step", "train loss", "valid loss", "valid metric", "seconds", "grad-eq"):
         table.add_column(column, justify="right")
     try:
-        console.print(f"training {cfg.task.name} with {cfg.optimizer.name} on {resolve_device(cfg.device)}")
+        console.print(f"training {cfg.task.label} with {cfg.optimizer.name} on {resolve_device(cfg.device)}")
     except ValueError as exc:
         raise fail(str(exc)) from None
 
@@ -245,7 +245,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     except (SettingsError, DataMissingError, ValueError) as exc:
         raise fail(str(exc)) from None
     console.print(
-        f"study {config.name}: task {config.task.name}, sampler {config.sampler.name}, "
+        f"study {config.name}: task {config.task.label}, sampler {config.sampler.name}, "
         f"storage {redact_url(runner.storage_url)}, MLflow {redact_url(runner.tracking_uri)}, device {runner.device}",
         highlight=False,
     )

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ValidationError
 
 from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import load_config_file, parse_optimizer_config
-from hpo2.tasks import parse_task_settings
 from hpo2.train import TrainConfig
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -72,5 +71,6 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     config = validate(TrainConfig, data, str(path))
     parse_optimizer_config(config.optimizer.model_dump())
-    parse_task_settings(config.task.name, config.task.settings)
-    return config
+    config.task.check_builtin()
+    # a task file named relative to this config means the same from any folder
+    return config.model_copy(update={"task": config.task.anchored(Path(path).resolve().parent)})

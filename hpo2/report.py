@@ -237,7 +237,7 @@ def report_html(study: optuna.Study, config: StudyConfig, figures: dict[str, go.
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}pre{{background:#f6f6f6;padding:1em}}</style></head>
 <body><h1>Study {html.escape(config.name)}</h1>
-<p>Task <b>{html.escape(config.task.name)}</b>, sampler <b>{html.escape(config.sampler.name)}</b>,
+<p>Task <b>{html.escape(config.task.label)}</b>, sampler <b>{html.escape(config.sampler.name)}</b>,
 objective {html.escape(objectives)};
 trials: {html.escape(states)}.</p>
 <h2>Best configuration per optimizer</h2><table><tr>{head}</tr>{body}</table>

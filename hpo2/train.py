@@ -46,8 +46,9 @@ from torch import Tensor, nn
 from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
 from hpo2.optim.sam import SAM
 from hpo2.solvers import host_floats
-from hpo2.tasks import Task, build_task, loss_and_metric
+from hpo2.tasks import Task, loss_and_metric
 from hpo2.tasks.placement import DeviceBatches, fits, free_bytes, split_bytes
+from hpo2.tasks.source import TaskSection, resolve_task
 
 MAX_SECONDS = 30 * 24 * 3600  # 30 days: a longer budget is a typo, not a plan
 
@@ -84,7 +85,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: ConfigSection
+    task: TaskSection
     optimizer: ConfigSection
     budget: Budget = Budget(epochs=1)
     seed: int = 0
@@ -380,9 +381,10 @@ def run_training(
 def train_from_config(
     config: TrainConfig, report: Report | None = None, on_step: StepHook | None = None
 ) -> tuple[Task, TrainResult]:
-    """Build the config's task and run :func:`run_training` on it."""
+    """Build the config's task (a built-in, or the user's entrypoint, imported now) and
+    run :func:`run_training` on it."""
     torch.manual_seed(config.seed)
-    task = build_task(config.task.name, config.task.settings)
+    task = resolve_task(config.task).build(config.task.settings)
     result = run_training(
         task,
         config.optimizer,

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hpo2"
 
 #: bottom first; a module belongs to the layer of the longest prefix that names it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("infrastructure", ("hpo2", "hpo2.errors", "hpo2.redact", "hpo2.yaml_loader", "hpo2.databases")),
+    ("infrastructure", ("hpo2.errors", "hpo2.redact", "hpo2.yaml_loader", "hpo2.databases")),
     ("curvature", ("hpo2.curvature",)),
     ("solvers", ("hpo2.solvers",)),
     ("optim", ("hpo2.optim",)),
@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tracking", ("hpo2.tracking",)),
     ("study", ("hpo2.study",)),
     ("report", ("hpo2.report", "hpo2.suite_report", "hpo2.dashboard")),
-    ("cli", ("hpo2.cli", "hpo2.progress", "hpo2.optimizer_tables", "hpo2.task_tables")),
+    # what a person uses: the CLI, and the package's own namespace (hpo2.Task, hpo2.run_study, loaded lazily)
+    ("interface", ("hpo2", "hpo2.api", "hpo2.cli", "hpo2.progress", "hpo2.optimizer_tables", "hpo2.task_tables")),
 ]
 #: third-party packages a layer below ``tracking`` must not import
 ORCHESTRATION = ("optuna", "optuna_integration", "mlflow")

@@ -112,7 +112,7 @@ def list_studies(folder: Path) -> list[StudyRow]:
                 best = f"{round_values(front[0].values)} ({front[0].params.get('optimizer')})"
             elif front:
                 best = f"Pareto front of {len(front)}"
-        rows.append(StudyRow(config.name, config.task.name, redact_url(default_storage(config, path)),
+        rows.append(StudyRow(config.name, config.task.label, redact_url(default_storage(config, path)),
                              finished, config.n_trials, best, readable))  # fmt: skip
     return rows
 

@@ -35,8 +35,8 @@ from hpo2.optim.registry import REGISTRY, get_spec, load_config_file
 from hpo2.optim.sam import SAM_KEY, SAMSettings
 from hpo2.optim.settings import Choice, FloatRange, IntRange, SearchDimension
 from hpo2.redact import redact_text, redact_url
-from hpo2.tasks import parse_task_settings
-from hpo2.train import MAX_SECONDS, Budget, ConfigSection
+from hpo2.tasks.source import TaskSection
+from hpo2.train import MAX_SECONDS, Budget
 
 MAX_TRIALS = 1_000_000
 MAX_NAME = 100
@@ -210,7 +210,7 @@ class StudyConfig(Strict):
     """A study: what to search over, how, for how long, and where results go."""
 
     name: StudyName
-    task: ConfigSection
+    task: TaskSection
     budget: Budget = Budget(epochs=2)
     objective: list[ObjectiveConfig] = Field(default_factory=lambda: [ObjectiveConfig()])
     optimizers: list[OptimizerChoice] = Field(default_factory=lambda: [OptimizerChoice(name=n) for n in REGISTRY])
@@ -232,11 +232,6 @@ class StudyConfig(Strict):
     curvature_share: float = Field(default=0.1, gt=0, le=1)
     report: bool = True
     warm_start: WarmStartConfig | None = None
-
-    @field_validator("task", mode="before")
-    @classmethod
-    def _task(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -316,8 +311,9 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
         f"{path} (with command-line {', '.join('--' + k.replace('_', '-') for k in given)})" if given else str(path)
     )
     config = validate(StudyConfig, data, source)
-    parse_task_settings(config.task.name, config.task.settings)
-    return config, path.resolve()
+    config.task.check_builtin()
+    # a task file named relative to the study file means the same from any folder (and on every worker)
+    return config.model_copy(update={"task": config.task.anchored(path.resolve().parent)}), path.resolve()
 
 
 def default_storage(config: StudyConfig, study_file: Path) -> str:

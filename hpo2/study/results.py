@@ -90,7 +90,7 @@ def best_per_optimizer(study: optuna.Study) -> dict[str, FrozenTrial]:
 def export_config(config: StudyConfig, trial: FrozenTrial) -> dict[str, Any]:
     """The trial as a ``hpo2 train --config`` file (also what ``from_config`` takes)."""
     return {
-        "task": {"name": config.task.name, "settings": dict(config.task.settings)},
+        "task": config.task.model_dump(exclude_none=True),
         "optimizer": SearchSpace(config).optimizer_config(trial.params),
         "budget": config.budget.model_dump(exclude_none=True),
         "seed": config.seed,

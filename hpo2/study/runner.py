@@ -53,7 +53,7 @@ from hpo2.redact import redact_url, sanitized_study_text
 from hpo2.study.budget import Admission, TrialBudget
 from hpo2.study.checkpoints import curvature_due, on_checkpoint
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
-from hpo2.study.objectives import objective_directions, objective_value
+from hpo2.study.objectives import Direction, objective_directions, objective_value
 from hpo2.study.observer import StudyObserver
 from hpo2.study.recovery import (
     INTERRUPTED,
@@ -72,7 +72,8 @@ from hpo2.study.space import SearchSpace
 from hpo2.study.storage import open_storage, study_init_lock
 from hpo2.study.trial_tracking import TrialTracker
 from hpo2.study.warm_start import WarmStart, enqueue_warm_start, plan_warm_start
-from hpo2.tasks import TASKS, build_task, check_task_data
+from hpo2.tasks import TASKS, Task
+from hpo2.tasks.source import TaskBuilder, TaskSource, entrypoint_for, resolve_task, task_from_function
 from hpo2.tracking import TrackedRun, check_reachable, experiment_id, quick_failing_http, study_parent_run
 from hpo2.train import Budget, Evaluation, resolve_device, run_training
 
@@ -88,9 +89,13 @@ class StudyRunner:
 
     def __init__(
         self, config: StudyConfig, study_file: Path, observer: StudyObserver | None = None,
-        report: StudyReport | None = None,
+        report: StudyReport | None = None, task: TaskBuilder | None = None,
     ) -> None:  # fmt: skip
+        if task is not None:  # a function from Python (hpo2.run_study): it replaces the file's task
+            config = config.model_copy(update={"task": config.task.model_copy(
+                update={"name": None, "entrypoint": entrypoint_for(task)})})
         self.config = config
+        self._task_function = task
         self.study_file = study_file
         self.space = SearchSpace(config)
         self.observer = observer or StudyObserver()
@@ -99,8 +104,6 @@ class StudyRunner:
         self.tracking_uri = default_tracking_uri(config, study_file)
         self.experiment = config.experiment or config.name
         self.device = resolve_device(config.device)
-        # the direction of the task's metric is registered with it: no data is loaded to know it
-        self.directions = objective_directions(config, TASKS[config.task.name].higher_is_better)
         self.warm_start: WarmStart | None = None  # what an earlier study gives (after open)
         self.offline_runs: list[TrackedRun] = []  # runs the tracking server has not received yet
         self.stop = StopRequest()
@@ -109,6 +112,12 @@ class StudyRunner:
         self._interrupted: set[int] = set()  # their numbers, whose failure Optuna must not log
         self._study: optuna.Study | None = None
         self._parent: TrackedRun | None = None
+        self._task_source: TaskSource | None = None
+        # the objectives' directions: a built-in task's is registered (no data loaded); a user's task
+        # is built once to learn it, in open()
+        builtin = TASKS.get(config.task.name) if config.task.name is not None else None
+        self.directions: list[Direction] = [] if builtin is None else objective_directions(
+            config, builtin.higher_is_better)
 
     @property
     def study(self) -> optuna.Study:
@@ -135,8 +144,8 @@ class StudyRunner:
             return self
         check_sqlite_writable(self.storage_url, "storage")
         check_reachable(self.tracking_uri)
-        # missing data files are a one-line error now, not a failure in every trial
-        check_task_data(self.config.task.name, self.config.task.settings)
+        # a user's task is imported, and missing data files found, now: one line, not a failure in every trial
+        self.directions = objective_directions(self.config, self._task_direction())
         if self.config.warm_start is not None:  # the earlier study is only read
             self.warm_start = plan_warm_start(self.config, self.study_file, self.space)
         # Workers starting together would race to create the tables of Optuna and
@@ -155,11 +164,35 @@ class StudyRunner:
             artifacts = str(self.study_file.parent / "mlartifacts") if local else None
             self._parent = study_parent_run(
                 self.tracking_uri, self.experiment, self.config.name,
-                {"hpo2.task": self.config.task.name, "hpo2.sampler": self.config.sampler.name}, artifacts,
+                {"hpo2.task": self.config.task.label, "hpo2.sampler": self.config.sampler.name}, artifacts,
             )  # fmt: skip
         self._study = study
         self.observer.study_opened(study)
         return self
+
+    @property
+    def task_source(self) -> TaskSource:
+        """Where the study's task comes from (the user's code is imported on first use)."""
+        if self._task_source is None:
+            if self._task_function is not None:
+                self._task_source = task_from_function(self._task_function, str(self.config.task.entrypoint))
+            else:
+                self._task_source = resolve_task(self.config.task, self.study_file.parent)
+        return self._task_source
+
+    def build_task(self) -> Task:
+        """The study's task, built fresh with the study's seed."""
+        return self.task_source.build({**self.config.task.settings, "seed": self.config.seed})
+
+    def _task_direction(self) -> bool:
+        """Whether the task's metric is better higher: a built-in's registry entry says so without
+        loading data (its data files are checked); the user's own task is built once to learn it
+        (which also shows a wrong return type or setting before any trial)."""
+        source = self.task_source
+        source.check_data({**self.config.task.settings, "seed": self.config.seed})
+        if source.higher_is_better is not None:
+            return source.higher_is_better
+        return self.build_task().higher_is_better
 
     def _close_lost_trial_runs(self, study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> None:
         """A worker died mid-trial: its MLflow run must not stay RUNNING forever
@@ -174,7 +207,7 @@ class StudyRunner:
     def _begin(self) -> None:
         """Log the study's params and file to its parent run; close the MLflow runs
         of trials lost earlier; enqueue a warm start's configurations, then the paper defaults."""
-        self.parent.log_params({"task": self.config.task.name, "sampler": self.config.sampler.name,
+        self.parent.log_params({"task": self.config.task.label, "sampler": self.config.sampler.name,
                                 "pruner": self.config.pruner.name, "optimizers": ",".join(self.space.names),
                                 "objective": ",".join(o.metric for o in self.config.objective)})
         self.log_study_file()
@@ -377,7 +410,7 @@ class StudyRunner:
     def _train(
         self, trial: optuna.Trial, optimizer_name: str, settings: dict[str, Any], tracker: TrialTracker
     ) -> float | list[float]:
-        task = build_task(self.config.task.name, {**self.config.task.settings, "seed": self.config.seed})
+        task = self.build_task()
         first_metric = self.config.objective[0].metric
         single = not self.config.multi_objective
         evaluations: list[Evaluation] = []

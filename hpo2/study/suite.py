@@ -52,8 +52,8 @@ from hpo2.study.config import MAX_TRIALS, OptimizerChoice, Strict, StudyConfig, 
 from hpo2.study.locate import STUDY_SUFFIXES, find_study_file, search_folders
 from hpo2.study.profiles import ALGOPERF_TAU_MAX, PerformanceProfile, performance_profile
 from hpo2.study.space import OPTIMIZER_PARAM
-from hpo2.tasks import parse_task_settings
-from hpo2.train import Budget, ConfigSection
+from hpo2.tasks.source import TaskSection
+from hpo2.train import Budget
 
 if TYPE_CHECKING:
     from hpo2.study.observer import StudyObserver
@@ -70,20 +70,21 @@ TASK_ATTR = "hpo2.suite_task"  # the study's task section (target included) when
 class SuiteTask(Strict):
     """One task of a suite: its budget, its target, optionally its own trial count."""
 
-    task: ConfigSection
+    task: TaskSection
     label: StudyName | None = None
     budget: Budget
     target: float | None = Field(default=None, allow_inf_nan=False)
     n_trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS)
 
-    @field_validator("task", mode="before")
-    @classmethod
-    def _task(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
+    @model_validator(mode="after")
+    def _named(self) -> SuiteTask:
+        if self.task.name is None and self.label is None:
+            raise ValueError("a task given by its entrypoint needs a label (it names the task's study)")
+        return self
 
     @property
     def name(self) -> str:
-        return self.label or self.task.name
+        return self.label or str(self.task.name)
 
 
 class SuiteConfig(Strict):
@@ -199,13 +200,14 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
         settings = dict(task.task.settings)
         if task.target is not None:
             settings["target"] = task.target
-        parse_task_settings(task.task.name, settings, where=f"tasks.{i}.task")
+        section = task.task.model_copy(update={"settings": settings}).anchored(folder)
+        section.check_builtin(where=f"tasks.{i}.task")
         data: dict[str, Any] = {
             "storage": f"sqlite:///{folder / (config.name + '.optuna.db')}",
             "experiment": config.name,
             **config.study,
             "name": f"{config.name}.{task.name}",
-            "task": {"name": task.task.name, "settings": settings},
+            "task": section.model_dump(exclude_none=True),
             "budget": task.budget,
             **({} if task.n_trials is None else {"n_trials": task.n_trials}),
             **({} if optimizers is None else {"optimizers": optimizers}),
@@ -218,7 +220,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
 def check_task_unchanged(study: optuna.Study, config: StudyConfig) -> None:
     """Keep the study's task section (its target included) on first run; refuse to
     resume with another (the time-to-target of its trials would be for another target)."""
-    current = json.dumps(config.task.model_dump(), sort_keys=True)
+    current = json.dumps(config.task.model_dump(exclude_none=True), sort_keys=True)
     recorded = study.user_attrs.get(TASK_ATTR)
     if recorded is None:
         study.set_user_attr(TASK_ATTR, current)
@@ -316,7 +318,7 @@ def run_suite(
             if spent and study_closed(config, suite.path):
                 announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} is done, skipped")
                 continue
-        announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} ({config.task.name}, target "
+        announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} ({config.task.label}, target "
                  f"{config.task.settings.get('target', 'the task default')})")
         runner = StudyRunner(config, suite.path, observer, report if config.report else None).open()
         for note in runner.warm_start.notes if runner.warm_start is not None else []:
