@@ -29,12 +29,13 @@ from typing import Any
 
 import optuna
 
+from hpo2.optim.registry import load_config_file
 from hpo2.report import render_study_report
 from hpo2.study.catalog import budget_spent, open_existing, study_closed
 from hpo2.study.config import StudyConfig, default_storage, load_study_config
 from hpo2.study.results import best_trials, export_config
 from hpo2.study.runner import StudyRunner
-from hpo2.tasks.source import TaskBuilder
+from hpo2.tasks.source import TaskBuilder, entrypoint_for
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ def run_study(
     """Create or resume the study of ``study_file`` and run its trials, as ``hpo2 study run`` does.
 
     Args:
-        study_file: the study's YAML file (its ``task`` section may name an entrypoint or a
-            built-in task; with ``task=`` given, only its ``settings`` are used).
+        study_file: the study's YAML file (its ``task`` section names an entrypoint or a
+            built-in task; with ``task=`` given it may be left out, and only its ``settings`` are used).
         task: a function that returns a :class:`hpo2.Task` (see :mod:`hpo2.tasks.source` for
             how it declares its settings); it replaces the file's task.  The study records it
             as ``module:qualname``, so an exported config names it (a function defined in a
@@ -85,8 +86,12 @@ def run_study(
         SettingsError: a bad file, argument, store or task (one line naming the field).
         hpo2.study.recovery.StudyInterrupted: after Ctrl-C / SIGTERM; rerun to resume.
     """
-    overrides = {"n_trials": n_trials, "timeout": timeout, "storage": storage, "tracking_uri": tracking_uri,
-                 "device": device, "report": report}
+    overrides: dict[str, Any] = {"n_trials": n_trials, "timeout": timeout, "storage": storage,
+                                 "tracking_uri": tracking_uri, "device": device, "report": report}
+    if task is not None:  # the function replaces the file's task (which may be left out); its settings stay
+        section = load_config_file(study_file).get("task")
+        settings = section.get("settings", {}) if isinstance(section, dict) else {}
+        overrides["task"] = {"entrypoint": entrypoint_for(task), "settings": settings}
     config, path = load_study_config(Path(study_file), overrides)
     if not _already_done(config, path):
         with warnings.catch_warnings():  # hpo2 uses Optuna's heartbeat and samplers on purpose
@@ -94,8 +99,6 @@ def run_study(
             runner = StudyRunner(config, path, report=render_study_report if config.report else None, task=task)
             runner.run()
         config = runner.config
-    elif task is not None:
-        config = StudyRunner(config, path, task=task).config  # the function's entrypoint, as the runs recorded it
     study = optuna.load_study(study_name=config.name, storage=default_storage(config, path))
     best = best_trials(study)
     return StudyResult(study, config, export_config(config, best[0]) if best else None, path)

@@ -121,7 +121,7 @@ class TaskSection(BaseModel):
 def split_entrypoint(entrypoint: str) -> tuple[str, str]:
     """``(module or file, function)`` of ``"a.b:f"`` or ``"path/x.py:f"``; ValueError if malformed."""
     target, sep, function = entrypoint.rpartition(":")
-    if not sep or not target or not function.isidentifier():
+    if not sep or not target or not all(part.isidentifier() for part in function.split(".")):
         raise ValueError(f"entrypoint {entrypoint!r}: write 'module:function' or 'path/to/file.py:function'")
     return target, function
 
@@ -237,7 +237,9 @@ def load_entrypoint(entrypoint: str, base_dir: Path | None = None) -> tuple[Call
     else:
         module = _import_module(target, entrypoint)
         origin = getattr(module, "__file__", None) or target
-    function = getattr(module, name, None)
+    function: Any = module
+    for part in name.split("."):  # a dotted name: an attribute of a class or object in the module
+        function = getattr(function, part, None)
     if function is None:
         public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
         raise SettingsError(f"{origin}: task.entrypoint {entrypoint!r}: no function {name!r} in it"
@@ -376,5 +378,7 @@ def task_from_function(function: TaskBuilder, entrypoint: str, origin: str = "",
 
 
 def entrypoint_for(function: TaskBuilder) -> str:
-    """``module:qualname`` of a function passed from Python (how its study records and exports it)."""
-    return f"{function.__module__}:{function.__qualname__}"
+    """``module:qualname`` of a function passed from Python (how its study records and exports it);
+    a function defined inside another one is recorded by its name alone (it cannot be imported back)."""
+    name = function.__qualname__ if "<locals>" not in function.__qualname__ else function.__name__
+    return f"{function.__module__}:{name}"
