@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import load_config_file, parse_optimizer_config
+from hpo2.tasks.source import builtin_task_problem
 from hpo2.train import TrainConfig
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -69,8 +70,16 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None)
             "as `hpo2 study best NAME --export best.yaml` writes"
         )
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    config = validate(TrainConfig, data, str(path))
-    parse_optimizer_config(config.optimizer.model_dump())
-    config.task.check_builtin()
+    task_problem = builtin_task_problem(data.get("task"))
+    try:
+        config = validate(TrainConfig, data, str(path))
+    except SettingsError as exc:
+        raise SettingsError(f"{exc}; {task_problem}" if task_problem else str(exc)) from None
+    if task_problem:
+        raise SettingsError(f"{path}: {task_problem}")
+    try:
+        parse_optimizer_config(config.optimizer.model_dump())
+    except SettingsError as exc:
+        raise SettingsError(f"{path}: {exc}") from None
     # a task file named relative to this config means the same from any folder
     return config.model_copy(update={"task": config.task.anchored(Path(path).resolve().parent)})

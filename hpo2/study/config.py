@@ -35,7 +35,7 @@ from hpo2.optim.registry import REGISTRY, get_spec, load_config_file
 from hpo2.optim.sam import SAM_KEY, SAMSettings
 from hpo2.optim.settings import Choice, FloatRange, IntRange, SearchDimension
 from hpo2.redact import redact_text, redact_url
-from hpo2.tasks.source import TaskSection
+from hpo2.tasks.source import TaskSection, builtin_task_problem
 from hpo2.train import MAX_SECONDS, Budget
 
 MAX_TRIALS = 1_000_000
@@ -310,8 +310,14 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     source = (
         f"{path} (with command-line {', '.join('--' + k.replace('_', '-') for k in given)})" if given else str(path)
     )
-    config = validate(StudyConfig, data, source)
-    config.task.check_builtin()
+    # every mistake of the file in one message: the schema's and the built-in task's settings'
+    task_problem = builtin_task_problem(data.get("task"))
+    try:
+        config = validate(StudyConfig, data, source)
+    except SettingsError as exc:
+        raise SettingsError(f"{exc}; {task_problem}" if task_problem else str(exc)) from None
+    if task_problem:
+        raise SettingsError(f"{source}: {task_problem}")
     # a task file named relative to the study file means the same from any folder (and on every worker)
     return config.model_copy(update={"task": config.task.anchored(path.resolve().parent)}), path.resolve()
 

@@ -48,6 +48,7 @@ from optuna.trial import TrialState
 
 from hpo2.databases import check_sqlite_writable
 from hpo2.diagnostics import flatness_summary
+from hpo2.errors import SettingsError
 from hpo2.optim.registry import load_config_file
 from hpo2.redact import redact_url, sanitized_study_text
 from hpo2.study.budget import Admission, TrialBudget
@@ -145,7 +146,10 @@ class StudyRunner:
         check_sqlite_writable(self.storage_url, "storage")
         check_reachable(self.tracking_uri)
         # a user's task is imported, and missing data files found, now: one line, not a failure in every trial
-        self.directions = objective_directions(self.config, self._task_direction())
+        try:
+            self.directions = objective_directions(self.config, self._task_direction())
+        except SettingsError as exc:
+            raise SettingsError(f"{self.study_file}: {exc}") from None
         if self.config.warm_start is not None:  # the earlier study is only read
             self.warm_start = plan_warm_start(self.config, self.study_file, self.space)
         # Workers starting together would race to create the tables of Optuna and
@@ -186,11 +190,15 @@ class StudyRunner:
 
     def _task_direction(self) -> bool:
         """Whether the task's metric is better higher: a built-in's registry entry says so without
-        loading data (its data files are checked); the user's own task is built once to learn it
-        (which also shows a wrong return type or setting before any trial)."""
+        loading data (its data files are checked; it is built once only to check an ``n_train`` or
+        ``n_valid`` against its splits); the user's own task is built once to learn it (which also
+        shows a wrong return type or setting before any trial)."""
         source = self.task_source
-        source.check_data({**self.config.task.settings, "seed": self.config.seed})
+        settings = self.config.task.settings
+        source.check_data({**settings, "seed": self.config.seed})
         if source.higher_is_better is not None:
+            if settings.get("n_train") is not None or settings.get("n_valid") is not None:
+                self.build_task()
             return source.higher_is_better
         return self.build_task().higher_is_better
 

@@ -118,6 +118,18 @@ class TaskSection(BaseModel):
             parse_task_settings(self.name, self.settings, where)
 
 
+def builtin_task_problem(raw: Any, where: str = "task") -> str | None:
+    """What is wrong with a file's raw ``task`` section naming a built-in task (its name or
+    settings), or None: a file's other mistakes are reported with it, in one message."""
+    try:
+        TaskSection.model_validate(raw).check_builtin(where)
+    except SettingsError as exc:
+        return str(exc)
+    except ValidationError:
+        return None  # the section's shape: the file's schema validation reports it
+    return None
+
+
 def split_entrypoint(entrypoint: str) -> tuple[str, str]:
     """``(module or file, function)`` of ``"a.b:f"`` or ``"path/x.py:f"``; ValueError if malformed."""
     target, sep, function = entrypoint.rpartition(":")
@@ -188,6 +200,11 @@ def _builtin(spec: TaskSpec) -> TaskSource:
         # parse_task_settings and build_task's post-processing, on settings already validated
         task = spec.build(settings)
         parsed: TaskSettings = settings  # type: ignore[assignment]  # a built-in's model subclasses TaskSettings
+        for key, split in (("n_train", task.train), ("n_valid", task.valid)):
+            asked = getattr(parsed, key)
+            if asked is not None and asked > len(split):
+                raise SettingsError(f"task.settings.{key} = {asked}: {spec.name} has {len(split)} "
+                                    f"{key.removeprefix('n_')} samples; give at most {len(split)} (null: all)")
         task.train = task.train.head(parsed.n_train)
         task.valid = task.valid.head(parsed.n_valid)
         if parsed.batch_size is not None:

@@ -349,3 +349,36 @@ def test_fuzzed_bad_command_line_values_exit_2_naming_the_option(option_value):
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.exception
     field = option.removeprefix("--")
     assert option in result.output or f"{field.replace('-', '_')} = " in result.output, result.output
+
+
+def test_every_mistake_of_a_file_is_in_one_message_naming_the_file(tmp_path):
+    """Three mistakes, one round: the schema's errors and the task's settings together."""
+    study = tmp_path / "three.yaml"
+    study.write_text("name: three\ntask: {name: digits_mlp, settings: {n_trian: 5}}\nn_trials: 0\n"
+                     "budget: {epoch: 3}\n")
+    with pytest.raises(SettingsError) as caught:
+        load_study_config(study)
+    message = str(caught.value)
+    assert message.startswith(f"{study}: ") and "\n" not in message
+    for part in ("budget.epoch = 3: unknown key (did you mean 'epochs'?)", "n_trials = 0",
+                 "task.settings: unknown setting(s) n_trian (did you mean 'n_train'?)"):
+        assert part in message, message
+    study.write_text("name: three\ntask: {name: digits_mlp, settings: {n_trian: 5}}\n")
+    with pytest.raises(SettingsError, match=rf"^{study}: task.settings: unknown setting\(s\) n_trian"):
+        load_study_config(study)
+    train = tmp_path / "train.yaml"
+    train.write_text("task: {name: digits_mlp, settings: {n_trian: 5}}\noptimizer: {name: adam}\nbudget: {epoch: 1}\n")
+    with pytest.raises(SettingsError, match=rf"^{train}: budget.epoch = 1: .*; task.settings: unknown setting"):
+        load_train_config(train)
+
+
+def test_more_samples_than_a_split_holds_is_refused_when_the_study_opens(tmp_path):
+    from hpo2.study.runner import StudyRunner
+
+    study = tmp_path / "big.yaml"
+    study.write_text("name: big\ntask: {name: digits_mlp, settings: {n_train: 1000000}}\nn_trials: 1\n")
+    config, path = load_study_config(study)
+    with pytest.raises(SettingsError, match=rf"^{study}: task.settings.n_train = 1000000: digits_mlp has 1200 train "
+                                            r"samples; give at most 1200"):
+        StudyRunner(config, path).open()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.yaml"]  # refused before any store is written
