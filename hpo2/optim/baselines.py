@@ -152,7 +152,7 @@ class ClosureSteps(torch.optim.Optimizer):
 
     def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]  # closures return a Tensor
         if closure is None:
-            return super().step()  # type: ignore[func-returns-value]  # torch's step returns the loss or None
+            return super().step()
         loss, self.diagnostics = first_order_closure_step(self, closure, super().step)
         return loss
 

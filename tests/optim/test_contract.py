@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor, nn
-
 from torch.utils.data import DataLoader, TensorDataset
 
 from hpo2.optim import REGISTRY, BatchClosure, from_config, schedule_from_config

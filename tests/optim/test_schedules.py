@@ -130,7 +130,8 @@ def test_a_study_file_schedule_entry_adds_searched_params_per_optimizer() -> Non
     assert sgd.distributions["sgd.schedule.warmup"] == FloatDistribution(0.0, 0.2)
     assert sgd.distributions["sgd.schedule.decay"] == CategoricalDistribution(["cosine", "linear", "constant"])
     # the condition on the decay names the flat param, as the search params are named
-    assert sgd.dimensions["schedule.final_fraction"] == FloatRange(0.0, 0.3, when=("schedule.decay", ("cosine", "linear")))
+    condition = ("schedule.decay", ("cosine", "linear"))
+    assert sgd.dimensions["schedule.final_fraction"] == FloatRange(0.0, 0.3, when=condition)
     assert space.optimizers["adam"].dimensions["schedule.warmup"] == FloatRange(0.0, 0.1)
     assert space.optimizers["adam"].fixed == {"schedule.decay": "linear"}
     assert not any(k.startswith("schedule.") for k in space.optimizers["newton_cg"].dimensions)
