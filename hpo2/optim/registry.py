@@ -304,7 +304,7 @@ def reuse_notes(config: Mapping[str, Any] | str | Path) -> dict[str, str]:
     if "curvature_fraction" in fields:
         fraction = fields["curvature_fraction"]
         notes["curvature"] = (
-            f"curvature products on a chunk of {fraction:g} of each step's batch, cycling over the steps "
+            f"curvature products on a chunk of {fraction:.3g} of each step's batch, cycling over the steps "
             "(curvature_fraction): the optimizer takes the chunk from the BatchClosure itself, so the batch must "
             f"hold at least {max(1, round(1 / fraction))} samples for a proper chunk"
         )
