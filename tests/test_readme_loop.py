@@ -44,7 +44,7 @@ def export_best(optimizer: dict[str, Any], path: Path) -> dict[str, Any]:
 SCHEDULE = {"warmup": 0.1, "decay": "cosine", "final_fraction": 0.1}
 BEST = {
     "sgd": {"name": "sgd", "fixed": {"lr": 0.1, "momentum": 0.9}, "schedule": SCHEDULE},
-    "hessian_free": {"name": "hessian_free", "fixed": {"cg_max_iter": 20}, "schedule": SCHEDULE},
+    "hessian_free": {"name": "hessian_free", "fixed": {"cg_max_iter": 10}, "schedule": SCHEDULE},
     "kfac": {"name": "kfac", "fixed": {"lr": 0.1}, "schedule": SCHEDULE},
 }
 

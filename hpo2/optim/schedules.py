@@ -143,8 +143,8 @@ class WarmupDecay(LambdaLR):
                 "there is no learning rate to schedule; remove settings.schedule for this optimizer"
             )
         self.settings = settings
-        self.other_rates = [
-            {k: float(v) for k, v in group.items() if k.endswith("_lr") and isinstance(v, int | float)}
+        self.other_rates = [  # initial_lr is LambdaLR's record of lr's base, not a rate
+            {k: float(v) for k, v in group.items() if k.endswith("_lr") and k != "initial_lr" and _is_number(v)}
             for group in optimizer.param_groups
         ]
         super().__init__(optimizer, Multiplier(settings, progress))
@@ -155,6 +155,10 @@ class WarmupDecay(LambdaLR):
             scale = group["lr"] / group["initial_lr"]
             for key, base in rates.items():
                 group[key] = base * scale
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def build_schedule(optimizer: Optimizer, settings: ScheduleSettings, progress: Progress | int) -> WarmupDecay:

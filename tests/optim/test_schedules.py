@@ -78,6 +78,10 @@ def test_every_learning_rate_of_a_group_is_scaled() -> None:
     assert (group["lr"], group["fallback_lr"]) == pytest.approx((0.05, 0.005))
     schedule.step()
     assert (group["lr"], group["fallback_lr"]) == pytest.approx((0.1, 0.01))
+    again = schedule_from_config(config, opt, total_steps=4)  # a second schedule keeps the first's base rates
+    assert again is not None and group["initial_lr"] == 0.1
+    again.step()
+    assert (group["lr"], group["fallback_lr"], group["initial_lr"]) == pytest.approx((0.1, 0.01, 0.1))
 
 
 def test_muon_schedules_both_of_its_rates() -> None:
