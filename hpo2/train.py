@@ -22,6 +22,12 @@ seconds or gradient-equivalents and time-to-target compare with Adam's.
 with a :class:`~hpo2.optim.closure.BatchClosure` over the training set; the
 gradient-equivalents it returns are added and its wall time is training time.
 
+**Schedules.**  An optimizer config with ``settings.schedule``
+(:mod:`hpo2.optim.schedules`) has its learning rate set after every step for the
+next one, at the share of the budget that step will have used when it ends
+(exact for epochs and steps, from the pace so far for seconds and
+gradient-equivalents); each step's diagnostics carry the rate it took (``lr``).
+
 Time-to-target is the
 wall time and gradient-equivalents until the task's target validation metric is
 first reached.
@@ -43,9 +49,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
+from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config, schedule_from_config
+from hpo2.optim.baselines import first_order_closure_step
 from hpo2.optim.sam import SAM
-from hpo2.solvers import host_floats
 from hpo2.tasks import Task, loss_and_metric
 from hpo2.tasks.placement import DeviceBatches, fits, free_bytes, split_bytes
 from hpo2.tasks.source import TaskSection, resolve_task
@@ -95,6 +101,9 @@ class TrainConfig(BaseModel):
     tracking_uri: str | None = None
     experiment: str = "hpo2-train"
     study: dict[str, Any] | None = Field(default=None, description="provenance written by `hpo2 study best --export`")
+    reuse: dict[str, str] | None = Field(
+        default=None, description="what a loop of your own must honour, written by `hpo2 study best --export`"
+    )
 
 
 @dataclass
@@ -179,32 +188,11 @@ StepHook = Callable[[int, dict[str, Any]], None]
 def first_order_step(
     optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, xb: Tensor, yb: Tensor
 ) -> dict[str, Any]:
-    """One torch-style step (``backward()`` then ``optimizer.step()``) and what it
-    costs: one gradient, plus, for an optimizer whose ``step`` does work comparable
-    to a gradient (``charges_step_time = True``, e.g. Muon's Newton-Schulz
-    iterations), the step's measured seconds in units of this step's own gradient
-    seconds, so a budget in gradient-equivalents does not flatter it.
-
-    A non-finite loss or gradient (an overflow in the backward pass can leave the
-    loss finite) skips ``optimizer.step()``, as hpo2's own optimizers reject such a
-    step, with status ``nonfinite_loss`` or ``nonfinite_grad``: the parameters stay
-    finite and the training loop ends the run as diverged."""
-    optimizer.zero_grad(set_to_none=True)
-    started = time.perf_counter()
-    loss = loss_fn(model(xb), yb)
-    loss.backward()
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
-    value, norm = host_floats(loss, grad_norm)  # one transfer; waits for the backward on a GPU
-    grad_seconds = time.perf_counter() - started
-    status = "nonfinite_loss" if not math.isfinite(value) else "nonfinite_grad" if not math.isfinite(norm) else "ok"
-    cost = 1.0
-    if status == "ok":
-        started = time.perf_counter()
-        optimizer.step()
-        if getattr(optimizer, "charges_step_time", False):
-            cost += (time.perf_counter() - started) / max(grad_seconds, 1e-9)
-    return {"loss": value, "status": status, "grad_equivalents": cost}
+    """One first-order step on a batch and its diagnostics
+    (:func:`~hpo2.optim.baselines.first_order_closure_step`: one gradient, plus a
+    ``charges_step_time`` optimizer's step time; skipped on a non-finite loss or
+    gradient, so the parameters stay finite and the loop ends the run as diverged)."""
+    return first_order_closure_step(optimizer, BatchClosure(model, loss_fn, xb, yb), optimizer.step)[1]
 
 
 class _TrainingLoop:
@@ -241,6 +229,7 @@ class _TrainingLoop:
         self.ttt_grad: float | None = None
         self.start = time.perf_counter()
         self.excluded = 0.0  # seconds spent in evaluation and callbacks: not training time
+        self.schedule = schedule_from_config(optimizer_config, self.optimizer, progress=self.next_step_progress)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start - self.excluded
@@ -284,6 +273,7 @@ class _TrainingLoop:
             diag = first_order_step(self.optimizer, self.model, self.task.loss_fn, xb, yb)
         self.step += 1
         self.grad_eq += float(diag.get("grad_equivalents", 1.0)) * self.unit
+        self.advance_schedule(diag)
         self.last_train_loss = float(diag.get("loss", math.nan))
         self.diagnostics_log.append(diag)
         if self.on_step is not None:
@@ -291,6 +281,25 @@ class _TrainingLoop:
         if self.first_loss is None and math.isfinite(self.last_train_loss):
             self.first_loss = abs(self.last_train_loss)
         self.divergence(str(diag.get("status", "")))
+
+    def next_step_progress(self, steps_taken: int) -> float:
+        """The share of the budget used when the next step ends (:mod:`hpo2.optim.schedules`): the largest
+        over the set limits; exact for epochs and steps, from the pace so far for seconds and
+        gradient-equivalents (a first step's pace is unknown: 0 for seconds, one gradient for the latter)."""
+        budget, k = self.budget, steps_taken
+        counted = (budget.steps, budget.epochs * self.steps_per_epoch if budget.epochs else None)
+        shares = [(k + 1) / total for total in counted if total]
+        for used, limit, first_step in ((self.elapsed(), budget.seconds, 0.0),
+                                        (self.grad_eq, budget.grad_equivalents, self.unit)):
+            if limit:
+                shares.append((used * (k + 1) / k if k else first_step) / limit)
+        return min(1.0, max(shares, default=0.0))
+
+    def advance_schedule(self, diag: dict[str, Any]) -> None:
+        """Log the rate this step took (``lr``, the first parameter group's), then set the next step's."""
+        if self.schedule is not None:
+            diag["lr"] = float(self.optimizer.param_groups[0]["lr"])
+            self.schedule.step()
 
     def divergence(self, step_status: str) -> None:
         """Mark the run diverged on a non-finite loss or gradient, or a loss far above its first."""
