@@ -47,7 +47,8 @@ the ``weight`` / ``bias`` of a supported layer (``nn.Linear``; ``nn.Conv2d`` wit
 ``groups=1``, numeric padding and ``padding_mode="zeros"``), that belong to a layer
 called more than once per forward (weight sharing), or that are shared between
 modules are listed in :attr:`LayerStatistics.fallback`, with one warning naming
-their layers (:meth:`LayerStatistics.fallback_layers`); their statistics must come from elsewhere (e.g. :func:`per_sample_grad_squares`).
+their layers (:meth:`LayerStatistics.fallback_layers`); their statistics must come
+from elsewhere (e.g. :func:`per_sample_grad_squares`).
 Statistics cover the loss terms that flow through the layer outputs: a weight cost
 added directly on the parameters is not part of them.
 """

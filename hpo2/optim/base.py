@@ -116,8 +116,9 @@ class CurvatureOptimizer(Optimizer):
     ) -> tuple[Tensor, list[Tensor], CurvatureOperator, float]:
         """Loss (detached) and gradient on the whole batch, the curvature operator
         (``"hessian"`` or ``"ggn"``) on the batch or its first ``fraction``, and the
-        fraction of the batch the operator sees (a streamed batch's chunk holds at most
-        one loader batch, see :class:`~hpo2.optim.closure.StreamingClosure`).
+        fraction of the batch the operator sees: its ``ceil(fraction * batch)`` samples
+        over the batch (a streamed batch's chunk holds at most one loader batch, see
+        :class:`~hpo2.optim.closure.StreamingClosure`).
 
         For the Hessian on the whole batch one graph serves both: the gradient
         comes out of the operator's double-backward graph for free.
@@ -142,10 +143,12 @@ class CurvatureOptimizer(Optimizer):
                 found = torch.autograd.grad(full.loss, self._params, retain_graph=fraction == 1.0, allow_unused=True)
                 grads = grads_or_zeros(found, self._params)
                 part = full if fraction == 1.0 else batch.evaluate(fraction)
+                seen = batch.chunk_size(fraction) / batch.batch_size  # the chunk's samples, counted exactly
                 if fraction != 1.0:
-                    self._count("n_loss", fraction)  # the curvature chunk's own forward pass
+                    self._count("n_loss", seen)  # the curvature chunk's own forward pass
                 operator = self._operator(curvature, batch.loss_fn, part)
             loss = full.loss.detach()
+            fraction = seen
         self._count("n_grad")
         self._store_grads(grads)
         return loss, grads, operator, fraction

@@ -235,17 +235,15 @@ class StreamingClosure:
 
     def value_and_grad(self, params: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """Loss (detached) and gradient on the whole batch, accumulated over one pass."""
-        loss: Tensor | None = None
-        grads: list[Tensor] = []
+        total: list[Tensor] | None = None  # [loss, *gradient]
         for piece, weight in self.pieces():
             with torch.enable_grad():
                 piece_loss = piece()
                 found = grads_or_zeros(torch.autograd.grad(piece_loss, params, allow_unused=True), params)
-            loss = piece_loss.detach() * weight if loss is None else loss + piece_loss.detach() * weight
-            grads = [g * weight for g in found] if not grads else [a.add_(g, alpha=weight) for a, g in zip(grads, found)]
-        if loss is None:
+            total = add_weighted(total, [piece_loss.detach(), *found], weight)
+        if total is None:
             raise ValueError("StreamingClosure: the stream yielded no samples")
-        return loss, grads
+        return total[0], total[1:]
 
     def evaluate(self, fraction: float = 1.0, chunk: int = 0) -> BatchEvaluation:
         """Forward pass on chunk ``chunk`` of :meth:`chunk_size` consecutive samples
@@ -269,13 +267,12 @@ class StreamingClosure:
         with torch.no_grad():
             if fraction < 1.0:
                 return self.evaluate(fraction, chunk).loss.detach()
-            total: Tensor | None = None
+            total: list[Tensor] | None = None
             for piece, weight in self.pieces():
-                part = piece().detach() * weight
-                total = part if total is None else total + part
+                total = add_weighted(total, [piece().detach()], weight)
         if total is None:
             raise ValueError("StreamingClosure: the stream yielded no samples")
-        return total
+        return total[0]
 
     def take(self, index: Indices) -> BatchClosure:
         """The samples at ``index`` (positions in the batch) as a :class:`BatchClosure`
@@ -296,6 +293,16 @@ class StreamingClosure:
 
 
 DataClosure = BatchClosure | StreamingClosure
+
+
+def add_weighted(total: list[Tensor] | None, parts: Sequence[Tensor], weight: float) -> list[Tensor]:
+    """``total + weight * parts`` elementwise, in place (a new list when ``total`` is None):
+    one loader batch's share of a streamed batch's sums."""
+    if total is None:
+        return [part * weight for part in parts]
+    for accumulated, part in zip(total, parts):
+        accumulated.add_(part, alpha=weight)
+    return total
 
 
 def require_data_closure(closure: object, who: str, why: str) -> DataClosure:

@@ -63,7 +63,14 @@ from torch.optim.optimizer import ParamsT
 from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, grads_or_zeros, output_hessian_for
 from hpo2.curvature.layers import per_sample_grad_squares, per_sample_scale
 from hpo2.optim.base import Closure, CurvatureOptimizer, ParameterRay
-from hpo2.optim.closure import BatchClosure, BatchEvaluation, DataClosure, StreamingClosure, require_data_closure
+from hpo2.optim.closure import (
+    BatchClosure,
+    BatchEvaluation,
+    DataClosure,
+    StreamingClosure,
+    add_weighted,
+    require_data_closure,
+)
 from hpo2.optim.settings import (
     BATCH_CHOICES,
     BatchSize,
@@ -310,20 +317,17 @@ class HessianFree(CurvatureOptimizer):
     ) -> tuple[Tensor, list[Tensor], Tensor | None]:
         """:meth:`_piece_gradient_and_squares` summed over the loader batches, each
         weighted by its share of the samples (the loss is a mean)."""
-        loss: Tensor | None = None
-        grads: list[Tensor] = []
-        squares: Tensor | None = None
+        total: list[Tensor] | None = None  # [loss, *gradient, squares]
         complete = with_squares  # squares only when every loader batch gave them
         for piece, weight in batch.pieces():
             part, found, part_squares = self._piece_gradient_and_squares(piece, with_squares, False, weight)
-            loss = part.loss.detach() * weight + (0.0 if loss is None else loss)
-            grads = [g * weight for g in found] if not grads else [a.add_(g, alpha=weight) for a, g in zip(grads, found)]
             complete = complete and part_squares is not None
-            if complete and part_squares is not None:
-                squares = part_squares * weight if squares is None else squares.add_(part_squares, alpha=weight)
-        if loss is None:
+            extra = [part_squares] if complete and part_squares is not None else []
+            total = add_weighted(total, [part.loss.detach(), *found, *extra], weight)
+        if total is None:
             raise ValueError("HessianFree: the streamed batch yielded no samples")
-        return loss, grads, squares if complete else None
+        n = len(self._params)
+        return total[0], total[1 : n + 1], total[n + 1] if complete else None
 
     def _piece_gradient_and_squares(
         self, batch: BatchClosure, with_squares: bool, retain: bool, weight: float

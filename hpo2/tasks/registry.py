@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from hpo2.errors import SettingsError, check_known, did_you_mean
 from hpo2.tasks.autoencoder import AutoencoderSettings, fmnist_autoencoder
-from hpo2.tasks.base import Task, TaskSettings
+from hpo2.tasks.base import Task, TaskSettings, head
 from hpo2.tasks.image_classification import (
     ImageTaskSettings,
     check_cifar10,
@@ -117,8 +117,8 @@ def build_task(name: str, settings: dict[str, Any] | None = None) -> Task:
     if task.higher_is_better != spec.higher_is_better:
         raise RuntimeError(f"task {name!r}: built with higher_is_better={task.higher_is_better}, "
                            f"registered with {spec.higher_is_better}")
-    task.train = task.train.head(parsed.n_train)
-    task.valid = task.valid.head(parsed.n_valid)
+    task.train = head(task.train, parsed.n_train)
+    task.valid = head(task.valid, parsed.n_valid)
     if parsed.batch_size is not None:
         task.batch_size = parsed.batch_size
     if parsed.target is not None:
