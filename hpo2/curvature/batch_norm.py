@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 
@@ -46,17 +46,22 @@ def tracking_norm_layers(model: nn.Module) -> list[_NormBase]:
 
 @contextmanager
 def running_statistics_kept(model: nn.Module) -> Iterator[None]:
-    """Run the block in train mode (batch statistics) and put every running mean,
-    variance and batch count back as they were on entry."""
+    """Run the block in train mode (batch statistics) and leave every running mean,
+    variance and batch count as it was on entry.
+
+    The block updates copies, and the original buffers are put back on exit: never
+    written in place, since a graph built before may have saved them for its backward."""
     layers = tracking_norm_layers(model)
-    saved = [{name: buf.clone() for name, buf in m.named_buffers(recurse=False) if isinstance(buf, Tensor)}
-             for m in layers]  # fmt: skip
+    saved = [dict(m.named_buffers(recurse=False)) for m in layers]
+    for layer, buffers in zip(layers, saved):
+        for name, value in buffers.items():
+            setattr(layer, name, value.clone())
     try:
         yield
     finally:
         for layer, buffers in zip(layers, saved):
             for name, value in buffers.items():
-                getattr(layer, name).copy_(value)
+                setattr(layer, name, value)
 
 
 @contextmanager
