@@ -54,8 +54,9 @@ def _cnn_task(n: int = 2048) -> Task:
     y = (x.mean(dim=(1, 2, 3)) > 0).long()
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
                           nn.Flatten(), nn.Linear(16 * 16 * 16, 2))  # fmt: skip
-    return Task(name="cnn16", model=model, loss_fn=nn.CrossEntropyLoss(), train=Split(x, y), valid=Split(x[:256], y[:256]),
-                test=None, batch_size=64, metric="accuracy", metric_fn=accuracy, higher_is_better=True, target=1.0)
+    return Task(name="cnn16", model=model, loss_fn=nn.CrossEntropyLoss(), train=Split(x, y),
+                valid=Split(x[:256], y[:256]), test=None, batch_size=64, metric="accuracy", metric_fn=accuracy,
+                higher_is_better=True, target=1.0)
 
 
 def _as_dataset(task: Task, workers: int) -> Task:
@@ -167,8 +168,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
 
-    lines = ["| workload | tensor path steps/s | DataLoader path steps/s | DataLoader / tensor time (median of pairs) |",
-             "| --- | ---: | ---: | ---: |"]  # fmt: skip
+    lines = ["| workload | tensor path steps/s | DataLoader path steps/s | DataLoader / tensor time "
+             "(median of pairs) |", "| --- | ---: | ---: | ---: |"]  # fmt: skip
     for name, build in (("digits_mlp, Adam, batch 64", lambda: build_task("digits_mlp")),
                         ("CNN 1x16x16, Adam, batch 64", _cnn_task)):  # fmt: skip
         tensor_rate, loader_rate, ratio = throughput(build, args.steps, args.repeats, args.workers, device)
@@ -181,7 +182,8 @@ def main() -> None:
     memory = [f"Dataset of {n} samples x {f} float32 features ({data_mib:.1f} MiB of inputs), task batch {b} "
               f"({batch_mib:.3f} MiB of inputs); one Hessian-free step, batch_size full, cg_max_iter 10, "
               "curvature_fraction 0.1.", "",
-              "| path | step status | curvature chunk | peak RSS growth (MiB) | x dataset inputs | device peak growth (MiB) |",
+              "| path | step status | curvature chunk | peak RSS growth (MiB) | x dataset inputs "
+              "| device peak growth (MiB) |",
               "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for row in rows:
         on_device = "-" if row["device_mib"] is None else f"{row['device_mib']:.1f}"

@@ -247,8 +247,8 @@ class StreamingClosure:
 
     def evaluate(self, fraction: float = 1.0, chunk: int = 0) -> BatchEvaluation:
         """Forward pass on chunk ``chunk`` of :meth:`chunk_size` consecutive samples
-        (``fraction < 1``: the whole batch has no single graph)."""
-        if fraction >= 1.0:
+        (the whole batch only when it fits in one loader batch: else it has no single graph)."""
+        if fraction >= 1.0 and self.chunk_size(fraction) < self.batch_size:
             raise ValueError(
                 "StreamingClosure.evaluate: the whole streamed batch has no single graph; ask for a chunk "
                 "(fraction < 1) or use value_and_grad / loss_value"
