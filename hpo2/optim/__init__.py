@@ -3,7 +3,7 @@
 from hpo2.errors import SettingsError
 from hpo2.optim.adahessian import AdaHessian, AdaHessianSettings
 from hpo2.optim.base import CurvatureOptimizer
-from hpo2.optim.closure import BatchClosure, BatchEvaluation
+from hpo2.optim.closure import BatchClosure, BatchEvaluation, BatchStream, StreamingClosure
 from hpo2.optim.hessian_free import HessianFree, HessianFreeSettings
 from hpo2.optim.kfac import KFAC, KFACSettings
 from hpo2.optim.lbfgs import LBFGS, LBFGSSettings
@@ -43,6 +43,7 @@ __all__ = [
     "AdaHessianSettings",
     "BatchClosure",
     "BatchEvaluation",
+    "BatchStream",
     "Choice",
     "CurvatureOptimizer",
     "FloatRange",
@@ -66,6 +67,7 @@ __all__ = [
     "Shampoo",
     "ShampooSettings",
     "Sophia",
+    "StreamingClosure",
     "SophiaSettings",
     "from_config",
     "get_spec",
