@@ -10,8 +10,11 @@ that :math:`f`, with :math:`J` including the dependence through :math:`\mu_B,
 describes the function whose reduction ratio is measured, which the running
 statistics (eval mode) would not: they are a different function, one that lags
 the weights.  A curvature chunk (Hessian-free's sub-batch) normalises with its own
-statistics, as any sub-sampled curvature does.  Validation runs in eval mode
-(running statistics), as everywhere in PyTorch.
+statistics, as any sub-sampled curvature does; so does each loader batch of a
+batch streamed from a ``Dataset`` (:class:`hpo2.optim.StreamingClosure`), whose
+accumulated gradient is then the mean of the task-batch gradients, as SGD sees
+them, not the gradient under the whole batch's statistics.  Validation runs in eval
+mode (running statistics), as everywhere in PyTorch.
 
 **Running statistics move once per step.**  A second-order step runs the model
 many times on its batch (the gradient, the curvature chunk, CG backtracking, line
