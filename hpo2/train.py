@@ -225,7 +225,7 @@ class _TrainingLoop:
         # validation follows the training split's placement: resident together, or copied per batch
         self.valid = task.valid.to(device) if self.train.resident else task.valid
         self.valid_device = None if self.train.resident else device
-        self.optimizer = from_config(optimizer_config, self.model.parameters())
+        self.optimizer = from_config(optimizer_config, self.model)
         n = len(self.train)
         self.batch_size = resolve_batch_size(self.optimizer, task.batch_size, n)
         # gradient-equivalents are counted in gradients on the task's batch, whatever batch the optimizer takes

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 from torch.optim import Optimizer
 
 from hpo2.errors import SettingsError, check_known, did_you_mean
@@ -53,6 +54,9 @@ class OptimizerSpec:
     build: Callable[[Iterable[Any], OptimizerSettings], Optimizer]
     second_order: bool
     summary: str
+    takes_model: bool = False
+    """Built from the model itself when :func:`from_config` is given one (Muon tells embeddings and the
+    output layer from hidden matrices); every other optimizer gets ``model.parameters()``."""
 
     def search_space(self) -> dict[str, SearchDimension]:
         return self.settings.search_space()
@@ -103,7 +107,8 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec("adam", AdamSettings, build_adam, False, "Adam (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec("adamw", AdamWSettings, build_adam, False, "AdamW (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec(
-            "muon", MuonSettings, _curvature(MuonWithAdamW), False, "Muon on 2-d weights + AdamW (torch.optim)"
+            "muon", MuonSettings, _curvature(MuonWithAdamW), False,
+            "Muon on hidden weight matrices + AdamW on embeddings, output layer, biases", takes_model=True,
         ),
         OptimizerSpec(
             "svrg", SVRG.Settings, _curvature(SVRG), False, "SVRG (variance-reduced SGD, Johnson & Zhang 2013)"
@@ -178,8 +183,11 @@ def parse_optimizer_config_with_sam(
     return spec, spec.settings.parse(settings, where=f"{where}.settings"), sam
 
 
-def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any]) -> Optimizer:
-    """Build the optimizer a config describes over ``params``.
+def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any] | nn.Module) -> Optimizer:
+    """Build the optimizer a config describes over ``params``: the parameters, or the
+    model itself (what hpo2's training loop passes), which lets an optimizer that
+    reads the model's structure (``muon``: embeddings and the output layer go to
+    AdamW) see it; every other optimizer then gets ``model.parameters()``.
 
     ``config`` is a dict (a whole ``hpo2 train`` config, its ``optimizer``
     section, or an exported best config), a path to a YAML/JSON file holding one,
@@ -187,5 +195,7 @@ def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any]) -
     :class:`~hpo2.optim.settings.SettingsError` listing what is allowed.
     """
     spec, settings, sam = parse_optimizer_config_with_sam(config)
+    if isinstance(params, nn.Module) and not spec.takes_model:
+        params = params.parameters()
     optimizer = spec.build(params, settings)
     return optimizer if sam is None else SAM(optimizer, **sam.model_dump())
