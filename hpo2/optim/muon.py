@@ -261,8 +261,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
     ) -> None:
         settings = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, ns_dtype=ns_dtype,
-            weight_decay=weight_decay, adamw_lr=adamw_lr, adamw_beta1=adamw_beta1, adamw_beta2=adamw_beta2, adamw_eps=adamw_eps,
-            adamw_weight_decay=adamw_weight_decay,
+            weight_decay=weight_decay, adamw_lr=adamw_lr, adamw_beta1=adamw_beta1, adamw_beta2=adamw_beta2,
+            adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
         )
         s = MuonSettings.parse(settings, where=type(self).__name__)
         matrices, others = muon_parameter_split(params)

@@ -57,8 +57,7 @@ class LanguageModelSettings(TaskSettings):
     tie_embeddings: bool = False
     """use the token embedding as the output head (tied weights)"""
     attention: Literal["math", "fused"] = "math"
-    """'math': explicit masked softmax, twice differentiable; 'fused': torch's scaled_dot_product_attention
-    kernels (faster on a GPU, no double backward: first-order and Kronecker optimizers only)"""
+    """'math' (twice differentiable) or 'fused' (torch's kernels: faster on a GPU, no Hessian products)"""
     train_windows: int = Field(default=2048, ge=1)
     """training windows per epoch, at seeded random offsets"""
 

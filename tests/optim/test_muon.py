@@ -168,8 +168,8 @@ def test_in_bfloat16_muon_steps_as_torch_optim_muon(nesterov: bool, weight_decay
     settings = dict(lr=0.02, momentum=0.9, nesterov=nesterov, ns_steps=5, weight_decay=weight_decay)
     ours = MuonWithAdamW(model.parameters(), ns_dtype="bfloat16", **settings)  # type: ignore[arg-type]  # typed settings
     matrices = [p for p in reference.parameters() if p.dim() == 2]
-    theirs = [torch.optim.Muon(matrices, **settings),  # type: ignore[arg-type]  # typed settings
-              torch.optim.AdamW([p for p in reference.parameters() if p.dim() == 1], lr=1e-3, weight_decay=0.0)]  # fmt: skip
+    biases = [p for p in reference.parameters() if p.dim() == 1]
+    theirs = [torch.optim.Muon(matrices, **settings), torch.optim.AdamW(biases, lr=1e-3, weight_decay=0.0)]  # type: ignore[arg-type]  # typed settings
     x, y = _batch()
     for _ in range(4):
         _step(model, ours, x, y)
