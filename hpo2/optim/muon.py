@@ -28,14 +28,18 @@ steps every singular value at least 1% of :math:`\lVert M \rVert_F` lands in
 1%), so :math:`O \approx U V^\top`, the orthogonal polar factor, within that band.
 
 **The iteration's dtype** (``ns_dtype``): ``torch.optim.Muon`` always runs it in
-bfloat16, which is what GPUs do fast; a CPU without native bfloat16 arithmetic
-emulates it, and there five iterations on a 784x500 matrix took 4.0 s in
-bfloat16 against 0.14 s in float32 (issue 24), making every CPU trial of Muon
-10-30x slower than its arithmetic.  ``"auto"`` (default) therefore uses float32 for
-parameters on the CPU and bfloat16 on an accelerator; ``"float32"`` /
-``"bfloat16"`` force one.  ``torch.optim.Muon`` exposes no dtype, so hpo2 runs the
-iteration itself (:class:`MatrixMuon`); with ``ns_dtype="bfloat16"`` the two agree
-(tests/optim/test_muon.py).
+bfloat16, which GPUs do fast.  On a CPU bfloat16 is fast only with native support
+(AVX512-BF16 or AMX); without it the products are emulated, and issue 24 measured
+five iterations on a 784x500 matrix at 4.0 s in bfloat16 against 0.14 s in float32,
+making every CPU trial of Muon 10-30x slower than its arithmetic.  float32 is fast
+on every CPU (BLAS) and the more accurate, so ``"auto"`` (default) iterates in
+float32 on the CPU and in bfloat16 on an accelerator; ``"float32"`` /
+``"bfloat16"`` force one (``"bfloat16"`` pays on a CPU with native support: on an
+AMD EPYC with AVX512-BF16, one thread, the 784x500 iteration took 84 ms in bfloat16
+against 198 ms in float32, ``benchmarks/muon_newton_schulz.py``).
+``torch.optim.Muon`` exposes no dtype, so hpo2 runs the iteration itself
+(:class:`MatrixMuon`); with ``ns_dtype="bfloat16"`` its step is bit for bit
+``torch.optim.Muon``'s (tests/optim/test_muon.py).
 
 **Which parameters Muon takes** (Jordan et al.: Muon is for hidden layers; the
 input embedding, the output layer and gains/biases belong to AdamW).  Given the
@@ -46,11 +50,13 @@ parameter of two or more dimensions except
   weight is tied to an embedding), and
 * those of the **output layer**: the last module in ``model.modules()`` order that
   owns a parameter of two or more dimensions (the classifier or LM head of models
-  that register it last, as ``nn.Sequential`` stacks and most model code do; a model
-  registering another matrix layer after its head should pass the groups itself).
+  that register it last, as ``nn.Sequential`` stacks and most model code do).
 
 Given bare tensors (``model.parameters()``), the modules are unknown and every
-parameter of two or more dimensions goes to Muon.  Defaults are Jordan et al.'s
+parameter of two or more dimensions goes to Muon.  Given groups
+``[{"params": [...], "use_muon": True}, {"params": [...], "use_muon": False}]`` (as
+Jordan et al.'s ``MuonWithAuxAdam`` takes them), each group goes where it says: the
+way to override the rule.  Defaults are Jordan et al.'s
 (lr 0.02, momentum 0.95, Nesterov, 5 steps, no weight decay); the AdamW part uses
 Adam's paper defaults.
 """
@@ -149,18 +155,35 @@ class MatrixMuon(torch.optim.Optimizer):
         return loss
 
 
+def _split_groups(groups: list[dict[str, Any]]) -> tuple[list[Tensor], list[Tensor]]:
+    """The ``use_muon`` groups' parameters and the others' (each group needs both keys)."""
+    split: tuple[list[Tensor], list[Tensor]] = ([], [])
+    for i, group in enumerate(groups):
+        if set(group) != {"params", "use_muon"} or not isinstance(group["use_muon"], bool):
+            raise ValueError(f"parameter group {i} has keys {sorted(group)}: give exactly 'params' and "
+                             "'use_muon' (true or false)")
+        split[0 if group["use_muon"] else 1].extend(p for p in group["params"] if p.requires_grad)
+    return split
+
+
 def _output_layer(model: nn.Module) -> nn.Module | None:
     """The last module in ``model.modules()`` order that owns a parameter of 2+ dimensions."""
     owners = [m for m in model.modules() if any(p.dim() >= 2 for p in m.parameters(recurse=False))]
     return owners[-1] if owners else None
 
 
-def muon_parameter_split(params: Iterable[Tensor] | nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+def muon_parameter_split(
+    params: Iterable[Tensor] | Iterable[dict[str, Any]] | nn.Module,
+) -> tuple[list[Tensor], list[Tensor]]:
     """``(muon, adamw)``: the parameters (those that require grad) for Muon and for
     AdamW, by the rule of the module docstring -- with a model, embeddings and the
-    output layer go to AdamW; with bare tensors, only the dimension decides."""
+    output layer go to AdamW; with groups, their ``use_muon``; with bare tensors,
+    only the dimension decides."""
     if not isinstance(params, nn.Module):
-        tensors = [p for p in params if p.requires_grad]
+        items = list(params)
+        if items and all(isinstance(item, dict) for item in items):
+            return _split_groups(items)  # type: ignore[arg-type]  # all dicts
+        tensors = [p for p in items if isinstance(p, Tensor) and p.requires_grad]
         return [p for p in tensors if p.dim() >= 2], [p for p in tensors if p.dim() < 2]
     model = params
     excluded = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
@@ -245,7 +268,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable[Tensor] | nn.Module,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]] | nn.Module,
         *,
         lr: float = 0.02,
         momentum: float = 0.95,

@@ -197,5 +197,5 @@ def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any] | 
     spec, settings, sam = parse_optimizer_config_with_sam(config)
     if isinstance(params, nn.Module) and not spec.takes_model:
         params = params.parameters()
-    optimizer = spec.build(params, settings)
+    optimizer = spec.build(params, settings)  # type: ignore[arg-type]  # a model only where spec.takes_model
     return optimizer if sam is None else SAM(optimizer, **sam.model_dump())

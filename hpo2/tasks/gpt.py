@@ -46,6 +46,8 @@ Attention = Literal["math", "fused"]
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with one fused ``q, k, v`` projection."""
 
+    future: Tensor  # (context, context) booleans: True above the diagonal
+
     def __init__(self, width: int, heads: int, context: int, attention: Attention) -> None:
         super().__init__()
         if width % heads:

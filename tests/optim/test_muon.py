@@ -216,3 +216,14 @@ def test_the_registry_gives_muon_the_model_and_every_other_optimizer_its_paramet
     assert muon.param_groups[0]["params"] == [model[0].weight]  # the output layer model[2] is AdamW's
     adam = from_config("adam", model)
     assert adam.param_groups[0]["params"] == list(model.parameters())
+
+
+def test_groups_with_use_muon_override_the_rule() -> None:
+    model = _model()
+    first, last = model[0], model[2]
+    opt = MuonWithAdamW([{"params": [last.weight], "use_muon": True},
+                         {"params": [first.weight, first.bias, last.bias], "use_muon": False}])  # fmt: skip
+    assert opt.param_groups[0]["params"] == [last.weight]
+    assert opt.param_groups[1]["params"] == [first.weight, first.bias, last.bias]
+    with pytest.raises(ValueError, match=r"parameter group 0 has keys \['params'\]: give exactly 'params' and"):
+        MuonWithAdamW([{"params": [last.weight]}])
