@@ -28,15 +28,16 @@ steps every singular value at least 1% of :math:`\lVert M \rVert_F` lands in
 1%), so :math:`O \approx U V^\top`, the orthogonal polar factor, within that band.
 
 **The iteration's dtype** (``ns_dtype``): ``torch.optim.Muon`` always runs it in
-bfloat16, which GPUs do fast.  On a CPU bfloat16 is fast only with native support
-(AVX512-BF16 or AMX); without it the products are emulated, and issue 24 measured
-five iterations on a 784x500 matrix at 4.0 s in bfloat16 against 0.14 s in float32,
-making every CPU trial of Muon 10-30x slower than its arithmetic.  float32 is fast
-on every CPU (BLAS) and the more accurate, so ``"auto"`` (default) iterates in
-float32 on the CPU and in bfloat16 on an accelerator; ``"float32"`` /
-``"bfloat16"`` force one (``"bfloat16"`` pays on a CPU with native support: on an
-AMD EPYC with AVX512-BF16, one thread, the 784x500 iteration took 84 ms in bfloat16
-against 198 ms in float32, ``benchmarks/muon_newton_schulz.py``).
+bfloat16, which GPUs do fast.  On a CPU, torch multiplies bfloat16 matrices fast
+only through oneDNN on a CPU that supports it (AVX512-BF16, AMX); elsewhere a
+generic kernel takes 10-30x float32's time: issue 24 measured five iterations on a
+784x500 matrix at 4.0 s in bfloat16 against 0.14 s in float32, and on an AMD EPYC
+(AVX512-BF16, one thread, a loaded machine) with oneDNN switched off they took
+4.2-5.3 s against 0.3 s -- while with oneDNN on, bfloat16 took 0.05-0.15 s against
+float32's 0.26-0.32 s (``benchmarks/muon_newton_schulz.py``).  float32 is fast on
+every CPU and the more accurate, so ``"auto"`` (default) iterates in float32 on the
+CPU and in bfloat16 on an accelerator; ``"float32"`` / ``"bfloat16"`` force one
+(``"bfloat16"`` pays on a CPU with native bfloat16).
 ``torch.optim.Muon`` exposes no dtype, so hpo2 runs the iteration itself
 (:class:`MatrixMuon`); with ``ns_dtype="bfloat16"`` its step is bit for bit
 ``torch.optim.Muon``'s (tests/optim/test_muon.py).
