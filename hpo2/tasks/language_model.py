@@ -21,9 +21,16 @@ training (the first 90%), validation (the next 5%) and test (the last 5%) parts.
 Default size: width 160, depth 4, 4 heads, context 128 -- 1.34M parameters, chosen
 so an epoch takes about a minute on two CPU cores.  On a GPU the same settings scale
 it up, e.g. ``{width: 512, depth: 8, heads: 8, context: 256, train_windows: 65536,
-batch_size: 64}`` (25.6M parameters).  The target, 2.5 bits per byte, is what AdamW
-reached in a few minutes on a shared two-core CPU (README's task table; measured
-roughly on a loaded machine, so it is set conservatively).
+batch_size: 64}`` (25.6M parameters).
+
+The target, 3.3 validation bits per byte, is what AdamW at its best constant
+learning rate reaches in three epochs: of 5e-4, 1e-3, 2e-3 and 3e-3 (no warmup,
+batch 32, seed 0, validation every 16 steps), 1e-3 went lowest, at 3.27 after 192
+steps (3 epochs; 3.30 after 176) and 3.10 after 4 epochs; 5e-4 crossed 3.3 at step
+224 and ended at 3.20; 2e-3 and 3e-3 ended at 3.68 and 3.79.  The 192 steps took
+151 s of one thread on a shared two-core machine (load average 3; 1.5-2x that at
+load 6), so the seconds are rough; the target is set looser than the 3.10 AdamW
+reached so that a three-minute study trial crosses it with room to spare.
 """
 
 from __future__ import annotations
@@ -110,7 +117,7 @@ def check_corpus(settings: LanguageModelSettings) -> None:
 
 
 def byte_gpt(settings: LanguageModelSettings) -> Task:
-    """The byte-level GPT task (module docstring); batch 32, target 2.5 validation bits per byte."""
+    """The byte-level GPT task (module docstring); batch 32, target 3.3 validation bits per byte."""
     train, valid, test = byte_parts(read_corpus(corpus_dir(settings.data_dir)))
     generator = torch.Generator().manual_seed(settings.seed)
     model = GPT(VOCAB, settings.context, settings.width, settings.depth, settings.heads,
@@ -119,6 +126,6 @@ def byte_gpt(settings: LanguageModelSettings) -> Task:
         name="byte_gpt", model=model, loss_fn=nn.CrossEntropyLoss(),
         train=random_windows(train, settings.train_windows, settings.context, generator),
         valid=tiled_windows(valid, settings.context), test=tiled_windows(test, settings.context),
-        batch_size=32, metric="bits_per_byte", metric_fn=bits_per_byte, higher_is_better=False, target=2.5,
+        batch_size=32, metric="bits_per_byte", metric_fn=bits_per_byte, higher_is_better=False, target=3.3,
         reference=f"Python standard-library source, sha256 {CORPUS_SHA256[:16]}; no published baseline",
     )  # fmt: skip
