@@ -33,6 +33,7 @@ from hpo2.tasks.image_classification import (
     fmnist_mlp,
     mnist_mlp,
 )
+from hpo2.tasks.language_model import LanguageModelSettings, byte_gpt, check_corpus
 from hpo2.tasks.small import digits_mlp, logreg_breast_cancer, mnist1d_mlp
 from hpo2.tasks.synthetic import CurvesSettings, curves_autoencoder, quadratic_deep
 
@@ -79,6 +80,9 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("logreg_breast_cancer", TaskSettings, logreg_breast_cancer,
                  "scikit-learn breast cancer, L2 logistic regression", True),
         TaskSpec("mnist1d_mlp", TaskSettings, mnist1d_mlp, "MNIST-1D, MLP 40-100-100-10 (Greydanus 2020)", True),
+        TaskSpec("byte_gpt", LanguageModelSettings, byte_gpt,
+                 "byte-level GPT (1.3M parameters) on pinned Python source; validation bits per byte", False,
+                 check_corpus),
     ]
 }  # fmt: skip
 
