@@ -7,22 +7,131 @@ trial whose worker was killed is marked failed and retried by the next run
 (``RetryHeartbeatStaleTrialCallback``); ``journal:PATH`` opens a journal file
 (several processes on one machine, no heartbeat).  The file checks made before
 anything is written live in :mod:`hpo2.databases`.
+
+A database server that restarts, or drops a connection, under a running study is
+a *storage fault*, not a result (:func:`is_storage_fault`).  The storage rides it
+out (:class:`PatientRDBStorage`): pooled connections are checked before use
+(``pool_pre_ping``, so one the restart closed is replaced, not used), a new
+connection is retried until the server answers again (for
+:data:`STORAGE_PATIENCE_SECONDS`), and a heartbeat that fails is skipped, not fatal
+to the trial.  What still fails mid-statement is handled by the runner: the trial
+is failed as a fault and retried (:func:`hpo2.study.recovery.retry_faulted_trial`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from hpo2.redact import redact_text, redact_url
 from hpo2.study.config import StudyConfig, storage_error
 from hpo2.study.locks import file_lock, lock_key, url_advisory_lock
+
+#: how long a worker waits for its database server to answer again (a restart takes seconds)
+STORAGE_PATIENCE_SECONDS = 120.0
+#: storage faults in a row after which a worker stops (one that fails every trial is no passing fault)
+MAX_STORAGE_FAULTS = 3
+
+_log = logging.getLogger(__name__)
+
+
+def is_storage_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from losing the storage's database, not from the trial or
+    its data: a connection-level driver error (SQLAlchemy's ``OperationalError`` or
+    ``InterfaceError`` -- refused, closed, shutting down, sqlite's lock timeout -- or
+    any error that invalidated its connection) anywhere in its chain of causes and
+    contexts (Optuna wraps it in ``StorageInternalError``, and may raise another
+    error while handling it)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | InterfaceError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def storage_fault_reason(exc: BaseException) -> str:
+    """``ErrorType: first line`` of the driver error behind a storage fault (``exc`` itself when there is none)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError):
+            driver = current.orig if current.orig is not None else current
+            first_line = (str(driver).strip().splitlines() or [""])[0]
+            return f"{type(driver).__name__}: {first_line}"
+        current = current.__cause__ or current.__context__
+    return f"{type(exc).__name__}: {exc}"
+
+
+class StorageLost(RuntimeError):
+    """The storage kept failing (:data:`MAX_STORAGE_FAULTS` faults in a row): the worker stops."""
+
+
+class PatientRDBStorage(RDBStorage):
+    """Optuna's RDB storage that rides out a restart of its database server (module docstring).
+
+    Constructed like :class:`~optuna.storages.RDBStorage`; the first connection (made
+    here) must succeed, so a wrong URL still fails at once.  Afterwards a connection
+    that cannot be made is retried for ``patience`` seconds (server databases only: a
+    sqlite file has no server to wait for)."""
+
+    def __init__(self, url: str, patience: float = STORAGE_PATIENCE_SECONDS, **kwargs: Any) -> None:
+        super().__init__(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+        if not url.startswith("sqlite"):
+            event.listen(self.engine, "do_connect", _connect_patiently(url, patience))
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Record a beat; a storage fault skips this one (Optuna's heartbeat thread would
+        die of it, and the living trial would later be failed as stale)."""
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            _log.warning("trial heartbeat skipped: the storage did not answer (%s)", type(exc).__name__)
+
+
+def _connect_patiently(url: str, patience: float) -> Callable[..., Any]:
+    """A ``do_connect`` hook that retries a refused connection, waiting up to
+    ``patience`` seconds (delays 0.25 s doubling to 1 s, so heartbeats resume soon after the
+    server does), then lets the last error through."""
+
+    def connect(dialect: Dialect, conn_rec: Any, cargs: tuple[Any, ...], cparams: dict[str, Any]) -> Any:
+        deadline = time.monotonic() + patience
+        delay, warned = 0.25, False
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if not warned:
+                    first_line = (str(exc).strip().splitlines() or [""])[0]
+                    _log.warning("storage %s is not answering (%s); waiting up to %.0f s for it",
+                                 redact_url(url), redact_text(first_line, url), patience)
+                    warned = True
+                time.sleep(delay)
+                delay = min(2 * delay, 1.0)
+
+    return connect
 
 
 def open_journal(url: str) -> optuna.storages.BaseStorage | None:
@@ -54,7 +163,7 @@ def open_storage(
                 if on_stale is not None:
                     on_stale(study, trial)
 
-            return RDBStorage(
+            return PatientRDBStorage(
                 url,
                 heartbeat_interval=config.heartbeat_interval,
                 grace_period=2 * config.heartbeat_interval,
