@@ -22,20 +22,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
-from sqlalchemy import event
-from sqlalchemy.engine import Dialect
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.pool import NullPool
 
+from hpo2.databases import local_file
+from hpo2.errors import SettingsError
 from hpo2.redact import redact_text, redact_url
 from hpo2.study.config import StudyConfig, storage_error
 from hpo2.study.locks import file_lock, lock_key, url_advisory_lock
@@ -132,6 +137,59 @@ def _connect_patiently(url: str, patience: float) -> Callable[..., Any]:
                 delay = min(2 * delay, 1.0)
 
     return connect
+
+
+#: the tables every Optuna RDB storage has (an MLflow store, say, has none of them)
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+#: the tables that make a database an MLflow tracking store
+MLFLOW_TABLES = frozenset({"experiments", "runs"})
+
+
+def open_read_only(url: str, field: str) -> optuna.storages.BaseStorage:
+    """The existing Optuna storage at ``url`` (the study file's ``field``), opened so
+    that nothing is written to it: a sqlite file through a read-only connection
+    (``mode=ro``), PostgreSQL in read-only transactions, no table created nor version
+    stamped; a journal file is only read.  A database without Optuna's tables (an
+    ``mlflow.db``, say) is refused before Optuna touches it.
+
+    Raises :class:`SettingsError` naming ``field`` and the URL (password masked) for a
+    file that does not exist, a database that is not an Optuna storage, or one that
+    cannot be opened."""
+    shown = redact_url(url)
+    local = local_file(url)
+    if local is not None and not local.is_file():
+        raise SettingsError(f"{field} = {shown!r}: no such file; give an existing Optuna storage")
+    try:
+        journal = open_journal(url)
+        if journal is not None:
+            return journal
+        engine_kwargs = _read_only_engine_kwargs(url)
+        tables = _table_names(url, engine_kwargs)
+        if tables >= OPTUNA_TABLES:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+    except Exception as exc:  # any driver error: wrong URL, server down, not a database at all
+        raise storage_error(url, exc, field, hint="") from None
+    what = "an MLflow tracking store" if tables >= MLFLOW_TABLES else "a database without Optuna's tables"
+    raise SettingsError(f"{field} = {shown!r} is not an Optuna storage (it is {what}); give a study's Optuna "
+                        "storage, such as the <name>.optuna.db beside its study file; nothing was written to it")
+
+
+def _read_only_engine_kwargs(url: str) -> dict[str, Any]:
+    """``create_engine`` arguments that make every connection to ``url`` read-only (sqlite, PostgreSQL)."""
+    if url.startswith("sqlite"):
+        database = make_url(url).database or ""
+        return {"creator": lambda: sqlite3.connect(f"file:{quote(database)}?mode=ro", uri=True)}
+    if url.startswith("postgresql"):
+        return {"connect_args": {"options": "-c default_transaction_read_only=on"}}
+    return {}
+
+
+def _table_names(url: str, engine_kwargs: dict[str, Any]) -> set[str]:
+    engine = create_engine(url, poolclass=NullPool, **engine_kwargs)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
 
 
 def open_journal(url: str) -> optuna.storages.BaseStorage | None:
