@@ -610,7 +610,7 @@ def dashboard(
 
     from mlflow.tracking import MlflowClient
 
-    from hpo2.dashboard import runs_url, serve, server_command, tracking_store
+    from hpo2.dashboard import runs_url, serve, server_command, server_env, tracking_store
     from hpo2.errors import SettingsError
     from hpo2.redact import redact_url
     from hpo2.study.locate import studies_folder
@@ -619,7 +619,7 @@ def dashboard(
         uri = tracking_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), study)
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    commands = [server_command(uri, host, port)]
+    commands = [server_command(host, port)]
     console.print(f"MLflow UI for {redact_url(uri)} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
     for exp in MlflowClient(uri).search_experiments():
         if exp.name != "Default":
@@ -629,7 +629,7 @@ def dashboard(
     if shutil.which("optuna-dashboard") and storage:
         commands.append(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
         console.print(f"optuna-dashboard for {storage} at http://{host}:{port + 1}", highlight=False)
-    code = serve(commands)
+    code = serve(commands, server_env(uri))
     console.print("stopped the dashboard", highlight=False)
     raise typer.Exit(code)
 
