@@ -73,7 +73,7 @@ from hpo2.study.recovery import (
     retry_trial,
 )
 from hpo2.study.results import record_mlflow_run_id
-from hpo2.study.samplers import build_pruner, build_sampler
+from hpo2.study.samplers import STREAM_ATTR, build_pruner, build_sampler, claim_stream
 from hpo2.study.space import SearchSpace
 from hpo2.study.storage import (
     MAX_STORAGE_FAULTS,
@@ -122,6 +122,7 @@ class StudyRunner:
         self.deadline: float | None = None  # time.monotonic() when the study's timeout ends
         self.retried: list[int] = []  # trials interrupted in this run, retried on resume
         self._interrupted: set[int] = set()  # their numbers, whose failure Optuna must not log
+        self.stream: int | None = None  # this process's sampler stream (after open)
         self._study: optuna.Study | None = None
         self._parent: TrackedRun | None = None
 
@@ -160,11 +161,13 @@ class StudyRunner:
             study = optuna.create_study(
                 study_name=self.config.name,
                 storage=open_storage(self.storage_url, self.config, self._close_lost_trial_runs),
-                sampler=build_sampler(self.config, self.space),
                 pruner=build_pruner(self.config),
                 directions=self.directions,
                 load_if_exists=True,
             )
+            # this process's own draws: no two processes, and no resume, replay each other's (samplers module)
+            self.stream = claim_stream(study)
+            study.sampler = build_sampler(self.config, self.space, self.stream)
             # Artifacts beside the study for a local store; a tracking server decides its own.
             local = self.tracking_uri.startswith("sqlite")
             artifacts = str(self.study_file.parent / "mlartifacts") if local else None
@@ -403,11 +406,12 @@ class StudyRunner:
         self.observer.trial_tracked(tracker.seconds, tracker.total_seconds)
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
-        beat_now(self.study, trial._trial_id)
-        optimizer_name, settings = self.space.suggest(trial)
-        self.observer.trial_started(trial.number, optimizer_name)
         tracker: TrialTracker | None = None
-        try:
+        try:  # storage writes from the first line: a storage fault anywhere here is handled as one
+            beat_now(self.study, trial._trial_id)
+            self.study._storage.set_trial_system_attr(trial._trial_id, STREAM_ATTR, self.stream)
+            optimizer_name, settings = self.space.suggest(trial)
+            self.observer.trial_started(trial.number, optimizer_name)
             pause_for_tests("before_run", trial.number, self.stop.event)
             self.stop.check(trial.number)
             tracker = self._track(trial, optimizer_name, settings)
