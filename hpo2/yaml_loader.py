@@ -106,13 +106,18 @@ Yaml12SafeLoader.yaml_implicit_resolvers = {
 Yaml12SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
 
 
+def check_file_size(path: Path) -> None:
+    """Raise :class:`YamlLimitError` for a config file (YAML or JSON) over :data:`MAX_FILE_BYTES`."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise YamlLimitError(f"{size:,} bytes, more than a config file may have ({MAX_FILE_BYTES:,})")
+
+
 def load_yaml(path: Path) -> Any:
     """Parse the YAML file ``path``; a syntax error's message names the file, line and
     column.  Raises :class:`YamlLimitError` (a ``yaml.YAMLError``) for a file past the
     limits (module docstring)."""
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise YamlLimitError(f"{size:,} bytes, more than a config file may have ({MAX_FILE_BYTES:,})")
+    check_file_size(path)
     with open(path, encoding="utf-8") as stream:
         return yaml.load(stream, Loader=Yaml12SafeLoader)  # noqa: S506 -- a SafeLoader subclass
 

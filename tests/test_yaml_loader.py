@@ -48,10 +48,10 @@ ATTACKS: dict[str, tuple[Callable[[], str], str]] = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("attack", ATTACKS)
+@pytest.mark.parametrize("attack", [*ATTACKS, "10,000 nested JSON arrays"])
 def test_a_crafted_file_is_refused_in_one_short_line_within_a_second(tmp_path: Path, attack: str) -> None:
-    make, expected = ATTACKS[attack]
-    path = tmp_path / "attack.yaml"
+    make, expected = ATTACKS.get(attack, (lambda: '{"name": ' + "[" * 10_000 + "]" * 10_000 + "}", "nested too deeply"))
+    path = tmp_path / ("attack.json" if "JSON" in attack else "attack.yaml")
     path.write_text(make())
     started = time.perf_counter()
     with pytest.raises(SettingsError) as refused:
