@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.error import Mark, MarkedYAMLError
+from yaml.error import MarkedYAMLError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 #: the largest config file read (the shipped ones are under 1 kB)
@@ -48,7 +48,7 @@ MAX_PROBLEM_CHARS = 160
 class YamlLimitError(MarkedYAMLError):
     """A config file past one of the loader's limits (module docstring), at ``mark`` when known."""
 
-    def __init__(self, problem: str, mark: Mark | None = None) -> None:
+    def __init__(self, problem: str, mark: Any = None) -> None:  # a yaml.error.Mark: this loader is pure Python
         super().__init__(problem=problem, problem_mark=mark)
 
 _FLOAT_12 = re.compile(
