@@ -252,12 +252,15 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     for note in runner.warm_start.notes if runner.warm_start is not None else []:
         console.print(note, highlight=False)
     from hpo2.study.recovery import StudyInterrupted
+    from hpo2.study.storage import StorageLost
 
     display = StudyDisplay(console, target, config.timeout, config.jobs)
     try:
         with Live(display.table(progress), console=console, refresh_per_second=4) as live:
             progress.listeners.append(lambda p: live.update(display.table(p)))
             runner.run()  # n_trials and timeout: the validated config, CLI overrides included
+    except StorageLost as lost:  # the storage kept failing: one line, as for a store unusable at the start
+        raise fail(str(lost)) from None
     except StudyInterrupted as stopped:
         raise _interrupted(stopped.retried) from None
     except KeyboardInterrupt:  # a second Ctrl-C: a hard stop, recovered like a killed worker

@@ -310,15 +310,24 @@ class StudyRunner:
         (:func:`~hpo2.study.recovery.retry_faulted_trial`), and go on.  Returns the
         faults in a row, this one included; raises :class:`~hpo2.study.storage.StorageLost`
         past :data:`MAX_STORAGE_FAULTS` of them (a storage that fails every trial is not
-        a passing fault)."""
+        a passing fault), or when the storage still fails (after
+        :data:`~hpo2.study.storage.STORAGE_PATIENCE_SECONDS` for a server database)."""
         budget.release()  # its lock must be free to take it again below
         faults += 1
         reason = exc.reason if isinstance(exc, TrialStorageFault) else storage_fault_reason(exc)
         if faults > MAX_STORAGE_FAULTS:
             raise StorageLost(f"storage {redact_url(self.storage_url)}: {faults} storage faults in a row, the last: "
                               f"{reason}; this worker stops (rerun it once the database works)") from None
-        with budget.locked():
-            retried = number is not None and retry_faulted_trial(self.study, number)
+        try:
+            with budget.locked():
+                retried = number is not None and retry_faulted_trial(self.study, number)
+        except Exception as again:
+            if not is_storage_fault(again):
+                raise
+            lost = f"; trial {number} is retried then" if number is not None else ""
+            raise StorageLost(f"storage {redact_url(self.storage_url)} stays unusable "
+                              f"({storage_fault_reason(again)}); this worker stops: rerun it once the database "
+                              f"works{lost}") from None
         what = f"trial {number} is failed as a fault and retried" if retried else "no trial was lost"
         _log.warning("the storage failed under this worker (%s): %s", reason, what)
         return faults

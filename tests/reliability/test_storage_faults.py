@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from torch import nn
+from typer.testing import CliRunner
 
+from hpo2.cli import app
 from hpo2.study.budget import retried_trial_numbers
 from hpo2.study.config import load_study_config
 from hpo2.study.runner import StudyRunner
@@ -91,61 +94,72 @@ def test_a_postgresql_restart_mid_study_loses_no_trial_and_no_worker(
 
 # -- a storage fault inside one trial: another connection holds the sqlite storage locked past its busy timeout
 LOCK_SECONDS = 7.0  # longer than sqlite's 5 s busy timeout: the trial's next write fails with "database is locked"
-LOCKED = threading.Event()
+LOCKED = threading.Event()  # set once the first trial built has locked the storage
+UNLOCK = threading.Event()  # set by a test to end the lock before LOCK_SECONDS (or a longer lock) have passed
 
 
 class LocksTheStorage(nn.Module):
     """A linear classifier that, at its 5th training step of the first trial built, has
-    another connection lock the study's sqlite storage for :data:`LOCK_SECONDS`."""
+    another connection lock the study's sqlite storage for ``seconds`` (or until :data:`UNLOCK`)."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, seconds: float) -> None:
         super().__init__()
         self.linear = nn.Linear(4, 2)
-        self.database, self.calls = database, 0
+        self.database, self.seconds, self.calls = database, seconds, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += self.training
         if self.training and self.calls == 5 and not LOCKED.is_set():
             LOCKED.set()
             held = threading.Event()
-            threading.Thread(target=_hold_lock, args=(self.database, held), daemon=True).start()
+            threading.Thread(target=_hold_lock, args=(self.database, held, self.seconds), daemon=True).start()
             held.wait(10)
         return self.linear(x)
 
 
-def _hold_lock(database: Path, held: threading.Event) -> None:
+def _hold_lock(database: Path, held: threading.Event, seconds: float) -> None:
     with closing(sqlite3.connect(database)) as conn:
         conn.execute("BEGIN EXCLUSIVE")
         held.set()
-        time.sleep(LOCK_SECONDS)
+        UNLOCK.wait(seconds)
         conn.rollback()
 
 
-def _locking_task(database: Path) -> Task:
+def _locking_task(database: Path, seconds: float = LOCK_SECONDS) -> Task:
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 4, generator=gen), torch.randint(0, 2, (64,), generator=gen)
-    return Task(name="locks_storage", model=LocksTheStorage(database), loss_fn=nn.CrossEntropyLoss(),
+    return Task(name="locks_storage", model=LocksTheStorage(database, seconds), loss_fn=nn.CrossEntropyLoss(),
                 train=Split(x, y), valid=Split(x, y), test=None, batch_size=16, metric="accuracy",
                 metric_fn=accuracy, higher_is_better=True, target=0.9)  # fmt: skip
 
 
-def test_a_storage_fault_inside_a_trial_is_retried_not_counted_and_the_worker_goes_on(tmp_path: Path):
+@pytest.fixture
+def locking_task() -> Iterator[Callable[..., None]]:
+    """Registers the task ``locks_storage`` (``register(database, seconds)``) for one test."""
+
+    def register(database: Path, seconds: float = LOCK_SECONDS) -> None:
+        TASKS["locks_storage"] = TaskSpec("locks_storage", TaskSettings, lambda s: _locking_task(database, seconds),
+                                          "locks its study's storage once", True)  # fmt: skip
+
+    LOCKED.clear()
+    UNLOCK.clear()
+    yield register
+    UNLOCK.set()
+    TASKS.pop("locks_storage", None)
+
+
+def test_a_storage_fault_inside_a_trial_is_retried_not_counted_and_the_worker_goes_on(tmp_path: Path, locking_task):
     path = tmp_path / "locked.yaml"
     path.write_text(yaml.safe_dump({
         "name": "locked", "task": "locks_storage", "budget": {"epochs": 4}, "optimizers": ["sgd", "adam"],
         "n_trials": 3, "report": False, "curvature_diagnostics": False, "pruner": {"name": "none"},
     }))  # fmt: skip
     database = tmp_path / "locked.optuna.db"
-    TASKS["locks_storage"] = TaskSpec("locks_storage", TaskSettings, lambda s: _locking_task(database),
-                                      "locks its study's storage once", True)  # fmt: skip
-    LOCKED.clear()
-    try:
-        config, file = load_study_config(path)
-        runner = StudyRunner(config, file)
-        assert runner.storage_url == f"sqlite:///{database}"
-        study = runner.run()
-    finally:
-        TASKS.pop("locks_storage")
+    locking_task(database)
+    config, file = load_study_config(path)
+    runner = StudyRunner(config, file)
+    assert runner.storage_url == f"sqlite:///{database}"
+    study = runner.run()
     assert LOCKED.is_set()
 
     trials = study.trials
@@ -161,3 +175,28 @@ def test_a_storage_fault_inside_a_trial_is_retried_not_counted_and_the_worker_go
     assert [r.info.status for r in faulted] == ["KILLED"]
     assert faulted[0].data.tags["hpo2.status"] == "storage fault"
     assert "database is locked" in faulted[0].data.tags["hpo2.reason"]
+
+
+def test_a_storage_that_stays_unusable_stops_the_worker_in_one_line_and_the_rerun_retries_its_trial(
+    tmp_path: Path, locking_task
+):
+    path = tmp_path / "stuck.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "stuck", "task": "locks_storage", "budget": {"epochs": 4}, "optimizers": ["sgd"], "n_trials": 2,
+        "heartbeat_interval": 1, "report": False, "curvature_diagnostics": False, "pruner": {"name": "none"},
+    }))  # fmt: skip
+    database = tmp_path / "stuck.optuna.db"
+    locking_task(database, seconds=300)  # locked until UNLOCK
+    stopped = CliRunner().invoke(app, ["study", "run", str(path), "--device", "cpu"])
+    line = " ".join(stopped.output.split())
+    assert stopped.exit_code == 2 and "Traceback" not in stopped.output, stopped.output
+    assert (f"error: storage sqlite:///{database} stays unusable (OperationalError: database is locked); this "
+            "worker stops: rerun it once the database works; trial 0 is retried then") in line, line
+
+    UNLOCK.set()
+    rerun = CliRunner().invoke(app, ["study", "run", str(path), "--device", "cpu"])
+    assert rerun.exit_code == 0, rerun.output
+    trials = optuna.load_study(study_name="stuck", storage=f"sqlite:///{database}").trials
+    assert trials[0].state == TrialState.FAIL  # failed as stale by the rerun, and retried
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
