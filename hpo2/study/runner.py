@@ -48,6 +48,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from hpo2.databases import check_sqlite_writable
@@ -121,7 +122,7 @@ class StudyRunner:
         self.stop = StopRequest()
         self.deadline: float | None = None  # time.monotonic() when the study's timeout ends
         self.retried: list[int] = []  # trials interrupted in this run, retried on resume
-        self._interrupted: set[int] = set()  # their numbers, whose failure Optuna must not log
+        self._interrupted: set[int] = set()  # trials whose failure Optuna must not log: stopped, or ended outside
         self.stream: int | None = None  # this process's sampler stream (after open)
         self._study: optuna.Study | None = None
         self._parent: TrackedRun | None = None
@@ -290,7 +291,7 @@ class StudyRunner:
                 except Exception as exc:  # Optuna's ask or tell failed (the objective's own errors are caught)
                     if is_storage_fault(exc):
                         faults = self._after_storage_fault(budget, faults, exc, started[0] if started else None)
-                    elif not (started and self._failed_as_stale(started[0])):
+                    elif not (started and self._failed_as_stale(started[0], exc)):
                         raise
                 finally:
                     budget.release()
@@ -332,12 +333,14 @@ class StudyRunner:
         _log.warning("the storage failed under this worker (%s): %s", reason, what)
         return faults
 
-    def _failed_as_stale(self, number: int) -> bool:
+    def _failed_as_stale(self, number: int, exc: Exception) -> bool:
         """Whether trial ``number``, which this worker ran, was failed by the stale-trial
         check meanwhile (its heartbeat stopped past the grace period: a storage outage, a
-        stopped process), so Optuna could not tell its result; said in one line."""
+        stopped process), so that Optuna refused to write its result (``exc``: "Cannot
+        tell a FAIL trial", ``UpdateFinishedTrialError``); said in one line."""
+        refused = isinstance(exc, UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a FAIL trial")
         trials = self.study.get_trials(deepcopy=False)
-        if next(t for t in trials if t.number == number).state != TrialState.FAIL:
+        if not refused or next(t for t in trials if t.number == number).state != TrialState.FAIL:
             return False
         retried = "its retry runs instead" if number in retried_trial_numbers(trials) else "no retry is left"
         _log.warning("trial %d was failed as stale while it ran (no heartbeat for %d s): its result is dropped; %s",
@@ -440,12 +443,12 @@ class StudyRunner:
         except Exception as exc:
             if is_storage_fault(exc):  # not the trial's failure: no word to the storage, which may be away
                 reason = storage_fault_reason(exc)
-                self._interrupted.add(trial.number)  # Optuna must not log it as the trial's failure
-                if tracker is not None:
-                    self._end_run(tracker, "KILLED", reason=f"storage fault: {reason}; retried",
-                                  status_tag="storage fault")  # fmt: skip
-                traceback.clear_frames(exc.__traceback__)
+                self._ended_from_outside(trial.number, tracker, exc, f"storage fault: {reason}; retried",
+                                         "storage fault")  # fmt: skip
                 raise TrialStorageFault(trial.number, reason) from exc
+            if isinstance(exc, UpdateFinishedTrialError):  # a stale check failed it while it ran: the storage refuses
+                self._ended_from_outside(trial.number, tracker, exc, "failed as stale while it ran", "stale")
+                raise
             trial.set_user_attr("hpo2.status", "failed")
             trial.set_user_attr("hpo2.reason", f"{type(exc).__name__}: {exc}"[:2000])
             if tracker is not None:
@@ -457,6 +460,17 @@ class StudyRunner:
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def _ended_from_outside(
+        self, number: int, tracker: TrialTracker | None, exc: Exception, reason: str, status_tag: str
+    ) -> None:
+        """Trial ``number`` was ended by something outside it (its storage failed, or a
+        stale check failed it): Optuna must not log it as the trial's failure, and its
+        MLflow run ends KILLED with ``reason``; nothing is written to its storage."""
+        self._interrupted.add(number)
+        if tracker is not None:
+            self._end_run(tracker, "KILLED", reason=reason, status_tag=status_tag)
+        traceback.clear_frames(exc.__traceback__)
 
     def _train(
         self, trial: optuna.Trial, optimizer_name: str, settings: dict[str, Any], tracker: TrialTracker
