@@ -252,12 +252,15 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     for note in runner.warm_start.notes if runner.warm_start is not None else []:
         console.print(note, highlight=False)
     from hpo2.study.recovery import StudyInterrupted
+    from hpo2.study.storage import StorageLost
 
     display = StudyDisplay(console, target, config.timeout, config.jobs)
     try:
         with Live(display.table(progress), console=console, refresh_per_second=4) as live:
             progress.listeners.append(lambda p: live.update(display.table(p)))
             runner.run()  # n_trials and timeout: the validated config, CLI overrides included
+    except StorageLost as lost:  # the storage kept failing: one line, as for a store unusable at the start
+        raise fail(str(lost)) from None
     except StudyInterrupted as stopped:
         raise _interrupted(stopped.retried) from None
     except KeyboardInterrupt:  # a second Ctrl-C: a hard stop, recovered like a killed worker
@@ -610,7 +613,7 @@ def dashboard(
 
     from mlflow.tracking import MlflowClient
 
-    from hpo2.dashboard import runs_url, serve, server_command, tracking_store
+    from hpo2.dashboard import runs_url, serve, server_command, server_env, tracking_store
     from hpo2.errors import SettingsError
     from hpo2.redact import redact_url
     from hpo2.study.locate import studies_folder
@@ -619,7 +622,7 @@ def dashboard(
         uri = tracking_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), study)
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    commands = [server_command(uri, host, port)]
+    commands = [server_command(host, port)]
     console.print(f"MLflow UI for {redact_url(uri)} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
     for exp in MlflowClient(uri).search_experiments():
         if exp.name != "Default":
@@ -629,7 +632,7 @@ def dashboard(
     if shutil.which("optuna-dashboard") and storage:
         commands.append(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
         console.print(f"optuna-dashboard for {storage} at http://{host}:{port + 1}", highlight=False)
-    code = serve(commands)
+    code = serve(commands, server_env(uri))
     console.print("stopped the dashboard", highlight=False)
     raise typer.Exit(code)
 

@@ -11,12 +11,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from hpo2.errors import SettingsError, did_you_mean
+from hpo2.errors import SettingsError, brief, did_you_mean
 from hpo2.optim.registry import load_config_file, parse_optimizer_config
 from hpo2.tasks.source import builtin_task_problem
 from hpo2.train import TrainConfig
 
 Model = TypeVar("Model", bound=BaseModel)
+#: the most validation problems one message lists (a file can hold thousands of bad items)
+MAX_PROBLEMS = 10
 
 
 def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
@@ -41,16 +43,19 @@ def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = []
-        for err in exc.errors():
+        errors = exc.errors()
+        for err in errors[:MAX_PROBLEMS]:
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            shown = "" if isinstance(value, dict) else f" = {brief(value)}"
             message = err["msg"].removeprefix("Value error, ")
             owner = _model_at(model, err["loc"][:-1]) if err["type"] == "extra_forbidden" else None
             if owner is not None:
                 allowed = list(owner.model_fields)
                 message = f"unknown key{did_you_mean(err['loc'][-1], allowed)}; allowed: {', '.join(allowed)}"
             problems.append(f"{where}{shown}: {message}")
+        if len(errors) > MAX_PROBLEMS:
+            problems.append(f"and {len(errors) - MAX_PROBLEMS:,} more")
         raise SettingsError(f"{source}: " + "; ".join(problems)) from None
 
 

@@ -13,6 +13,8 @@ Three things the plain ``mlflow server`` gets wrong for this use:
   SIGTERM, the server exiting) stops that whole process group.
 * **Which page.**  MLflow 3's UI opens an experiment on its GenAI overview;
   the runs table is the route ``#/experiments/<id>/runs`` (:func:`runs_url`).
+* **Its command line.**  The store's URL, which may hold a password, goes to the
+  server in its environment (:func:`server_env`), not in its arguments.
 """
 
 from __future__ import annotations
@@ -70,15 +72,18 @@ def runs_url(host: str, port: int, experiment_id: str) -> str:
     return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
 
 
-def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str]:
-    """``mlflow server`` over ``uri`` with ``workers`` uvicorn workers."""
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-            "--host", host, "--port", str(port), "--workers", str(workers)]  # fmt: skip
+def server_command(host: str, port: int, workers: int = 1) -> list[str]:
+    """``mlflow server`` with ``workers`` uvicorn workers; its store comes from :func:`server_env`."""
+    return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
+            "--workers", str(workers)]  # fmt: skip
 
 
-def server_env() -> dict[str, str]:
-    """The environment of the server: MLflow's GenAI job runners off (hpo2 runs no judges or jobs)."""
-    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+def server_env(uri: str) -> dict[str, str]:
+    """The environment of the server: the store to serve, ``uri``, in ``MLFLOW_BACKEND_STORE_URI``
+    (what ``--backend-store-uri`` reads: a password in the URL stays out of the command line,
+    which every local user can read with ``ps``), and MLflow's GenAI job runners off (hpo2
+    runs no judges or jobs)."""
+    return {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def stop_group(proc: subprocess.Popen[bytes], timeout: float = STOP_SECONDS) -> None:
@@ -124,15 +129,15 @@ def _signals_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous_int)
 
 
-def serve(commands: Sequence[list[str]]) -> int:
-    """Run ``commands`` (the first is the main server), each in its own session, until
-    the main one exits or Ctrl-C / SIGTERM arrives; then stop every process group.
-    Returns the main server's exit code (0 when stopped by a signal)."""
+def serve(commands: Sequence[list[str]], env: dict[str, str]) -> int:
+    """Run ``commands`` (the first is the main server) with environment ``env``, each in
+    its own session, until the main one exits or Ctrl-C / SIGTERM arrives; then stop
+    every process group.  Returns the main server's exit code (0 when stopped by a signal)."""
     procs: list[subprocess.Popen[bytes]] = []
     with _signals_as_interrupt():
         try:
             for command in commands:
-                procs.append(subprocess.Popen(command, env=server_env(), start_new_session=True))
+                procs.append(subprocess.Popen(command, env=env, start_new_session=True))
             return procs[0].wait()
         except KeyboardInterrupt:
             return 0

@@ -25,6 +25,21 @@ class UntrustedFileError(ValueError):
     """A data file holds something its format never does (e.g. code in a pickle)."""
 
 
+#: the most characters of a value an error message shows
+SHOWN_VALUE_CHARS = 80
+
+
+def brief(value: Any, limit: int = SHOWN_VALUE_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters with what was left out named
+    (``[1, 2, ... (5,000 items, 24,890 characters)]``): an error message never
+    echoes a whole value, however large a file made it."""
+    shown = repr(value)
+    if len(shown) <= limit:
+        return shown
+    size = f"{len(value):,} items, " if isinstance(value, list | tuple | dict | set) else ""
+    return f"{shown[:limit]}... ({size}{len(shown):,} characters)"
+
+
 def did_you_mean(given: Any, allowed: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the allowed name closest to ``given`` (difflib), else ``""``."""
     close = difflib.get_close_matches(str(given), list(allowed), n=1)

@@ -53,7 +53,7 @@ from hpo2.optim.shampoo import Shampoo
 from hpo2.optim.soap import SOAP
 from hpo2.optim.sophia import Sophia
 from hpo2.optim.svrg import SVRG
-from hpo2.yaml_loader import load_yaml, yaml_error_message
+from hpo2.yaml_loader import YamlLimitError, check_file_size, load_yaml, yaml_error_message
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SettingsError(f"config file {str(path)!r} does not exist")
     try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
+        if path.suffix == ".json":
+            check_file_size(path)
+            data = json.loads(path.read_text())
+        else:
+            data = load_yaml(path)
+    except RecursionError:  # JSON nested past Python's recursion limit (the YAML loader stops at its own)
+        raise SettingsError(f"config file refused: {path}: nested too deeply") from None
+    except YamlLimitError as exc:
+        raise SettingsError(f"config file refused: {yaml_error_message(path, exc)}") from None
     except yaml.YAMLError as exc:
         raise SettingsError(f"config file is not valid YAML: {yaml_error_message(path, exc)}") from None
     except json.JSONDecodeError as exc:

@@ -95,7 +95,9 @@ class TrialBudget:
             fail_stale_trials(self.study)
 
     @contextmanager
-    def _storage_lock(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """The lock every worker of the study shares (not this process's threads' lock):
+        held while trials are counted, failed as stale or retried."""
         if self.url.startswith("postgresql"):
             storage = self.study._storage
             rdb = storage._backend if isinstance(storage, _CachedStorage) else storage
@@ -114,7 +116,7 @@ class TrialBudget:
         """Take the shared lock, fail stale trials, count; ADMITTED (lock held until
         :meth:`release`) if another trial fits the budget, else FULL or WAIT (lock released)."""
         self._thread_lock.acquire()
-        held = self._storage_lock()
+        held = self.locked()
         held.__enter__()
         try:
             self.fail_stale()

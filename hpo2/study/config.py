@@ -355,13 +355,16 @@ def default_storage(config: StudyConfig, study_file: Path) -> str:
     return config.storage or f"sqlite:///{study_file.parent / (config.name + '.optuna.db')}"
 
 
-def storage_error(url: str, exc: BaseException) -> SettingsError:
-    """The one-paragraph error for a storage URL the driver could not open (password masked)."""
+def storage_error(
+    url: str, exc: BaseException, field: str = "storage",
+    hint: str = "or leave storage unset for a sqlite file beside the study",
+) -> SettingsError:  # fmt: skip
+    """The one-paragraph error for a storage URL (the study file's ``field``) the driver
+    could not open (password masked); ``hint`` ends it ("" for none)."""
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return SettingsError(
-        f"storage: cannot open {redact_url(url)!r} ({type(exc).__name__}: {redact_text(first_line, url)}). "
-        "Check the URL, that the database server runs and the database exists, "
-        "or leave storage unset for a sqlite file beside the study"
+        f"{field}: cannot open {redact_url(url)!r} ({type(exc).__name__}: {redact_text(first_line, url)}). "
+        f"Check the URL, that the database server runs and the database exists{', ' + hint if hint else ''}"
     )
 
 

@@ -4,7 +4,8 @@ machines that share a PostgreSQL storage.
 
 Advisory locks (``pg_advisory_lock``) are held by a database session and freed by
 the server when that session ends, so a worker killed while holding one blocks
-nobody; they need no table, so they also serialize the creation of Optuna's tables.
+nobody, and one whose session a server restart ended has nothing left to unlock;
+they need no table, so they also serialize the creation of Optuna's tables.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 
@@ -44,8 +46,13 @@ def advisory_lock(engine: Engine, key: int) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.commit()
+            try:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # the session is gone (a server restart, a dropped connection): the server freed its locks with it
 
 
 @contextmanager

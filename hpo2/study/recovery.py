@@ -12,6 +12,10 @@
   ``failed_trial`` / ``retry_history`` system attributes (what
   ``RetryHeartbeatStaleTrialCallback`` writes for a stale trial), so the trial
   budget stops counting the failed one and the paper defaults are evaluated.
+* **Storage faults.** A trial whose storage failed under it (a database restart, a
+  dropped connection: :func:`hpo2.study.storage.is_storage_fault`) raises
+  :class:`TrialStorageFault`; the worker fails it and retries it at once
+  (:func:`retry_faulted_trial`), and goes on with the next trial.
 * **MLflow agrees with Optuna** (:func:`close_orphan_runs`): a trial run still
   RUNNING in MLflow whose Optuna trial is not RUNNING lost its worker; it is ended
   KILLED with the reason.  This covers a kill between the run's creation and the
@@ -20,6 +24,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -31,6 +36,7 @@ from types import FrameType
 
 import optuna
 from mlflow.tracking import MlflowClient
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
@@ -49,6 +55,19 @@ class TrialInterrupted(KeyboardInterrupt):
     def __init__(self, trial_number: int) -> None:
         super().__init__(f"trial {trial_number} interrupted")
         self.trial_number = trial_number
+
+
+class TrialStorageFault(KeyboardInterrupt):
+    """Raised inside trial ``trial_number`` when its storage failed under it: a fault,
+    not the trial's result, so the trial is retried and not counted.
+
+    A ``KeyboardInterrupt`` for the reason :class:`TrialInterrupted` is one: Optuna then
+    fails the trial and re-raises it to the worker, which retries the trial."""
+
+    def __init__(self, trial_number: int, reason: str) -> None:
+        super().__init__(f"trial {trial_number}: storage fault ({reason})")
+        self.trial_number = trial_number
+        self.reason = reason
 
 
 class StudyInterrupted(Exception):
@@ -137,6 +156,26 @@ def retry_trial(study: optuna.Study, trial_number: int) -> None:
     """Enqueue a WAITING copy of finished trial ``trial_number`` (same params), as Optuna retries a stale trial."""
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial_number)
     RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
+
+
+def retry_faulted_trial(study: optuna.Study, trial_number: int) -> bool:
+    """After a storage fault in trial ``trial_number``: fail it if it is still RUNNING
+    (Optuna could not tell the storage), then queue its retry unless one is queued
+    already (another worker may have failed it as stale and retried it).  A trial
+    that reached the storage as complete or pruned stays as it is.  Call it under the
+    trial budget's lock (:meth:`hpo2.study.budget.TrialBudget.locked`), as the
+    stale-trial check runs, so the two never both retry one trial.  Returns whether a
+    retry was queued."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial_number)
+    if trial.state == TrialState.RUNNING:
+        with contextlib.suppress(UpdateFinishedTrialError):  # failed as stale meanwhile
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    trials = study.get_trials(deepcopy=False)
+    trial = next(t for t in trials if t.number == trial_number)
+    if trial.state != TrialState.FAIL or trial_number in retried_trial_numbers(trials):
+        return False
+    retry_trial(study, trial_number)
+    return True
 
 
 def close_orphan_runs(client: MlflowClient, experiment_id: str, study: optuna.Study) -> int:

@@ -21,7 +21,9 @@ so a trial whose worker was killed is marked failed and retried by the next run
 (run before the budget counts, see :mod:`hpo2.study.budget`); its MLflow run is
 closed KILLED (:func:`~hpo2.study.recovery.close_orphan_runs`, also on every
 start).  Ctrl-C and SIGTERM stop at a safe point and the running trial is retried
-on resume (:mod:`hpo2.study.recovery`).
+on resume (:mod:`hpo2.study.recovery`).  A storage fault (the database restarts or
+drops a connection) is no trial's result: the trial it hit is failed and retried at
+once, not counted, and the worker goes on (:mod:`hpo2.study.storage`).
 
 Constructing a :class:`StudyRunner` does no I/O; :meth:`StudyRunner.open` checks the
 stores, creates or loads the study and its MLflow parent run (:meth:`~StudyRunner.run`
@@ -32,6 +34,8 @@ it was given (the CLI passes :func:`hpo2.report.render_study_report`) at the end
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import tempfile
 import threading
@@ -44,6 +48,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from hpo2.databases import check_sqlite_writable
@@ -51,7 +56,7 @@ from hpo2.diagnostics import flatness_summary
 from hpo2.errors import SettingsError
 from hpo2.optim.registry import load_config_file
 from hpo2.redact import redact_url, sanitized_study_text
-from hpo2.study.budget import Admission, TrialBudget
+from hpo2.study.budget import Admission, TrialBudget, retried_trial_numbers
 from hpo2.study.checkpoints import curvature_due, on_checkpoint
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.objectives import Direction, objective_directions, objective_value
@@ -61,22 +66,33 @@ from hpo2.study.recovery import (
     StopRequest,
     StudyInterrupted,
     TrialInterrupted,
+    TrialStorageFault,
     beat_now,
     close_orphan_runs,
     interrupted_failures_hidden,
     pause_for_tests,
+    retry_faulted_trial,
     retry_trial,
 )
 from hpo2.study.results import record_mlflow_run_id
-from hpo2.study.samplers import build_pruner, build_sampler
+from hpo2.study.samplers import STREAM_ATTR, build_pruner, build_sampler, claim_stream
 from hpo2.study.space import SearchSpace
-from hpo2.study.storage import open_storage, study_init_lock
+from hpo2.study.storage import (
+    MAX_STORAGE_FAULTS,
+    StorageLost,
+    is_storage_fault,
+    open_storage,
+    storage_fault_reason,
+    study_init_lock,
+)
 from hpo2.study.trial_tracking import TrialTracker
 from hpo2.study.warm_start import WarmStart, enqueue_warm_start, plan_warm_start
 from hpo2.tasks import TASKS, Task
 from hpo2.tasks.source import TaskBuilder, TaskSource, entrypoint_for, resolve_task, task_from_function
 from hpo2.tracking import TrackedRun, check_reachable, experiment_id, quick_failing_http, study_parent_run
 from hpo2.train import Budget, Evaluation, resolve_device, run_training
+
+_log = logging.getLogger(__name__)
 
 #: ``report(study, config, tracking_uri, parent_run_id)``: renders the study's report at the end of a run
 StudyReport = Callable[[optuna.Study, StudyConfig, str, str], object]
@@ -110,7 +126,8 @@ class StudyRunner:
         self.stop = StopRequest()
         self.deadline: float | None = None  # time.monotonic() when the study's timeout ends
         self.retried: list[int] = []  # trials interrupted in this run, retried on resume
-        self._interrupted: set[int] = set()  # their numbers, whose failure Optuna must not log
+        self._interrupted: set[int] = set()  # trials whose failure Optuna must not log: stopped, or ended outside
+        self.stream: int | None = None  # this process's sampler stream (after open)
         self._study: optuna.Study | None = None
         self._parent: TrackedRun | None = None
         self._task_source: TaskSource | None = None
@@ -158,11 +175,13 @@ class StudyRunner:
             study = optuna.create_study(
                 study_name=self.config.name,
                 storage=open_storage(self.storage_url, self.config, self._close_lost_trial_runs),
-                sampler=build_sampler(self.config, self.space),
                 pruner=build_pruner(self.config),
                 directions=self.directions,
                 load_if_exists=True,
             )
+            # this process's own draws: no two processes, and no resume, replay each other's (samplers module)
+            self.stream = claim_stream(study)
+            study.sampler = build_sampler(self.config, self.space, self.stream)
             # Artifacts beside the study for a local store; a tracking server decides its own.
             local = self.tracking_uri.startswith("sqlite")
             artifacts = str(self.study_file.parent / "mlartifacts") if local else None
@@ -274,14 +293,22 @@ class StudyRunner:
         # first heartbeat (Optuna never fails those): stop waiting for it then.
         patience = 3.0 * self.config.heartbeat_interval + poll
 
-        def admitted(trial: optuna.Trial) -> float | list[float]:
+        def admitted(started: list[int], trial: optuna.Trial) -> float | list[float]:
+            started.append(trial.number)
             budget.release()  # the trial now exists in storage: other workers may count it
             return self.objective(trial)
 
         def work() -> None:
             waiting_since: float | None = None
+            faults = 0  # storage faults since a trial last ended by itself
             while not self.stop.requested and self._time_left() > 0:
-                decision = budget.admit()
+                try:
+                    decision = budget.admit()
+                except Exception as exc:
+                    if not is_storage_fault(exc):
+                        raise
+                    faults = self._after_storage_fault(budget, faults, exc, None)
+                    continue
                 if decision is Admission.FULL:
                     return
                 if decision is Admission.WAIT:  # a trial still RUNNING elsewhere may be a dead worker's
@@ -291,13 +318,22 @@ class StudyRunner:
                     self.stop.event.wait(min(poll, self._time_left()))
                     continue
                 waiting_since = None
+                started: list[int] = []  # the trial's number, once it exists
                 try:
-                    self.study.optimize(admitted, n_trials=1, catch=(Exception,), gc_after_trial=True,
-                                        callbacks=[self.observer.trial_stored])
+                    self.study.optimize(functools.partial(admitted, started), n_trials=1, catch=(Exception,),
+                                        gc_after_trial=True, callbacks=[self.observer.trial_stored])
+                    faults = 0
                 except TrialInterrupted as stopped:
                     retry_trial(self.study, stopped.trial_number)
                     self.retried.append(stopped.trial_number)
                     return
+                except TrialStorageFault as fault:
+                    faults = self._after_storage_fault(budget, faults, fault, fault.trial_number)
+                except Exception as exc:  # Optuna's ask or tell failed (the objective's own errors are caught)
+                    if is_storage_fault(exc):
+                        faults = self._after_storage_fault(budget, faults, exc, started[0] if started else None)
+                    elif not (started and self._failed_as_stale(started[0], exc)):
+                        raise
                 finally:
                     budget.release()
 
@@ -309,6 +345,48 @@ class StudyRunner:
                 thread.start()
             for thread in threads:
                 thread.join()
+
+    def _after_storage_fault(self, budget: TrialBudget, faults: int, exc: BaseException, number: int | None) -> int:
+        """The storage failed under this worker (``exc``), in trial ``number`` if one
+        had started: once the storage answers again, fail that trial and retry it
+        (:func:`~hpo2.study.recovery.retry_faulted_trial`), and go on.  Returns the
+        faults in a row, this one included; raises :class:`~hpo2.study.storage.StorageLost`
+        past :data:`MAX_STORAGE_FAULTS` of them (a storage that fails every trial is not
+        a passing fault), or when the storage still fails (after
+        :data:`~hpo2.study.storage.STORAGE_PATIENCE_SECONDS` for a server database)."""
+        budget.release()  # its lock must be free to take it again below
+        faults += 1
+        reason = exc.reason if isinstance(exc, TrialStorageFault) else storage_fault_reason(exc)
+        if faults > MAX_STORAGE_FAULTS:
+            raise StorageLost(f"storage {redact_url(self.storage_url)}: {faults} storage faults in a row, the last: "
+                              f"{reason}; this worker stops (rerun it once the database works)") from None
+        try:
+            with budget.locked():
+                retried = number is not None and retry_faulted_trial(self.study, number)
+        except Exception as again:
+            if not is_storage_fault(again):
+                raise
+            lost = f"; trial {number} is retried then" if number is not None else ""
+            raise StorageLost(f"storage {redact_url(self.storage_url)} stays unusable "
+                              f"({storage_fault_reason(again)}); this worker stops: rerun it once the database "
+                              f"works{lost}") from None
+        what = f"trial {number} is failed as a fault and retried" if retried else "no trial was lost"
+        _log.warning("the storage failed under this worker (%s): %s", reason, what)
+        return faults
+
+    def _failed_as_stale(self, number: int, exc: Exception) -> bool:
+        """Whether trial ``number``, which this worker ran, was failed by the stale-trial
+        check meanwhile (its heartbeat stopped past the grace period: a storage outage, a
+        stopped process), so that Optuna refused to write its result (``exc``: "Cannot
+        tell a FAIL trial", ``UpdateFinishedTrialError``); said in one line."""
+        refused = isinstance(exc, UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a FAIL trial")
+        trials = self.study.get_trials(deepcopy=False)
+        if not refused or next(t for t in trials if t.number == number).state != TrialState.FAIL:
+            return False
+        retried = "its retry runs instead" if number in retried_trial_numbers(trials) else "no retry is left"
+        _log.warning("trial %d was failed as stale while it ran (no heartbeat for %d s): its result is dropped; %s",
+                     number, 2 * self.config.heartbeat_interval, retried)
+        return True
 
     def _end_interrupted(self) -> None:
         """Close the parent run KILLED, keep what the tracking server missed, raise StudyInterrupted."""
@@ -381,11 +459,12 @@ class StudyRunner:
         self.observer.trial_tracked(tracker.seconds, tracker.total_seconds)
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
-        beat_now(self.study, trial._trial_id)
-        optimizer_name, settings = self.space.suggest(trial)
-        self.observer.trial_started(trial.number, optimizer_name)
         tracker: TrialTracker | None = None
-        try:
+        try:  # storage writes from the first line: a storage fault anywhere here is handled as one
+            beat_now(self.study, trial._trial_id)
+            self.study._storage.set_trial_system_attr(trial._trial_id, STREAM_ATTR, self.stream)
+            optimizer_name, settings = self.space.suggest(trial)
+            self.observer.trial_started(trial.number, optimizer_name)
             pause_for_tests("before_run", trial.number, self.stop.event)
             self.stop.check(trial.number)
             tracker = self._track(trial, optimizer_name, settings)
@@ -403,6 +482,14 @@ class StudyRunner:
                 self._end_run(tracker, "KILLED", reason=INTERRUPTED, status_tag=INTERRUPTED)
             raise TrialInterrupted(trial.number) from None
         except Exception as exc:
+            if is_storage_fault(exc):  # not the trial's failure: no word to the storage, which may be away
+                reason = storage_fault_reason(exc)
+                self._ended_from_outside(trial.number, tracker, exc, f"storage fault: {reason}; retried",
+                                         "storage fault")  # fmt: skip
+                raise TrialStorageFault(trial.number, reason) from exc
+            if isinstance(exc, UpdateFinishedTrialError):  # a stale check failed it while it ran: the storage refuses
+                self._ended_from_outside(trial.number, tracker, exc, "failed as stale while it ran", "stale")
+                raise
             trial.set_user_attr("hpo2.status", "failed")
             trial.set_user_attr("hpo2.reason", f"{type(exc).__name__}: {exc}"[:2000])
             if tracker is not None:
@@ -414,6 +501,17 @@ class StudyRunner:
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def _ended_from_outside(
+        self, number: int, tracker: TrialTracker | None, exc: Exception, reason: str, status_tag: str
+    ) -> None:
+        """Trial ``number`` was ended by something outside it (its storage failed, or a
+        stale check failed it): Optuna must not log it as the trial's failure, and its
+        MLflow run ends KILLED with ``reason``; nothing is written to its storage."""
+        self._interrupted.add(number)
+        if tracker is not None:
+            self._end_run(tracker, "KILLED", reason=reason, status_tag=status_tag)
+        traceback.clear_frames(exc.__traceback__)
 
     def _train(
         self, trial: optuna.Trial, optimizer_name: str, settings: dict[str, Any], tracker: TrialTracker

@@ -21,6 +21,21 @@
 Why this and not one sub-study per optimizer: one Optuna study keeps one trial
 numbering, one pruner over all trials, resume, heartbeats and the dashboard as
 Optuna users know them; only the proposal of settings is per optimizer.
+
+**Seeds and streams.**  A sampler seeded alike in two processes draws alike: two
+workers, or a run and its resume, would replay each other's proposals.  So each
+process that runs a study's trials (a ``study run``, a resume, a worker) claims the
+study's next *sampler stream* (:func:`claim_stream`, counted in the study's system
+attribute ``hpo2.sampler_streams``; each trial records the stream of the process
+that ran it in ``hpo2.sampler_stream``), and its random state is seeded from
+``sampler.seed`` and the stream (:func:`stream_seed`; stream 0, a study's first
+process, keeps the seed itself).  The draws that depend on the trial number alone
+-- the optimizer allocation, the ``random_fraction`` coin -- keep the seed, and so
+does ``qmc``, whose one scrambled sequence every process continues (the study counts
+its points).  What this makes reproducible: a study run the same way -- one worker,
+the same ``--n-trials`` steps -- draws the same trials from the same seed.  With
+several workers, which trials each stream draws depends on timing, so a parallel
+study is reproducible as a distribution, not trial for trial.
 """
 
 from __future__ import annotations
@@ -41,6 +56,29 @@ from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
 
 _STATE_PREFIX = "hpo2.sampler:"
 _FINISHED = (TrialState.COMPLETE,)
+#: the study system attribute counting the sampler streams claimed so far
+STREAMS_ATTR = "hpo2.sampler_streams"
+#: the trial system attribute naming the stream of the process that ran the trial
+STREAM_ATTR = "hpo2.sampler_stream"
+
+
+def claim_stream(study: optuna.Study) -> int:
+    """The next sampler stream of ``study`` (0 for its first process), counted in the
+    study so no later process gets it; call it under the study's init lock
+    (:func:`hpo2.study.storage.study_init_lock`) so that processes starting together
+    get different ones."""
+    claimed = int(study._storage.get_study_system_attrs(study._study_id).get(STREAMS_ATTR, 0))
+    study._storage.set_study_system_attr(study._study_id, STREAMS_ATTR, claimed + 1)
+    return claimed
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed of sampler stream ``stream``: ``seed`` itself for stream 0, else a 32-bit
+    seed NumPy's ``SeedSequence`` derives from ``(seed, stream)`` (streams of one seed,
+    and of neighbouring seeds, do not overlap as ``seed + stream`` would)."""
+    if stream == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**64, stream]).generate_state(1)[0])
 
 
 class PerOptimizerSampler(BaseSampler):
@@ -64,6 +102,8 @@ class PerOptimizerSampler(BaseSampler):
     bounds how long a model can keep refining one basin of a rugged objective; the
     coin is seeded by the study seed and the trial number, and such a trial is tagged
     with the user attribute ``hpo2.random_proposal``.
+
+    ``stream``: this process's sampler stream (module docstring), which seeds the wrapped samplers.
     """
 
     def __init__(
@@ -76,6 +116,7 @@ class PerOptimizerSampler(BaseSampler):
         defaults_enqueued: bool = True,
         floor: float = 0.25,
         random_fraction: float = 0.0,
+        stream: int = 0,
     ) -> None:
         self._space = space
         self._make_sampler = make_sampler
@@ -85,6 +126,7 @@ class PerOptimizerSampler(BaseSampler):
         self._defaults_enqueued = defaults_enqueued
         self._floor = floor
         self._random_fraction = random_fraction
+        self._stream = stream
         self._samplers: dict[str, BaseSampler] = {}
         self._proposals: dict[int, dict[str, Any]] = {}
 
@@ -104,7 +146,8 @@ class PerOptimizerSampler(BaseSampler):
     def _sampler_for(self, optimizer: str) -> BaseSampler:
         if optimizer not in self._samplers:
             index = self._space.names.index(optimizer)
-            self._samplers[optimizer] = self._make_sampler(self._seed + index, self.design_points)
+            seed = stream_seed(self._seed + index, self._stream)
+            self._samplers[optimizer] = self._make_sampler(seed, self.design_points)
         return self._samplers[optimizer]
 
     def _random_turn(self, trial_number: int) -> int | None:
@@ -195,17 +238,19 @@ def plain_sampler(config: SamplerConfig, seed: int, n_startup_trials: int | None
                         f"allowed: {', '.join(allowed)}")
 
 
-def build_sampler(config: StudyConfig, space: SearchSpace) -> BaseSampler:
-    """The study's sampler (see the module docstring)."""
+def build_sampler(config: StudyConfig, space: SearchSpace, stream: int = 0) -> BaseSampler:
+    """The study's sampler for sampler stream ``stream`` (see the module docstring)."""
     sampler = config.sampler
     seed = sampler.seed if sampler.seed is not None else config.seed
-    if sampler.name in ("tpe", "random", "qmc"):
+    if sampler.name == "qmc":  # one design for the whole study: every process continues it
         return plain_sampler(sampler, seed)
+    if sampler.name in ("tpe", "random"):
+        return plain_sampler(sampler, stream_seed(seed, stream))
     return PerOptimizerSampler(
         space, lambda s, n: plain_sampler(sampler, s, n), seed=seed, allocation=config.allocation,
         startup=sampler.n_startup_trials if sampler.n_startup_trials is not None else 1,
         defaults_enqueued=config.enqueue_defaults, floor=sampler.allocation_floor,
-        random_fraction=sampler.random_fraction,
+        random_fraction=sampler.random_fraction, stream=stream,
     )
 
 

@@ -24,8 +24,11 @@ Configurations that end up equal to each other, to a trial already in this
 study, or that were enqueued by an earlier start (each carries the user
 attribute ``hpo2.warm_start = "<study> trial <n>"``) are not enqueued again, so
 a resumed study never repeats them.  Earlier studies are read through Optuna's
-storages (rows, JSON; nothing is unpickled) and never written; a sqlite or
-journal file that does not exist is an error, not a new empty database.
+storages (rows, JSON; nothing is unpickled) and never written: the storage is
+opened read-only (:func:`hpo2.study.storage.open_read_only`: a sqlite file through
+a ``mode=ro`` connection, no table created), so a file that is not an Optuna
+storage (an ``mlflow.db``) is refused unchanged; a sqlite or journal file that
+does not exist is an error, not a new empty database.
 """
 
 from __future__ import annotations
@@ -40,13 +43,12 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo2.databases import local_file
 from hpo2.errors import SettingsError
 from hpo2.redact import redact_url
 from hpo2.study.config import StudyConfig, WarmStartConfig, default_storage, load_study_config, storage_error
 from hpo2.study.locate import find_study_file
 from hpo2.study.space import OPTIMIZER_PARAM, OptimizerSpace, SearchSpace
-from hpo2.study.storage import open_journal
+from hpo2.study.storage import open_read_only
 
 SOURCE_ATTR = "hpo2.warm_start"
 CHANGES_ATTR = "hpo2.warm_start_changes"
@@ -72,14 +74,11 @@ class WarmStart:
 
 def _load(url: str, name: str | None, where: str) -> optuna.Study:
     """Study ``name`` (or the only study) in storage ``url``, created nowhere."""
-    local = local_file(url)
-    if local is not None and not local.is_file():
-        raise SettingsError(f"{where} = {redact_url(url)!r}: no such file; give the earlier study's storage")
+    storage = open_read_only(url, where)
     try:
-        storage = open_journal(url) or optuna.storages.get_storage(url)
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    except Exception as exc:  # any driver error: wrong URL, server down, unreadable file
-        raise storage_error(url, exc) from None
+    except Exception as exc:  # any driver error: server down, unreadable file
+        raise storage_error(url, exc, where, hint="") from None
     if name is None:
         if len(names) != 1:
             raise SettingsError(
@@ -106,7 +105,7 @@ def source_study(warm: WarmStartConfig, study_file: Path) -> tuple[optuna.Study,
     except SettingsError as exc:
         raise SettingsError(f"warm_start.study = {warm.study!r}: {exc}") from None
     url = default_storage(config, path)
-    return _load(url, config.name, "warm_start (its storage)"), url
+    return _load(url, config.name, f"warm_start.study = {warm.study!r}, its storage"), url
 
 
 def top_trials(study: optuna.Study, k: int) -> dict[str, list[FrozenTrial]]:

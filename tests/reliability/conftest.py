@@ -15,7 +15,9 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,8 +38,10 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[dict[str, str]]:
+@contextmanager
+def _cluster() -> Iterator[dict[str, Any]]:
+    """A new PostgreSQL cluster on 127.0.0.1 with the databases 'optuna' and 'mlflow';
+    ``restart()`` restarts it as ``pg_ctlcluster ... restart -m fast`` does."""
     bindir = _pg_bin()
     if bindir is None:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
@@ -51,14 +55,16 @@ def postgres() -> Iterator[dict[str, str]]:
             os.chown(path, user.pw_uid, user.pw_gid)
     port = free_port()
     run = lambda *cmd: subprocess.run(_as_postgres([str(bindir / cmd[0]), *cmd[1:]]), check=True, capture_output=True)  # noqa: E731
+    options = ["-D", str(data), "-o", f"-p {port} -k {sock} -h 127.0.0.1", "-l", str(root / "log"), "-w"]
     run("initdb", "-D", str(data), "-A", "trust", "-U", "hpo2")
-    run("pg_ctl", "-D", str(data), "-o", f"-p {port} -k {sock} -h 127.0.0.1", "-l", str(root / "log"), "-w", "start")
+    run("pg_ctl", *options, "start")
     try:
         for db in ("optuna", "mlflow"):
             run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "hpo2", db)
         base = f"postgresql+psycopg2://hpo2@127.0.0.1:{port}"
         yield {"optuna": f"{base}/optuna", "mlflow": f"{base}/mlflow", "port": str(port), "base": base,
-               "createdb": str(bindir / "createdb")}
+               "createdb": str(bindir / "createdb"),
+               "restart": lambda: run("pg_ctl", *options, "-m", "fast", "restart")}
     finally:
         subprocess.run(
             _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True
@@ -66,8 +72,22 @@ def postgres() -> Iterator[dict[str, str]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[dict[str, Any]]:
+    """A PostgreSQL cluster shared by the session's tests (never restarted)."""
+    with _cluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture
-def fresh_database(postgres: dict[str, str], request: pytest.FixtureRequest) -> str:
+def restartable_postgres() -> Iterator[dict[str, Any]]:
+    """A PostgreSQL cluster of the test's own, which it may restart (``cluster["restart"]()``)."""
+    with _cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_database(postgres: dict[str, Any], request: pytest.FixtureRequest) -> str:
     """The URL of a new, empty database on the test cluster (no Optuna tables yet)."""
     name = "db_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[-40:]
     subprocess.run(_as_postgres([postgres["createdb"], "-h", "127.0.0.1", "-p", postgres["port"], "-U", "hpo2", name]),
@@ -87,7 +107,7 @@ def wait_http(url: str, seconds: float = 120) -> None:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(postgres: dict[str, str]) -> Iterator[str]:
+def mlflow_server(postgres: dict[str, Any]) -> Iterator[str]:
     """``mlflow server`` on the PostgreSQL 'mlflow' database, bound to 127.0.0.1."""
     port = free_port()
     artifacts = tempfile.mkdtemp(prefix="hpo2-artifacts-")

@@ -3,7 +3,9 @@ nothing written; a fuzzed study-file parser never shows a traceback."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -153,6 +155,20 @@ def test_a_read_only_study_database_is_refused_before_anything_runs(tmp_path):
     assert "storage: cannot write the sqlite database" in " ".join(result.output.split())
     assert "attempt to write a readonly database" in " ".join(result.output.split())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ro.db", "s.yaml"]
+
+
+@pytest.mark.slow  # an MLflow store (its tables take seconds to create, once per session)
+def test_a_warm_start_from_an_mlflow_store_is_refused_and_the_store_left_unchanged(tmp_path, mlflow_db_template):
+    store = tmp_path / "mlflow.db"
+    shutil.copy(mlflow_db_template, store)
+    before = hashlib.md5(store.read_bytes()).hexdigest()
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**VALID, "warm_start": f"sqlite:///{store}"}))
+    result = CliRunner().invoke(app, ["study", "run", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert " ".join(result.output.split()).startswith(
+        f"error: warm_start.storage = 'sqlite:///{store}' is not an Optuna storage (it is an MLflow tracking store)"
+    )
+    assert hashlib.md5(store.read_bytes()).hexdigest() == before
 
 
 def test_an_unreachable_storage_in_status_is_one_line(tmp_path):

@@ -130,3 +130,34 @@ def test_journal_file_storage_shares_a_study_between_processes_on_one_machine(tm
     study = optuna.load_study(study_name="j", storage=JournalStorage(JournalFileBackend(str(tmp_path / "j.journal"))))
     assert sorted(t.number for t in study.trials) == list(range(8))
     assert all(t.state.is_finished() for t in study.trials)
+
+
+def test_two_workers_and_a_resume_each_draw_their_own_trials(tmp_path: Path):
+    """Replayed draws (issue 26, 9.1): two workers of one random study, and its resume,
+    proposed the same settings, each process seeded alike.  Each now claims its own
+    sampler stream (recorded on its trials) and all nine trials differ."""
+    journal = tmp_path / "fresh.journal"
+    study_file = tmp_path / "fresh.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "name": "fresh", "task": "logreg_breast_cancer", "budget": {"steps": 1_000_000, "seconds": 1},
+        "optimizers": ["sgd"], "sampler": {"name": "random"}, "enqueue_defaults": False, "n_trials": 6,
+        "report": False, "curvature_diagnostics": False, "pruner": {"name": "none"}, "storage": f"journal:{journal}",
+    }))  # fmt: skip
+    workers = [subprocess.Popen([sys.executable, "-m", "hpo2.cli", "worker", str(study_file), "--device", "cpu"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0].decode() for w in workers]
+    assert all(w.returncode == 0 for w in workers), _failed_workers(workers, outputs)
+    resume = subprocess.run([sys.executable, "-m", "hpo2.cli", "study", "run", str(study_file), "--n-trials", "9",
+                             "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from hpo2.study.samplers import STREAM_ATTR
+
+    study = optuna.load_study(study_name="fresh", storage=JournalStorage(JournalFileBackend(str(journal))))
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(trials) == 9 and all(t.state == TrialState.COMPLETE for t in trials)
+    streams = [t.system_attrs[STREAM_ATTR] for t in trials]
+    assert set(streams[:6]) == {0, 1} and streams[6:] == [2, 2, 2], streams  # both workers drew, then the resume
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 9, [t.params for t in trials]

@@ -4,21 +4,26 @@ or the exported config."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from hpo2.cli import app
 from hpo2.errors import UntrustedFileError
 from hpo2.tasks import build_task
 from hpo2.tasks.files import read_cifar10
+from tests.reliability.conftest import free_port, wait_http
 
 
 class _RunsCode:
@@ -84,14 +89,39 @@ def _run_in_subprocess(*args: str, cwd: Path) -> str:
     return process.stdout + process.stderr
 
 
-def test_a_storage_password_reaches_no_output_mlflow_record_report_or_export(tmp_path, postgres, monkeypatch, capfd):
+#: a URL's password in its user part and as a query parameter (libpq and SQLAlchemy take both), masked as shown
+PASSWORD_FORMS = {
+    "user part": ("postgresql+psycopg2://hpo2:{password}@127.0.0.1:{port}/{db}", "hpo2:***@"),
+    "query": ("postgresql+psycopg2://hpo2@127.0.0.1:{port}/{db}?password={password}", "?password=***"),
+}
+
+
+def _url(form: str, port: str, db: str) -> str:
+    return PASSWORD_FORMS[form][0].format(password=PASSWORD, port=port, db=db)
+
+
+def _every_command_line() -> str:
+    """The arguments of every process on this machine (what ``ps`` shows every local user)."""
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # the process ended meanwhile
+            continue
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("form", ["user part", pytest.param("query", marks=pytest.mark.slow)])  # one form in the loop
+def test_a_storage_password_reaches_no_output_mlflow_record_report_or_export(
+    tmp_path, postgres, monkeypatch, capfd, form
+):
     """The password of the Optuna storage and of the MLflow store (both PostgreSQL
-    URLs in the study file) is in none of: stdout/stderr of run, status, best,
-    report and of a failing connection; MLflow params, tags and artifacts; the
-    HTML report; the exported config; any other file the study wrote."""
+    URLs in the study file, the password in either form) is in none of: stdout/stderr
+    of run, list, status, best, report and of a failing connection; MLflow params,
+    tags and artifacts; the HTML report; the exported config; any other file the study wrote."""
     port = postgres["port"]
-    storage = f"postgresql+psycopg2://hpo2:{PASSWORD}@127.0.0.1:{port}/optuna"
-    tracking = f"postgresql+psycopg2://hpo2:{PASSWORD}@127.0.0.1:{port}/mlflow"
+    storage, tracking = _url(form, port, "optuna"), _url(form, port, "mlflow")
+    masked = PASSWORD_FORMS[form][1]
     study_file = tmp_path / "secret.yaml"
     study_file.write_text(yaml.safe_dump({
         "name": f"secret-{tmp_path.name[-8:]}",
@@ -103,18 +133,19 @@ def test_a_storage_password_reaches_no_output_mlflow_record_report_or_export(tmp
     # The run in its own process (all its logging and warnings seen); the rest in-process, for speed.
     outputs = [_run_in_subprocess("study", "run", str(study_file), cwd=tmp_path)]
     monkeypatch.chdir(tmp_path)
-    for args, code in [(["status", str(study_file)], 0), (["best", str(study_file), "--export", "best.yaml"], 0),
+    monkeypatch.setenv("HPO2_STUDIES", str(tmp_path))
+    for args, code in [(["list"], 0), (["status", str(study_file)], 0),
+                       (["best", str(study_file), "--export", "best.yaml"], 0),
                        (["report", str(study_file), "--out", "report.html", "--no-png"], 0),
                        (["status", str(study_file), "--storage", storage.replace(f":{port}/", ":1/")], 2)]:  # fmt: skip
         result = CliRunner().invoke(app, ["study", *args])
         assert result.exit_code == code, result.output
         outputs.append(result.output)
     outputs.append("".join(capfd.readouterr()))
-    assert "hpo2:***@" in outputs[0] and "cannot open 'postgresql+psycopg2://hpo2:***@" in outputs[-2]  # shown, masked
+    assert masked in outputs[0] and "***" in outputs[1]  # shown masked by run and list (a folded table cell)
+    assert f"cannot open {_url(form, '1', 'optuna').replace(PASSWORD, '***')!r}" in " ".join(outputs[-2].split())
     for output in outputs:
         assert PASSWORD not in output
-
-    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name(name)
@@ -130,3 +161,36 @@ def test_a_storage_password_reaches_no_output_mlflow_record_report_or_export(tmp
     assert {"best.yaml", "report.html"} <= {p.name for p in written}
     for path in written:
         assert PASSWORD.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow  # a server
+@pytest.mark.parametrize("form", PASSWORD_FORMS)
+def test_hpo2_dashboard_serves_a_store_whose_password_is_on_no_command_line(tmp_path, postgres, form):
+    """``hpo2 dashboard --study NAME`` over a PostgreSQL MLflow store with a password: the
+    server serves that store, and the password is in the arguments of no process on this
+    machine (``ps`` shows them to every user) and in none of the dashboard's output."""
+    tracking = _url(form, postgres["port"], "mlflow")
+    experiment = f"dash-{tmp_path.name[-8:]}"
+    MlflowClient(tracking).create_experiment(experiment)
+    study_file = tmp_path / "dash.yaml"
+    study_file.write_text(yaml.safe_dump({"name": "dash", "task": "digits_mlp", "tracking_uri": tracking}))
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "hpo2.cli", "dashboard", "--study", str(study_file),
+                             "--port", str(port)], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", seconds=120)
+        served = urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1000", timeout=10
+        ).read()
+        assert experiment.encode() in served  # the store of the study, given through the environment
+        assert PASSWORD not in _every_command_line()
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0].decode()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0, output
+    assert PASSWORD not in output and PASSWORD_FORMS[form][1] in output

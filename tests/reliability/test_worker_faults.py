@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from torch import nn
 
@@ -194,3 +195,49 @@ def test_out_of_memory_fails_the_trial_alone_and_releases_its_memory(tmp_path):
     assert all("OutOfMemoryError" in t.user_attrs["hpo2.reason"] for t in study.trials)
     gc.collect()
     assert len(BUILT) >= 2 and all(ref() is None for ref in BUILT)  # no failed trial's model is kept alive
+
+
+def test_a_worker_stopped_past_its_heartbeat_drops_the_trial_in_one_line_and_goes_on(tmp_path: Path):
+    """SIGSTOP a worker mid-trial until its heartbeat goes stale; another worker's stale
+    check fails and retries that trial.  Resumed (SIGCONT), the worker cannot store the
+    trial's result: it says so in one line and runs on to exactly ``n_trials``."""
+    path = tmp_path / "stopped.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "stopped", "task": "logreg_breast_cancer", "budget": {"steps": 1_000_000, "seconds": 3},
+        "optimizers": ["sgd"], "n_trials": 3, "heartbeat_interval": 1, "report": False,
+        "curvature_diagnostics": False, "pruner": {"name": "none"},
+    }))  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'stopped.optuna.db'}"
+    worker = subprocess.Popen([sys.executable, "-m", "hpo2.cli", "study", "run", str(path), "--device", "cpu"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                trials = optuna.load_study(study_name="stopped", storage=url).trials
+            except KeyError:
+                trials = []
+            if any(t.number == 0 and t.state == TrialState.RUNNING and "hpo2.mlflow_run_id" in t.user_attrs
+                   for t in trials):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("trial 0 never started")
+        worker.send_signal(signal.SIGSTOP)
+        time.sleep(3)  # past the grace period (2 heartbeats)
+        # what another worker does before it counts the trials: fail the stale ones and retry them
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2,
+                                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(2))
+        optuna.storages.fail_stale_trials(optuna.load_study(study_name="stopped", storage=storage))
+        worker.send_signal(signal.SIGCONT)
+        output = worker.communicate(timeout=300)[0].decode()
+    finally:
+        worker.kill()
+        worker.wait()
+    assert worker.returncode == 0 and "Traceback" not in output, output[-4000:]
+    assert "trial 0 was failed as stale while it ran (no heartbeat for 2 s): its result is dropped; " \
+           "its retry runs instead" in " ".join(output.split()), output[-4000:]
+    trials = optuna.load_study(study_name="stopped", storage=url).trials
+    assert trials[0].state == TrialState.FAIL and sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(trials[0].user_attrs["hpo2.mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["hpo2.status"] == "stale"

@@ -15,7 +15,7 @@ from optuna_integration import BoTorchSampler
 from hpo2.errors import SettingsError
 from hpo2.study.config import SamplerConfig, StudyConfig, load_study_config
 from hpo2.study.runner import StudyRunner
-from hpo2.study.samplers import build_sampler, plain_sampler
+from hpo2.study.samplers import STREAMS_ATTR, build_sampler, claim_stream, plain_sampler
 from hpo2.study.space import SearchSpace
 from tests.study.helpers import write_study
 
@@ -100,3 +100,36 @@ def test_an_unknown_name_is_a_clear_error_not_cmaes() -> None:
         r"allowed: tpe, gp, botorch, cmaes, random, qmc",
     ):
         plain_sampler(config, seed=0)
+
+
+def _draws(storage: optuna.storages.BaseStorage, config: StudyConfig) -> list[dict]:
+    """Two processes asking trials in turn, then a resume asking three more: each opens the
+    study with a sampler of its own and claims its sampler stream as :meth:`StudyRunner.open` does."""
+    space = SearchSpace(config)
+
+    def join() -> optuna.Study:
+        study = optuna.create_study(study_name="s", storage=storage, direction="minimize", load_if_exists=True)
+        study.sampler = build_sampler(config, space, claim_stream(study))
+        return study
+
+    def draw(study: optuna.Study) -> dict:
+        trial = study.ask()
+        study.tell(trial, _distance_to_optimum(*space.suggest(trial)))
+        return trial.params
+
+    first, second = join(), join()
+    drawn = [draw(study) for study in (first, second) * 3]
+    resumed = join()
+    return drawn + [draw(resumed) for _ in range(3)]
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", pytest.param("gp", marks=pytest.mark.slow), "cmaes", "qmc"])
+def test_two_processes_and_a_resume_each_draw_fresh_proposals_reproducibly_from_the_seed(sampler):
+    """Replayed draws (issue 26, 9.1): every process seeded alike proposed what the others did."""
+    config = StudyConfig(name="s", task="digits_mlp", optimizers=["sgd"], sampler={"name": sampler, "seed": 0},
+                         n_trials=9, enqueue_defaults=False)  # fmt: skip
+    storage = optuna.storages.InMemoryStorage()
+    drawn = _draws(storage, config)
+    assert len({tuple(sorted(params.items())) for params in drawn}) == 9, drawn
+    assert _draws(optuna.storages.InMemoryStorage(), config) == drawn  # the same runs, the same seed: the same trials
+    assert storage.get_study_system_attrs(storage.get_study_id_from_name("s"))[STREAMS_ATTR] == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -27,6 +29,10 @@ def write(tmp_path: Path, name: str, **fields) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def run_cli(*args: str):
@@ -57,6 +63,7 @@ def test_warm_start_runs_the_earlier_best_first_and_never_twice(tmp_path):
     earlier = optuna.load_study(study_name="a", storage=f"sqlite:///{tmp_path / 'a.optuna.db'}")
     expected = expected_warm_configs(earlier, 2)
     assert len(expected) >= 3
+    source = md5(tmp_path / "a.optuna.db")
 
     later = write(tmp_path, "b", optimizers=[{"name": "sgd", "ranges": {"lr": list(SGD_LR)}}, "adam"],
                   warm_start={"study": "a.yaml", "top_k": 2}, n_trials=len(expected) + 1)
@@ -75,6 +82,7 @@ def test_warm_start_runs_the_earlier_best_first_and_never_twice(tmp_path):
     study = optuna.load_study(study_name="b", storage=f"sqlite:///{tmp_path / 'b.optuna.db'}")
     assert len(study.trials) == len(expected) + 4
     assert sum(SOURCE_ATTR in t.user_attrs for t in study.trials) == len(expected)
+    assert md5(tmp_path / "a.optuna.db") == source  # the earlier study is only read
 
 
 def test_settings_outside_the_space_are_clipped_or_the_configuration_skipped():
@@ -114,3 +122,35 @@ def test_bad_warm_start_names_the_field_and_exits_2(tmp_path, warm_start, messag
     result = run_cli("study", "run", str(write(tmp_path, "b", warm_start=warm_start)))
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
+
+
+def _tracking_like_store(path: Path) -> None:
+    """A sqlite database with the tables of an MLflow store and none of Optuna's."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, experiment_id INTEGER)")
+
+
+def _other_database(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (_tracking_like_store, "is not an Optuna storage (it is an MLflow tracking store)"),
+    (_other_database, "is not an Optuna storage (it is a database without Optuna's tables)"),
+    (lambda path: path.write_text("not a database"), "cannot open"),
+])  # fmt: skip
+def test_a_warm_start_source_that_is_no_optuna_storage_is_refused_in_one_line_and_left_unchanged(
+    tmp_path, make, message
+):
+    source = tmp_path / "source.db"
+    make(source)
+    before = md5(source)
+    result = run_cli("study", "run", str(write(tmp_path, "b", warm_start=f"sqlite:///{source}")))
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert line.startswith("error: warm_start.storage") and str(source) in line and message in line, line
+    assert "leave storage unset" not in line  # advice for the study's own storage, not for a warm start
+    assert md5(source) == before
+    assert not (tmp_path / "b.optuna.db").exists()  # nothing ran
