@@ -186,15 +186,22 @@ study_app = typer.Typer(help="Run and inspect studies (Optuna + MLflow).", no_ar
 app.add_typer(study_app, name="study")
 
 
-def _load_study_file(name_or_file: str, overrides: dict | None = None):
+def _load_study_file(name_or_file: str, overrides: dict | None = None, *, to_run: bool = False):
+    """The config and defining file of the study a command names: a study file, a study's
+    name, or a suite's study ``<suite>.<label>`` (:mod:`hpo2.study.lookup`); a suite's
+    study is run by ``hpo2 suite run``, which nests it under the suite and checks its target."""
     from hpo2.errors import SettingsError
-    from hpo2.study.config import load_study_config
-    from hpo2.study.locate import find_study_file
+    from hpo2.study.locate import shown_path
+    from hpo2.study.lookup import load_named_study
 
     try:
-        return load_study_config(find_study_file(name_or_file), overrides)
+        found = load_named_study(name_or_file, overrides)
     except SettingsError as exc:
         raise fail(str(exc)) from None
+    if to_run and found.suite is not None:
+        raise fail(f"{found.config.name!r} is the study of one task of suite {found.suite!r}: run it with "
+                   f"`hpo2 suite run {shown_path(found.path)}` (--n-trials N gives each task's study N trials)")
+    return found.config, found.path
 
 
 def _nothing_to_do(config, path: Path, target: int | None) -> bool:
@@ -232,7 +239,8 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device,
-                                           "n_trials": n_trials, "timeout": timeout, "warm_start": warm_start})
+                                           "n_trials": n_trials, "timeout": timeout, "warm_start": warm_start},
+                                    to_run=True)
     target = config.n_trials
     if target is not None and _nothing_to_do(config, path, target):
         return
@@ -318,7 +326,8 @@ def worker(
         return
     from hpo2.study.workers import WorkerPool, plan_slots, visible_gpus
 
-    config, _ = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "n_trials": n_trials})
+    config, _ = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "n_trials": n_trials},
+                                 to_run=True)
     try:
         slots = plan_slots(trials_per_device, device or config.device, visible_gpus(), os.cpu_count() or 1)
     except ValueError as exc:
@@ -334,6 +343,7 @@ def worker(
 
 
 STORAGE_OPTION = typer.Option(None, "--storage", help="the study's Optuna storage URL, if not the study file's")
+STUDY_ARGUMENT_HELP = "a study file, a study's name (found in studies/), or a suite's study <suite>.<task label>"
 
 
 def _existing_study(name_or_file: str, overrides: dict):
@@ -350,7 +360,7 @@ def _existing_study(name_or_file: str, overrides: dict):
 
 @study_app.command("status")
 def study_status(
-    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     storage: str | None = STORAGE_OPTION,
 ) -> None:
     """Trials by state, and the best value and settings per optimizer."""
@@ -362,7 +372,7 @@ def study_status(
 
 @study_app.command("best")
 def study_best(
-    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     export: Path | None = typer.Option(
         None,
         "--export",
@@ -394,7 +404,7 @@ def study_best(
 
 @study_app.command("report")
 def study_report(
-    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     out: Path | None = typer.Option(None, "--out", help="where to write the self-contained HTML report "
                                     "(default: <study dir>/<name>.report.html)"),
     png: bool = typer.Option(True, help="also render PNGs into MLflow (needs chromium)"),
@@ -451,7 +461,7 @@ def study_list() -> None:
 
 @study_app.command("delete")
 def study_delete(
-    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="delete without asking"),
     storage: str | None = STORAGE_OPTION,
     tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
@@ -472,7 +482,7 @@ def study_delete(
 
 @study_app.command("sync")
 def study_sync(
-    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     storage: str | None = STORAGE_OPTION,
     tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
 ) -> None:
