@@ -5,17 +5,38 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 import hpo2
 
 if TYPE_CHECKING:  # imported lazily below: the CLI starts fast
     from hpo2.study.runner import StudyRunner
     from hpo2.study.suite import Suite
+
+
+
+def _bare_flags(params: list[Any]) -> list[Any]:
+    """A flag takes no value, so its help shows no value type (typer writes ``--version <bool>``)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="hpo2",
@@ -96,7 +117,7 @@ def optimizers(
 def tasks(
     name: str | None = typer.Argument(None, help="A task's name: list its settings (default, allowed, meaning)."),
 ) -> None:
-    """List the tasks and whether their data is here, or every setting of one (``task.settings`` in a study file)."""
+    """List the tasks and whether their data is here, or every setting of one (`task.settings` in a study file)."""
     from hpo2.errors import SettingsError
     from hpo2.task_tables import task_settings_table, tasks_table
 
@@ -115,10 +136,9 @@ def train(
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; also read from MLFLOW_TRACKING_URI."),
 ) -> None:
     """Train a task with one optimizer config and print a per-epoch table."""
-    from rich.live import Live
-
     from hpo2.config import load_train_config
     from hpo2.errors import DataMissingError, SettingsError
+    from hpo2.progress import live_display
     from hpo2.train import Evaluation, resolve_device, train_from_config
 
     try:
@@ -161,7 +181,7 @@ def train(
             run.log_metrics(prefixed("diag", diag), step=step)
 
     try:
-        with Live(table, console=console, refresh_per_second=4):
+        with live_display(console, table):
             task, result = train_from_config(cfg, report=report, on_step=on_step)
     except (DataMissingError, ValueError) as exc:
         if run is not None:
@@ -169,11 +189,11 @@ def train(
         raise fail(str(exc)) from None
     console.print()
     best = result.best_metric
+    reached = result.time_to_target_seconds
     console.print(
         f"{result.status}: {result.reason}; best valid {task.metric} = {best if best is None else f'{best:.4g}'}; "
-        "time to target: "
-        f"{'not reached' if result.time_to_target_seconds is None else f'{result.time_to_target_seconds:.1f}s'}",
-        highlight=False,
+        f"time to target ({task.target_label}): {'not reached' if reached is None else f'{reached:.1f}s'}",
+        highlight=False, soft_wrap=True,
     )
     if run is not None:
         run.set_tags({"hpo2.status": result.status, "hpo2.reason": result.reason})
@@ -229,10 +249,9 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     import warnings
 
     import optuna
-    from rich.live import Live
 
     from hpo2.errors import DataMissingError, SettingsError
-    from hpo2.progress import Progress, StudyDisplay, print_status
+    from hpo2.progress import Progress, StudyDisplay, live_display, print_status
     from hpo2.redact import redact_url
     from hpo2.study.runner import StudyReport, StudyRunner
 
@@ -263,7 +282,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
 
     display = StudyDisplay(console, target, config.timeout, config.jobs)
     try:
-        with Live(display.table(progress), console=console, refresh_per_second=4) as live:
+        with live_display(console, display.table(progress)) as live:
             progress.listeners.append(lambda p: live.update(display.table(p)))
             runner.run()  # n_trials and timeout: the validated config, CLI overrides included
     except StudyInterrupted as stopped:
@@ -442,14 +461,14 @@ def study_list() -> None:
     from hpo2.databases import local_file
     from hpo2.study.catalog import list_studies
     from hpo2.study.locate import STUDIES_ENV, shown_path, studies_folder
+    from hpo2.tables import Column, FittedTable
 
     folder = studies_folder()
     if folder is None or not folder.is_dir():
         raise fail(f"no studies folder here or above {Path.cwd()}; run from the project or set {STUDIES_ENV}")
     rows = list_studies(folder)
-    table = Table(title=f"studies in {shown_path(folder)}")
-    for column in ("name", "task", "trials", "best", "storage"):
-        table.add_column(column, overflow="fold")
+    table = FittedTable(Column("name", "name"), Column("task", "name"), "trials", "best", Column("storage", "note"),
+                        title=f"studies in {shown_path(folder)}")
     for row in rows:
         trials = "?" if not row.readable else "not run" if row.finished is None else (
             f"{row.finished}" + ("" if row.n_trials is None else f"/{row.n_trials}"))
@@ -524,6 +543,7 @@ def _write_suite_report(suite: Suite, run_id: str | None, png: bool) -> None:
     from hpo2.study.locate import shown_path
     from hpo2.study.suite import suite_profile, suite_results
     from hpo2.suite_report import render_suite_report, summary_rows
+    from hpo2.tables import Column, FittedTable
 
     results, missing = suite_results(suite)
     if not results:
@@ -531,10 +551,10 @@ def _write_suite_report(suite: Suite, run_id: str | None, png: bool) -> None:
     profile = suite_profile(suite, results)
     with console.status("rendering the performance profile ..."):
         out_html, out_md = render_suite_report(suite, results, missing, profile, run_id, png)
-    table = Table(title=f"suite {suite.config.name}: performance profile over {len(results)} task(s)")
     rows = summary_rows(profile)
-    for column in rows[0]:
-        table.add_column(column)
+    first, *others = rows[0]
+    table = FittedTable(Column(first, "name"), *(Column(c, justify="right") for c in others),
+                        title=f"suite {suite.config.name}: performance profile over {len(results)} task(s)")
     for row in rows:
         table.add_row(*row.values())
     console.print(table)
@@ -553,10 +573,9 @@ def suite_run(
     import warnings
 
     import optuna
-    from rich.live import Live
 
     from hpo2.errors import DataMissingError, SettingsError
-    from hpo2.progress import Progress, StudyDisplay
+    from hpo2.progress import Progress, StudyDisplay, live_display
     from hpo2.report import render_study_report
     from hpo2.study.recovery import StudyInterrupted
     from hpo2.study.suite import run_suite
@@ -569,7 +588,7 @@ def suite_run(
     def run_one(runner: StudyRunner) -> None:
         display = StudyDisplay(console, runner.config.n_trials, runner.config.timeout, runner.config.jobs)
         progress.listeners[:] = []
-        with Live(display.table(progress), console=console, refresh_per_second=4) as live:
+        with live_display(console, display.table(progress)) as live:
             progress.listeners.append(lambda p: live.update(display.table(p)))
             runner.run()
 
@@ -643,6 +662,12 @@ def dashboard(
     console.print("stopped the dashboard", highlight=False)
     raise typer.Exit(code)
 
+
+for _app in (app, study_app, suite_app):  # every group and command: after the last command is defined
+    _app.info.cls = _Group
+    for _info in _app.registered_commands:
+        if _info.cls in (None, TyperCommand):  # not a command that chose its own class
+            _info.cls = _Command
 
 if __name__ == "__main__":
     app()
