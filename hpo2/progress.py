@@ -184,8 +184,8 @@ class StudyDisplay:
 
 
 def print_status(console: Console, study: optuna.Study, config: StudyConfig) -> None:
-    """Trials by state, a table of the best trial per optimizer, and the best trial(s)."""
-    from hpo2.study.results import best_per_optimizer, best_trials, state_counts
+    """Trials by state, a table of the best trial per optimizer (best first), and the best trial(s)."""
+    from hpo2.study.results import best_per_optimizer, best_trials, ranked, settings_text, state_counts
 
     counts = state_counts(study)
     console.print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v), highlight=False)
@@ -193,10 +193,9 @@ def print_status(console: Console, study: optuna.Study, config: StudyConfig) -> 
     table = FittedTable(Column("optimizer", "name"), Column("trial", justify="right"), "value",
                         Column("settings", "note"),
                         title="best per optimizer" + (" (first objective)" if len(study.directions) > 1 else ""))
-    for name, trial in sorted(best_per_optimizer(study).items()):
-        settings = {k.split(".", 1)[1]: v for k, v in trial.params.items() if k.startswith(name + ".")}
-        table.add_row(name, str(trial.number), round_values(trial.values),
-                      ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()))
+    for trial in ranked(study, list(best_per_optimizer(study).values())):  # best first
+        table.add_row(str(trial.params.get("optimizer")), str(trial.number), round_values(trial.values),
+                      settings_text(trial))
     console.print(table)
     best = best_trials(study)
     if best:

@@ -87,6 +87,20 @@ def best_per_optimizer(study: optuna.Study) -> dict[str, FrozenTrial]:
     return best
 
 
+def ranked(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` (complete ones) best first by the first objective."""
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(trials, key=lambda t: -t.values[0] if maximize else t.values[0])
+
+
+def settings_text(trial: FrozenTrial) -> str:
+    """The trial's optimizer settings as the CLI shows them: ``lr=0.0123, batch_size=None``
+    (floats to 3 significant digits; a setting left unset is None, as in Python)."""
+    name = trial.params.get(OPTIMIZER_PARAM)
+    settings = {k.split(".", 1)[1]: v for k, v in trial.params.items() if k.startswith(f"{name}.")}
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
+
+
 def export_config(config: StudyConfig, trial: FrozenTrial) -> dict[str, Any]:
     """The trial as a ``hpo2 train --config`` file (also what ``from_config`` takes)."""
     return {
