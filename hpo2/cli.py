@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # imported lazily below: the CLI starts fast
     from hpo2.study.suite import Suite
 
 
-
 def _bare_flags(params: list[Any]) -> list[Any]:
     """A flag takes no value, so its help shows no value type (typer writes ``--version <bool>``)."""
     for param in params:
@@ -29,11 +28,15 @@ def _bare_flags(params: list[Any]) -> list[Any]:
 
 
 class _Group(TyperGroup):
+    """hpo2 and its command groups: flags without a value type in their help."""
+
     def get_params(self, ctx: Any) -> list[Any]:
         return _bare_flags(super().get_params(ctx))
 
 
 class _Command(TyperCommand):
+    """Every hpo2 command: flags without a value type in its help."""
+
     def get_params(self, ctx: Any) -> list[Any]:
         return _bare_flags(super().get_params(ctx))
 

@@ -185,11 +185,11 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     ``overrides`` (CLI options, None ones ignored) go into every study.  Errors name
     the field, the value and what is allowed."""
     path = Path(path)
-    data = load_config_file(path)
-    if "task" in data and "tasks" not in data:
+    raw = load_config_file(path)
+    if "task" in raw and "tasks" not in raw:
         raise SettingsError(f"{path} is a study file (it has one task): run it with `hpo2 study run {path}`; "
                             "a suite file has a list of tasks (see studies/suite_small.yaml)")
-    config = validate(SuiteConfig, data, str(path))
+    config = validate(SuiteConfig, raw, str(path))
     optimizers = _shared_optimizers(config, path)
     folder = path.resolve().parent
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
