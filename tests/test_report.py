@@ -183,6 +183,15 @@ def test_the_best_configuration_table_shows_an_unset_setting_as_none(client) -> 
     assert rows[1]["settings"] == "batch_size=None, lr=0.123"  # as `hpo2 study status` shows it
 
 
+def test_a_tie_goes_to_the_earlier_trial_as_the_studys_best_trial() -> None:
+    study = optuna.create_study(study_name="tie", direction="maximize")
+    for optimizer, value in (("adam", 0.5), ("sgd", 0.9), ("adam", 0.9)):
+        study.add_trial(_trial(optimizer, value, lr=0.01))
+    rows = _summary_rows(study)
+    assert [(r["optimizer"], r["trial"]) for r in rows] == [("sgd", 1), ("adam", 2)]
+    assert rows[0]["trial"] == study.best_trial.number  # the row marked the winner is the exported one
+
+
 def test_no_browser_is_said_once_per_process_with_the_offline_way(tmp_path, monkeypatch, caplog) -> None:
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))  # kaleido finds no Chrome
     monkeypatch.setattr(report._Kaleido, "no_browser", False)  # restored after the test

@@ -88,9 +88,10 @@ def best_per_optimizer(study: optuna.Study) -> dict[str, FrozenTrial]:
 
 
 def ranked(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """``trials`` (complete ones) best first by the first objective."""
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(trials, key=lambda t: -t.values[0] if maximize else t.values[0])
+    """``trials`` (complete ones) best first by the first objective; a tie goes to the
+    earlier trial, as :attr:`optuna.Study.best_trial` has it."""
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(trials, key=lambda t: (sign * t.values[0], t.number))
 
 
 def settings_text(trial: FrozenTrial) -> str:
