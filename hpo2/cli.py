@@ -15,6 +15,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 import hpo2
 
 if TYPE_CHECKING:  # imported lazily below: the CLI starts fast
+    from hpo2.study.lookup import NamedStudy
     from hpo2.study.runner import StudyRunner
     from hpo2.study.suite import Suite
 
@@ -209,12 +210,11 @@ study_app = typer.Typer(help="Run and inspect studies (Optuna + MLflow).", no_ar
 app.add_typer(study_app, name="study")
 
 
-def _load_study_file(name_or_file: str, overrides: dict | None = None, *, to_run: bool = False):
-    """The config and defining file of the study a command names: a study file, a study's
-    name, or a suite's study ``<suite>.<label>`` (:mod:`hpo2.study.lookup`); a suite's
-    study is run by ``hpo2 suite run``, which nests it under the suite and checks its target."""
+def _named_study(name_or_file: str, overrides: dict | None = None, *, to_run: bool = False) -> NamedStudy:
+    """The study a command names: a study file, a study's name, or a suite's study
+    ``<suite>.<label>`` (:mod:`hpo2.study.lookup`); a suite's study is run by
+    ``hpo2 suite run``, which nests it under the suite and checks its target."""
     from hpo2.errors import SettingsError
-    from hpo2.study.locate import shown_path
     from hpo2.study.lookup import load_named_study
 
     try:
@@ -223,7 +223,12 @@ def _load_study_file(name_or_file: str, overrides: dict | None = None, *, to_run
         raise fail(str(exc)) from None
     if to_run and found.suite is not None:
         raise fail(f"{found.config.name!r} is the study of one task of suite {found.suite!r}: run it with "
-                   f"`hpo2 suite run {shown_path(found.path)}` (--n-trials N gives each task's study N trials)")
+                   f"`{found.run_command}` (--n-trials N gives each task's study N trials)")
+    return found
+
+
+def _load_study_file(name_or_file: str, overrides: dict | None = None, *, to_run: bool = False):
+    found = _named_study(name_or_file, overrides, to_run=to_run)
     return found.config, found.path
 
 
@@ -373,9 +378,9 @@ def _existing_study(name_or_file: str, overrides: dict):
     from hpo2.errors import SettingsError
     from hpo2.study.results import load_study
 
-    config, path = _load_study_file(name_or_file, overrides)
+    found = _named_study(name_or_file, overrides)
     try:
-        return config, path, load_study(config, path)
+        return found.config, found.path, load_study(found.config, found.path, found.run_command)
     except SettingsError as exc:
         raise fail(str(exc)) from None
 

@@ -84,7 +84,9 @@ def test_every_study_command_finds_a_suites_study_by_its_name(suite_project: Pat
     assert STUDY not in optuna.get_all_study_names(storage)
 
 
-def test_a_suite_file_given_to_a_study_command_or_train_says_what_it_is(tmp_path: Path) -> None:
+def test_a_suite_file_given_to_a_study_command_or_train_says_what_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     suite = tmp_path / "s.yaml"
     suite.write_text(yaml.safe_dump({"name": "s", "tasks": [{"task": "digits_mlp", "budget": {"epochs": 1}}],
                                      "optimizers": ["sgd"]}))  # fmt: skip
@@ -95,6 +97,9 @@ def test_a_suite_file_given_to_a_study_command_or_train_says_what_it_is(tmp_path
         assert len(lines) == 1, (args, result.output)  # one line, no schema errors
         assert f"{suite} is a suite file" in lines[0] and f"`hpo2 suite run {suite}`" in lines[0], lines[0]
         assert "`hpo2 study best s.digits_mlp`" in lines[0]
+    monkeypatch.setenv("HPO2_STUDIES", str(tmp_path))
+    never_run = _cli("study", "status", "s.digits_mlp")
+    assert never_run.exit_code == 2 and f"run `hpo2 suite run {suite}` first" in never_run.output
     study = tmp_path / "q.yaml"
     study.write_text(yaml.safe_dump({"name": "q", "task": "digits_mlp", "budget": {"epochs": 1}}))
     result = _cli("suite", "run", str(study))

@@ -16,7 +16,7 @@ from typing import Any
 
 from hpo2.errors import SettingsError
 from hpo2.study.config import StudyConfig, load_study_config
-from hpo2.study.locate import find_study_file, search_folders, suite_files
+from hpo2.study.locate import find_study_file, search_folders, shown_path, suite_files
 from hpo2.study.suite import load_suite
 
 
@@ -28,6 +28,11 @@ class NamedStudy:
     config: StudyConfig
     path: Path
     suite: str | None = None
+
+    @property
+    def run_command(self) -> str:
+        """The command that runs (or resumes) the study."""
+        return f"hpo2 {'suite' if self.suite else 'study'} run {shown_path(self.path)}"
 
 
 def load_named_study(name_or_file: str, overrides: dict[str, Any] | None = None,

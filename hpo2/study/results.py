@@ -17,14 +17,16 @@ from hpo2.study.config import StudyConfig, default_storage, storage_error
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
 
 
-def load_study(config: StudyConfig, study_file: Path) -> optuna.Study:
-    """The existing study of ``config`` (an error if it was never run)."""
+def load_study(config: StudyConfig, study_file: Path, run_command: str | None = None) -> optuna.Study:
+    """The existing study of ``config`` (an error naming ``run_command``, by default
+    ``hpo2 study run <study file>``, if it was never run)."""
     url = default_storage(config, study_file)
     try:
         return optuna.load_study(study_name=config.name, storage=url)
     except KeyError:
         raise SettingsError(
-            f"study {config.name!r} has no trials yet in {redact_url(url)}: run `hpo2 study run {study_file}` first"
+            f"study {config.name!r} has no trials yet in {redact_url(url)}: run "
+            f"`{run_command or f'hpo2 study run {study_file}'}` first"
         ) from None
     except Exception as exc:  # any driver error: the URL is wrong, the server down, the file unreadable
         raise storage_error(url, exc) from None
