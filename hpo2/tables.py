@@ -33,6 +33,7 @@ NOTE_WIDTH = 30
 NOTE_INDENT = 4
 #: blank columns between two cells in the folded layout
 GAP = 2
+#: the width cells are measured at: rich caps a measurement at the width it is given
 UNBOUNDED = 100_000
 
 Kind = Literal["name", "value", "note"]
