@@ -199,9 +199,9 @@ def train_once(case: Case, optimizer_config: dict[str, Any], seed: int, device: 
     dev = torch.device(device)  # the model trained there; the task's splits stay in host memory
     diverged = result.status == "diverged"
     train_loss, train_metric = (
-        (math.nan, math.nan) if diverged else evaluate(task, task.train.x, task.train.y, device=dev))
+        (math.nan, math.nan) if diverged else evaluate(task, task.train, device=dev))
     with_test = case.task == "quadratic_deep" and task.test
-    test_loss = evaluate(task, task.test.x, task.test.y, device=dev)[0] if with_test else None
+    test_loss = evaluate(task, task.test, device=dev)[0] if with_test else None
     return Repeat(
         seed=seed, status=result.status, seconds_to_target=result.time_to_target_seconds,
         grad_equivalents_to_target=result.time_to_target_grad_equivalents,

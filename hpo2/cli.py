@@ -194,10 +194,12 @@ def train(
     console.print()
     best = result.best_metric
     reached = result.time_to_target_seconds
+    to_target = ("no time to target (the task sets no target; task.settings.target gives one)"
+                 if task.target is None else f"time to target ({task.target_label}): "
+                 f"{'not reached' if reached is None else f'{reached:.1f}s'}")  # fmt: skip
     console.print(
         f"{result.status}: {result.reason}; best valid {task.metric} = {best if best is None else f'{best:.4g}'}; "
-        f"time to target ({task.target_label}): {'not reached' if reached is None else f'{reached:.1f}s'}",
-        highlight=False, soft_wrap=True,
+        f"{to_target}", highlight=False, soft_wrap=True,
     )
     if run is not None:
         run.set_tags({"hpo2.status": result.status, "hpo2.reason": result.reason})

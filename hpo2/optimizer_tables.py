@@ -14,13 +14,9 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 
 from hpo2.errors import SettingsError, did_you_mean
-from hpo2.optim.registry import REGISTRY
-from hpo2.optim.sam import SAM_KEY, SAMSettings
+from hpo2.optim.registry import ATTACHMENT_SUMMARIES, ATTACHMENTS, REGISTRY
 from hpo2.optim.settings import Choice, IntRange, OptimizerSettings, SearchDimension
 from hpo2.tables import Column, FittedTable
-
-#: the SAM wrapper is listed too: any optimizer takes ``settings.sam``
-SAM_SUMMARY = "sharpness-aware minimization around any optimizer (settings.sam)"
 
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 
@@ -86,8 +82,9 @@ def format_allowed(annotation: Any, metadata: list[Any] | None = None) -> str:
 
 
 def _entries() -> dict[str, tuple[type[OptimizerSettings], str]]:
+    """The registered optimizers, then what attaches to any of them (``sam``, ``schedule``)."""
     entries = {name: (spec.settings, spec.summary) for name, spec in REGISTRY.items()}
-    entries[SAM_KEY] = (SAMSettings, SAM_SUMMARY)
+    entries.update({key: (settings, ATTACHMENT_SUMMARIES[key]) for key, settings in ATTACHMENTS.items()})
     return entries
 
 

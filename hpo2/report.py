@@ -319,7 +319,7 @@ def target_text(config: StudyConfig) -> str:
     spec = TASKS.get(config.task.name) if config.task.name else None
     if spec is not None:
         return target_label(spec.metric, spec.higher_is_better, spec.target if target is None else target)
-    return "the task's own (set by its code)" if target is None else f"the task's metric at {target:g}"
+    return "the task's own, if its code sets one" if target is None else f"the task's metric at {target:g}"
 
 
 def _summary_rows(study: optuna.Study) -> list[dict[str, Any]]:

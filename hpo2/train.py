@@ -17,10 +17,31 @@ an epoch is still one pass over the samples (fewer, larger steps), and its
 gradient-equivalents are scaled by its batch over the task's, so budgets in
 seconds or gradient-equivalents and time-to-target compare with Adam's.
 
+**Data.**  A split of tensors (:class:`~hpo2.tasks.base.Split`) is placed on the
+device once and batched there (:class:`~hpo2.tasks.placement.DeviceBatches`); a
+``Dataset`` split is read through a ``DataLoader`` in the same seeded order
+(:class:`~hpo2.tasks.loading.DatasetBatches`: the task's ``loader_workers``, pinned
+memory and non-blocking copies on CUDA).  On a Dataset, a data regime larger than
+the task's batch is **streamed**: each step's batch is an
+:class:`~hpo2.tasks.loading.IndexWindow` read a task batch at a time, and the
+optimizer gets a :class:`~hpo2.optim.closure.StreamingClosure` that accumulates the
+gradient over it (memory bounded by the task's batch; curvature on a chunk of at
+most one task batch).  Only optimizers that stream (Hessian-free, Newton-CG) can;
+any other is refused before training with one clear line.  Validation streams the
+validation split in batches (2048 samples for tensors, the task's batch for a
+Dataset).
+
 **Snapshots.**  An optimizer with a
 ``snapshot(data, batch_size)`` method (SVRG) gets it called at each epoch start
-with a :class:`~hpo2.optim.closure.BatchClosure` over the training set; the
+with a :class:`~hpo2.optim.closure.BatchClosure` over the training set (a
+:class:`~hpo2.optim.closure.StreamingClosure` on a Dataset); the
 gradient-equivalents it returns are added and its wall time is training time.
+
+**Schedules.**  An optimizer config with ``settings.schedule``
+(:mod:`hpo2.optim.schedules`) has its learning rate set after every step for the
+next one, at the share of the budget that step will have used when it ends
+(exact for epochs and steps, from the pace so far for seconds and
+gradient-equivalents); each step's diagnostics carry the rate it took (``lr``).
 
 Time-to-target is the
 wall time and gradient-equivalents until the task's target validation metric is
@@ -35,7 +56,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,10 +64,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config
+from hpo2.errors import SettingsError
+from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config, schedule_from_config
+from hpo2.optim.baselines import first_order_closure_step
+from hpo2.optim.closure import DataClosure, StreamingClosure
 from hpo2.optim.sam import SAM
-from hpo2.solvers import host_floats
 from hpo2.tasks import Task, loss_and_metric
+from hpo2.tasks.base import Split, SplitData, mean_loss_and_metric
+from hpo2.tasks.loading import DatasetBatches, IndexWindow
 from hpo2.tasks.placement import DeviceBatches, fits, free_bytes, split_bytes
 from hpo2.tasks.source import TaskSection, resolve_task
 
@@ -95,6 +120,9 @@ class TrainConfig(BaseModel):
     tracking_uri: str | None = None
     experiment: str = "hpo2-train"
     study: dict[str, Any] | None = Field(default=None, description="provenance written by `hpo2 study best --export`")
+    reuse: dict[str, str] | None = Field(
+        default=None, description="what a loop of your own must honour, written by `hpo2 study best --export`"
+    )
 
 
 @dataclass
@@ -154,11 +182,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def evaluate(
-    task: Task, x: Tensor, y: Tensor, batch_size: int = 2048, device: torch.device | None = None
+    task: Task, data: SplitData | DatasetBatches, batch_size: int | None = None, device: torch.device | None = None
 ) -> tuple[float, float]:
-    """Mean loss and metric of the task's model over a split (eval mode, batched; each
-    batch copied to ``device`` when given)."""
-    return loss_and_metric(task.model, task.loss_fn, task.metric_fn, x, y, batch_size, device)
+    """Mean loss and metric of the task's model over a split (eval mode, batched).
+
+    A :class:`~hpo2.tasks.base.Split` goes in batches of ``batch_size`` (default
+    2048), each copied to ``device`` when given; a ``Dataset`` (or its
+    :class:`~hpo2.tasks.loading.DatasetBatches`) streams through a ``DataLoader`` in
+    batches of ``batch_size`` (default the task's), onto ``device`` (default the CPU).
+    """
+    if isinstance(data, Split):
+        return loss_and_metric(task.model, task.loss_fn, task.metric_fn, data.x, data.y, batch_size or 2048, device)
+    if not isinstance(data, DatasetBatches):
+        data = DatasetBatches(data, device or torch.device("cpu"), 0, task.loader_workers, task.collate_fn)
+    batches = data.in_order(batch_size or task.batch_size)
+    return mean_loss_and_metric(task.model, task.loss_fn, task.metric_fn, batches, len(data))
 
 
 def resolve_batch_size(optimizer: torch.optim.Optimizer, task_batch: int, n_train: int) -> int:
@@ -179,32 +217,11 @@ StepHook = Callable[[int, dict[str, Any]], None]
 def first_order_step(
     optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, xb: Tensor, yb: Tensor
 ) -> dict[str, Any]:
-    """One torch-style step (``backward()`` then ``optimizer.step()``) and what it
-    costs: one gradient, plus, for an optimizer whose ``step`` does work comparable
-    to a gradient (``charges_step_time = True``, e.g. Muon's Newton-Schulz
-    iterations), the step's measured seconds in units of this step's own gradient
-    seconds, so a budget in gradient-equivalents does not flatter it.
-
-    A non-finite loss or gradient (an overflow in the backward pass can leave the
-    loss finite) skips ``optimizer.step()``, as hpo2's own optimizers reject such a
-    step, with status ``nonfinite_loss`` or ``nonfinite_grad``: the parameters stay
-    finite and the training loop ends the run as diverged."""
-    optimizer.zero_grad(set_to_none=True)
-    started = time.perf_counter()
-    loss = loss_fn(model(xb), yb)
-    loss.backward()
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
-    value, norm = host_floats(loss, grad_norm)  # one transfer; waits for the backward on a GPU
-    grad_seconds = time.perf_counter() - started
-    status = "nonfinite_loss" if not math.isfinite(value) else "nonfinite_grad" if not math.isfinite(norm) else "ok"
-    cost = 1.0
-    if status == "ok":
-        started = time.perf_counter()
-        optimizer.step()
-        if getattr(optimizer, "charges_step_time", False):
-            cost += (time.perf_counter() - started) / max(grad_seconds, 1e-9)
-    return {"loss": value, "status": status, "grad_equivalents": cost}
+    """One first-order step on a batch and its diagnostics
+    (:func:`~hpo2.optim.baselines.first_order_closure_step`: one gradient, plus a
+    ``charges_step_time`` optimizer's step time; skipped on a non-finite loss or
+    gradient, so the parameters stay finite and the loop ends the run as diverged)."""
+    return first_order_closure_step(optimizer, BatchClosure(model, loss_fn, xb, yb), optimizer.step)[1]
 
 
 class _TrainingLoop:
@@ -220,14 +237,30 @@ class _TrainingLoop:
         self.eval_every_steps, self.divergence_factor = eval_every_steps, divergence_factor
         self.model = task.model.to(device)
         task.loss_fn.to(device)
-        resident = fits(split_bytes(task.train, task.valid), free_bytes(device))
-        self.train = DeviceBatches(task.train, device, seed, resident)
+        tensors = [split for split in (task.train, task.valid) if isinstance(split, Split)]
+        resident = fits(split_bytes(*tensors), free_bytes(device))
+        self.train: DeviceBatches | DatasetBatches = (
+            DeviceBatches(task.train, device, seed, resident) if isinstance(task.train, Split)
+            else DatasetBatches(task.train, device, seed, task.loader_workers, task.collate_fn)
+        )
         # validation follows the training split's placement: resident together, or copied per batch
-        self.valid = task.valid.to(device) if self.train.resident else task.valid
-        self.valid_device = None if self.train.resident else device
+        self.valid: Split | DatasetBatches = (
+            DatasetBatches(task.valid, device, seed, task.loader_workers, task.collate_fn)
+            if not isinstance(task.valid, Split) else task.valid.to(device) if resident else task.valid
+        )
+        self.valid_device = None if resident else device
         self.optimizer = from_config(optimizer_config, self.model.parameters())
         n = len(self.train)
         self.batch_size = resolve_batch_size(self.optimizer, task.batch_size, n)
+        self.streamed = isinstance(self.train, DatasetBatches) and self.batch_size > task.batch_size
+        if self.streamed and not getattr(self.optimizer, "streams", False):
+            raise SettingsError(
+                f"optimizer {optimizer_config.get('name')!r}: settings.batch_size = "
+                f"{optimizer_config.get('settings', {}).get('batch_size')!r} on task {task.name!r}, whose training "
+                f"split is a Dataset, needs the gradient accumulated over loader batches, which "
+                f"{type(self.optimizer).__name__} cannot do; allowed: null or at most the task's batch "
+                f"({task.batch_size})"
+            )
         # gradient-equivalents are counted in gradients on the task's batch, whatever batch the optimizer takes
         self.unit = self.batch_size / min(task.batch_size, n)
         self.steps_per_epoch = max(1, n // self.batch_size)
@@ -241,6 +274,7 @@ class _TrainingLoop:
         self.ttt_grad: float | None = None
         self.start = time.perf_counter()
         self.excluded = 0.0  # seconds spent in evaluation and callbacks: not training time
+        self.schedule = schedule_from_config(optimizer_config, self.optimizer, progress=self.next_step_progress)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start - self.excluded
@@ -257,7 +291,7 @@ class _TrainingLoop:
     def record(self) -> bool:
         """Evaluate on the validation split, note time-to-target, report; True: stop."""
         paused = time.perf_counter()
-        valid_loss, valid_metric = evaluate(self.task, self.valid.x, self.valid.y, device=self.valid_device)
+        valid_loss, valid_metric = evaluate(self.task, self.valid, device=self.valid_device)
         entry = Evaluation(self.step / self.steps_per_epoch, self.step, self.last_train_loss, valid_loss, valid_metric,
                            paused - self.start - self.excluded, self.grad_eq)
         self.history.append(entry)
@@ -271,19 +305,40 @@ class _TrainingLoop:
         """Snapshot protocol (hpo2.optim.svrg): its cost counts, its time is training time."""
         snapshot = getattr(self.optimizer, "snapshot", None)
         if snapshot is not None:
-            data = self.train.on_device()
-            closure = BatchClosure(self.model, self.task.loss_fn, data.x, data.y)
-            self.grad_eq += float(snapshot(closure, self.batch_size))
+            if isinstance(self.train, DeviceBatches):
+                data = self.train.on_device()
+                whole: tuple[Tensor, Tensor] | IndexWindow = (data.x, data.y)
+            else:
+                whole = self.train.window(torch.arange(len(self.train)), min(self.task.batch_size, len(self.train)))
+            self.grad_eq += float(snapshot(self.closure(whole), self.batch_size))
 
-    def take_step(self, xb: Tensor, yb: Tensor) -> None:
+    def closure(self, batch: tuple[Tensor, Tensor] | IndexWindow) -> DataClosure:
+        """The closure over a step's batch: in memory, or streamed from a Dataset."""
+        if isinstance(batch, IndexWindow):
+            return StreamingClosure(self.model, self.task.loss_fn, batch)
+        return BatchClosure(self.model, self.task.loss_fn, *batch)
+
+    def epoch_batches(self, order: Tensor) -> Iterator[tuple[Tensor, Tensor] | IndexWindow]:
+        """The epoch's steps: ``steps_per_epoch`` batches of ``batch_size`` samples in ``order``."""
+        bs = self.batch_size
+        slices = (order[b * bs : (b + 1) * bs] for b in range(self.steps_per_epoch))
+        if isinstance(self.train, DeviceBatches):
+            return (self.train.batch(index) for index in slices)  # the resident-tensor path
+        if self.streamed:
+            return (self.train.window(index, self.task.batch_size) for index in slices)
+        return self.train.batches(list(slices))
+
+    def take_step(self, batch: tuple[Tensor, Tensor] | IndexWindow) -> None:
         """One optimizer step on a batch; its cost and loss are counted, its diagnostics kept."""
         if isinstance(self.optimizer, CurvatureOptimizer | SAM):
-            self.optimizer.step(BatchClosure(self.model, self.task.loss_fn, xb, yb))  # type: ignore[arg-type]  # closure returns a Tensor loss
+            self.optimizer.step(self.closure(batch))  # type: ignore[arg-type]  # closure returns a Tensor loss
             diag = dict(self.optimizer.diagnostics)
         else:
-            diag = first_order_step(self.optimizer, self.model, self.task.loss_fn, xb, yb)
+            assert not isinstance(batch, IndexWindow), "only optimizers that stream get a streamed batch (__init__)"
+            diag = first_order_step(self.optimizer, self.model, self.task.loss_fn, *batch)
         self.step += 1
         self.grad_eq += float(diag.get("grad_equivalents", 1.0)) * self.unit
+        self.advance_schedule(diag)
         self.last_train_loss = float(diag.get("loss", math.nan))
         self.diagnostics_log.append(diag)
         if self.on_step is not None:
@@ -291,6 +346,25 @@ class _TrainingLoop:
         if self.first_loss is None and math.isfinite(self.last_train_loss):
             self.first_loss = abs(self.last_train_loss)
         self.divergence(str(diag.get("status", "")))
+
+    def next_step_progress(self, steps_taken: int) -> float:
+        """The share of the budget used when the next step ends (:mod:`hpo2.optim.schedules`): the largest
+        over the set limits; exact for epochs and steps, from the pace so far for seconds and
+        gradient-equivalents (a first step's pace is unknown: 0 for seconds, one gradient for the latter)."""
+        budget, k = self.budget, steps_taken
+        counted = (budget.steps, budget.epochs * self.steps_per_epoch if budget.epochs else None)
+        shares = [(k + 1) / total for total in counted if total]
+        for used, limit, first_step in ((self.elapsed(), budget.seconds, 0.0),
+                                        (self.grad_eq, budget.grad_equivalents, self.unit)):
+            if limit:
+                shares.append((used * (k + 1) / k if k else first_step) / limit)
+        return min(1.0, max(shares, default=0.0))
+
+    def advance_schedule(self, diag: dict[str, Any]) -> None:
+        """Log the rate this step took (``lr``, the first parameter group's), then set the next step's."""
+        if self.schedule is not None:
+            diag["lr"] = float(self.optimizer.param_groups[0]["lr"])
+            self.schedule.step()
 
     def divergence(self, step_status: str) -> None:
         """Mark the run diverged on a non-finite loss or gradient, or a loss far above its first."""
@@ -309,9 +383,8 @@ class _TrainingLoop:
         """One pass over the training split in a fresh order; True: the run stops."""
         order = self.train.epoch_order()
         self.take_snapshot()
-        bs = self.batch_size
-        for b in range(self.steps_per_epoch):
-            self.take_step(*self.train.batch(order[b * bs : (b + 1) * bs]))
+        for b, batch in enumerate(self.epoch_batches(order)):
+            self.take_step(batch)
             if self.status == "diverged":
                 return True
             if self.due_for_evaluation(b == self.steps_per_epoch - 1) and self.record():
@@ -361,7 +434,8 @@ def run_training(
 ) -> TrainResult:
     """Train ``task`` under ``budget``; see the module docstring.
 
-    The training split is placed on the device once (:class:`~hpo2.tasks.placement.DeviceBatches`).
+    A split of tensors is placed on the device once (:class:`~hpo2.tasks.placement.DeviceBatches`);
+    a Dataset split is read through a ``DataLoader`` (:class:`~hpo2.tasks.loading.DatasetBatches`).
 
     Args:
         optimizer_config: ``{"name": ..., "settings": {...}}`` (registry names).

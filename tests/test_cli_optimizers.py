@@ -6,12 +6,13 @@ import pytest
 from typer.testing import CliRunner
 
 from hpo2.cli import app
-from hpo2.optim import REGISTRY, SAMSettings
+from hpo2.optim import REGISTRY
+from hpo2.optim.registry import ATTACHMENTS
 from hpo2.optim.settings import Choice, FloatRange, IntRange
 from hpo2.optimizer_tables import format_allowed, format_range, format_value, settings_table
 from hpo2.tables import FittedTable
 
-NAMES = [*REGISTRY, "sam"]
+NAMES = [*REGISTRY, *ATTACHMENTS]
 
 
 def _invoke(*args: str) -> tuple[int, str]:
@@ -32,12 +33,13 @@ def test_the_list_names_every_optimizer_with_family_summary_and_reference() -> N
         row = next(line for line in lines if line.startswith(f"│ {name} "))
         for text in (spec.settings.family, spec.summary, spec.settings.reference):
             assert text in row, (name, text)
-    assert any(line.startswith("│ sam ") and SAMSettings.reference in line for line in lines)
+    for key, settings in ATTACHMENTS.items():  # sam, schedule
+        assert any(line.startswith(f"│ {key} ") and settings.reference in line for line in lines), key
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_each_optimizer_lists_every_setting_with_default_range_allowed_and_description(name: str) -> None:
-    settings = SAMSettings if name == "sam" else REGISTRY[name].settings
+    settings = ATTACHMENTS[name] if name in ATTACHMENTS else REGISTRY[name].settings
     columns = _columns(settings_table(name))
     fields = settings.model_fields
     assert columns["setting"] == list(fields)

@@ -87,5 +87,5 @@ def build(settings: Settings) -> hpo2.Task:
     return hpo2.Task(
         name="digits_png_cnn", model=model, loss_fn=nn.CrossEntropyLoss(),
         train=ImageFolder(root / "train", settings.augment), valid=ImageFolder(root / "valid", augment=False),
-        test=None, batch_size=64, metric="accuracy", metric_fn=accuracy, higher_is_better=True, target=0.95,
+        batch_size=64, metric="accuracy", metric_fn=accuracy, higher_is_better=True, target=0.95,
     )

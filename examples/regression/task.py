@@ -33,6 +33,6 @@ def build(hidden: int = 32, seed: int = 0) -> hpo2.Task:
     model = nn.Sequential(nn.Linear(10, hidden), nn.Tanh(), nn.Linear(hidden, 1))
     return hpo2.Task(
         name="diabetes_mlp", model=model, loss_fn=nn.MSELoss(),
-        train=hpo2.Split(x[train], y[train]), valid=hpo2.Split(x[valid], y[valid]), test=None,
+        train=hpo2.Split(x[train], y[train]), valid=hpo2.Split(x[valid], y[valid]),
         batch_size=342, metric="rmse", metric_fn=rmse, higher_is_better=False, target=0.8,
     )

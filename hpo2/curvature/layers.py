@@ -47,7 +47,8 @@ the ``weight`` / ``bias`` of a supported layer (``nn.Linear``; ``nn.Conv2d`` wit
 ``groups=1``, numeric padding and ``padding_mode="zeros"``), that belong to a layer
 called more than once per forward (weight sharing), or that are shared between
 modules are listed in :attr:`LayerStatistics.fallback`, with one warning naming
-them; their statistics must come from elsewhere (e.g. :func:`per_sample_grad_squares`).
+their layers (:meth:`LayerStatistics.fallback_layers`); their statistics must come
+from elsewhere (e.g. :func:`per_sample_grad_squares`).
 Statistics cover the loss terms that flow through the layer outputs: a weight cost
 added directly on the parameters is not part of them.
 """
@@ -63,6 +64,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
+
+from hpo2.curvature.batch_norm import batch_norm_in_eval
 
 
 def _conv_supported(module: nn.Conv2d) -> bool:
@@ -161,11 +164,22 @@ class LayerStatistics:
         model: the network.
         params: the parameters of interest (default: all of ``model``'s that require
             grad); every one not owned by a supported layer goes to :attr:`fallback`.
-        warn: warn once, naming the fallback parameters, when there are any.
+        warn: warn once per object, naming the layers that fall back, when there are any.
+        who: the user of the statistics, named in the warning (e.g. ``"KFAC"``).
+        fallback: what the fallback parameters get instead, named in the warning.
     """
 
-    def __init__(self, model: nn.Module, params: Iterable[Tensor] | None = None, *, warn: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Iterable[Tensor] | None = None,
+        *,
+        warn: bool = True,
+        who: str = "LayerStatistics",
+        fallback: str = "the fallback",
+    ) -> None:
         self.model = model
+        self._who, self._fallback_use = who, fallback
         self.params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
         wanted = {id(p) for p in self.params}
         owners: dict[int, list[str]] = {}
@@ -187,6 +201,7 @@ class LayerStatistics:
         self._handles: list[RemovableHandle] = []
         self._recording = False
         self._warn = warn
+        self._reused: set[str] = set()
 
     def __enter__(self) -> LayerStatistics:
         self.layers, self._calls, self._recording = [], {}, True
@@ -201,18 +216,36 @@ class LayerStatistics:
         self._handles = []
         reused = [name for name, count in self._calls.items() if count > 1]
         if reused:
+            self._reused.update(reused)
             shared = {id(p) for name in reused for p in self._modules[name].parameters(recurse=False)}
             names = {id(p): n for n, p in self.model.named_parameters()}
             self.fallback += [names[i] for i in shared if names[i] not in self.fallback]
             self.layers = [r for r in self.layers if r.name not in reused]
         if self.fallback and self._warn and kind is None:
+            layers = self.fallback_layers()
             warnings.warn(
-                "LayerStatistics: no per-layer statistics for "
-                f"{', '.join(self.fallback)} (only nn.Linear and nn.Conv2d used once per forward are supported); "
-                "they use the fallback",
+                f"{self._who}: no per-layer statistics for {len(layers)} layer(s): {', '.join(layers)} "
+                "(only nn.Linear and nn.Conv2d called once per forward have them); "
+                f"their parameters use {self._fallback_use}",
                 stacklevel=2,
             )
             self._warn = False  # once per LayerStatistics object
+
+    def fallback_layers(self) -> list[str]:
+        """The modules that own the :attr:`fallback` parameters, each once, as
+        ``"name (Type)"`` (``<model>`` for the model's own parameters)."""
+        described: list[str] = []
+        for param_name in self.fallback:
+            owner, dot, _ = param_name.rpartition(".")
+            if param_name.startswith("<param"):
+                label = param_name
+            else:
+                module = self.model.get_submodule(owner) if dot else self.model
+                again = ", called more than once per forward" if owner in self._reused else ""
+                label = f"{owner or '<model>'} ({type(module).__name__}{again})"
+            if label not in described:
+                described.append(label)
+        return described
 
     def _forward_hook(self, name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -326,7 +359,8 @@ def per_sample_grad_squares(
     per_sample = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0), randomness="different")
     total = {n: torch.zeros_like(t) for n, t in trainable.items()}
     for start in range(0, inputs.shape[0], chunk):
-        grads = per_sample(trainable, inputs[start : start + chunk], targets[start : start + chunk])
+        with batch_norm_in_eval(model):
+            grads = per_sample(trainable, inputs[start : start + chunk], targets[start : start + chunk])
         for n in total:
             squares = grads[n] ** 2
             if weights is not None:

@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import CurvatureOperator, GGNOperator, HessianOperator, grads_or_zeros, output_hessian_for
-from hpo2.optim.closure import require_batch_closure
+from hpo2.optim.closure import BatchEvaluation, StreamingClosure, require_batch_closure, require_data_closure
 from hpo2.optim.settings import OptimizerSettings
 from hpo2.solvers import CGResult
 
@@ -40,10 +40,13 @@ stores no infinities, and any value below 1/4 reads as "the model was wrong"."""
 
 class CurvatureOptimizer(Optimizer):
     """Base class: ``Settings`` is the optimizer's settings model; ``joint`` methods
-    (Newton-type: one step for all parameters together) take one param group."""
+    (Newton-type: one step for all parameters together) take one param group;
+    ``streams`` methods take a :class:`~hpo2.optim.closure.StreamingClosure` (their
+    gradient accumulated over loader batches, their curvature on a chunk of one)."""
 
     Settings: ClassVar[type[OptimizerSettings]]
     joint: ClassVar[bool] = True
+    streams: ClassVar[bool] = False
 
     def __init__(self, params: ParamsT, settings: Mapping[str, Any], *, raise_on_nonfinite: bool = False) -> None:
         """Validate ``settings`` (each subclass passes its keyword arguments, which
@@ -85,10 +88,19 @@ class CurvatureOptimizer(Optimizer):
             )
         return loss
 
+    def _streamed(self, closure: Closure | None) -> StreamingClosure | None:
+        """``closure`` when it is a streaming closure this optimizer takes; None otherwise
+        (a streaming closure then fails in :meth:`_call_closure`, with its reason)."""
+        return closure if self.streams and isinstance(closure, StreamingClosure) else None
+
     def _value_and_grad(self, closure: Closure | None, allow_backward: bool = False) -> tuple[Tensor, Tensor]:
         """Loss (detached, on the device) and flat gradient at the current parameters (one
-        gradient evaluation).  With ``allow_backward`` a torch-style closure that calls
-        ``backward()`` works too."""
+        gradient evaluation; over a streamed batch, accumulated in one pass).  With
+        ``allow_backward`` a torch-style closure that calls ``backward()`` works too."""
+        streamed = self._streamed(closure)
+        if streamed is not None:
+            value, grads = self._streamed_gradient(streamed)
+            return value, self._flatten(grads)
         loss = self._call_closure(closure, allow_backward)
         if any(p.grad is not None for p in self._params):
             grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self._params]
@@ -101,13 +113,19 @@ class CurvatureOptimizer(Optimizer):
 
     def _gradient_and_curvature(
         self, closure: Closure | None, curvature: str, fraction: float = 1.0
-    ) -> tuple[Tensor, list[Tensor], CurvatureOperator]:
-        """Loss (detached) and gradient on the whole batch, and the curvature operator
-        (``"hessian"`` or ``"ggn"``) on the batch or its first ``fraction``.
+    ) -> tuple[Tensor, list[Tensor], CurvatureOperator, float]:
+        """Loss (detached) and gradient on the whole batch, the curvature operator
+        (``"hessian"`` or ``"ggn"``) on the batch or its first ``fraction``, and the
+        fraction of the batch the operator sees: its ``ceil(fraction * batch)`` samples
+        over the batch (a streamed batch's chunk holds at most one loader batch, see
+        :class:`~hpo2.optim.closure.StreamingClosure`).
 
         For the Hessian on the whole batch one graph serves both: the gradient
         comes out of the operator's double-backward graph for free.
         """
+        streamed = self._streamed(closure)
+        if streamed is not None:
+            return self._streamed_gradient_and_curvature(streamed, curvature, fraction)
         if curvature == "hessian" and fraction == 1.0:
             loss_tensor = self._call_closure(closure)
             with torch.enable_grad():
@@ -125,22 +143,52 @@ class CurvatureOptimizer(Optimizer):
                 found = torch.autograd.grad(full.loss, self._params, retain_graph=fraction == 1.0, allow_unused=True)
                 grads = grads_or_zeros(found, self._params)
                 part = full if fraction == 1.0 else batch.evaluate(fraction)
+                seen = batch.chunk_size(fraction) / batch.batch_size  # the chunk's samples, counted exactly
                 if fraction != 1.0:
-                    self._count("n_loss", fraction)  # the curvature chunk's own forward pass
-                if curvature == "hessian":
-                    operator = HessianOperator(part.loss, self._params)
-                else:
-                    hessian_out = output_hessian_for(batch.loss_fn, part.outputs, part.targets)
-                    operator = GGNOperator(part.outputs, self._params, hessian_out)
+                    self._count("n_loss", seen)  # the curvature chunk's own forward pass
+                operator = self._operator(curvature, batch.loss_fn, part)
             loss = full.loss.detach()
+            fraction = seen
         self._count("n_grad")
         self._store_grads(grads)
-        return loss, grads, operator
+        return loss, grads, operator, fraction
+
+    def _streamed_gradient_and_curvature(
+        self, closure: StreamingClosure, curvature: str, fraction: float
+    ) -> tuple[Tensor, list[Tensor], CurvatureOperator, float]:
+        """:meth:`_gradient_and_curvature` on a streamed batch: the gradient accumulated
+        in one pass, the operator on chunk 0 (at most one loader batch)."""
+        require_data_closure(closure, type(self).__name__, "curvature on a chunk")  # the dropout warning
+        loss, grads = self._streamed_gradient(closure)
+        seen = closure.chunk_size(fraction) / closure.batch_size
+        with torch.enable_grad():
+            part = closure.evaluate(seen)
+            operator = self._operator(curvature, closure.loss_fn, part)
+        self._count("n_loss", seen)  # the chunk's own forward pass
+        return loss, grads, operator, seen
+
+    def _streamed_gradient(self, closure: StreamingClosure) -> tuple[Tensor, list[Tensor]]:
+        """Loss and gradient accumulated over one pass of a streamed batch: one
+        gradient on the batch (the loop counts it in loader batches)."""
+        for p in self._params:
+            p.grad = None
+        value, grads = closure.value_and_grad(self._params)
+        self._store_grads(grads)
+        self._count("n_grad")
+        return value, grads
+
+    def _operator(self, curvature: str, loss_fn: Callable[..., Tensor], part: BatchEvaluation) -> CurvatureOperator:
+        """The Hessian or Gauss-Newton operator on one evaluated (chunk of a) batch."""
+        if curvature == "hessian":
+            return HessianOperator(part.loss, self._params)
+        outputs = part.output_tensor(type(self).__name__, "Gauss-Newton curvature")
+        return GGNOperator(outputs, self._params, output_hessian_for(loss_fn, outputs, part.targets))
 
     def _loss(self, closure: Closure) -> Tensor:
         """Loss at the current parameters, forward only (stays on the device)."""
+        streamed = self._streamed(closure)
         with torch.no_grad():
-            value = closure().detach()
+            value = streamed.loss_value() if streamed is not None else closure().detach()
         self._count("n_loss")
         return value
 

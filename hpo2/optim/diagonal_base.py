@@ -94,8 +94,9 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
             evaluation = batch.evaluate()
             found = torch.autograd.grad(evaluation.loss, self._params, retain_graph=True, allow_unused=True)
             grads = grads_or_zeros(found, self._params)
+            outputs = evaluation.output_tensor(type(self).__name__, "the Gauss-Newton-Bartlett estimator")
             diag = gauss_newton_bartlett_diagonal(
-                evaluation.outputs, self._params, output_loss, n_probes, self._generator, targets=evaluation.targets
+                outputs, self._params, output_loss, n_probes, self._generator, targets=evaluation.targets
             )
         self._count("n_grad", 1 + n_probes)
         return evaluation.loss.detach(), grads, diag

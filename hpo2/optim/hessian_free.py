@@ -38,8 +38,15 @@ by preconditioned CG, with the details that make HF work:
   on the gradient batch from ``lr`` with :math:`c = 10^{-2}`, shrinking by 0.8;
   every step taken has been evaluated; no acceptable step rejects the update.
 
+**A streamed batch** (:class:`~hpo2.optim.closure.StreamingClosure`, a ``Dataset``
+split in the large-batch regime): the gradient and the preconditioner's squares
+are accumulated over the loader batches, each loss on the gradient batch is one
+pass, and the curvature chunk holds at most one loader batch (``curvature_samples``
+in the diagnostics says how many; the products count that fraction).
+
 Dropout makes the curvature products on one batch inconsistent: a warning is
-raised when it is active (call ``model.eval()`` or remove it).
+raised when it is active (call ``model.eval()`` or remove it).  BatchNorm: the
+products see the batch's statistics (:mod:`hpo2.curvature.batch_norm`).
 """
 
 from __future__ import annotations
@@ -56,7 +63,14 @@ from torch.optim.optimizer import ParamsT
 from hpo2.curvature import DampedOperator, GGNOperator, LayerStatistics, grads_or_zeros, output_hessian_for
 from hpo2.curvature.layers import per_sample_grad_squares, per_sample_scale
 from hpo2.optim.base import Closure, CurvatureOptimizer, ParameterRay
-from hpo2.optim.closure import BatchClosure, BatchEvaluation, require_batch_closure
+from hpo2.optim.closure import (
+    BatchClosure,
+    BatchEvaluation,
+    DataClosure,
+    StreamingClosure,
+    add_weighted,
+    require_data_closure,
+)
 from hpo2.optim.settings import (
     BATCH_CHOICES,
     BatchSize,
@@ -134,6 +148,7 @@ class HessianFree(CurvatureOptimizer):
     """
 
     Settings = HessianFreeSettings
+    streams = True
 
     def __init__(
         self,
@@ -170,15 +185,14 @@ class HessianFree(CurvatureOptimizer):
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         group = self.param_groups[0]
         state = self.global_state
-        batch = require_batch_closure(closure, "HessianFree", "Gauss-Newton curvature")
+        batch = require_data_closure(closure, "HessianFree", "Gauss-Newton curvature")
         damping = float(state.get("damping", group["damping"]))
         fraction = batch.chunk_size(group["curvature_fraction"]) / batch.batch_size
         chunk = int(state.get("chunk", 0)) % batch.n_chunks(fraction)
         state["chunk"] = chunk + 1
         self._start_diagnostics(damping=damping, curvature_samples=round(fraction * batch.batch_size))
 
-        full, grads, squares = self._gradient_and_squares(batch, group["preconditioner"], retain=fraction == 1.0)
-        loss_t = full.loss.detach()
+        loss_t, grads, squares, full = self._gradient_and_squares(batch, group["preconditioner"], fraction == 1.0)
         g = self._flatten(grads)
         loss, g_norm = host_floats(loss_t, g.norm())
         self.diagnostics.update(loss=loss, grad_norm=g_norm)
@@ -216,14 +230,17 @@ class HessianFree(CurvatureOptimizer):
         self._finish_diagnostics(operator, fraction)
         return loss_t
 
-    def _chunk_operator(self, batch: BatchClosure, full: BatchEvaluation, fraction: float, chunk: int) -> GGNOperator:
+    def _chunk_operator(
+        self, batch: DataClosure, full: BatchEvaluation | None, fraction: float, chunk: int
+    ) -> GGNOperator:
         """The Gauss-Newton operator on the step's curvature chunk (sec. 4.3)."""
         with torch.enable_grad():
-            part = full if fraction == 1.0 else batch.evaluate(fraction, chunk)
-            if fraction != 1.0:
+            part = full if full is not None and fraction == 1.0 else batch.evaluate(fraction, chunk)
+            if part is not full:
                 self._count("n_loss", fraction)
-            hessian_out = output_hessian_for(batch.loss_fn, part.outputs, part.targets)
-            return GGNOperator(part.outputs, self._params, hessian_out)
+            outputs = part.output_tensor("HessianFree", "Gauss-Newton products")
+            hessian_out = output_hessian_for(batch.loss_fn, outputs, part.targets)
+            return GGNOperator(outputs, self._params, hessian_out)
 
     def _solve(self, operator: GGNOperator, g: Tensor, squares: Tensor | None, damping: float) -> CGResult:
         """Preconditioned CG on the damped system, warm-started (sec. 4.5), stopped by
@@ -244,7 +261,7 @@ class HessianFree(CurvatureOptimizer):
         self._record_cg(result)
         return result
 
-    def _chunk_loss(self, batch: BatchClosure, fraction: float, chunk: int) -> float:
+    def _chunk_loss(self, batch: DataClosure, fraction: float, chunk: int) -> float:
         self._count("n_loss", fraction)
         (value,) = host_floats(batch.loss_value(fraction, chunk))
         return value
@@ -259,7 +276,7 @@ class HessianFree(CurvatureOptimizer):
         return result.x, result.quad_value, value
 
     def _final_line_search(
-        self, batch: BatchClosure, x0: Tensor, loss: float, slope: float, step_p: Tensor, known: float | None
+        self, batch: DataClosure, x0: Tensor, loss: float, slope: float, step_p: Tensor, known: float | None
     ) -> tuple[float, int]:
         """Martens & Sutskever (2012) sec. 8.8: Armijo backtracking on the gradient batch;
         the full step is accepted unevaluated when its loss on that batch is ``known``."""
@@ -278,34 +295,65 @@ class HessianFree(CurvatureOptimizer):
         return ls.step, ls.n_evals
 
     def _gradient_and_squares(
-        self, batch: BatchClosure, with_squares: bool, retain: bool
-    ) -> tuple[BatchEvaluation, list[Tensor], Tensor | None]:
-        r"""Loss, gradient and (when asked) :math:`\sum_n w_n \nabla\ell_n^{\odot 2}`
-        from one forward and one backward pass on the whole batch."""
+        self, batch: DataClosure, with_squares: bool, retain: bool
+    ) -> tuple[Tensor, list[Tensor], Tensor | None, BatchEvaluation | None]:
+        r"""Loss (detached), gradient and (when asked) :math:`\sum_n w_n \nabla\ell_n^{\odot 2}`
+        on the gradient batch, with its evaluation (graph kept when ``retain``) for a
+        batch in memory; one forward and one backward pass per (loader) batch."""
         for p in self._params:
             p.grad = None
+        if isinstance(batch, StreamingClosure):
+            loss, grads, squares = self._streamed_gradient_and_squares(batch, with_squares)
+            full = None
+        else:
+            full, grads, squares = self._piece_gradient_and_squares(batch, with_squares, retain, 1.0)
+            loss = full.loss.detach()
+        self._count("n_grad")
+        self._store_grads(grads)
+        return loss, grads, squares, full
+
+    def _streamed_gradient_and_squares(
+        self, batch: StreamingClosure, with_squares: bool
+    ) -> tuple[Tensor, list[Tensor], Tensor | None]:
+        """:meth:`_piece_gradient_and_squares` summed over the loader batches, each
+        weighted by its share of the samples (the loss is a mean)."""
+        total: list[Tensor] | None = None  # [loss, *gradient, squares]
+        complete = with_squares  # squares only when every loader batch gave them
+        for piece, weight in batch.pieces():
+            part, found, part_squares = self._piece_gradient_and_squares(piece, with_squares, False, weight)
+            complete = complete and part_squares is not None
+            extra = [part_squares] if complete and part_squares is not None else []
+            total = add_weighted(total, [part.loss.detach(), *found, *extra], weight)
+        if total is None:
+            raise ValueError("HessianFree: the streamed batch yielded no samples")
+        n = len(self._params)
+        return total[0], total[1 : n + 1], total[n + 1] if complete else None
+
+    def _piece_gradient_and_squares(
+        self, batch: BatchClosure, with_squares: bool, retain: bool, weight: float
+    ) -> tuple[BatchEvaluation, list[Tensor], Tensor | None]:
+        r"""Evaluation, gradient and (when asked) :math:`\sum_n w_n \nabla\ell_n^{\odot 2}`
+        of one batch in memory, from one forward and one backward pass; ``weight`` is
+        its share of the gradient batch (what its per-sample fallback costs)."""
         if not with_squares:
             with torch.enable_grad():
                 full = batch.evaluate()
                 found = torch.autograd.grad(full.loss, self._params, retain_graph=retain, allow_unused=True)
-            grads = grads_or_zeros(found, self._params)
-            self._count("n_grad")
-            self._store_grads(grads)
-            return full, grads, None
+            return full, grads_or_zeros(found, self._params), None
         if self._statistics is None:
-            self._statistics = LayerStatistics(batch.model, self._params)
+            self._statistics = LayerStatistics(
+                batch.model, self._params, who="HessianFree",
+                fallback="per-sample gradients (torch.func) for the preconditioner"
+            )
         with torch.enable_grad(), self._statistics as stats:
             full = batch.evaluate()
-            found = torch.autograd.grad(
-                full.loss, [*self._params, full.outputs], retain_graph=retain, allow_unused=True
-            )
-        self._count("n_grad")
+            outputs = full.output_tensor("HessianFree", "its preconditioner's per-sample gradients")
+            found = torch.autograd.grad(full.loss, [*self._params, outputs], retain_graph=retain, allow_unused=True)
         grads = grads_or_zeros(found, self._params)
-        self._store_grads(grads)
         if found[-1] is None or not bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()):  # one read
             return full, grads, None
         # the empirical Fisher of L = sum_n w_n l_n weighs sample n by w_n = 1 / c_n
-        scale = per_sample_scale(batch.loss_fn, full.outputs, full.targets, found[-1])
+        scale = per_sample_scale(batch.loss_fn, outputs, full.targets, found[-1])
         by_param = stats.grad_squares(scale.clamp_min(0).sqrt())
         missing = [p for p in self._params if p not in by_param]
         if missing:
@@ -314,7 +362,7 @@ class HessianFree(CurvatureOptimizer):
             )
             by_param.update(zip(missing, per_sample_grad_squares(
                 batch.model, batch.loss_fn, batch.inputs, batch.targets, missing, weights=weights)))
-            self._count("n_grad")  # the per-sample fallback: see per_sample_grad_squares for its real cost
+            self._count("n_grad", weight)  # the per-sample fallback: see per_sample_grad_squares for its real cost
         return full, grads, self._flatten(by_param[p] for p in self._params)
 
     def _backtrack(self, result: CGResult, loss_at: Callable[[Tensor], Tensor]) -> tuple[Tensor, float, float]:

@@ -35,9 +35,10 @@ Tikhonov damping with the π correction** (Martens & Grosse 2015, sec. 6.3):
 (:math:`\kappa` = ``kl_clip``; 0 turns it off), then heavy-ball momentum:
 :math:`b \leftarrow \mu b + \nu V`, :math:`W \leftarrow W - \eta b`.
 
-Parameters K-FAC cannot factor (norm scales, embeddings, weight-shared layers, any
-parameter :class:`~hpo2.curvature.layers.LayerStatistics` lists as fallback; a
-warning names them) are stepped by **Adam** with ``fallback_lr``.  Defaults are
+Parameters K-FAC cannot factor (``nn.LayerNorm`` / BatchNorm scales and shifts,
+``nn.Embedding`` tables, weight-shared layers: any parameter
+:class:`~hpo2.curvature.layers.LayerStatistics` lists as fallback) are stepped by
+**Adam** with ``fallback_lr``; one warning per optimizer names their layers.  Defaults are
 those of kfac-pytorch (Pauloski et al. 2020) / Ba et al.'s ImageNet runs.
 The closure must be a :class:`~hpo2.optim.closure.BatchClosure`; the training loss
 should use ``reduction="mean"``.
@@ -216,10 +217,12 @@ class KFAC(SeededOptimizer):
             self._count("n_grad")
             return evaluation.loss.detach(), grads_or_zeros(found, self._params), [], 1.0
         if self._statistics is None:
-            self._statistics = LayerStatistics(batch.model, self._params)
+            self._statistics = LayerStatistics(
+                batch.model, self._params, who="KFAC", fallback="Adam with fallback_lr (no Kronecker factors)"
+            )
         with torch.enable_grad(), self._statistics as stats:
             evaluation = batch.evaluate()
-            outputs = evaluation.outputs
+            outputs = evaluation.output_tensor(type(self).__name__, "its Kronecker factors")
             if fisher == "sampled":
                 name = likelihood_name(batch.loss_fn)
                 if name is None:

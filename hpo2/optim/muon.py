@@ -27,6 +27,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from hpo2.optim.baselines import first_order_closure_step
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
 
@@ -69,8 +70,13 @@ class MuonWithAdamW(torch.optim.Optimizer):
     and ``zero_grad`` work as for any torch optimizer.
 
     ``charges_step_time``: its Newton-Schulz iterations cost about 0.7 of a gradient
-    on the benchmark MLP (BENCHMARKS.md), so :func:`hpo2.train.first_order_step`
-    counts the step's measured time on top of the gradient.
+    on the benchmark MLP (BENCHMARKS.md), so
+    :func:`~hpo2.optim.baselines.first_order_closure_step` counts the step's measured
+    time on top of the gradient.
+
+    ``step(closure)`` takes a torch-style closure (it calls ``backward()``) or an hpo2
+    one (it returns the loss; a :class:`~hpo2.optim.BatchClosure`), as the
+    ``torch.optim`` baselines do (:mod:`hpo2.optim.baselines`), and leaves ``diagnostics``.
 
     Example:
         Muon takes the weight matrix, AdamW the bias; stepped torch-style:
@@ -143,6 +149,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if not self._parts:
             raise ValueError("MuonWithAdamW got no parameters that require grad")
         self.settings = s
+        self.diagnostics: dict[str, Any] = {}
         super().__init__([group for part in self._parts for group in part.param_groups], {})
         self._link()
 
@@ -159,12 +166,14 @@ class MuonWithAdamW(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self._link()
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]  # closures return a Tensor
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        if closure is None:
+            self._step_parts()
+            return None
+        loss, self.diagnostics = first_order_closure_step(self, closure, self._step_parts)
+        return loss
+
+    @torch.no_grad()
+    def _step_parts(self) -> None:
         for part in self._parts:
             part.step()
-        return loss

@@ -9,7 +9,10 @@ is a :class:`~hpo2.optim.closure.BatchClosure` (``curvature="auto"``; PSD, so CG
 not cut short by negative curvature on networks; Schraudolph 2002, Martens 2010)
 and the Hessian otherwise or when asked (``curvature="hessian"``).  The curvature
 may be taken on a ``curvature_fraction`` of the batch (a subsampled Hessian, Byrd,
-Chin, Neveitt & Nocedal 2011).  The damping :math:`\lambda` adapts by
+Chin, Neveitt & Nocedal 2011).  On a batch streamed from a ``Dataset``
+(:class:`~hpo2.optim.closure.StreamingClosure`) the gradient, line searches and
+trust-region ratio are on the whole batch, a pass each, and the curvature on a
+chunk of at most one loader batch.  The damping :math:`\lambda` adapts by
 Levenberg-Marquardt's rule under every globalization (``damping_rule="lm"``):
 with :math:`\rho = (f(\theta + s) - f(\theta)) / q_0(s)`, :math:`q_0` the undamped
 quadratic model of the step :math:`s` taken, :math:`\lambda \leftarrow 3/2\,\lambda`
@@ -47,7 +50,7 @@ from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import CurvatureOperator, DampedOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer, ParameterRay
-from hpo2.optim.closure import BatchClosure
+from hpo2.optim.closure import BatchClosure, StreamingClosure
 from hpo2.optim.settings import BatchSize, Choice, DataRegimeSettings, FloatRange, IntRange, document_settings
 from hpo2.solvers import CGResult, FixedStep, TrustRegion, cg, host_floats, levenberg_marquardt, make_line_search
 from hpo2.solvers.cg import MatVec
@@ -118,6 +121,7 @@ class NewtonCG(CurvatureOptimizer):
     """
 
     Settings = NewtonCGSettings
+    streams = True
 
     def __init__(
         self,
@@ -157,9 +161,10 @@ class NewtonCG(CurvatureOptimizer):
         self._start_diagnostics(damping=damping)
         curvature = group["curvature"]
         if curvature == "auto":
-            curvature = "ggn" if isinstance(closure, BatchClosure) else "hessian"
-        fraction = group["curvature_fraction"]
-        loss_t, grads, operator = self._gradient_and_curvature(closure, curvature, fraction)
+            curvature = "ggn" if isinstance(closure, BatchClosure | StreamingClosure) else "hessian"
+        loss_t, grads, operator, fraction = self._gradient_and_curvature(
+            closure, curvature, group["curvature_fraction"]
+        )
         assert closure is not None, "the call above raises on a missing closure"
         g = self._flatten(grads)
         loss, g_norm = host_floats(loss_t, g.norm())  # the step's one read before CG: finite? converged?

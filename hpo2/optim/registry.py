@@ -10,8 +10,18 @@ Config format (the ``optimizer`` section of ``hpo2 train --config`` files and of
       settings: {damping: 0.5, cg_max_iter: 100}
 
 A bare optimizer section (``{"name": ..., "settings": ...}``) or just a name works
-too; missing settings take the paper defaults.  ``settings.sam: {rho, adaptive}``
-wraps any optimizer in sharpness-aware minimization (:mod:`hpo2.optim.sam`).
+too; missing settings take the paper defaults.  Two settings attach to any
+optimizer (:data:`ATTACHMENTS`, each a mapping, or ``true`` for its defaults):
+``settings.sam: {rho, adaptive}`` wraps it in sharpness-aware minimization
+(:mod:`hpo2.optim.sam`), and ``settings.schedule: {warmup, decay, final_fraction}``
+gives it a learning-rate schedule (:mod:`hpo2.optim.schedules`), which
+:func:`schedule_from_config` builds beside :func:`from_config`.
+
+What ``from_config`` returns takes ``optimizer.step(BatchClosure(model, loss_fn, x, y))``
+for every registered optimizer: the ``torch.optim`` baselines accept hpo2's closure
+(it returns the loss) as well as torch's (it calls ``backward()``), see
+:mod:`hpo2.optim.baselines`.  :func:`reuse_notes` says in words what a loop of your
+own must honour for a config (batch regime, curvature chunk, schedule).
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ from hpo2.optim.lbfgs import LBFGS
 from hpo2.optim.muon import MuonSettings, MuonWithAdamW
 from hpo2.optim.newton_cg import NewtonCG
 from hpo2.optim.saddle_free import SaddleFreeNewton
-from hpo2.optim.sam import SAM, SAM_KEY, SAMSettings, parse_sam
+from hpo2.optim.sam import SAM, SAM_KEY, SAMSettings
+from hpo2.optim.schedules import SCHEDULE_KEY, Progress, ScheduleSettings, WarmupDecay, build_schedule
 from hpo2.optim.settings import OptimizerSettings, SearchDimension
 from hpo2.optim.shampoo import Shampoo
 from hpo2.optim.soap import SOAP
@@ -53,6 +64,8 @@ class OptimizerSpec:
     build: Callable[[Iterable[Any], OptimizerSettings], Optimizer]
     second_order: bool
     summary: str
+    loop_note: str = ""
+    """What a loop of your own must do beyond ``step(BatchClosure(...))`` (SVRG's snapshots)."""
 
     def search_space(self) -> dict[str, SearchDimension]:
         return self.settings.search_space()
@@ -106,7 +119,9 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "muon", MuonSettings, _curvature(MuonWithAdamW), False, "Muon on 2-d weights + AdamW (torch.optim)"
         ),
         OptimizerSpec(
-            "svrg", SVRG.Settings, _curvature(SVRG), False, "SVRG (variance-reduced SGD, Johnson & Zhang 2013)"
+            "svrg", SVRG.Settings, _curvature(SVRG), False, "SVRG (variance-reduced SGD, Johnson & Zhang 2013)",
+            "call optimizer.snapshot(BatchClosure(model, loss_fn, train_x, train_y), batch_size) at the start of "
+            "every epoch, before its steps (hpo2's training loop does)",
         ),
     ]
 }
@@ -142,16 +157,61 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: settings that attach to any optimizer, each under its own key of ``settings``
+ATTACHMENTS: dict[str, type[OptimizerSettings]] = {SAM_KEY: SAMSettings, SCHEDULE_KEY: ScheduleSettings}
+#: one line each for ``hpo2 optimizers``
+ATTACHMENT_SUMMARIES = {
+    SAM_KEY: "sharpness-aware minimization around any optimizer (settings.sam)",
+    SCHEDULE_KEY: "learning-rate warmup and decay for any optimizer (settings.schedule)",
+}
+
+
+def parse_attachment(key: str, value: Any, where: str) -> OptimizerSettings | None:
+    """The ``settings.<key>`` entry of an optimizer config (:data:`ATTACHMENTS`): a
+    mapping of its settings, or ``true`` for its defaults; ``None``/``false``: none."""
+    if value is None or value is False:
+        return None
+    settings = ATTACHMENTS[key]
+    if value is True:
+        return settings()
+    if not isinstance(value, Mapping):
+        raise SettingsError(
+            f"{where} = {value!r}: give a mapping {{{', '.join(settings.model_fields)}}} or true/false"
+        )
+    return settings.parse(dict(value), where=where)
+
+
+def nest_attachments(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"lr": .1, "sam.rho": .05, "schedule.warmup": .1}`` -> ``{"lr": .1, "sam": {"rho": .05},
+    "schedule": {"warmup": .1}}`` (search params are flat, settings nest the attached parts)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, _, rest = key.partition(".")
+        if rest and head in ATTACHMENTS:
+            out.setdefault(head, {})[rest] = value
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class ParsedOptimizerConfig:
+    """A validated optimizer config: the registered optimizer, its settings, and the attached parts."""
+
+    spec: OptimizerSpec
+    settings: OptimizerSettings
+    sam: SAMSettings | None
+    schedule: ScheduleSettings | None
+
+
 def parse_optimizer_config(config: Mapping[str, Any] | str | Path) -> tuple[OptimizerSpec, OptimizerSettings]:
     """Validate an optimizer config (see the module docstring) into its spec and settings."""
-    spec, settings, _ = parse_optimizer_config_with_sam(config)
-    return spec, settings
+    parsed = parse_full_optimizer_config(config)
+    return parsed.spec, parsed.settings
 
 
-def parse_optimizer_config_with_sam(
-    config: Mapping[str, Any] | str | Path,
-) -> tuple[OptimizerSpec, OptimizerSettings, SAMSettings | None]:
-    """:func:`parse_optimizer_config` plus the optional ``settings.sam`` part."""
+def parse_full_optimizer_config(config: Mapping[str, Any] | str | Path) -> ParsedOptimizerConfig:
+    """:func:`parse_optimizer_config` plus the attached ``settings.sam`` and ``settings.schedule``."""
     if isinstance(config, Path) or (
         isinstance(config, str) and (config.endswith((".yaml", ".yml", ".json")) or "/" in config)
     ):
@@ -174,8 +234,13 @@ def parse_optimizer_config_with_sam(
     if not isinstance(settings, Mapping):
         raise SettingsError(f"{where}.settings must be a mapping of setting: value, got {type(settings).__name__}")
     settings = dict(settings)
-    sam = parse_sam(settings.pop(SAM_KEY, None), where=f"{where}.settings.{SAM_KEY}")
-    return spec, spec.settings.parse(settings, where=f"{where}.settings"), sam
+    attached = {key: parse_attachment(key, settings.pop(key, None), f"{where}.settings.{key}") for key in ATTACHMENTS}
+    return ParsedOptimizerConfig(
+        spec,
+        spec.settings.parse(settings, where=f"{where}.settings"),
+        attached[SAM_KEY],  # type: ignore[arg-type]  # parsed by SAMSettings
+        attached[SCHEDULE_KEY],  # type: ignore[arg-type]  # parsed by ScheduleSettings
+    )
 
 
 def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any]) -> Optimizer:
@@ -184,8 +249,74 @@ def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any]) -
     ``config`` is a dict (a whole ``hpo2 train`` config, its ``optimizer``
     section, or an exported best config), a path to a YAML/JSON file holding one,
     or a registry name.  Unknown names or settings raise
-    :class:`~hpo2.optim.settings.SettingsError` listing what is allowed.
+    :class:`~hpo2.optim.settings.SettingsError` listing what is allowed.  Its
+    ``step(BatchClosure(model, loss_fn, x, y))`` trains, whichever optimizer it is;
+    a ``settings.schedule`` is built by :func:`schedule_from_config`.
     """
-    spec, settings, sam = parse_optimizer_config_with_sam(config)
-    optimizer = spec.build(params, settings)
-    return optimizer if sam is None else SAM(optimizer, **sam.model_dump())
+    parsed = parse_full_optimizer_config(config)
+    optimizer = parsed.spec.build(params, parsed.settings)
+    return optimizer if parsed.sam is None else SAM(optimizer, **parsed.sam.model_dump())
+
+
+def schedule_from_config(
+    config: Mapping[str, Any] | str | Path,
+    optimizer: Optimizer,
+    total_steps: int | None = None,
+    *,
+    progress: Progress | None = None,
+) -> WarmupDecay | None:
+    """The learning-rate schedule of a config's ``settings.schedule`` over ``optimizer``
+    (the one :func:`from_config` built from the same config), or None when it has none.
+
+    Give ``total_steps``, the number of ``optimizer.step(...)`` calls your loop will
+    make (e.g. ``epochs * len(loader)``), and call ``schedule.step()`` after each of
+    them; or a ``progress`` function (:data:`~hpo2.optim.schedules.Progress`), as
+    hpo2's training loop does for time budgets.  Step ``k`` of ``total_steps`` then
+    runs at ``lr * m(k / total_steps)`` (:mod:`hpo2.optim.schedules`).
+    """
+    schedule = parse_full_optimizer_config(config).schedule
+    if (total_steps is None) == (progress is None):
+        raise SettingsError("schedule_from_config: give total_steps (the optimizer steps you will take) or progress")
+    if schedule is None:
+        return None
+    return build_schedule(optimizer, schedule, progress if progress is not None else total_steps)  # type: ignore[arg-type]  # one of them is set
+
+
+def reuse_notes(config: Mapping[str, Any] | str | Path) -> dict[str, str]:
+    """What a training loop of your own must honour to train as a config's trials did,
+    in words (``hpo2 study best --export`` writes them under ``reuse``): the step call,
+    the batch regime, the curvature chunk, the schedule, SAM's second evaluation and
+    anything the optimizer itself needs (SVRG's snapshots)."""
+    parsed = parse_full_optimizer_config(config)
+    fields = parsed.settings.model_dump()
+    batch = fields.get("batch_size")
+    notes = {
+        "step": "optimizer = hpo2.optim.from_config(this file, model.parameters()); each step call "
+        "optimizer.step(hpo2.optim.BatchClosure(model, loss_fn, x, y)) -- the closure returns the loss and "
+        "does not call backward()",
+        "batch": "the task's own batch size, as the study trained"
+        if batch is None
+        else "the whole training set (batch_size: full): each step's BatchClosure holds all training samples "
+        "(or a batch as large as fits; Martens 2010), not a minibatch"
+        if batch == "full"
+        else f"{batch} samples per step (batch_size: {batch}), not the task's batch",
+    }
+    if "curvature_fraction" in fields:
+        fraction = fields["curvature_fraction"]
+        notes["curvature"] = (
+            f"curvature products on a chunk of {fraction:.3g} of each step's batch, cycling over the steps "
+            "(curvature_fraction): the optimizer takes the chunk from the BatchClosure itself, so the batch must "
+            f"hold at least {max(1, round(1 / fraction))} samples for a proper chunk"
+        )
+    notes["schedule"] = (
+        "none: the learning rate stays constant"
+        if parsed.schedule is None
+        else f"{parsed.schedule.describe()}; schedule = hpo2.optim.schedule_from_config(this file, optimizer, "
+        "total_steps) with total_steps = the optimizer steps your loop takes, and schedule.step() after every "
+        "optimizer.step(...) (the study spread it over each trial's budget)"
+    )
+    if parsed.sam is not None:
+        notes["sam"] = "SAM evaluates the closure twice per step (at w and at w + eps): keep it re-evaluable"
+    if parsed.spec.loop_note:
+        notes["loop"] = parsed.spec.loop_note
+    return notes

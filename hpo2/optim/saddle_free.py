@@ -106,7 +106,7 @@ class SaddleFreeNewton(CurvatureOptimizer):
         self._start_diagnostics(damping=group["damping"], refreshed=int(refresh))
         operator = None
         if refresh:
-            loss_t, grads, operator = self._gradient_and_curvature(closure, "hessian")
+            loss_t, grads, operator, _ = self._gradient_and_curvature(closure, "hessian")
             g = self._flatten(grads)
         else:
             loss_t, g = self._value_and_grad(closure)

@@ -48,7 +48,7 @@ Cost: one extra gradient per step (the ascent gradient at :math:`w`), counted in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, ClassVar
 
 import torch
@@ -57,7 +57,6 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hpo2.curvature import grads_or_zeros
-from hpo2.errors import SettingsError
 from hpo2.optim.base import CurvatureOptimizer
 from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, document_settings
 from hpo2.solvers import host_floats
@@ -218,28 +217,3 @@ class SAM(Optimizer):
             raise ValueError(f"a SAM state_dict has keys 'base' and 'sam', got {sorted(state_dict)}")
         self.settings = SAMSettings.parse(state_dict[SAM_KEY], where="state_dict.sam")
         self.base.load_state_dict(state_dict["base"])
-
-
-def parse_sam(value: Any, where: str) -> SAMSettings | None:
-    """The ``sam`` entry of an optimizer's settings: a mapping (or ``true`` for the
-    defaults); ``None``/``false`` means no SAM."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return SAMSettings()
-    if not isinstance(value, Mapping):
-        raise SettingsError(f"{where} = {value!r}: give a mapping {{rho, adaptive, eta}} or true/false")
-    return SAMSettings.parse(dict(value), where=where)
-
-
-def nest_sam(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"lr": .1, "sam.rho": .05}`` -> ``{"lr": .1, "sam": {"rho": .05}}`` (search
-    params are flat, settings nest SAM's part)."""
-    out: dict[str, Any] = {}
-    prefix = SAM_KEY + "."
-    for key, value in flat.items():
-        if key.startswith(prefix):
-            out.setdefault(SAM_KEY, {})[key[len(prefix):]] = value
-        else:
-            out[key] = value
-    return out

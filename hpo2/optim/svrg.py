@@ -25,7 +25,9 @@ see different masks or statistics, which spoils the correction.
 **Snapshot protocol** (honoured by :func:`hpo2.train.run_training`): an optimizer
 with a ``snapshot(data, batch_size)`` method gets it called at the start of every
 epoch with a :class:`~hpo2.optim.closure.BatchClosure` over the whole training set
-and the training minibatch size; it returns the gradient-equivalents it spent
+(a :class:`~hpo2.optim.closure.StreamingClosure` when the split is a ``Dataset``:
+each snapshot chunk of ``chunk_size`` samples is then loaded on its own) and the
+training minibatch size; it returns the gradient-equivalents it spent
 (gradients over ``batch_size`` samples; its wall time is training time).
 SVRG refreshes its snapshot on every ``snapshot_every``-th call.
 
@@ -50,7 +52,7 @@ from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import grads_or_zeros
 from hpo2.optim.base import Closure, CurvatureOptimizer
-from hpo2.optim.closure import BatchClosure
+from hpo2.optim.closure import DataClosure
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 from hpo2.solvers import host_floats
 
@@ -127,12 +129,12 @@ class SVRG(CurvatureOptimizer):
         self.snapshot_diagnostics: dict[str, float] = {}
 
     # -- gradients of the loss over a (large) batch, in chunks
-    def _batch_gradient(self, data: BatchClosure, index: Tensor) -> Tensor:
+    def _batch_gradient(self, data: DataClosure, index: Tensor) -> Tensor:
         total = torch.zeros_like(self._flat_params())
         chunk = int(self.param_groups[0]["chunk_size"])
         for start in range(0, len(index), chunk):
             part = index[start : start + chunk]
-            closure = BatchClosure(data.model, data.loss_fn, data.inputs[part], data.targets[part])
+            closure = data.take(part)
             with torch.enable_grad():
                 found = torch.autograd.grad(closure(), self._params, allow_unused=True)
             total += self._flatten(grads_or_zeros(found, self._params)) * (len(part) / len(index))
@@ -146,16 +148,16 @@ class SVRG(CurvatureOptimizer):
         finally:
             self._set_flat_params(current)
 
-    def snapshot(self, data: BatchClosure, batch_size: int) -> float:
+    def snapshot(self, data: DataClosure, batch_size: int) -> float:
         """Called at each epoch start; every ``snapshot_every``-th call takes
         :math:`\\tilde w, \\tilde\\mu`.  Returns the gradient-equivalents spent."""
         st, group = self.global_state, self.param_groups[0]
         st["epochs_seen"] = int(st.get("epochs_seen", 0)) + 1
         if "snapshot" in st and (st["epochs_seen"] - 1) % group["snapshot_every"] != 0:
             return 0.0
-        n = len(data.inputs)
+        n = data.batch_size
         size = n if group["snapshot_samples"] is None else min(n, int(group["snapshot_samples"]))
-        index = torch.randperm(n, generator=self._generator)[:size].to(data.inputs.device)
+        index = torch.randperm(n, generator=self._generator)[:size]
         batch = min(n, int(batch_size))
         w = self._flat_params()
         mu = self._batch_gradient(data, index)
@@ -167,12 +169,11 @@ class SVRG(CurvatureOptimizer):
         self.snapshot_diagnostics["snapshot_grad_equivalents"] = spent
         return spent
 
-    def _measure_variance(self, data: BatchClosure, w: Tensor, mu: Tensor, batch: int, probes: int) -> float:
+    def _measure_variance(self, data: DataClosure, w: Tensor, mu: Tensor, batch: int, probes: int) -> float:
         st = self.global_state
         plain = corrected = 0.0
         for _ in range(probes):
-            idx = torch.randperm(len(data.inputs), generator=self._generator)[:batch].to(data.inputs.device)
-            closure = BatchClosure(data.model, data.loss_fn, data.inputs[idx], data.targets[idx])
+            closure = data.take(torch.randperm(data.batch_size, generator=self._generator)[:batch])
             g_w = self._value_and_grad(closure)[1]
             g_old = self._gradient_at(st["snapshot"], closure)
             plain += float((g_w - mu).pow(2).sum()) / probes

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,8 +32,9 @@ from pydantic import (
 
 from hpo2.config import looks_like_suite_file, suite_file_error, validate
 from hpo2.errors import SettingsError, did_you_mean
-from hpo2.optim.registry import REGISTRY, get_spec, load_config_file
-from hpo2.optim.sam import SAM_KEY, SAMSettings
+from hpo2.optim.registry import ATTACHMENTS, REGISTRY, get_spec, load_config_file
+from hpo2.optim.sam import SAM_KEY
+from hpo2.optim.schedules import SCHEDULE_KEY
 from hpo2.optim.settings import Choice, FloatRange, IntRange, SearchDimension
 from hpo2.redact import redact_text, redact_url
 from hpo2.tasks.source import TaskSection, builtin_task_problem
@@ -98,17 +100,21 @@ def override_dimension(
 class OptimizerChoice(Strict):
     """One optimizer to search over, with optional range overrides and fixed settings.
 
-    ``sam`` wraps every trial of this optimizer in SAM (:mod:`hpo2.optim.sam`):
-    ``true`` searches SAM's declared space (``rho`` on a log range, ``adaptive``);
-    a mapping such as ``{rho: [0.01, 0.5], adaptive: false}`` searches the settings
-    given as a list (``[low, high]`` or choices) and fixes the others given.  The
-    search params are ``<optimizer>.sam.<setting>``.
+    ``sam`` wraps every trial of this optimizer in SAM (:mod:`hpo2.optim.sam`) and
+    ``schedule`` gives it a learning-rate schedule (:mod:`hpo2.optim.schedules`),
+    the same way: ``true`` searches the declared space (SAM: ``rho`` on a log range,
+    ``adaptive``; schedule: ``warmup``, ``decay``, ``final_fraction``); a mapping such
+    as ``{rho: [0.01, 0.5], adaptive: false}`` or ``{warmup: [0.0, 0.1], decay: cosine}``
+    searches the settings given as a list (``[low, high]`` or choices) and fixes the
+    others given.  The search params are ``<optimizer>.sam.<setting>`` and
+    ``<optimizer>.schedule.<setting>``.
     """
 
     name: str
     ranges: dict[str, list[Any]] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
     sam: bool | dict[str, Any] = False
+    schedule: bool | dict[str, Any] = False
 
     @model_validator(mode="after")
     def _check(self) -> OptimizerChoice:
@@ -122,33 +128,24 @@ class OptimizerChoice(Strict):
                 )
             override_dimension(f"ranges.{key}", value, space[key], spec.settings, key)
         spec.settings.parse(self.fixed, where="fixed")
-        self.sam_space()
+        self.attached_space()
         return self
 
-    def sam_space(self) -> tuple[dict[str, FloatRange | IntRange | Choice], dict[str, Any]]:
-        """SAM's searched dimensions and fixed values, keyed ``sam.<setting>``."""
-        if self.sam is False:
-            return {}, {}
-        declared = SAMSettings.search_space()
-        if self.sam is True:
-            return {f"{SAM_KEY}.{k}": d for k, d in declared.items()}, {}
+    def attached_space(self) -> tuple[dict[str, FloatRange | IntRange | Choice], dict[str, Any]]:
+        """The searched dimensions and fixed values of SAM and the schedule, keyed
+        ``sam.<setting>`` / ``schedule.<setting>`` (a condition on another of their
+        settings names it so too)."""
         dims: dict[str, FloatRange | IntRange | Choice] = {}
         fixed: dict[str, Any] = {}
-        for key, value in self.sam.items():
-            if key not in SAMSettings.model_fields:
-                raise ValueError(f"sam.{key}: unknown SAM setting; allowed: {', '.join(SAMSettings.model_fields)}")
-            if not isinstance(value, list):
-                fixed[key] = value
-            elif key not in declared:
-                raise ValueError(f"sam.{key} = {value!r}: not searchable; searchable: {', '.join(declared)}")
-            else:
-                dims[key] = override_dimension(f"sam.{key}", value, declared[key], SAMSettings, key)
-        SAMSettings.parse(fixed, where="sam")
-        return {f"{SAM_KEY}.{k}": d for k, d in dims.items()}, {f"{SAM_KEY}.{k}": v for k, v in fixed.items()}
+        for key, choice in ((SAM_KEY, self.sam), (SCHEDULE_KEY, self.schedule)):
+            part_dims, part_fixed = attached_part(key, choice)
+            dims.update({f"{key}.{k}": d for k, d in part_dims.items()})
+            fixed.update({f"{key}.{k}": v for k, v in part_fixed.items()})
+        return dims, fixed
 
     def fixed_settings(self) -> dict[str, Any]:
-        """The fixed settings, SAM's fixed ones included (``sam.<setting>``)."""
-        return {**self.fixed, **self.sam_space()[1]}
+        """The fixed settings, SAM's and the schedule's fixed ones included (``sam.<setting>``, ...)."""
+        return {**self.fixed, **self.attached_space()[1]}
 
     def space(self) -> dict[str, FloatRange | IntRange | Choice]:
         """The declared space with this study's overrides applied and fixed settings removed."""
@@ -156,7 +153,38 @@ class OptimizerChoice(Strict):
         space = dict(spec.search_space())
         for key, value in self.ranges.items():
             space[key] = override_dimension(f"ranges.{key}", value, space[key], spec.settings, key)
-        return {**{k: v for k, v in space.items() if k not in self.fixed}, **self.sam_space()[0]}
+        return {**{k: v for k, v in space.items() if k not in self.fixed}, **self.attached_space()[0]}
+
+
+def attached_part(
+    key: str, choice: bool | dict[str, Any]
+) -> tuple[dict[str, FloatRange | IntRange | Choice], dict[str, Any]]:
+    """One attachment's (``sam``, ``schedule``) searched dimensions and fixed values,
+    by setting name, from a study file's ``true``/``false`` or mapping."""
+    if choice is False:
+        return {}, {}
+    settings = ATTACHMENTS[key]
+    declared = {k: _prefix_condition(d, key) for k, d in settings.search_space().items()}
+    if choice is True:
+        return declared, {}
+    dims: dict[str, FloatRange | IntRange | Choice] = {}
+    fixed: dict[str, Any] = {}
+    for name, value in choice.items():
+        if name not in settings.model_fields:
+            raise ValueError(f"{key}.{name}: unknown {key} setting; allowed: {', '.join(settings.model_fields)}")
+        if not isinstance(value, list):
+            fixed[name] = value
+        elif name not in declared:
+            raise ValueError(f"{key}.{name} = {value!r}: not searchable; searchable: {', '.join(declared)}")
+        else:
+            dims[name] = override_dimension(f"{key}.{name}", value, declared[name], settings, name)
+    settings.parse(fixed, where=key)
+    return dims, fixed
+
+
+def _prefix_condition(dim: SearchDimension, key: str) -> SearchDimension:
+    """``dim`` with its ``when`` condition naming ``<key>.<setting>``, as the flat search params do."""
+    return dim if dim.when is None else replace(dim, when=(f"{key}.{dim.when[0]}", dim.when[1]))
 
 
 #: samplers that hpo2 runs per optimizer (:class:`hpo2.study.samplers.PerOptimizerSampler`): they allocate

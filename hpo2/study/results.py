@@ -12,6 +12,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo2.errors import SettingsError
+from hpo2.optim import reuse_notes
 from hpo2.redact import redact_url
 from hpo2.study.config import StudyConfig, default_storage, storage_error
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
@@ -105,14 +106,18 @@ def settings_text(trial: FrozenTrial) -> str:
 
 
 def export_config(config: StudyConfig, trial: FrozenTrial) -> dict[str, Any]:
-    """The trial as a ``hpo2 train --config`` file (also what ``from_config`` takes)."""
+    """The trial as a ``hpo2 train --config`` file (also what ``from_config`` and
+    ``schedule_from_config`` take), with ``reuse``: what a loop of your own must honour
+    (:func:`hpo2.optim.reuse_notes`)."""
+    optimizer = SearchSpace(config).optimizer_config(trial.params)
     return {
         "task": config.task.model_dump(exclude_none=True),
-        "optimizer": SearchSpace(config).optimizer_config(trial.params),
+        "optimizer": optimizer,
         "budget": config.budget.model_dump(exclude_none=True),
         "seed": config.seed,
         "device": config.device,
         "study": {"name": config.name, "trial": trial.number, "values": list(trial.values)},
+        "reuse": reuse_notes(optimizer),
     }
 
 

@@ -423,7 +423,7 @@ class StudyRunner:
         single = not self.config.multi_objective
         evaluations: list[Evaluation] = []
 
-        flatness_batch = task.train.head(512).to(self.device)
+        flatness_batch = task.first_samples(task.train, 512).to(self.device)
         flatness: dict[str, float] = {"seconds": 0.0}
 
         def measure_flatness(evaluation: Evaluation) -> None:

@@ -1,8 +1,9 @@
 """The search space: the optimizer is a categorical choice (param ``optimizer``)
 and its settings a conditional space, one Optuna param per setting named
 ``<optimizer>.<setting>`` (names never collide across optimizers, whose ranges
-differ); a study file's ``sam`` entry adds ``<optimizer>.sam.<setting>``, nested
-into the settings' ``sam`` mapping.  Everything comes from each optimizer's own declaration
+differ); a study file's ``sam`` and ``schedule`` entries add
+``<optimizer>.sam.<setting>`` and ``<optimizer>.schedule.<setting>``, nested into
+the settings' ``sam`` and ``schedule`` mappings.  Everything comes from each optimizer's own declaration
 (:meth:`~hpo2.optim.settings.OptimizerSettings.search_space`) with the study
 file's overrides."""
 
@@ -14,13 +15,13 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hpo2.optim.registry import get_spec
-from hpo2.optim.sam import SAM_KEY, SAMSettings, nest_sam
+from hpo2.optim.registry import ATTACHMENTS, get_spec, nest_attachments
 from hpo2.optim.settings import Choice, FloatRange, IntRange
 from hpo2.study.config import StudyConfig
 
 OPTIMIZER_PARAM = "optimizer"
-SAM_DEFAULTS = {f"{SAM_KEY}.{k}": v for k, v in SAMSettings.paper_defaults().items()}
+#: the defaults of the settings that attach to any optimizer, as flat keys (``sam.rho``, ``schedule.warmup``, ...)
+ATTACHED_DEFAULTS = {f"{key}.{k}": v for key, model in ATTACHMENTS.items() for k, v in model.paper_defaults().items()}
 
 
 def to_distribution(dim: FloatRange | IntRange | Choice) -> BaseDistribution:
@@ -50,9 +51,13 @@ class OptimizerSpace:
     def distributions(self) -> dict[str, BaseDistribution]:
         return {f"{self.name}.{k}": to_distribution(d) for k, d in self.dimensions.items()}
 
+    def defaults(self) -> dict[str, Any]:
+        """Every setting's value when a trial does not draw it: fixed, else the paper default."""
+        return {**get_spec(self.name).paper_defaults(), **ATTACHED_DEFAULTS, **self.fixed}
+
     def default_params(self) -> dict[str, Any]:
         """The paper defaults as params (those inside this study's ranges)."""
-        defaults = {**get_spec(self.name).paper_defaults(), **SAM_DEFAULTS, **self.fixed}
+        defaults = self.defaults()
         params: dict[str, Any] = {OPTIMIZER_PARAM: self.name}
         for key, dist in self.distributions.items():
             value = defaults[key.split(".", 1)[1]]
@@ -70,13 +75,11 @@ class OptimizerSpace:
                 continue
             if dim.when is not None:
                 other, allowed = dim.when
-                current = params.get(
-                    f"{self.name}.{other}", self.fixed.get(other, get_spec(self.name).paper_defaults()[other])
-                )
+                current = params.get(f"{self.name}.{other}", self.defaults()[other])
                 if current not in allowed:
                     continue
             settings[key] = params[full]
-        return nest_sam(settings)
+        return nest_attachments(settings)
 
 
 class SearchSpace:

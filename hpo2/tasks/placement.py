@@ -1,5 +1,8 @@
 """Task data on the trial's device: copied there once per trial, batches indexed there.
 
+This is the path of a :class:`~hpo2.tasks.base.Split` (tensors); a split that is a
+``Dataset`` is read through a ``DataLoader`` instead (:mod:`hpo2.tasks.loading`).
+
 A trial draws thousands of minibatches from a training split that, for every task
 hpo2 ships (the largest, Fashion-MNIST, is 50,000 x 784 float32 = 157 MB), fits in
 a GPU's memory many times over.  Copying each batch from host memory would put a

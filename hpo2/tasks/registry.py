@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from hpo2.errors import SettingsError, check_known, did_you_mean
 from hpo2.tasks.autoencoder import AutoencoderSettings, fmnist_autoencoder
-from hpo2.tasks.base import Task, TaskSettings, target_label
+from hpo2.tasks.base import Task, TaskSettings, head, split_size, target_label
 from hpo2.tasks.image_classification import (
     ImageTaskSettings,
     check_cifar10,
@@ -128,13 +128,26 @@ def build_task(name: str, settings: dict[str, Any] | None = None) -> Task:
     """Build task ``name`` with ``settings`` (a dict validated by its settings model)."""
     spec, parsed = parse_task_settings(name, settings)
     torch.manual_seed(parsed.seed)
+    return build_parsed(spec, parsed)
+
+
+def build_parsed(spec: TaskSpec, parsed: TaskSettings) -> Task:
+    """Build a registered task from settings already validated (torch already seeded), and
+    apply the settings every task shares: the first ``n_train`` / ``n_valid`` samples (refused
+    beyond the split), ``batch_size`` and ``target``."""
     task = spec.build(parsed)
     for attribute in ("higher_is_better", "metric", "target"):
         built, registered = getattr(task, attribute), getattr(spec, attribute)
         if built != registered:
-            raise RuntimeError(f"task {name!r}: built with {attribute}={built}, registered with {registered}")
-    task.train = task.train.head(parsed.n_train)
-    task.valid = task.valid.head(parsed.n_valid)
+            raise RuntimeError(f"task {spec.name!r}: built with {attribute}={built}, registered with {registered}")
+    for key, split in (("n_train", task.train), ("n_valid", task.valid)):
+        asked = getattr(parsed, key)
+        size = split_size(split)
+        if asked is not None and asked > size:
+            raise SettingsError(f"task.settings.{key} = {asked}: {spec.name} has {size} "
+                                f"{key.removeprefix('n_')} samples; give at most {size} (null: all)")
+    task.train = head(task.train, parsed.n_train)
+    task.valid = head(task.valid, parsed.n_valid)
     if parsed.batch_size is not None:
         task.batch_size = parsed.batch_size
     if parsed.target is not None:

@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from hpo2.errors import SettingsError, check_known
 from hpo2.tasks.base import Task, TaskSettings
-from hpo2.tasks.registry import TASKS, TaskSpec, parse_task_settings
+from hpo2.tasks.registry import TASKS, TaskSpec, build_parsed, parse_task_settings
 
 #: settings hpo2 sets or reads itself, accepted by every task (see the module docstring)
 HPO2_SETTINGS = ("seed", "batch_size", "target")
@@ -197,21 +197,7 @@ def _problem(error: Any) -> str:
 
 def _builtin(spec: TaskSpec) -> TaskSource:
     def build(settings: BaseModel) -> Task:
-        # parse_task_settings and build_task's post-processing, on settings already validated
-        task = spec.build(settings)
-        parsed: TaskSettings = settings  # type: ignore[assignment]  # a built-in's model subclasses TaskSettings
-        for key, split in (("n_train", task.train), ("n_valid", task.valid)):
-            asked = getattr(parsed, key)
-            if asked is not None and asked > len(split):
-                raise SettingsError(f"task.settings.{key} = {asked}: {spec.name} has {len(split)} "
-                                    f"{key.removeprefix('n_')} samples; give at most {len(split)} (null: all)")
-        task.train = task.train.head(parsed.n_train)
-        task.valid = task.valid.head(parsed.n_valid)
-        if parsed.batch_size is not None:
-            task.batch_size = parsed.batch_size
-        if parsed.target is not None:
-            task.target = parsed.target
-        return task
+        return build_parsed(spec, settings)  # type: ignore[arg-type]  # a built-in's model subclasses TaskSettings
 
     return TaskSource(spec.name, spec.settings, spec.summary, spec.higher_is_better, build, spec.check_data)
 

@@ -193,7 +193,7 @@ def test_preconditioner_matches_a_per_sample_loop(kind: str) -> None:
     y = torch.randint(0, 3, (10,))
     loss_fn = nn.CrossEntropyLoss()
     opt = HessianFree(model.parameters(), curvature_fraction=1.0)
-    _, _, squares = opt._gradient_and_squares(BatchClosure(model, loss_fn, x, y), True, retain=False)
+    _, _, squares, _ = opt._gradient_and_squares(BatchClosure(model, loss_fn, x, y), True, retain=False)
     torch.testing.assert_close(squares, _loop_fisher_diagonal(model, loss_fn, x, y), rtol=1e-9, atol=1e-14)
 
 
@@ -203,8 +203,8 @@ def test_preconditioner_falls_back_for_unknown_layers() -> None:
     x, y = torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 3, (7,))
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     opt = HessianFree(model.parameters(), curvature_fraction=1.0)
-    with pytest.warns(UserWarning, match="1.weight, 1.bias"):
-        _, _, squares = opt._gradient_and_squares(BatchClosure(model, loss_fn, x, y), True, retain=False)
+    with pytest.warns(UserWarning, match=r"HessianFree: no per-layer statistics for 1 layer\(s\): 1 \(LayerNorm\)"):
+        _, _, squares, _ = opt._gradient_and_squares(BatchClosure(model, loss_fn, x, y), True, retain=False)
     # a sum-reduced loss L = sum_n l_n: the empirical Fisher is sum_n grad l_n ** 2
     torch.testing.assert_close(squares, 7 * _loop_fisher_diagonal(model, loss_fn, x, y), rtol=1e-9, atol=1e-14)
 
@@ -283,7 +283,8 @@ def test_curvature_minibatch_uses_a_subset_for_products_and_the_whole_batch_for_
     x, y = torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 3, (16,))
     loss_fn = nn.CrossEntropyLoss()
     opt = HessianFree(model.parameters(), curvature_fraction=0.25)
-    loss, grads, operator = opt._gradient_and_curvature(BatchClosure(model, loss_fn, x, y), "ggn", 0.25)
+    loss, grads, operator, fraction = opt._gradient_and_curvature(BatchClosure(model, loss_fn, x, y), "ggn", 0.25)
+    assert fraction == 0.25
     full_grad = torch.autograd.grad(loss_fn(model(x), y), list(model.parameters()))
     for a, b in zip(grads, full_grad):
         torch.testing.assert_close(a, b)

@@ -157,11 +157,42 @@ def test_unfactored_parameters_take_adam_with_a_warning():
         ref.grad = ours.grad.clone()
     reference.step()
     opt = KFAC(model.parameters(), fallback_lr=0.01)
-    with pytest.warns(UserWarning, match=r"1\.weight, 1\.bias"):
+    with pytest.warns(UserWarning, match=r"KFAC: no per-layer statistics for 1 layer\(s\): 1 \(LayerNorm\)"):
         opt.step(closure)
     assert opt.diagnostics["fallback_params"] == 2 and opt.diagnostics["kfac_layers"] == 2
     for ours, ref in zip(model[1].parameters(), norm.parameters()):
         torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-14)
+
+
+class TokenClassifier(nn.Module):
+    """Embedding -> LayerNorm -> Linear: two layers K-FAC cannot factor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.norm, self.out = nn.Embedding(10, 4), nn.LayerNorm(12), nn.Linear(12, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.out(self.norm(self.embed(tokens).flatten(1)))
+
+
+def test_layer_norm_and_embedding_fall_back_with_one_warning_naming_both():
+    torch.manual_seed(0)
+    model = TokenClassifier().double()
+    tokens, y = torch.randint(0, 10, (32, 3)), torch.randint(0, 3, (32,))
+    opt = KFAC(model.parameters(), cov_update_every=1, inverse_update_every=1)
+    losses = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            losses.append(float(opt.step(BatchClosure(model, nn.CrossEntropyLoss(), tokens, y))))
+    messages = [str(w.message) for w in caught]
+    assert messages == [
+        "KFAC: no per-layer statistics for 2 layer(s): embed (Embedding), norm (LayerNorm) (only nn.Linear and "
+        "nn.Conv2d called once per forward have them); "
+        "their parameters use Adam with fallback_lr (no Kronecker factors)"
+    ]
+    assert opt.diagnostics["fallback_params"] == 3 and opt.diagnostics["kfac_layers"] == 1
+    assert losses[-1] < losses[0]
 
 
 def test_gradient_counts_and_refresh_schedule():

@@ -175,7 +175,7 @@ def test_study_file_sam_entry_makes_rho_a_search_dimension() -> None:
     for bad, message in [({"rho": [0.5, 0.1]}, "sam.rho = \\[0.5, 0.1\\]: give \\[low, high\\]"),
                          ({"rho": [0.0, 0.1]}, r"low = 0.0 is not a valid rho"),
                          ({"eta": [0.1, 0.2]}, "sam.eta .* not searchable"),
-                         ({"radius": 0.1}, "sam.radius: unknown SAM setting"), ({"rho": -1.0}, "sam.rho")]:  # fmt: skip
+                         ({"radius": 0.1}, "sam.radius: unknown sam setting"), ({"rho": -1.0}, "sam.rho")]:  # fmt: skip
         with pytest.raises(ValidationError, match=message):
             StudyConfig(name="s", task="digits_mlp", optimizers=[{"name": "sgd", "sam": bad}])
 

@@ -32,8 +32,8 @@ def write_tiny_idx_set(directory: Path, n_train: int = 120, n_test: int = 30, co
 
 
 def one_epoch_lowers_loss(task, optimizer=None) -> None:
-    before, _ = evaluate(task, task.train.x, task.train.y)
+    before, _ = evaluate(task, task.train)
     result = run_training(task, optimizer or {"name": "adam", "settings": {"lr": 3e-3}}, Budget(epochs=1), device="cpu")
-    after, _ = evaluate(task, task.train.x, task.train.y)
+    after, _ = evaluate(task, task.train)
     assert result.status == "completed"
     assert after < before
