@@ -103,6 +103,13 @@ CASES = {
         "2-core CPU, so no published number is comparable.",
         fixed={"hessian_free": {"batch_size": "full", "curvature_fraction": 0.1, "cg_max_iter": 50}},
     ),
+    "byte_gpt": Case(
+        "byte_gpt", {}, {"seconds": 180}, 32,
+        "Issue 24's transformer: published wall-clock wins of Muon (~1.35x AdamW, Jordan et al. 2024) and SOAP "
+        "(~35% less than AdamW, Vyas et al. 2024) are on GPT models of 124M-660M parameters on GPUs; this is a "
+        "1.3M-parameter byte-level GPT for 180 s of a CPU, so none is comparable. Run with "
+        "--optimizers adamw muon soap shampoo kfac.",
+    ),
     "curves_autoencoder": Case(
         "curves_autoencoder", {"n_valid": 2000}, {"seconds": 20}, 5,
         "Martens (2010) trains this autoencoder on the real CURVES data for hours; the data here are "

@@ -249,7 +249,7 @@ class _TrainingLoop:
             if not isinstance(task.valid, Split) else task.valid.to(device) if resident else task.valid
         )
         self.valid_device = None if resident else device
-        self.optimizer = from_config(optimizer_config, self.model.parameters())
+        self.optimizer = from_config(optimizer_config, self.model)
         n = len(self.train)
         self.batch_size = resolve_batch_size(self.optimizer, task.batch_size, n)
         self.streamed = isinstance(self.train, DatasetBatches) and self.batch_size > task.batch_size

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 from torch.optim import Optimizer
 
 from hpo2.errors import SettingsError, check_known, did_you_mean
@@ -66,6 +67,9 @@ class OptimizerSpec:
     summary: str
     loop_note: str = ""
     """What a loop of your own must do beyond ``step(BatchClosure(...))`` (SVRG's snapshots)."""
+    takes_model: bool = False
+    """Built from the model itself when :func:`from_config` is given one (Muon tells embeddings and the
+    output layer from hidden matrices); every other optimizer gets ``model.parameters()``."""
 
     def search_space(self) -> dict[str, SearchDimension]:
         return self.settings.search_space()
@@ -116,7 +120,8 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec("adam", AdamSettings, build_adam, False, "Adam (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec("adamw", AdamWSettings, build_adam, False, "AdamW (torch.optim)"),  # type: ignore[arg-type]
         OptimizerSpec(
-            "muon", MuonSettings, _curvature(MuonWithAdamW), False, "Muon on 2-d weights + AdamW (torch.optim)"
+            "muon", MuonSettings, _curvature(MuonWithAdamW), False,
+            "Muon on hidden weight matrices + AdamW on embeddings, output layer, biases", takes_model=True,
         ),
         OptimizerSpec(
             "svrg", SVRG.Settings, _curvature(SVRG), False, "SVRG (variance-reduced SGD, Johnson & Zhang 2013)",
@@ -243,8 +248,11 @@ def parse_full_optimizer_config(config: Mapping[str, Any] | str | Path) -> Parse
     )
 
 
-def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any]) -> Optimizer:
-    """Build the optimizer a config describes over ``params``.
+def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any] | nn.Module) -> Optimizer:
+    """Build the optimizer a config describes over ``params``: the parameters, or the
+    model itself (what hpo2's training loop passes), which lets an optimizer that
+    reads the model's structure (``muon``: embeddings and the output layer go to
+    AdamW) see it; every other optimizer then gets ``model.parameters()``.
 
     ``config`` is a dict (a whole ``hpo2 train`` config, its ``optimizer``
     section, or an exported best config), a path to a YAML/JSON file holding one,
@@ -254,7 +262,9 @@ def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any]) -
     a ``settings.schedule`` is built by :func:`schedule_from_config`.
     """
     parsed = parse_full_optimizer_config(config)
-    optimizer = parsed.spec.build(params, parsed.settings)
+    if isinstance(params, nn.Module) and not parsed.spec.takes_model:
+        params = params.parameters()
+    optimizer = parsed.spec.build(params, parsed.settings)  # type: ignore[arg-type]  # a model only where spec.takes_model
     return optimizer if parsed.sam is None else SAM(optimizer, **parsed.sam.model_dump())
 
 

@@ -131,7 +131,8 @@ class DataRegimeSettings(OptimizerSettings):
 
 #: what the constructor arguments that are not settings mean (used in the generated ``Args:``)
 CONSTRUCTOR_ARGS = {
-    "params": "the parameters to optimize: an iterable of tensors, or of param-group dicts where groups are allowed.",
+    "params": "the parameters to optimize: an iterable of tensors, or of param-group dicts where groups are allowed "
+    "(MuonWithAdamW also takes the model, or groups with use_muon, to tell hidden matrices from the rest).",
     "base": "the optimizer to wrap (any ``torch.optim.Optimizer``).",
     "raise_on_nonfinite": "raise ``FloatingPointError`` on a non-finite loss or gradient (default: reject the step).",
 }

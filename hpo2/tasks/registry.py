@@ -33,6 +33,7 @@ from hpo2.tasks.image_classification import (
     fmnist_mlp,
     mnist_mlp,
 )
+from hpo2.tasks.language_model import LanguageModelSettings, byte_gpt, check_corpus
 from hpo2.tasks.small import digits_mlp, logreg_breast_cancer, mnist1d_mlp
 from hpo2.tasks.synthetic import CurvesSettings, curves_autoencoder, quadratic_deep
 
@@ -94,6 +95,9 @@ TASKS: dict[str, TaskSpec] = {
                  metric="accuracy", target=0.96),
         TaskSpec("mnist1d_mlp", TaskSettings, mnist1d_mlp, "MNIST-1D, MLP 40-100-100-10 (Greydanus 2020)", True,
                  metric="accuracy", target=0.60),
+        TaskSpec("byte_gpt", LanguageModelSettings, byte_gpt,
+                 "byte-level GPT (1.3M parameters) on pinned Python source; validation bits per byte", False,
+                 check_corpus, metric="bits_per_byte", target=3.3),
     ]
 }  # fmt: skip
 

@@ -36,7 +36,7 @@ def test_a_registration_that_disagrees_with_its_task_is_refused(monkeypatch):
         build_task("quadratic_deep", {"n_train": 64, "n_valid": 32})
 
 
-FILE_TASKS = {"fmnist_mlp", "fmnist_2c2d", "mnist_mlp", "cifar10_3c3d", "fmnist_autoencoder"}  # read data files
+FILE_TASKS = {"fmnist_mlp", "fmnist_2c2d", "mnist_mlp", "cifar10_3c3d", "fmnist_autoencoder", "byte_gpt"}  # read files
 
 
 def test_every_task_that_reads_files_checks_them_without_building():
