@@ -5,17 +5,42 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 import hpo2
 
 if TYPE_CHECKING:  # imported lazily below: the CLI starts fast
+    from hpo2.study.lookup import NamedStudy
     from hpo2.study.runner import StudyRunner
     from hpo2.study.suite import Suite
+
+
+def _bare_flags(params: list[Any]) -> list[Any]:
+    """A flag takes no value, so its help shows no value type (typer writes ``--version <bool>``)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    """hpo2 and its command groups: flags without a value type in their help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    """Every hpo2 command: flags without a value type in its help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="hpo2",
@@ -96,7 +121,7 @@ def optimizers(
 def tasks(
     name: str | None = typer.Argument(None, help="A task's name: list its settings (default, allowed, meaning)."),
 ) -> None:
-    """List the tasks and whether their data is here, or every setting of one (``task.settings`` in a study file)."""
+    """List the tasks and whether their data is here, or every setting of one (`task.settings` in a study file)."""
     from hpo2.errors import SettingsError
     from hpo2.task_tables import task_settings_table, tasks_table
 
@@ -115,10 +140,9 @@ def train(
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; also read from MLFLOW_TRACKING_URI."),
 ) -> None:
     """Train a task with one optimizer config and print a per-epoch table."""
-    from rich.live import Live
-
     from hpo2.config import load_train_config
     from hpo2.errors import DataMissingError, SettingsError
+    from hpo2.progress import live_display
     from hpo2.train import Evaluation, resolve_device, train_from_config
 
     try:
@@ -161,7 +185,7 @@ def train(
             run.log_metrics(prefixed("diag", diag), step=step)
 
     try:
-        with Live(table, console=console, refresh_per_second=4):
+        with live_display(console, table):
             task, result = train_from_config(cfg, report=report, on_step=on_step)
     except (DataMissingError, ValueError) as exc:
         if run is not None:
@@ -169,11 +193,13 @@ def train(
         raise fail(str(exc)) from None
     console.print()
     best = result.best_metric
+    reached = result.time_to_target_seconds
+    to_target = ("no time to target (the task sets no target; task.settings.target gives one)"
+                 if task.target is None else f"time to target ({task.target_label}): "
+                 f"{'not reached' if reached is None else f'{reached:.1f}s'}")  # fmt: skip
     console.print(
         f"{result.status}: {result.reason}; best valid {task.metric} = {best if best is None else f'{best:.4g}'}; "
-        "time to target: "
-        f"{'not reached' if result.time_to_target_seconds is None else f'{result.time_to_target_seconds:.1f}s'}",
-        highlight=False,
+        f"{to_target}", highlight=False, soft_wrap=True,
     )
     if run is not None:
         run.set_tags({"hpo2.status": result.status, "hpo2.reason": result.reason})
@@ -186,15 +212,26 @@ study_app = typer.Typer(help="Run and inspect studies (Optuna + MLflow).", no_ar
 app.add_typer(study_app, name="study")
 
 
-def _load_study_file(name_or_file: str, overrides: dict | None = None):
+def _named_study(name_or_file: str, overrides: dict | None = None, *, to_run: bool = False) -> NamedStudy:
+    """The study a command names: a study file, a study's name, or a suite's study
+    ``<suite>.<label>`` (:mod:`hpo2.study.lookup`); a suite's study is run by
+    ``hpo2 suite run``, which nests it under the suite and checks its target."""
     from hpo2.errors import SettingsError
-    from hpo2.study.config import load_study_config
-    from hpo2.study.locate import find_study_file
+    from hpo2.study.lookup import load_named_study
 
     try:
-        return load_study_config(find_study_file(name_or_file), overrides)
+        found = load_named_study(name_or_file, overrides)
     except SettingsError as exc:
         raise fail(str(exc)) from None
+    if to_run and found.suite is not None:
+        raise fail(f"{found.config.name!r} is the study of one task of suite {found.suite!r}: run it with "
+                   f"`{found.run_command}` (--n-trials N gives each task's study N trials)")
+    return found
+
+
+def _load_study_file(name_or_file: str, overrides: dict | None = None, *, to_run: bool = False):
+    found = _named_study(name_or_file, overrides, to_run=to_run)
+    return found.config, found.path
 
 
 def _nothing_to_do(config, path: Path, target: int | None) -> bool:
@@ -222,17 +259,17 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     import warnings
 
     import optuna
-    from rich.live import Live
 
     from hpo2.errors import DataMissingError, SettingsError
-    from hpo2.progress import Progress, StudyDisplay, print_status
+    from hpo2.progress import Progress, StudyDisplay, live_display, print_status
     from hpo2.redact import redact_url
     from hpo2.study.runner import StudyReport, StudyRunner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     config, path = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "device": device,
-                                           "n_trials": n_trials, "timeout": timeout, "warm_start": warm_start})
+                                           "n_trials": n_trials, "timeout": timeout, "warm_start": warm_start},
+                                    to_run=True)
     target = config.n_trials
     if target is not None and _nothing_to_do(config, path, target):
         return
@@ -256,7 +293,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
 
     display = StudyDisplay(console, target, config.timeout, config.jobs)
     try:
-        with Live(display.table(progress), console=console, refresh_per_second=4) as live:
+        with live_display(console, display.table(progress)) as live:
             progress.listeners.append(lambda p: live.update(display.table(p)))
             runner.run()  # n_trials and timeout: the validated config, CLI overrides included
     except StorageLost as lost:  # the storage kept failing: one line, as for a store unusable at the start
@@ -321,7 +358,8 @@ def worker(
         return
     from hpo2.study.workers import WorkerPool, plan_slots, visible_gpus
 
-    config, _ = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "n_trials": n_trials})
+    config, _ = _load_study_file(file, {"storage": storage, "tracking_uri": tracking_uri, "n_trials": n_trials},
+                                 to_run=True)
     try:
         slots = plan_slots(trials_per_device, device or config.device, visible_gpus(), os.cpu_count() or 1)
     except ValueError as exc:
@@ -337,6 +375,7 @@ def worker(
 
 
 STORAGE_OPTION = typer.Option(None, "--storage", help="the study's Optuna storage URL, if not the study file's")
+STUDY_ARGUMENT_HELP = "a study file, a study's name (found in studies/), or a suite's study <suite>.<task label>"
 
 
 def _existing_study(name_or_file: str, overrides: dict):
@@ -344,16 +383,16 @@ def _existing_study(name_or_file: str, overrides: dict):
     from hpo2.errors import SettingsError
     from hpo2.study.results import load_study
 
-    config, path = _load_study_file(name_or_file, overrides)
+    found = _named_study(name_or_file, overrides)
     try:
-        return config, path, load_study(config, path)
+        return found.config, found.path, load_study(found.config, found.path, found.run_command)
     except SettingsError as exc:
         raise fail(str(exc)) from None
 
 
 @study_app.command("status")
 def study_status(
-    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     storage: str | None = STORAGE_OPTION,
 ) -> None:
     """Trials by state, and the best value and settings per optimizer."""
@@ -365,7 +404,7 @@ def study_status(
 
 @study_app.command("best")
 def study_best(
-    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     export: Path | None = typer.Option(
         None,
         "--export",
@@ -397,7 +436,7 @@ def study_best(
 
 @study_app.command("report")
 def study_report(
-    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     out: Path | None = typer.Option(None, "--out", help="where to write the self-contained HTML report "
                                     "(default: <study dir>/<name>.report.html)"),
     png: bool = typer.Option(True, help="also render PNGs into MLflow (needs chromium)"),
@@ -435,14 +474,14 @@ def study_list() -> None:
     from hpo2.databases import local_file
     from hpo2.study.catalog import list_studies
     from hpo2.study.locate import STUDIES_ENV, shown_path, studies_folder
+    from hpo2.tables import Column, FittedTable
 
     folder = studies_folder()
     if folder is None or not folder.is_dir():
         raise fail(f"no studies folder here or above {Path.cwd()}; run from the project or set {STUDIES_ENV}")
     rows = list_studies(folder)
-    table = Table(title=f"studies in {shown_path(folder)}")
-    for column in ("name", "task", "trials", "best", "storage"):
-        table.add_column(column, overflow="fold")
+    table = FittedTable(Column("name", "name"), Column("task", "name"), "trials", "best", Column("storage", "note"),
+                        title=f"studies in {shown_path(folder)}")
     for row in rows:
         trials = "?" if not row.readable else "not run" if row.finished is None else (
             f"{row.finished}" + ("" if row.n_trials is None else f"/{row.n_trials}"))
@@ -454,7 +493,7 @@ def study_list() -> None:
 
 @study_app.command("delete")
 def study_delete(
-    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="delete without asking"),
     storage: str | None = STORAGE_OPTION,
     tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
@@ -475,7 +514,7 @@ def study_delete(
 
 @study_app.command("sync")
 def study_sync(
-    name_or_file: str = typer.Argument(..., help="study name (found in studies/) or study file"),
+    name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     storage: str | None = STORAGE_OPTION,
     tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
 ) -> None:
@@ -517,6 +556,7 @@ def _write_suite_report(suite: Suite, run_id: str | None, png: bool) -> None:
     from hpo2.study.locate import shown_path
     from hpo2.study.suite import suite_profile, suite_results
     from hpo2.suite_report import render_suite_report, summary_rows
+    from hpo2.tables import Column, FittedTable
 
     results, missing = suite_results(suite)
     if not results:
@@ -524,10 +564,10 @@ def _write_suite_report(suite: Suite, run_id: str | None, png: bool) -> None:
     profile = suite_profile(suite, results)
     with console.status("rendering the performance profile ..."):
         out_html, out_md = render_suite_report(suite, results, missing, profile, run_id, png)
-    table = Table(title=f"suite {suite.config.name}: performance profile over {len(results)} task(s)")
     rows = summary_rows(profile)
-    for column in rows[0]:
-        table.add_column(column)
+    first, *others = rows[0]
+    table = FittedTable(Column(first, "name"), *(Column(c, justify="right") for c in others),
+                        title=f"suite {suite.config.name}: performance profile over {len(results)} task(s)")
     for row in rows:
         table.add_row(*row.values())
     console.print(table)
@@ -546,10 +586,9 @@ def suite_run(
     import warnings
 
     import optuna
-    from rich.live import Live
 
     from hpo2.errors import DataMissingError, SettingsError
-    from hpo2.progress import Progress, StudyDisplay
+    from hpo2.progress import Progress, StudyDisplay, live_display
     from hpo2.report import render_study_report
     from hpo2.study.recovery import StudyInterrupted
     from hpo2.study.suite import run_suite
@@ -562,7 +601,7 @@ def suite_run(
     def run_one(runner: StudyRunner) -> None:
         display = StudyDisplay(console, runner.config.n_trials, runner.config.timeout, runner.config.jobs)
         progress.listeners[:] = []
-        with Live(display.table(progress), console=console, refresh_per_second=4) as live:
+        with live_display(console, display.table(progress)) as live:
             progress.listeners.append(lambda p: live.update(display.table(p)))
             runner.run()
 
@@ -636,6 +675,12 @@ def dashboard(
     console.print("stopped the dashboard", highlight=False)
     raise typer.Exit(code)
 
+
+for _app in (app, study_app, suite_app):  # every group and command: after the last command is defined
+    _app.info.cls = _Group
+    for _info in _app.registered_commands:
+        if _info.cls in (None, TyperCommand):  # not a command that chose its own class
+            _info.cls = _Command
 
 if __name__ == "__main__":
     app()

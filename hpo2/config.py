@@ -64,9 +64,32 @@ def looks_like_study_file(data: dict[str, Any]) -> bool:
     return "optimizer" not in data and bool({"n_trials", "optimizers", "sampler", "pruner", "objective"} & set(data))
 
 
+def looks_like_suite_file(data: dict[str, Any]) -> bool:
+    """A suite file has a list of ``tasks`` and no single ``task``."""
+    return "tasks" in data and "task" not in data
+
+
+def suite_file_error(path: str | Path, data: dict[str, Any]) -> SettingsError:
+    """One line for a suite file given where a study or train file is expected: what
+    the file is, the commands that take it, and how its studies are named."""
+    name = data.get("name")
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
+    first = tasks[0] if tasks and isinstance(tasks[0], dict) else {}
+    task = first.get("task")
+    label = first.get("label") or (task.get("name") if isinstance(task, dict) else task)
+    example = f", e.g. `hpo2 study best {name}.{label}`" if isinstance(name, str) and isinstance(label, str) else ""
+    return SettingsError(
+        f"{path} is a suite file (it has tasks): run it with `hpo2 suite run {path}` and report on it with "
+        f"`hpo2 suite report {path}`; the `hpo2 study` commands take one of its studies, named "
+        f"<suite>.<task label>{example}"
+    )
+
+
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read and fully validate a ``hpo2 train`` config (task and optimizer settings included)."""
     data = load_config_file(path)
+    if looks_like_suite_file(data):
+        raise suite_file_error(path, data)
     if looks_like_study_file(data):
         raise SettingsError(
             f"{path} is a study file "

@@ -12,11 +12,11 @@ import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic.fields import FieldInfo
-from rich.table import Table
 
 from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import ATTACHMENT_SUMMARIES, ATTACHMENTS, REGISTRY
 from hpo2.optim.settings import Choice, IntRange, OptimizerSettings, SearchDimension
+from hpo2.tables import Column, FittedTable
 
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 
@@ -88,17 +88,16 @@ def _entries() -> dict[str, tuple[type[OptimizerSettings], str]]:
     return entries
 
 
-def optimizers_table() -> Table:
+def optimizers_table() -> FittedTable:
     """One row per optimizer: name, family, summary, reference."""
-    table = Table(title="hpo2 optimizers (hpo2 optimizers NAME lists one's settings)")
-    for column in ("name", "family", "summary", "reference"):
-        table.add_column(column, overflow="fold")
+    table = FittedTable(Column("name", "name"), "family", Column("summary", "note"), Column("reference", "note"),
+                        title="hpo2 optimizers (hpo2 optimizers NAME lists one's settings)")
     for name, (settings, summary) in _entries().items():
         table.add_row(name, settings.family, summary, settings.reference)
     return table
 
 
-def settings_table(name: str) -> Table:
+def settings_table(name: str) -> FittedTable:
     """Every setting of optimizer ``name``; an unknown name raises :class:`SettingsError`
     with the closest known name."""
     entries = _entries()
@@ -107,9 +106,8 @@ def settings_table(name: str) -> Table:
         raise SettingsError(f"{name!r} is not a known optimizer{did_you_mean(name, entries)}; allowed: {known}")
     settings, summary = entries[name]
     space = settings.search_space()
-    table = Table(title=f"{name}: {summary}", caption=f"{settings.family}; reference: {settings.reference}")
-    for column in ("setting", "default", "search range", "allowed", "description"):
-        table.add_column(column, overflow="fold")
+    table = FittedTable(Column("setting", "name"), "default", "search range", "allowed", Column("description", "note"),
+                        title=f"{name}: {summary}", caption=f"{settings.family}; reference: {settings.reference}")
     for field, info in settings.model_fields.items():
         table.add_row(
             field,

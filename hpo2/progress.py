@@ -15,20 +15,36 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
 from rich.table import Table
 
 from hpo2.study.config import StudyConfig
 from hpo2.study.observer import StudyObserver
 from hpo2.study.results import round_values
+from hpo2.tables import Column, FittedTable
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@contextmanager
+def live_display(console: Console, renderable: RenderableType) -> Iterator[Live]:
+    """``rich``'s :class:`~rich.live.Live` on ``console``, whose output ends with a line
+    break also when it is not a terminal: piped, Live prints its last render once and
+    leaves that line open, so the next print would continue it."""
+    try:
+        with Live(renderable, console=console, refresh_per_second=4) as live:
+            yield live
+    finally:
+        if not console.is_terminal:
+            console.line()
 
 
 def objectives_label(config: StudyConfig, study: optuna.Study) -> str:
@@ -168,19 +184,18 @@ class StudyDisplay:
 
 
 def print_status(console: Console, study: optuna.Study, config: StudyConfig) -> None:
-    """Trials by state, a table of the best trial per optimizer, and the best trial(s)."""
-    from hpo2.study.results import best_per_optimizer, best_trials, state_counts
+    """Trials by state, a table of the best trial per optimizer (best first), and the best trial(s)."""
+    from hpo2.study.results import best_per_optimizer, best_trials, ranked, settings_text, state_counts
 
     counts = state_counts(study)
     console.print("trials: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v), highlight=False)
     console.print(f"objective: {objectives_label(config, study)}", highlight=False)
-    table = Table(title="best per optimizer" + (" (first objective)" if len(study.directions) > 1 else ""))
-    for column in ("optimizer", "trial", "value", "settings"):
-        table.add_column(column)
-    for name, trial in sorted(best_per_optimizer(study).items()):
-        settings = {k.split(".", 1)[1]: v for k, v in trial.params.items() if k.startswith(name + ".")}
-        table.add_row(name, str(trial.number), round_values(trial.values),
-                      ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()))
+    table = FittedTable(Column("optimizer", "name"), Column("trial", justify="right"), "value",
+                        Column("settings", "note"),
+                        title="best per optimizer" + (" (first objective)" if len(study.directions) > 1 else ""))
+    for trial in ranked(study, list(best_per_optimizer(study).values())):  # best first
+        table.add_row(str(trial.params.get("optimizer")), str(trial.number), round_values(trial.values),
+                      settings_text(trial))
     console.print(table)
     best = best_trials(study)
     if best:

@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from hpo2.report import write_figures
+from hpo2.report import target_text, write_figures
 from hpo2.study.profiles import TABLE_TAUS, PerformanceProfile
 from hpo2.study.suite import Suite, TaskResult
 
@@ -65,12 +65,10 @@ def summary_rows(profile: PerformanceProfile) -> list[dict[str, str]]:
 
 def time_rows(suite: Suite, results: list[TaskResult], profile: PerformanceProfile) -> list[dict[str, str]]:
     """Per task: its target, and each optimizer's time-to-target, its ratio and the trial that set it."""
-    pairs = zip(suite.labels, suite.studies, strict=True)
-    targets = {label: config.task.settings.get("target") for label, config in pairs}
+    targets = {label: target_text(config) for label, config in zip(suite.labels, suite.studies, strict=True)}
     rows = []
     for r in results:
-        target = targets.get(r.label)
-        row = {"task": r.label, "target": "the task's own" if target is None else f"{target:g}", "study": r.study}
+        row = {"task": r.label, "target": targets[r.label], "study": r.study}
         for o in profile.optimizers:
             ratio = profile.ratios[o][r.label]
             shown = _number(r.times[o])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from rich.table import Table
 from typer.testing import CliRunner
 
 from hpo2.cli import app
@@ -11,6 +10,7 @@ from hpo2.optim import REGISTRY
 from hpo2.optim.registry import ATTACHMENTS
 from hpo2.optim.settings import Choice, FloatRange, IntRange
 from hpo2.optimizer_tables import format_allowed, format_range, format_value, settings_table
+from hpo2.tables import FittedTable
 
 NAMES = [*REGISTRY, *ATTACHMENTS]
 
@@ -20,8 +20,8 @@ def _invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def _columns(table: Table) -> dict[str, list[str]]:
-    return {str(column.header): [str(cell) for cell in column._cells] for column in table.columns}
+def _columns(table: FittedTable) -> dict[str, list[str]]:
+    return {column.header: [row[i] for row in table.rows] for i, column in enumerate(table.columns)}
 
 
 def test_the_list_names_every_optimizer_with_family_summary_and_reference() -> None:

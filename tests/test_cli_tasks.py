@@ -38,9 +38,17 @@ def test_every_task_setting_has_a_description_and_is_listed_with_its_default(nam
 def test_the_list_gives_each_task_its_metric_direction_and_data_status(tmp_path: Path) -> None:
     code, output = _invoke(env={"HPO2_DATA_DIR": str(tmp_path)})
     assert code == 0, output
-    assert _row(output, "digits_mlp")[2:] == ["higher is better", "bundled or generated"]
-    assert _row(output, "quadratic_deep")[2] == "lower is better"
+    assert _row(output, "digits_mlp")[2:] == ["valid accuracy >= 0.95", "bundled or generated"]
+    assert _row(output, "quadratic_deep")[2] == "valid loss <= 90"
     assert _row(output, "mnist_mlp")[3].startswith("missing")
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_a_tasks_settings_come_under_its_target(name: str) -> None:
+    result = CliRunner().invoke(app, ["tasks", name], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())  # the caption may wrap at 80 columns
+    assert f"target: {TASKS[name].target_label} (time-to-target" in shown
 
 
 def test_a_task_whose_files_are_missing_says_how_to_get_them_and_ready_once_they_are_there(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("study", ("hpo2.study",)),
     ("report", ("hpo2.report", "hpo2.suite_report", "hpo2.dashboard")),
     # what a person uses: the CLI, and the package's own namespace (hpo2.Task, hpo2.run_study, loaded lazily)
-    ("interface", ("hpo2", "hpo2.api", "hpo2.cli", "hpo2.progress", "hpo2.optimizer_tables", "hpo2.task_tables")),
+    ("interface", ("hpo2", "hpo2.api", "hpo2.cli", "hpo2.progress", "hpo2.optimizer_tables", "hpo2.task_tables",
+                   "hpo2.tables")),
 ]
 #: third-party packages a layer below ``tracking`` must not import
 ORCHESTRATION = ("optuna", "optuna_integration", "mlflow")

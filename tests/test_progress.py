@@ -3,6 +3,7 @@ named objectives, no library noise, and "nothing to do" on a finished study."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -16,10 +17,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.table import Table
 from typer.testing import CliRunner
 
 from hpo2.cli import app
-from hpo2.progress import eta_seconds, round_values
+from hpo2.progress import eta_seconds, live_display, round_values
 from hpo2.study.config import load_study_config
 from hpo2.study.runner import StudyRunner
 
@@ -115,3 +118,15 @@ def test_a_multi_objective_status_names_its_objectives_and_rounds_the_front(tmp_
     )
     assert optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.optuna.db'}").directions == [
         optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MINIMIZE]
+
+
+def test_a_live_display_that_is_piped_ends_its_last_line() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=40)  # a file: not a terminal
+    table = Table()
+    table.add_column("a")
+    table.add_row("1")
+    with live_display(console, table):
+        pass
+    console.print("next")
+    assert out.getvalue().splitlines()[-2:] == ["└───┘", "next"]

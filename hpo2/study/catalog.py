@@ -1,5 +1,8 @@
 """The studies of a project: which exist, how far each got, and deleting one.
 
+A project's studies are those of its study files and, for each suite file, the
+study of each of its tasks (``<suite>.<task label>``, :mod:`hpo2.study.lookup`).
+
 Reading never creates anything: a sqlite or journal storage whose file does not
 exist is a study that was never run (``optuna.load_study`` on a missing sqlite
 file would create an empty database).  Deleting a study removes exactly its
@@ -26,7 +29,7 @@ from hpo2.databases import local_file
 from hpo2.redact import redact_url
 from hpo2.study.budget import TrialBudget
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
-from hpo2.study.locate import study_files
+from hpo2.study.locate import study_files, suite_files
 from hpo2.study.storage import open_journal, study_init_lock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -88,33 +91,45 @@ class StudyRow:
 
 
 def list_studies(folder: Path) -> list[StudyRow]:
-    """Every valid study file in ``folder`` with its storage's progress."""
+    """Every valid study file in ``folder`` with its storage's progress, then the study
+    of each task of every valid suite file there (``<suite>.<label>``)."""
     from hpo2.errors import SettingsError
     from hpo2.study.config import load_study_config
-    from hpo2.study.results import best_trials, round_values
+    from hpo2.study.suite import load_suite
 
-    rows = []
+    defined: list[tuple[StudyConfig, Path]] = []
     for file, _ in study_files(folder):
         try:
-            config, path = load_study_config(file)
+            defined.append(load_study_config(file))
         except SettingsError:
             continue
-        finished, best, readable = None, "-", True
+    for file, _ in suite_files(folder):
         try:
-            study = open_existing(config, path)
-        except Exception as exc:  # noqa: BLE001 -- any driver's error (server down, no driver, bad URL): list the rest
-            study, best, readable = None, f"storage unreadable ({type(exc).__name__})", False
-        if study is not None:
-            trials = study.get_trials(deepcopy=False)
-            finished = sum(t.state in FINISHED for t in trials)
-            front = best_trials(study)
-            if len(front) == 1:
-                best = f"{round_values(front[0].values)} ({front[0].params.get('optimizer')})"
-            elif front:
-                best = f"Pareto front of {len(front)}"
-        rows.append(StudyRow(config.name, config.task.label, redact_url(default_storage(config, path)),
-                             finished, config.n_trials, best, readable))  # fmt: skip
-    return rows
+            suite = load_suite(file)
+        except SettingsError:
+            continue
+        defined += [(config, suite.path) for config in suite.studies]
+    return [_row(config, path) for config, path in defined]
+
+
+def _row(config: StudyConfig, path: Path) -> StudyRow:
+    from hpo2.study.results import best_trials, round_values
+
+    finished, best, readable = None, "-", True
+    try:
+        study = open_existing(config, path)
+    except Exception as exc:  # noqa: BLE001 -- any driver's error (server down, no driver, bad URL): list the rest
+        study, best, readable = None, f"storage unreadable ({type(exc).__name__})", False
+    if study is not None:
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        front = best_trials(study)
+        if len(front) == 1:
+            best = f"{round_values(front[0].values)} ({front[0].params.get('optimizer')})"
+        elif front:
+            best = f"Pareto front of {len(front)}"
+    return StudyRow(config.name, config.task.label, redact_url(default_storage(config, path)),
+                    finished, config.n_trials, best, readable)  # fmt: skip
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from hpo2.config import validate
+from hpo2.config import looks_like_suite_file, suite_file_error, validate
 from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import ATTACHMENTS, REGISTRY, get_spec, load_config_file
 from hpo2.optim.sam import SAM_KEY
@@ -328,6 +328,8 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     beside it.  Errors name the field path, the value and what is allowed."""
     path = Path(path)
     data = load_config_file(path)
+    if looks_like_suite_file(data):
+        raise suite_file_error(path, data)
     if "optimizer" in data and "name" not in data:
         raise SettingsError(
             f"{path} is a `hpo2 train` config (one optimizer, no study name): train with "

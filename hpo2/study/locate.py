@@ -7,7 +7,9 @@ folder of every parent directory (so ``hpo2 study status quickstart`` works from
 the repository root, from ``studies/`` and from any sub-folder of the project).
 The first ``studies/`` folder found upward is also *the* studies folder of the
 project: ``hpo2 study list`` lists it and ``hpo2 dashboard`` serves its
-``mlflow.db``.
+``mlflow.db``.  Suite files are found the same way (:func:`suite_files`); the
+study a suite runs for each task is named ``<suite>.<task label>``
+(:mod:`hpo2.study.lookup`).
 """
 
 from __future__ import annotations
@@ -45,18 +47,27 @@ def studies_folder(cwd: Path | None = None) -> Path | None:
     return next((folder for folder in search_folders(here)[1:] if folder.is_dir()), None)
 
 
-def study_files(folder: Path) -> list[tuple[Path, dict]]:
-    """The study files in ``folder`` (files with a ``name`` and a ``task`` and no
-    ``optimizer``: train configs live there too) with their raw content."""
+def _config_files(folder: Path) -> list[tuple[Path, dict]]:
+    """Every readable YAML/JSON mapping in ``folder`` with its raw content."""
     found = []
     for file in sorted(p for p in folder.iterdir() if p.suffix in STUDY_SUFFIXES) if folder.is_dir() else []:
         try:
-            data = load_config_file(file)
+            found.append((file, load_config_file(file)))
         except SettingsError:
             continue
-        if isinstance(data, dict) and "name" in data and "task" in data and "optimizer" not in data:
-            found.append((file, data))
     return found
+
+
+def study_files(folder: Path) -> list[tuple[Path, dict]]:
+    """The study files in ``folder`` (files with a ``name`` and a ``task`` and no
+    ``optimizer``: train configs live there too) with their raw content."""
+    return [(file, data) for file, data in _config_files(folder)
+            if "name" in data and "task" in data and "optimizer" not in data]  # fmt: skip
+
+
+def suite_files(folder: Path) -> list[tuple[Path, dict]]:
+    """The suite files in ``folder`` (a ``name`` and a list of ``tasks``) with their raw content."""
+    return [(file, data) for file, data in _config_files(folder) if "name" in data and "tasks" in data]
 
 
 def find_study_file(name_or_file: str, cwd: Path | None = None) -> Path:

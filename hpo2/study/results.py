@@ -18,14 +18,16 @@ from hpo2.study.config import StudyConfig, default_storage, storage_error
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
 
 
-def load_study(config: StudyConfig, study_file: Path) -> optuna.Study:
-    """The existing study of ``config`` (an error if it was never run)."""
+def load_study(config: StudyConfig, study_file: Path, run_command: str | None = None) -> optuna.Study:
+    """The existing study of ``config`` (an error naming ``run_command``, by default
+    ``hpo2 study run <study file>``, if it was never run)."""
     url = default_storage(config, study_file)
     try:
         return optuna.load_study(study_name=config.name, storage=url)
     except KeyError:
         raise SettingsError(
-            f"study {config.name!r} has no trials yet in {redact_url(url)}: run `hpo2 study run {study_file}` first"
+            f"study {config.name!r} has no trials yet in {redact_url(url)}: run "
+            f"`{run_command or f'hpo2 study run {study_file}'}` first"
         ) from None
     except Exception as exc:  # any driver error: the URL is wrong, the server down, the file unreadable
         raise storage_error(url, exc) from None
@@ -86,6 +88,21 @@ def best_per_optimizer(study: optuna.Study) -> dict[str, FrozenTrial]:
         if current is None or (t.values[0] > current.values[0] if maximize else t.values[0] < current.values[0]):
             best[name] = t
     return best
+
+
+def ranked(study: optuna.Study, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` (complete ones) best first by the first objective; a tie goes to the
+    earlier trial, as :attr:`optuna.Study.best_trial` has it."""
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(trials, key=lambda t: (sign * t.values[0], t.number))
+
+
+def settings_text(trial: FrozenTrial) -> str:
+    """The trial's optimizer settings as the CLI shows them: ``lr=0.0123, batch_size=None``
+    (floats to 3 significant digits; a setting left unset is None, as in Python)."""
+    name = trial.params.get(OPTIMIZER_PARAM)
+    settings = {k.split(".", 1)[1]: v for k, v in trial.params.items() if k.startswith(f"{name}.")}
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
 
 
 def export_config(config: StudyConfig, trial: FrozenTrial) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from hpo2.config import validate
 from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import load_config_file
 from hpo2.study.config import MAX_TRIALS, OptimizerChoice, Strict, StudyConfig, StudyName, load_study_config
-from hpo2.study.locate import STUDY_SUFFIXES, find_study_file, search_folders
+from hpo2.study.locate import STUDY_SUFFIXES, find_study_file, search_folders, suite_files
 from hpo2.study.profiles import ALGOPERF_TAU_MAX, PerformanceProfile, performance_profile
 from hpo2.study.space import OPTIMIZER_PARAM
 from hpo2.tasks.source import TaskSection
@@ -160,14 +160,9 @@ def find_suite_file(name_or_file: str) -> Path:
             raise SettingsError(f"suite file {name_or_file!r} does not exist")
         return candidate
     for folder in search_folders():
-        for file in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if file.suffix in STUDY_SUFFIXES:
-                try:
-                    data = load_config_file(file)
-                except SettingsError:
-                    continue
-                if isinstance(data, dict) and data.get("name") == name_or_file and "tasks" in data:
-                    return file
+        for file, data in suite_files(folder):
+            if data.get("name") == name_or_file:
+                return file
     looked = ", ".join(map(str, search_folders()))
     raise SettingsError(f"no suite named {name_or_file!r} in {looked}; pass the suite file")
 
@@ -190,7 +185,11 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     ``overrides`` (CLI options, None ones ignored) go into every study.  Errors name
     the field, the value and what is allowed."""
     path = Path(path)
-    config = validate(SuiteConfig, load_config_file(path), str(path))
+    raw = load_config_file(path)
+    if "task" in raw and "tasks" not in raw:
+        raise SettingsError(f"{path} is a study file (it has one task): run it with `hpo2 study run {path}`; "
+                            "a suite file has a list of tasks (see studies/suite_small.yaml)")
+    config = validate(SuiteConfig, raw, str(path))
     optimizers = _shared_optimizers(config, path)
     folder = path.resolve().parent
     given = {k: v for k, v in (overrides or {}).items() if v is not None}

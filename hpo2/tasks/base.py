@@ -266,6 +266,27 @@ class Task:
             return False
         return value >= self.target if self.higher_is_better else value <= self.target
 
+    @property
+    def target_label(self) -> str:
+        """``valid accuracy >= 0.95``: when the task counts as solved (:func:`target_label`)."""
+        return target_label(self.metric, self.higher_is_better, self.target)
+
+
+def target_label(metric: str, higher_is_better: bool, target: float | None) -> str:
+    """The time-to-target condition in words: ``valid accuracy >= 0.95``, ``valid loss <= 90``.
+
+    Examples:
+        >>> target_label("accuracy", True, 0.95)
+        'valid accuracy >= 0.95'
+        >>> target_label("reconstruction_error", False, 60.0)
+        'valid reconstruction_error <= 60'
+        >>> target_label("loss", False, None)
+        'no target'
+    """
+    if target is None:
+        return "no target"
+    return f"valid {metric} {'>=' if higher_is_better else '<='} {target:g}"
+
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """Fully connected layers with ``activation`` between them (none after the last)."""

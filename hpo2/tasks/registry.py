@@ -14,7 +14,7 @@ file shows every task with what can be known of it without building any data
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from hpo2.errors import SettingsError, check_known, did_you_mean
 from hpo2.tasks.autoencoder import AutoencoderSettings, fmnist_autoencoder
-from hpo2.tasks.base import Task, TaskSettings, head, split_size
+from hpo2.tasks.base import Task, TaskSettings, head, split_size, target_label
 from hpo2.tasks.image_classification import (
     ImageTaskSettings,
     check_cifar10,
@@ -46,8 +46,9 @@ class TaskSpec:
     """A registered task: how to build it, and what can be known of it without building it.
 
     ``higher_is_better`` is the direction of the task's metric, so a study sets its
-    objective's direction without loading a data set (:func:`build_task` checks that
-    the built task agrees); ``check_data`` raises
+    objective's direction without loading a data set; ``metric`` and ``target`` (its
+    time-to-target threshold) are shown by ``hpo2 tasks NAME`` and the study report
+    the same way (:func:`build_task` checks that the built task agrees); ``check_data`` raises
     :class:`~hpo2.errors.DataMissingError` when the task's data files are not there,
     without reading them (None: the task generates or bundles its data)."""
 
@@ -57,32 +58,46 @@ class TaskSpec:
     summary: str
     higher_is_better: bool
     check_data: DataCheck | None = None
+    metric: str = field(kw_only=True)
+    target: float = field(kw_only=True)
+
+    @property
+    def target_label(self) -> str:
+        """``valid accuracy >= 0.95``: when the task counts as solved (:func:`target_label`)."""
+        return target_label(self.metric, self.higher_is_better, self.target)
 
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in [
         TaskSpec("fmnist_mlp", TaskSettings, fmnist_mlp, "Fashion-MNIST, MLP 784-1000-500-100-10 (DeepOBS)", True,
-                 check_fashion_mnist),
+                 check_fashion_mnist, metric="accuracy", target=0.85),
         TaskSpec("fmnist_2c2d", TaskSettings, fmnist_2c2d, "Fashion-MNIST, 2 conv + 2 dense layers (DeepOBS)", True,
-                 check_fashion_mnist),
+                 check_fashion_mnist, metric="accuracy", target=0.90),
         TaskSpec("mnist_mlp", ImageTaskSettings, mnist_mlp,
-                 "MNIST, MLP 784-1000-500-100-10 (files or torchvision download)", True, check_mnist),
+                 "MNIST, MLP 784-1000-500-100-10 (files or torchvision download)", True, check_mnist,
+                 metric="accuracy", target=0.97),
         TaskSpec("cifar10_3c3d", ImageTaskSettings, cifar10_3c3d,
-                 "CIFAR-10, 3 conv + 3 dense layers (DeepOBS; files or torchvision download)", True, check_cifar10),
-        TaskSpec("quadratic_deep", TaskSettings, quadratic_deep, "DeepOBS noisy quadratic, 100 dims", False),
+                 "CIFAR-10, 3 conv + 3 dense layers (DeepOBS; files or torchvision download)", True, check_cifar10,
+                 metric="accuracy", target=0.75),
+        TaskSpec("quadratic_deep", TaskSettings, quadratic_deep, "DeepOBS noisy quadratic, 100 dims", False,
+                 metric="loss", target=90.0),
         TaskSpec("curves_autoencoder", CurvesSettings, curves_autoencoder,
-                 "Martens' deep autoencoder on generated CURVES-like images", False),
+                 "Martens' deep autoencoder on generated CURVES-like images", False,
+                 metric="reconstruction_error", target=10.0),
         TaskSpec("fmnist_autoencoder", AutoencoderSettings, fmnist_autoencoder,
                  "Fashion-MNIST deep autoencoder 784-1000-500-250-30 (Hinton & Salakhutdinov)", False,
-                 check_fashion_mnist),
-        TaskSpec("digits_mlp", TaskSettings, digits_mlp, "scikit-learn digits, MLP 64-64-10", True),
+                 check_fashion_mnist, metric="reconstruction_error", target=60.0),
+        TaskSpec("digits_mlp", TaskSettings, digits_mlp, "scikit-learn digits, MLP 64-64-10", True,
+                 metric="accuracy", target=0.95),
         TaskSpec("logreg_breast_cancer", TaskSettings, logreg_breast_cancer,
-                 "scikit-learn breast cancer, L2 logistic regression", True),
-        TaskSpec("mnist1d_mlp", TaskSettings, mnist1d_mlp, "MNIST-1D, MLP 40-100-100-10 (Greydanus 2020)", True),
+                 "scikit-learn breast cancer, L2 logistic regression", True,
+                 metric="accuracy", target=0.96),
+        TaskSpec("mnist1d_mlp", TaskSettings, mnist1d_mlp, "MNIST-1D, MLP 40-100-100-10 (Greydanus 2020)", True,
+                 metric="accuracy", target=0.60),
         TaskSpec("byte_gpt", LanguageModelSettings, byte_gpt,
                  "byte-level GPT (1.3M parameters) on pinned Python source; validation bits per byte", False,
-                 check_corpus),
+                 check_corpus, metric="bits_per_byte", target=3.3),
     ]
 }  # fmt: skip
 
@@ -125,9 +140,10 @@ def build_parsed(spec: TaskSpec, parsed: TaskSettings) -> Task:
     apply the settings every task shares: the first ``n_train`` / ``n_valid`` samples (refused
     beyond the split), ``batch_size`` and ``target``."""
     task = spec.build(parsed)
-    if task.higher_is_better != spec.higher_is_better:
-        raise RuntimeError(f"task {spec.name!r}: built with higher_is_better={task.higher_is_better}, "
-                           f"registered with {spec.higher_is_better}")
+    for attribute in ("higher_is_better", "metric", "target"):
+        built, registered = getattr(task, attribute), getattr(spec, attribute)
+        if built != registered:
+            raise RuntimeError(f"task {spec.name!r}: built with {attribute}={built}, registered with {registered}")
     for key, split in (("n_train", task.train), ("n_valid", task.valid)):
         asked = getattr(parsed, key)
         size = split_size(split)

@@ -134,15 +134,19 @@ def _concave_task() -> Task:
 @pytest.fixture(scope="module", autouse=True)
 def breaking_tasks():
     for spec in (
-        TaskSpec("breaking_nan", TaskSettings, lambda s: _breaking_task("nan"), "loss turns NaN after 3 steps", True),
+        TaskSpec("breaking_nan", TaskSettings, lambda s: _breaking_task("nan"), "loss turns NaN after 3 steps", True,
+                 metric="accuracy", target=0.9),
         TaskSpec(
             "breaking_oom",
             TaskSettings,
             lambda s: _breaking_task("oom"),
             "CUDA out of memory after 3 steps (simulated)",
             True,
+            metric="accuracy",
+            target=0.9,
         ),
-        TaskSpec("concave", TaskSettings, lambda s: _concave_task(), "negative curvature everywhere", False),
+        TaskSpec("concave", TaskSettings, lambda s: _concave_task(), "negative curvature everywhere", False,
+                 metric="loss", target=-1.0),
     ):
         TASKS[spec.name] = spec
     yield

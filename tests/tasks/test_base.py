@@ -19,14 +19,20 @@ def test_every_task_states_its_target_and_split():
 
 @pytest.mark.parametrize("name", ["digits_mlp", "logreg_breast_cancer", "quadratic_deep", "mnist1d_mlp"])
 def test_the_registered_direction_is_the_built_tasks(name):
-    """A study reads ``higher_is_better`` from the registry without building data: it must be the task's own."""
-    assert build_task(name, {"n_train": 64, "n_valid": 32}).higher_is_better is TASKS[name].higher_is_better
+    """A study reads ``higher_is_better`` (and the report the metric and target) from the registry
+    without building data: they must be the task's own."""
+    task, spec = build_task(name, {"n_train": 64, "n_valid": 32}), TASKS[name]
+    assert (task.higher_is_better, task.metric, task.target) == (spec.higher_is_better, spec.metric, spec.target)
+    assert task.target_label == spec.target_label
 
 
 def test_a_registration_that_disagrees_with_its_task_is_refused(monkeypatch):
     spec = TASKS["quadratic_deep"]
     monkeypatch.setitem(TASKS, "quadratic_deep", dataclasses.replace(spec, higher_is_better=True))
     with pytest.raises(RuntimeError, match="built with higher_is_better=False, registered with True"):
+        build_task("quadratic_deep", {"n_train": 64, "n_valid": 32})
+    monkeypatch.setitem(TASKS, "quadratic_deep", dataclasses.replace(spec, target=1.0))
+    with pytest.raises(RuntimeError, match="built with target=90.0, registered with 1.0"):
         build_task("quadratic_deep", {"n_train": 64, "n_valid": 32})
 
 
