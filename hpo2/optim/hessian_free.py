@@ -53,10 +53,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
@@ -122,6 +122,14 @@ class HessianFreeSettings(DataRegimeSettings):
     """Factor on the step when the final line search backtracks."""
     max_ls_evals: Annotated[int, Field(ge=1)] = 60
     """Most loss evaluations in the final line search."""
+
+    @model_validator(mode="after")
+    def _damped_preconditioner(self) -> Self:
+        """(diag + lambda)^alpha with lambda = 0 is 0 wherever a gradient square is (a dead unit)."""
+        if self.damping == 0 and self.preconditioner:
+            raise ValueError("damping = 0 with preconditioner: true divides by zero wherever a gradient square is "
+                             "zero; give damping > 0, or preconditioner: false for undamped Newton steps")
+        return self
 
 
 @document_settings

@@ -105,8 +105,12 @@ class OptimizerSettings(BaseModel):
         except ValidationError as exc:
             problems = []
             for err in exc.errors():
+                message = err["msg"].removeprefix("Value error, ")
+                if not err["loc"]:  # a rule across settings: its message names them
+                    problems.append(f"{where}: {message}")
+                    continue
                 field = ".".join(str(p) for p in err["loc"])
-                problems.append(f"{where}.{field} = {err.get('input')!r}: {err['msg']}")
+                problems.append(f"{where}.{field} = {err.get('input')!r}: {message}")
             raise SettingsError("; ".join(problems)) from None
 
 

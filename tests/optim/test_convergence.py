@@ -45,7 +45,8 @@ def test_each_optimizer_converges_on_logistic_regression(make_opt, steps):
     ],
     ids=["newton_cg", "newton_cg_trust_region", "lbfgs", "hessian_free"],
 )
-@pytest.mark.filterwarnings("ignore:LayerStatistics.*fallback:UserWarning")  # residuals of a bare parameter: expected
+# residuals of a bare parameter: the fallback warning is expected
+@pytest.mark.filterwarnings("ignore:HessianFree. no per-layer statistics:UserWarning")
 def test_rosenbrock_converges_to_one_one(make_opt):
     model = RosenbrockResiduals()
     closure = rosenbrock_closure(model)

@@ -264,7 +264,8 @@ class NaNAwayFromStart(nn.Module):
         return (self.w * x).sum(1, keepdim=True) * (math.nan if moved else 1.0)
 
 
-@pytest.mark.filterwarnings("ignore:LayerStatistics.*fallback:UserWarning")  # a bare parameter, no nn.Linear: expected
+# a bare parameter, no nn.Linear: the fallback warning is expected
+@pytest.mark.filterwarnings("ignore:HessianFree. no per-layer statistics:UserWarning")
 def test_hessian_free_rejected_step_restores_params_resets_warm_start_and_boosts_damping():
     model = NaNAwayFromStart()
     x, y = torch.ones(4, 2, dtype=torch.float64), torch.zeros(4, 1, dtype=torch.float64)
@@ -307,7 +308,8 @@ def test_hessian_free_without_damping_solves_least_squares_in_one_step(seed, dev
     y = torch.randn(40, 2, dtype=torch.float64, generator=gen)
     model = nn.Linear(6, 2, bias=False).double()
     x, y, model = x.to(device), y.to(device), model.to(device)
-    opt = HessianFree(model.parameters(), damping=0.0, martens_eps=1e-12, cg_max_iter=200, curvature_fraction=1.0)
+    opt = HessianFree(model.parameters(), damping=0.0, preconditioner=False, martens_eps=1e-12, cg_max_iter=200,
+                      curvature_fraction=1.0)
     opt.step(BatchClosure(model, nn.MSELoss(), x, y))
     expected = torch.linalg.lstsq(x, y).solution.T
     torch.testing.assert_close(model.weight.detach(), expected, rtol=1e-7, atol=1e-9)

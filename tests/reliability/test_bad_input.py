@@ -398,3 +398,11 @@ def test_more_samples_than_a_split_holds_is_refused_when_the_study_opens(tmp_pat
                                             r"samples; give at most 1200"):
         StudyRunner(config, path).open()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.yaml"]  # refused before any store is written
+
+
+def test_hessian_free_refuses_zero_damping_with_its_preconditioner_in_one_line():
+    """Zero damping divides by zero in the preconditioner: refused at load; undamped Newton without it is fine."""
+    with pytest.raises(SettingsError, match=r"damping = 0 with preconditioner: true divides by zero") as caught:
+        parse_optimizer_config({"name": "hessian_free", "settings": {"damping": 0}})
+    assert "\n" not in str(caught.value)
+    parse_optimizer_config({"name": "hessian_free", "settings": {"damping": 0, "preconditioner": False}})
