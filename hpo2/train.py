@@ -55,13 +55,14 @@ raises for that.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from hpo2.errors import SettingsError
@@ -76,6 +77,20 @@ from hpo2.tasks.placement import DeviceBatches, fits, free_bytes, split_bytes
 from hpo2.tasks.source import TaskSection, resolve_task
 
 MAX_SECONDS = 30 * 24 * 3600  # 30 days: a longer budget is a typo, not a plan
+#: devices a trial can train on: auto (CUDA when there is one), the CPU, a CUDA GPU, Apple's MPS
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def check_device(value: str) -> str:
+    """A config's ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (``meta`` and
+    typos are refused when the file is read, not as a traceback in the first trial)."""
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise ValueError("allowed: auto, cpu, cuda, cuda:N (a GPU's index), mps")
+    return value
+
+
+#: a config's device, checked by :func:`check_device`
+Device = Annotated[str, AfterValidator(check_device)]
 
 
 class Budget(BaseModel):
@@ -114,7 +129,7 @@ class TrainConfig(BaseModel):
     optimizer: ConfigSection
     budget: Budget = Budget(epochs=1)
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     eval_every_steps: int | None = Field(default=None, ge=1)
     divergence_factor: float = Field(default=1e3, gt=1)
     tracking_uri: str | None = None
@@ -172,9 +187,15 @@ class TrainResult:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None: CUDA when available, else CPU; anything else as given."""
+    """``"auto"``/None: CUDA when available, else CPU; anything else as given (a name outside
+    :func:`check_device`'s is a ValueError saying what is allowed)."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, str):
+        try:
+            check_device(device)
+        except ValueError as exc:
+            raise ValueError(f"device = {device!r}: {exc}") from None
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available here; use 'cpu' or 'auto'")

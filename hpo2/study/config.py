@@ -38,7 +38,7 @@ from hpo2.optim.schedules import SCHEDULE_KEY
 from hpo2.optim.settings import Choice, FloatRange, IntRange, SearchDimension
 from hpo2.redact import redact_text, redact_url
 from hpo2.tasks.source import TaskSection, builtin_task_problem
-from hpo2.train import MAX_SECONDS, Budget
+from hpo2.train import MAX_SECONDS, Budget, Device
 
 MAX_TRIALS = 1_000_000
 MAX_NAME = 100
@@ -251,7 +251,7 @@ class StudyConfig(Strict):
     tracking_uri: str | None = None
     experiment: str | None = None
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     enqueue_defaults: bool = True
     heartbeat_interval: int = Field(default=30, ge=1, le=3600)
     max_retry: int = Field(default=2, ge=0, le=100)

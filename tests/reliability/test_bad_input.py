@@ -406,3 +406,18 @@ def test_hessian_free_refuses_zero_damping_with_its_preconditioner_in_one_line()
         parse_optimizer_config({"name": "hessian_free", "settings": {"damping": 0}})
     assert "\n" not in str(caught.value)
     parse_optimizer_config({"name": "hessian_free", "settings": {"damping": 0, "preconditioner": False}})
+
+
+@pytest.mark.parametrize("device", ["bogus", "meta", "cuda:x", "CPU"])
+def test_a_device_that_is_not_one_is_refused_in_one_line(tmp_path, device):
+    """--device bogus (and device: meta) gave a torch traceback in the first trial."""
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\ntask: digits_mlp\nn_trials: 1\n")
+    result = CliRunner().invoke(app, ["study", "run", str(study), "--device", device], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"device = {device!r}: allowed: auto, cpu, cuda, cuda:N" in result.output
+    train = tmp_path / "t.yaml"
+    train.write_text(f"task: digits_mlp\noptimizer: adam\ndevice: {device}\n")
+    with pytest.raises(SettingsError, match=rf"device = '{device}': allowed"):
+        load_train_config(train)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml", "t.yaml"]
