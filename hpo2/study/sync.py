@@ -15,14 +15,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import optuna
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hpo2.errors import SettingsError
 from hpo2.study.recovery import close_orphan_runs
 from hpo2.study.results import record_mlflow_run_id
 from hpo2.tracking import TrackedRun, check_reachable, experiment_id
+
+
+def check_spooled_run(client: MlflowClient, data: dict[str, Any], study_name: str, path: Path) -> None:
+    """A spool file that names an existing run may only change a run of its own study (tag
+    ``hpo2.study``): a file copied or crafted under one study must not mark another's runs."""
+    run_id = data.get("run_id")
+    if run_id is None:
+        return  # the run was never created: the file's own operations create it
+    try:
+        owner = client.get_run(str(run_id)).data.tags.get("hpo2.study")
+    except MlflowException:
+        owner = None
+    if owner != study_name:
+        raise SettingsError(f"{path}: names MLflow run {run_id!r}, which is not a run of study {study_name!r} "
+                            f"({'it belongs to ' + repr(owner) if owner else 'no such run of a study here'}); "
+                            "move the file out of the folder")
 
 
 def sync_unsent(study: optuna.Study, folder: Path, tracking_uri: str, experiment: str) -> tuple[int, int]:
@@ -37,7 +55,12 @@ def sync_unsent(study: optuna.Study, folder: Path, tracking_uri: str, experiment
             raise SettingsError(f"{path}: not a spooled MLflow run ({exc}); move it out of {folder}") from None
         if not isinstance(data, dict) or data.get("study") != study.study_name:
             continue
-        run = TrackedRun.from_spool(client, data)
+        check_spooled_run(client, data, study.study_name, path)
+        try:
+            run = TrackedRun.from_spool(client, data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SettingsError(f"{path}: not a spooled MLflow run (its operations cannot be read: "
+                                f"{type(exc).__name__}: {exc}); move it out of {folder}") from None
         number = run.spooled_tags.get("hpo2.trial_number")
         if number is not None:
             run.on_created = lambda run_id, n=int(number): record_mlflow_run_id(study, n, run_id)
