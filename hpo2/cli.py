@@ -652,7 +652,7 @@ def dashboard(
 
     from mlflow.tracking import MlflowClient
 
-    from hpo2.dashboard import runs_url, serve, server_command, server_env, tracking_store
+    from hpo2.dashboard import READY_SECONDS, runs_url, serve, server_command, server_env, study_links, tracking_store
     from hpo2.errors import SettingsError
     from hpo2.redact import redact_url
     from hpo2.study.locate import studies_folder
@@ -662,17 +662,28 @@ def dashboard(
     except SettingsError as exc:
         raise fail(str(exc)) from None
     commands = [server_command(host, port)]
-    console.print(f"MLflow UI for {redact_url(uri)} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
-    for exp in MlflowClient(uri).search_experiments():
-        if exp.name != "Default":
-            console.print(f"  experiment {exp.name}: {runs_url(host, port, exp.experiment_id)}", highlight=False)
+    links = study_links(MlflowClient(uri))
+    lines = [f"  {link.label}: {runs_url(host, port, link.experiment_id, link.view)}" for link in links]
     folder = studies_folder()
     storage = next((f"sqlite:///{p}" for p in sorted(folder.glob("*.optuna.db"))), None) if folder else None
     if shutil.which("optuna-dashboard") and storage:
         commands.append(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
-        console.print(f"optuna-dashboard for {storage} at http://{host}:{port + 1}", highlight=False)
-    code = serve(commands, server_env(uri))
-    console.print("stopped the dashboard", highlight=False)
+        lines.append(f"optuna-dashboard for {storage} at http://{host}:{port + 1}")
+    console.print(f"starting the MLflow UI for {redact_url(uri)} on http://{host}:{port} ...",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+
+    def ready(answered: bool) -> None:
+        if not answered:
+            console.print(f"the MLflow server has not answered within {READY_SECONDS:.0f} s; it may still",
+                          highlight=False)  # fmt: skip
+        console.print(f"MLflow UI at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
+
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    code = serve(commands, server_env(uri), f"http://{local}:{port}/health", ready)
+    console.print("stopped the dashboard" if code == 0 else f"the MLflow server exited with code {code}",
+                  highlight=False)  # fmt: skip
     raise typer.Exit(code)
 
 

@@ -237,6 +237,7 @@ class StudyRunner:
         self.parent.log_params({"task": self.config.task.label, "sampler": self.config.sampler.name,
                                 "pruner": self.config.pruner.name, "optimizers": ",".join(self.space.names),
                                 "objective": ",".join(o.metric for o in self.config.objective)})
+        self.parent.set_tags({"hpo2.directions": ",".join(self.directions)})  # a tag: a resume may change it
         self.log_study_file()
         self._close_lost_trial_runs(self.study)
         # check-then-enqueue: workers starting together must not both see "not enqueued yet"
