@@ -256,6 +256,7 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:
 
 def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: str | None,
                tracking_uri: str | None, device: str | None, warm_start: str | None = None) -> None:
+    import functools
     import warnings
 
     import optuna
@@ -263,6 +264,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     from hpo2.errors import DataMissingError, SettingsError
     from hpo2.progress import Progress, StudyDisplay, live_display, print_status
     from hpo2.redact import redact_url
+    from hpo2.study.locate import beside_study
     from hpo2.study.runner import StudyReport, StudyRunner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
@@ -274,8 +276,11 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     if target is not None and _nothing_to_do(config, path, target):
         return
     report: StudyReport | None = None
-    if config.report:
-        from hpo2.report import render_study_report as report
+    report_file = beside_study(path, config.name, ".report.html") if config.report else None
+    if report_file is not None:
+        from hpo2.report import render_study_report
+
+        report = functools.partial(render_study_report, out=report_file)  # also beside the study, as `study report`
     progress = Progress()
     try:
         runner = StudyRunner(config, path, progress, report).open()
@@ -291,7 +296,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     from hpo2.study.recovery import StudyInterrupted
     from hpo2.study.storage import StorageLost
 
-    display = StudyDisplay(console, target, config.timeout, config.jobs)
+    display = StudyDisplay(console, target, config.timeout, config.jobs, report_file)
     try:
         with live_display(console, display.table(progress)) as live:
             progress.listeners.append(lambda p: live.update(display.table(p)))
@@ -415,6 +420,7 @@ def study_best(
     """The best trial, written as a config for `hpo2 train` and `from_config`."""
     import yaml
 
+    from hpo2.progress import print_edge_hints
     from hpo2.study.locate import beside_study, shown_path
     from hpo2.study.results import best_trials, export_config, write_export
 
@@ -432,6 +438,7 @@ def study_best(
     console.print(
         f"wrote {shown_path(target)}; reuse it with: hpo2 train --config {shown_path(target)}", highlight=False
     )
+    print_edge_hints(console, best[:1])
 
 
 @study_app.command("report")

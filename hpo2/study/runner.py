@@ -410,7 +410,9 @@ class StudyRunner:
         if self.report is not None and not self.offline_runs:
             self.stop.immediate = True  # the report has no safe points: a signal stops it at once
             pause_for_tests("report", None, self.stop.event)
+            self.observer.report_started()
             self.report(self.study, self.config, self.tracking_uri, self.parent.run_id or "")
+            self.observer.report_finished()
             self.stop.immediate = False
         if not self.parent.end("FINISHED"):
             self.offline_runs.append(self.parent)
