@@ -68,13 +68,16 @@ def main(
 
 
 def quiet_library_logs() -> None:
-    """MLflow's table-creation INFO lines (mlflow.store, alembic) and the "View run at
-    <url>" line it prints for every run it closes over HTTP are not the user's business
-    (hpo2's own display says enough); set here, by the application, not at import."""
+    """MLflow's table-creation INFO lines (mlflow.store, alembic) and the "View run ... at
+    <url>" and "View experiment at" lines it writes to stdout for every run it closes
+    over HTTP (unless ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``; the worker processes
+    inherit it) are not the user's business (hpo2's own display says enough); set here,
+    by the application, not at import."""
     import logging
 
-    for name in ("mlflow.store", "alembic", "mlflow.tracking._tracking_service.client"):
+    for name in ("mlflow.store", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 @app.command()
