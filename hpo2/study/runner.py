@@ -81,6 +81,7 @@ from hpo2.study.storage import (
     MAX_STORAGE_FAULTS,
     StorageLost,
     is_storage_fault,
+    no_space_left,
     open_storage,
     storage_fault_reason,
     study_init_lock,
@@ -331,6 +332,9 @@ class StudyRunner:
                 except TrialStorageFault as fault:
                     faults = self._after_storage_fault(budget, faults, fault, fault.trial_number)
                 except Exception as exc:  # Optuna's ask or tell failed (the objective's own errors are caught)
+                    if (full := no_space_left(exc)) is not None:  # no passing fault: retrying fills nothing
+                        raise StorageLost(f"storage {redact_url(self.storage_url)}: {full.strerror}; free space on "
+                                          "its disk (or move the storage) and rerun to go on") from None
                     if is_storage_fault(exc):
                         faults = self._after_storage_fault(budget, faults, exc, started[0] if started else None)
                     elif not (started and self._failed_as_stale(started[0], exc)):
