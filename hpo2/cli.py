@@ -68,13 +68,16 @@ def main(
 
 
 def quiet_library_logs() -> None:
-    """MLflow's table-creation INFO lines (mlflow.store, alembic) and the "View run at
-    <url>" line it prints for every run it closes over HTTP are not the user's business
-    (hpo2's own display says enough); set here, by the application, not at import."""
+    """MLflow's table-creation INFO lines (mlflow.store, alembic) and the "View run ... at
+    <url>" and "View experiment at" lines it writes to stdout for every run it closes
+    over HTTP (unless ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``; the worker processes
+    inherit it) are not the user's business (hpo2's own display says enough); set here,
+    by the application, not at import."""
     import logging
 
-    for name in ("mlflow.store", "alembic", "mlflow.tracking._tracking_service.client"):
+    for name in ("mlflow.store", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 @app.command()
@@ -256,6 +259,7 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:
 
 def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: str | None,
                tracking_uri: str | None, device: str | None, warm_start: str | None = None) -> None:
+    import functools
     import warnings
 
     import optuna
@@ -263,6 +267,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     from hpo2.errors import DataMissingError, SettingsError
     from hpo2.progress import Progress, StudyDisplay, live_display, print_status
     from hpo2.redact import redact_url
+    from hpo2.study.locate import beside_study
     from hpo2.study.runner import StudyReport, StudyRunner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
@@ -274,8 +279,11 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     if target is not None and _nothing_to_do(config, path, target):
         return
     report: StudyReport | None = None
-    if config.report:
-        from hpo2.report import render_study_report as report
+    report_file = beside_study(path, config.name, ".report.html") if config.report else None
+    if report_file is not None:
+        from hpo2.report import render_study_report
+
+        report = functools.partial(render_study_report, out=report_file)  # also beside the study, as `study report`
     progress = Progress()
     try:
         runner = StudyRunner(config, path, progress, report).open()
@@ -291,7 +299,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     from hpo2.study.recovery import StudyInterrupted
     from hpo2.study.storage import StorageLost
 
-    display = StudyDisplay(console, target, config.timeout, config.jobs)
+    display = StudyDisplay(console, target, config.timeout, config.jobs, report_file)
     try:
         with live_display(console, display.table(progress)) as live:
             progress.listeners.append(lambda p: live.update(display.table(p)))
@@ -415,6 +423,7 @@ def study_best(
     """The best trial, written as a config for `hpo2 train` and `from_config`."""
     import yaml
 
+    from hpo2.progress import print_edge_hints
     from hpo2.study.locate import beside_study, shown_path
     from hpo2.study.results import best_trials, export_config, write_export
 
@@ -432,6 +441,7 @@ def study_best(
     console.print(
         f"wrote {shown_path(target)}; reuse it with: hpo2 train --config {shown_path(target)}", highlight=False
     )
+    print_edge_hints(console, best[:1])
 
 
 @study_app.command("report")
@@ -652,7 +662,7 @@ def dashboard(
 
     from mlflow.tracking import MlflowClient
 
-    from hpo2.dashboard import runs_url, serve, server_command, server_env, tracking_store
+    from hpo2.dashboard import READY_SECONDS, runs_url, serve, server_command, server_env, study_links, tracking_store
     from hpo2.errors import SettingsError
     from hpo2.redact import redact_url
     from hpo2.study.locate import studies_folder
@@ -662,17 +672,28 @@ def dashboard(
     except SettingsError as exc:
         raise fail(str(exc)) from None
     commands = [server_command(host, port)]
-    console.print(f"MLflow UI for {redact_url(uri)} at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
-    for exp in MlflowClient(uri).search_experiments():
-        if exp.name != "Default":
-            console.print(f"  experiment {exp.name}: {runs_url(host, port, exp.experiment_id)}", highlight=False)
+    links = study_links(MlflowClient(uri))
+    lines = [f"  {link.label}: {runs_url(host, port, link.experiment_id, link.view)}" for link in links]
     folder = studies_folder()
     storage = next((f"sqlite:///{p}" for p in sorted(folder.glob("*.optuna.db"))), None) if folder else None
     if shutil.which("optuna-dashboard") and storage:
         commands.append(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
-        console.print(f"optuna-dashboard for {storage} at http://{host}:{port + 1}", highlight=False)
-    code = serve(commands, server_env(uri))
-    console.print("stopped the dashboard", highlight=False)
+        lines.append(f"optuna-dashboard for {storage} at http://{host}:{port + 1}")
+    console.print(f"starting the MLflow UI for {redact_url(uri)} on http://{host}:{port} ...",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+
+    def ready(answered: bool) -> None:
+        if not answered:
+            console.print(f"the MLflow server has not answered within {READY_SECONDS:.0f} s; it may still",
+                          highlight=False)  # fmt: skip
+        console.print(f"MLflow UI at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
+
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    code = serve(commands, server_env(uri), f"http://{local}:{port}/health", ready)
+    console.print("stopped the dashboard" if code == 0 else f"the MLflow server exited with code {code}",
+                  highlight=False)  # fmt: skip
     raise typer.Exit(code)
 
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -27,8 +29,10 @@ from rich.live import Live
 from rich.table import Table
 
 from hpo2.study.config import StudyConfig
+from hpo2.study.locate import shown_path
 from hpo2.study.observer import StudyObserver
 from hpo2.study.results import round_values
+from hpo2.study.space import edge_hints
 from hpo2.tables import Column, FittedTable
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -101,6 +105,7 @@ class Progress(StudyObserver):
     current_optimizer: str = ""
     tracking_seconds: float = 0.0
     trial_seconds: float = 0.0
+    report: Literal["", "rendering", "done"] = ""
     listeners: list[Callable[[Progress], None]] = field(default_factory=list)
 
     def changed(self) -> None:
@@ -125,27 +130,42 @@ class Progress(StudyObserver):
     def trial_stored(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.changed()
 
+    def report_started(self) -> None:
+        self.report = "rendering"
+        self.changed()
+
+    def report_finished(self) -> None:
+        self.report = "done"
+        self.changed()
+
 
 class StudyDisplay:
-    """The live table of a running study, plus a printed line per finished trial.
+    """The live table of a running study, plus a printed line per finished trial, and
+    a line when the final report starts rendering and one when it is written (to
+    ``report``, the file beside the study, if given).
 
     :meth:`table` is called by a :class:`Progress` listener: it reads the study's
     trials once per call and prints the trials that finished since."""
 
-    def __init__(self, console: Console, target: int | None, timeout: float | None, jobs: int = 1) -> None:
+    def __init__(
+        self, console: Console, target: int | None, timeout: float | None, jobs: int = 1, report: Path | None = None,
+    ) -> None:  # fmt: skip
         self.console = console
         self.target = target
         self.timeout = timeout
         self.jobs = jobs
+        self.report = report
         self.started = time.monotonic()
         self.seen: set[int] | None = None  # finished trials already shown (those before this run: not printed)
+        self.report_said = ""  # the report stage already printed
         self._lock = threading.Lock()  # with `jobs` > 1 the listeners run in several threads
 
     def table(self, progress: Progress) -> Table:
-        """The table for ``progress``; prints newly finished trials above it."""
+        """The table for ``progress``; prints newly finished trials (and the report's progress) above it."""
         study = progress.study
         trials = study.get_trials(deepcopy=False) if study is not None else []
         self._print_finished(trials)
+        self._print_report(progress.report)
         counts = {s: sum(t.state == s for t in trials) for s in (*FINISHED, TrialState.RUNNING)}
         table = Table(show_header=False, title=f"study {study.study_name if study else ''}")
         total = "" if self.target is None else f" of {self.target}"
@@ -172,6 +192,17 @@ class StudyDisplay:
             for number in sorted(set(finished) - self.seen):
                 self.console.print(trial_line(finished[number]), highlight=False)
             self.seen |= set(finished)
+
+    def _print_report(self, stage: str) -> None:
+        with self._lock:
+            if stage == self.report_said:
+                return
+            self.report_said = stage
+        where = "the study's MLflow run" + (f" and {shown_path(self.report)}" if self.report else "")
+        if stage == "rendering":
+            self.console.print(f"rendering the report into {where} ...", highlight=False, soft_wrap=True)
+        elif stage == "done":
+            self.console.print(f"wrote the report to {where}", highlight=False, soft_wrap=True)
 
     @staticmethod
     def _best(study: optuna.Study | None, trials: Sequence[FrozenTrial]) -> str:
@@ -205,3 +236,10 @@ def print_status(console: Console, study: optuna.Study, config: StudyConfig) -> 
             + "; ".join(f"trial {t.number} {t.params.get('optimizer')} = {round_values(t.values)}" for t in best),
             highlight=False,
         )
+    print_edge_hints(console, best)
+
+
+def print_edge_hints(console: Console, best: Sequence[FrozenTrial]) -> None:
+    """A ``hint:`` line for each setting of the best trial(s) at an end of its search range."""
+    for hint in dict.fromkeys(h for t in best for h in edge_hints(t)):  # each once, in order
+        console.print(f"hint: {hint}", highlight=False, soft_wrap=True)

@@ -19,11 +19,14 @@ the file store under ``./mlruns`` is not used.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import warnings
@@ -93,8 +96,9 @@ def quick_failing_http() -> Iterator[None]:
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`SettingsError`, before anything is written, if the tracking
-    store cannot take a study: an HTTP server that does not answer, a sqlite file
-    that cannot be written, or MLflow 3's refused file store (``file://``, a path)."""
+    store cannot take a study: an HTTP server that does not answer or refuses the
+    login (``http://user:password@host``, sent as basic auth), a sqlite file that
+    cannot be written, or MLflow 3's refused file store (``file://``, a path)."""
     if "://" not in tracking_uri or tracking_uri.startswith("file:"):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
             raise SettingsError(
@@ -107,14 +111,38 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     if not tracking_uri.startswith(("http://", "https://")):
         return
     try:
-        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout)
+        urllib.request.urlopen(health_request(tracking_uri), timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise SettingsError(
+                f"tracking_uri: the MLflow tracking server at {redact_url(tracking_uri)} refused the login (HTTP "
+                f"{exc.code}): check the user name and password (http://USER:PASSWORD@host in the URI); nothing was run"
+            ) from None
+        raise _no_answer(tracking_uri, exc) from None
     except OSError as exc:
-        raise SettingsError(
-            f"tracking_uri: the MLflow tracking server at {redact_url(tracking_uri)} does not answer "
-            f"({redact_text(str(exc), tracking_uri)}). Start it "
-            "(mlflow server --backend-store-uri postgresql://... --host 127.0.0.1), fix the URI, or leave "
-            "tracking_uri unset for the local sqlite store; nothing was run"
-        ) from None
+        raise _no_answer(tracking_uri, exc) from None
+
+
+def _no_answer(tracking_uri: str, exc: OSError) -> SettingsError:
+    return SettingsError(
+        f"tracking_uri: the MLflow tracking server at {redact_url(tracking_uri)} does not answer "
+        f"({redact_text(str(exc), tracking_uri)}). Start it "
+        "(mlflow server --backend-store-uri postgresql://... --host 127.0.0.1), fix the URI, or leave "
+        "tracking_uri unset for the local sqlite store; nothing was run"
+    )
+
+
+def health_request(tracking_uri: str) -> urllib.request.Request:
+    """GET ``<server>/health``; a ``user:password@`` in the URI becomes a basic-auth header,
+    as MLflow's client (``requests``) sends it (urllib alone would look ``user:password@host`` up in DNS)."""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)).rstrip("/") + "/health")
+    if at:
+        user, _, password = userinfo.partition(":")
+        token = base64.b64encode(f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode())
+        request.add_header("Authorization", f"Basic {token.decode()}")
+    return request
 
 
 def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:

@@ -116,3 +116,33 @@ def test_study_delete_asks_then_removes_that_study_only(project: Path) -> None:
     rerun = _cli("study", "run", "a")  # runs afresh, none of the deleted runs comes back
     assert rerun.exit_code == 0, rerun.output
     assert "nothing to do" not in rerun.output and len(runs("a")) == 3
+
+
+def test_best_and_status_hint_at_a_best_setting_on_the_edge_of_its_range(tmp_path: Path, monkeypatch) -> None:
+    """A best value at (within 1% of, on a log scale for a log range) an end of its search
+    range gets one ``hint:`` line in `study best` and `study status`; one inside gets none."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from hpo2.study.config import default_storage
+
+    monkeypatch.delenv("HPO2_STUDIES", raising=False)
+    path = _study_file(tmp_path, "edge")
+    study = optuna.create_study(study_name="edge", storage=default_storage(*load_study_config(path)),
+                                direction="maximize")  # fmt: skip
+    space = {"optimizer": CategoricalDistribution(["sgd", "adam"]), "sgd.lr": FloatDistribution(1e-4, 10, log=True),
+             "sgd.momentum": FloatDistribution(0.0, 0.99), "sgd.steps": IntDistribution(1, 100)}
+    study.add_trial(optuna.trial.create_trial(  # the best: lr at the low end (log scale), steps at the high end
+        params={"optimizer": "sgd", "sgd.lr": 1.1e-4, "sgd.momentum": 0.5, "sgd.steps": 100},
+        distributions=space, value=0.9))
+    study.add_trial(optuna.trial.create_trial(
+        params={"optimizer": "sgd", "sgd.lr": 1e-2, "sgd.momentum": 0.0, "sgd.steps": 50},
+        distributions=space, value=0.5))
+    hints = ["hint: sgd lr = 0.00011 is at the low end of its range [0.0001, 10]: widen it "
+             "(ranges.lr of sgd in the study file)",
+             "hint: sgd steps = 100 is at the high end of its range [1, 100]: widen it "
+             "(ranges.steps of sgd in the study file)"]  # fmt: skip
+    for command in ("best", "status"):
+        result = _cli("study", command, str(path))
+        assert result.exit_code == 0, result.output
+        lines = [" ".join(line.split()) for line in result.output.splitlines()]
+        assert [line for line in lines if line.startswith("hint:")] == hints, result.output

@@ -3,6 +3,7 @@ named objectives, no library noise, and "nothing to do" on a finished study."""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -22,7 +23,8 @@ from rich.table import Table
 from typer.testing import CliRunner
 
 from hpo2.cli import app
-from hpo2.progress import eta_seconds, live_display, round_values
+from hpo2.progress import Progress, StudyDisplay, eta_seconds, live_display, round_values
+from hpo2.report import render_study_report
 from hpo2.study.config import load_study_config
 from hpo2.study.runner import StudyRunner
 
@@ -130,3 +132,25 @@ def test_a_live_display_that_is_piped_ends_its_last_line() -> None:
         pass
     console.print("next")
     assert out.getvalue().splitlines()[-2:] == ["└───┘", "next"]
+
+
+@pytest.mark.slow  # a study and its report: 7 s
+def test_the_final_report_says_when_it_starts_rendering_and_where_it_was_written(tmp_path: Path) -> None:
+    """The runner tells its observer around the report (seconds to a minute of silence
+    otherwise); the display prints one line before and one after, naming the file."""
+    path = _study_file(tmp_path, report=True)
+    out = io.StringIO()
+    report_file = tmp_path / "t.report.html"
+    display = StudyDisplay(Console(file=out, width=200), 2, None, report=report_file)
+    progress = Progress()
+    lines_while_rendering: list[str] = []
+
+    def report(*args: object) -> None:  # the real report, without PNGs (no browser needed)
+        lines_while_rendering.extend(out.getvalue().splitlines())
+        functools.partial(render_study_report, out=report_file, png=False)(*args)
+
+    progress.listeners.append(display.table)
+    StudyRunner(*load_study_config(path), observer=progress, report=report).run()
+    assert lines_while_rendering[-1] == f"rendering the report into the study's MLflow run and {report_file} ..."
+    assert out.getvalue().splitlines()[-1] == f"wrote the report to the study's MLflow run and {report_file}"
+    assert report_file.is_file() and progress.report == "done"

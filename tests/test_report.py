@@ -98,6 +98,8 @@ def test_single_objective_report_with_pruned_and_failed_trials(tmp_path):
     parent, runs = _parent(client)
     top = _artifacts(client, parent.info.run_id)
     assert {"report.html", "plots", "r.yaml"} <= top
+    logged = Path(client.download_artifacts(parent.info.run_id, "report.html", str(tmp_path / "logged")))
+    assert (tmp_path / "r.report.html").read_text() == logged.read_text()  # `study run` writes it beside the study
     plots = _artifacts(client, parent.info.run_id, "plots")
     for stem in ("optimization_history", "learning_curves_wall_time", "learning_curves_grad_equivalents",
                  "parallel_coordinates_adam", "curvature"):

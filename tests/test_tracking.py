@@ -1,7 +1,10 @@
-"""hpo2.tracking: MLflow's quick-failing HTTP settings are scoped, never set at import."""
+"""hpo2.tracking: MLflow's quick-failing HTTP settings are scoped, never set at import; a login in the
+tracking URI is sent as basic auth."""
 
 from __future__ import annotations
 
+import base64
+import http.server
 import os
 import subprocess
 import sys
@@ -9,7 +12,8 @@ import threading
 
 import pytest
 
-from hpo2.tracking import QUICK_HTTP, quick_failing_http
+from hpo2.errors import SettingsError
+from hpo2.tracking import QUICK_HTTP, check_reachable, quick_failing_http
 
 
 def test_importing_hpo2_leaves_the_environment_alone() -> None:
@@ -68,3 +72,33 @@ def test_blocks_in_several_threads_keep_the_settings_until_the_last_ends(monkeyp
         thread.join(20)
     assert seen == [QUICK_HTTP["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]]
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+class _LoginHealth(http.server.BaseHTTPRequestHandler):
+    """``/health`` behind basic auth (user ``hpo2``, password ``p@ss:word``), like an MLflow server behind a proxy."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        expected = "Basic " + base64.b64encode(b"hpo2:p@ss:word").decode()
+        self.send_response(200 if self.headers.get("Authorization") == expected else 401)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_login_in_the_tracking_uri_is_sent_as_basic_auth_not_looked_up_as_a_host_name() -> None:
+    """``http://user:pw@host`` used to be reported as a DNS failure (urllib took ``user:pw@host`` as
+    the host name); now the login is sent, a refused one says so, and no password is shown."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _LoginHealth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        check_reachable(f"http://hpo2:p%40ss%3Aword@127.0.0.1:{port}")  # the right login: it answers
+        with pytest.raises(SettingsError) as refused:
+            check_reachable(f"http://hpo2:wrong-secret@127.0.0.1:{port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(refused.value)
+    assert f"at http://hpo2:***@127.0.0.1:{port} refused the login (HTTP 401)" in message
+    assert "wrong-secret" not in message and "does not answer" not in message

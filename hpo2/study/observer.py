@@ -27,3 +27,9 @@ class StudyObserver:
 
     def trial_stored(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """A trial's final state is in the storage (complete, pruned or failed)."""
+
+    def report_started(self) -> None:
+        """The study's report started rendering (its plots, and their PNG copies: seconds to a minute)."""
+
+    def report_finished(self) -> None:
+        """The report is rendered and logged to the study's parent run."""

@@ -81,6 +81,7 @@ from hpo2.study.storage import (
     MAX_STORAGE_FAULTS,
     StorageLost,
     is_storage_fault,
+    no_space_left,
     open_storage,
     storage_fault_reason,
     study_init_lock,
@@ -237,6 +238,7 @@ class StudyRunner:
         self.parent.log_params({"task": self.config.task.label, "sampler": self.config.sampler.name,
                                 "pruner": self.config.pruner.name, "optimizers": ",".join(self.space.names),
                                 "objective": ",".join(o.metric for o in self.config.objective)})
+        self.parent.set_tags({"hpo2.directions": ",".join(self.directions)})  # a tag: a resume may change it
         self.log_study_file()
         self._close_lost_trial_runs(self.study)
         # check-then-enqueue: workers starting together must not both see "not enqueued yet"
@@ -330,6 +332,9 @@ class StudyRunner:
                 except TrialStorageFault as fault:
                     faults = self._after_storage_fault(budget, faults, fault, fault.trial_number)
                 except Exception as exc:  # Optuna's ask or tell failed (the objective's own errors are caught)
+                    if (full := no_space_left(exc)) is not None:  # no passing fault: retrying fills nothing
+                        raise StorageLost(f"storage {redact_url(self.storage_url)}: {full.strerror}; free space on "
+                                          "its disk (or move the storage) and rerun to go on") from None
                     if is_storage_fault(exc):
                         faults = self._after_storage_fault(budget, faults, exc, started[0] if started else None)
                     elif not (started and self._failed_as_stale(started[0], exc)):
@@ -409,7 +414,9 @@ class StudyRunner:
         if self.report is not None and not self.offline_runs:
             self.stop.immediate = True  # the report has no safe points: a signal stops it at once
             pause_for_tests("report", None, self.stop.event)
+            self.observer.report_started()
             self.report(self.study, self.config, self.tracking_uri, self.parent.run_id or "")
+            self.observer.report_finished()
             self.stop.immediate = False
         if not self.parent.end("FINISHED"):
             self.offline_runs.append(self.parent)

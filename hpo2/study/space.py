@@ -9,11 +9,13 @@ file's overrides."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial
 
 from hpo2.optim.registry import ATTACHMENTS, get_spec, nest_attachments
 from hpo2.optim.settings import Choice, FloatRange, IntRange
@@ -22,6 +24,8 @@ from hpo2.study.config import StudyConfig
 OPTIMIZER_PARAM = "optimizer"
 #: the defaults of the settings that attach to any optimizer, as flat keys (``sam.rho``, ``schedule.warmup``, ...)
 ATTACHED_DEFAULTS = {f"{key}.{k}": v for key, model in ATTACHMENTS.items() for k, v in model.paper_defaults().items()}
+#: a value within this share of its range from an end (of the log range, for a log-scaled setting) is at that end
+EDGE_SHARE = 0.01
 
 
 def to_distribution(dim: FloatRange | IntRange | Choice) -> BaseDistribution:
@@ -124,3 +128,37 @@ class SearchSpace:
         """``{"name", "settings"}`` of a finished trial's params (for export)."""
         name = params[OPTIMIZER_PARAM]
         return {"name": name, "settings": self.optimizers[name].settings_from_params(params)}
+
+
+def range_end(dist: BaseDistribution, value: Any) -> Literal["low", "high"] | None:
+    """Which end of ``dist``'s range ``value`` lies at: its position
+    :math:`p = (f(v) - f(\\mathrm{low})) / (f(\\mathrm{high}) - f(\\mathrm{low}))`, with :math:`f = \\log`
+    for a log-scaled range and the identity otherwise, is within :data:`EDGE_SHARE` of 0 or 1.
+    None for a choice, and for a range of fewer than 3 integers (every value is an end)."""
+    if not isinstance(dist, FloatDistribution | IntDistribution) or dist.high <= dist.low:
+        return None
+    if isinstance(dist, IntDistribution) and dist.high - dist.low < 2:
+        return None
+    scale = math.log if dist.log else float
+    position = (scale(value) - scale(dist.low)) / (scale(dist.high) - scale(dist.low))
+    if position <= EDGE_SHARE:
+        return "low"
+    return "high" if position >= 1 - EDGE_SHARE else None
+
+
+def edge_hints(trial: FrozenTrial) -> list[str]:
+    """A line for each searched setting of ``trial`` at an end of its range (:func:`range_end`):
+    the best value may lie beyond it.  Trial ``trial``'s own ranges are used (those it was
+    drawn from), e.g. ``kfac damping = 0.0001 is at the low end of its range [0.0001, 10]: widen it``."""
+    hints = []
+    optimizer = trial.params.get(OPTIMIZER_PARAM)
+    for key, dist in trial.distributions.items():
+        value = trial.params.get(key)
+        end = None if value is None else range_end(dist, value)
+        if end is not None:
+            assert isinstance(dist, FloatDistribution | IntDistribution), "range_end: numeric ranges only"
+            setting = key.split(".", 1)[1] if key.startswith(f"{optimizer}.") else key
+            shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+            hints.append(f"{optimizer} {setting} = {shown} is at the {end} end of its range [{dist.low:g}, "
+                         f"{dist.high:g}]: widen it (ranges.{setting} of {optimizer} in the study file)")  # fmt: skip
+    return hints

@@ -20,6 +20,7 @@ is failed as a fault and retried (:func:`hpo2.study.recovery.retry_faulted_trial
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import sqlite3
@@ -70,6 +71,20 @@ def is_storage_fault(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def no_space_left(exc: BaseException) -> OSError | None:
+    """The "No space left on device" error anywhere in ``exc``'s chain of causes and
+    contexts, if any: Optuna's journal storage hits it writing a trial's state and then
+    fails its own ``assert False, "Should not reach."`` while handling it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def storage_fault_reason(exc: BaseException) -> str:

@@ -95,8 +95,9 @@ def plan_slots(per_device: int, device: str, gpus: Sequence[str], cores: int) ->
     return slots
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the parent dies, so no worker outlives a killed parent."""
+def die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the parent dies, so no child (a worker, the dashboard's
+    server) outlives a killed parent."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux: the parent's forwarding still covers signals
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
@@ -136,7 +137,7 @@ class WorkerPool:
             command = [sys.executable, "-m", "hpo2.cli", "worker", *self.worker_args, "--device", slot.device]
             env = {**os.environ, **{k: v for k, v in slot.env.items() if k != "OMP_NUM_THREADS" or k not in os.environ}}
             proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+                                    start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
             self.processes.append(proc)
             self._say(f"started worker {slot.label} (pid {proc.pid})")
 

@@ -68,6 +68,20 @@ class MlflowServer:
             self.proc = None
 
 
+def test_a_study_on_a_tracking_server_prints_no_mlflow_view_run_lines(tmp_path):
+    """MLflow writes "View run ... at" and "View experiment at" to stdout for each run it
+    closes over HTTP: `hpo2 study run` shows its own lines only."""
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        result = CliRunner().invoke(app, ["study", "run", str(_study(tmp_path, server.url, n_trials=1))])
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.output
+    assert "trial   0" in result.output  # the study ran and its runs were closed over HTTP
+    assert "View run" not in result.output and "View experiment" not in result.output, result.output
+
+
 @pytest.mark.parametrize("comes_back", [True, False])
 def test_lost_tracking_server_mid_study_buffers_retries_and_tells_the_user(tmp_path, comes_back):
     server = MlflowServer(tmp_path)
