@@ -221,7 +221,7 @@ class CurvatureOptimizer(Optimizer):
         """The measured price of one ``name`` operation in gradients on the step's batch,
         measured at its first use and kept; ``None`` when the meter keeps nominal prices.
 
-        ``operation(probe)`` does the work once.  ``probe`` is the closure whose
+        ``operation(probe)`` does the work once, counting nothing.  ``probe`` is the closure whose
         gradient is timed beside it: the step's batch, or for a streamed batch its first
         loader batch (a gradient on the batch is then a pass over ``B / b`` of those,
         its loader reads aside).  ``per_batch`` work (a loss on the batch) runs on the
@@ -239,11 +239,9 @@ class CurvatureOptimizer(Optimizer):
             with torch.enable_grad():
                 return torch.autograd.grad(probe(), params, allow_unused=True)
 
-        saved = dict(self.diagnostics), self._spent  # calibration work is no step's work
         device = params[0].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             calibration = meter.measure(lambda: operation(probe), gradient, device, getattr(probe, "batch_size", None))
-        self.diagnostics, self._spent = saved
         price = calibration.ratio if per_batch else calibration.ratio / scale
         meter.prices[name] = price
         self.diagnostics[f"price_{name}"] = price

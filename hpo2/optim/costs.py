@@ -57,6 +57,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def device_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once ``device`` has done its queued work: read at both
+    ends of a timed block of device work, it times the work, not its launch."""
+    synchronize(device)
+    return time.perf_counter()
+
+
 @dataclass(frozen=True)
 class Calibration:
     """One measurement: the ``ratio`` of an operation's seconds to a gradient's (each
