@@ -22,6 +22,30 @@ a measurement, not the optimizer's work, so it is not counted in the step's
 gradient-equivalents (its seconds stay in the step's wall time).  On CUDA each timed call is bracketed by
 :func:`synchronize`, so queued kernels are not billed as launch time.
 
+The operations priced, each in gradients on the step's batch (a gradient costs 1):
+
+* ``product``: a curvature product as the step's solver takes it (CG's or Lanczos'
+  vector work included), timed on the first :data:`SOLVER_ITERATIONS` iterations
+  of the very solve the step runs (a product's time depends on its vectors: in
+  float32 a converging solve can reach subnormal numbers, which the CPU handles
+  slowly);
+* ``curvature_setup``: building a curvature operator on the chunk (its forward
+  pass and the backward pass that keeps its graph), or on the whole batch's
+  retained graph;
+* ``hessian_gradient``: the gradient by a backward pass that keeps its graph for
+  Hessian products;
+* ``batch_loss`` and ``chunk_loss``: a forward-only loss on the batch or the
+  curvature chunk, read on the host (line searches, CG backtracking, the
+  reduction ratio);
+* ``gradient_and_squares``: Hessian-free's gradient with its preconditioner's
+  squared per-sample gradients (the per-sample fallback for layers outside
+  ``nn.Linear`` / ``nn.Conv2d`` included);
+* ``gnb_probe``: one Gauss-Newton-Bartlett probe (a backward pass through the
+  outputs' graph).
+
+The matrix methods (Shampoo, SOAP, K-FAC) time their preconditioner work every step
+instead (:func:`hpo2.optim.matrix_base.charge_overhead`), with :func:`device_clock`.
+
 Calibration changes the counts, never the arithmetic: it runs under
 ``torch.random.fork_rng`` (dropout masks and every other draw are those of an
 uncalibrated run), uses its own generators for probes, leaves the work counters and

@@ -38,11 +38,17 @@ by preconditioned CG, with the details that make HF work:
   on the gradient batch from ``lr`` with :math:`c = 10^{-2}`, shrinking by 0.8;
   every step taken has been evaluated; no acceptable step rejects the update.
 
+**Cost** (``grad_equivalents``): the gradient with the preconditioner's squares, the
+chunk's operator, each CG product and each loss on the chunk or the batch, at the
+prices measured on the optimizer's first steps (:mod:`hpo2.optim.costs`).  On a
+small network a product on a 1/10 chunk costs far more than 1/10 of a gradient:
+its time is mostly fixed (graph walk, kernel launches, CG's vector work).
+
 **A streamed batch** (:class:`~hpo2.optim.closure.StreamingClosure`, a ``Dataset``
 split in the large-batch regime): the gradient and the preconditioner's squares
 are accumulated over the loader batches, each loss on the gradient batch is one
 pass, and the curvature chunk holds at most one loader batch (``curvature_samples``
-in the diagnostics says how many; the products count that fraction).
+in the diagnostics says how many; ``n_hvp`` counts the products as that fraction).
 
 Dropout makes the curvature products on one batch inconsistent: a warning is
 raised when it is active (call ``model.eval()`` or remove it).  BatchNorm: the

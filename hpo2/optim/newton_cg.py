@@ -36,6 +36,12 @@ truncates CG at the last iterate (steepest descent if it was the first,
 N&W Alg. 7.1) or, with ``negative_curvature="direction"``, adds the direction
 itself, signed for descent and scaled to :math:`\|g\|`, so the line search can
 exploit it to leave the saddle.
+
+Cost (``grad_equivalents``): the gradient (with the Hessian on the whole batch, the
+gradient whose graph the products walk), the curvature operator on a chunk, each
+product and each loss of the search, at the prices measured on the optimizer's
+first steps (:mod:`hpo2.optim.costs`): a Hessian-vector product costs 1.5-1.9
+gradients, not one.
 """
 
 from __future__ import annotations

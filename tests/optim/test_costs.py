@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from hpo2.optim import (
+    LBFGS,
     AdaHessian,
     BatchClosure,
     CurvatureOptimizer,
@@ -221,6 +222,16 @@ def test_diagonal_estimators_count_at_their_prices(estimator: str) -> None:
     costs = [_step(opt, model, x, y)["grad_equivalents"] for _ in range(2)]
     refresh = 1.5 + 2 * 1.75 if estimator == "hutchinson" else 1.0 + 2 * 0.4
     assert costs == pytest.approx([refresh, 1.0])
+
+
+def test_lbfgs_prices_its_hessian_scaling() -> None:
+    model, x, y = _problem()
+    opt = LBFGS(model.parameters(), initial_scaling="hvp", max_iter=4, line_search="none", lr=0.5)
+    opt.costs = CostMeter(prices={"hessian_gradient": 1.5, "product": 2.0})
+    d = _step(opt, model, x, y)
+    scalings = d["n_hvp"]  # each a gradient whose graph is kept and one product
+    assert scalings >= 1
+    assert d["grad_equivalents"] == pytest.approx(d["n_grad"] - scalings + scalings * (1.5 + 2.0))
 
 
 def test_a_price_is_measured_once_at_its_first_use() -> None:
