@@ -241,7 +241,7 @@ class CurvatureOptimizer(Optimizer):
 
         device = params[0].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            calibration = meter.measure(lambda: operation(probe), gradient, device, getattr(probe, "batch_size", None))
+            calibration = meter.measure(lambda: operation(probe), gradient, device)
         price = calibration.ratio if per_batch else calibration.ratio / scale
         meter.prices[name] = price
         self.diagnostics[f"price_{name}"] = price

@@ -13,9 +13,9 @@ fraction of the batch that fraction) can be far off:
   (autograd's graph walk, kernel launches), so the sample count matters little.
 
 So each optimizer prices the operations it does at their first use, with a
-:class:`CostMeter`: the operation is timed ``repeats`` times, and a gradient on a
-batch of the same size twice as often (once per batch size); the price is the ratio of
-the shortest times (the step that first did the operation was its warm-up).  The
+:class:`CostMeter`: the operation and a gradient on a batch of the same size are
+timed in turn, ``repeats`` times each, and the price is the ratio of their shortest
+times (the step that first did the operation was its warm-up).  The
 price is kept for the optimizer's life and logged as ``price_<operation>`` in that
 step's diagnostics, with the seconds the calibration took (``calibration_seconds``):
 a measurement, not the optimizer's work, so it is not counted in the step's
@@ -102,7 +102,7 @@ class CostMeter:
 
     Args:
         calibrate: measure prices at first use; False keeps every nominal price.
-        repeats: timed runs per price (the shortest counts), and of a gradient per batch size.
+        repeats: timed runs of the operation and of a gradient per price (the shortest counts).
         timer: the clock (seconds); injectable so that a test can control it.
         prices: prices fixed by name (never measured).
 
@@ -118,7 +118,7 @@ class CostMeter:
         >>> meter = CostMeter(timer=lambda: now[0])
         >>> calibration = meter.measure(lambda: wait(0.5), lambda: wait(2.0), torch.device("cpu"))
         >>> calibration.ratio, calibration.seconds
-        (0.25, 13.5)
+        (0.25, 7.5)
     """
 
     def __init__(
@@ -133,28 +133,20 @@ class CostMeter:
             raise ValueError(f"repeats={repeats} must be >= 1")
         self.calibrate, self.repeats, self.timer = calibrate, repeats, timer
         self.prices: dict[str, float] = dict(prices or {})
-        self._units: dict[object, float] = {}  # a gradient's shortest seconds, by batch size
 
-    def measure(
-        self, operation: Operation, unit: Callable[[], object], device: torch.device, unit_key: object = None
-    ) -> Calibration:
-        """Time ``operation`` ``repeats`` times, and ``unit`` (a gradient) twice as often
-        the first time a ``unit_key`` (the batch's size) is met (it is the
-        denominator of every price): the ratio of the
-        operation's shortest time per operation done to the gradient's shortest.
-        Other work on a shared machine can only lengthen a run, so the shortest of a
-        few is the estimate of the work itself (as ``timeit`` reasons), and the ratio
-        of two such estimates holds whatever the load."""
+    def measure(self, operation: Operation, unit: Callable[[], object], device: torch.device) -> Calibration:
+        """Time ``unit`` (a gradient) and ``operation`` in turn, ``repeats`` times each:
+        the ratio of the operation's shortest time per operation done to the
+        gradient's shortest.  Other work on a shared machine can only lengthen a run,
+        so the shortest of a few is the estimate of the work itself (as ``timeit``
+        reasons); taken in turn, both see the same spell of load."""
         started = self.timer()
-        if unit_key not in self._units:
-            times = [max(self._seconds(unit, device)[0], 1e-12) for _ in range(2 * self.repeats)]
-            self._units[unit_key] = min(times)
-        shortest = self._units[unit_key]
-        fastest = math.inf
+        gradient = operation_time = math.inf
         for _ in range(self.repeats):
+            gradient = min(gradient, self._seconds(unit, device)[0])
             seconds, done = self._seconds(operation, device)
-            fastest = min(fastest, seconds / (done if isinstance(done, int) and done > 0 else 1))
-        return Calibration(fastest / shortest, self.timer() - started)
+            operation_time = min(operation_time, seconds / (done if isinstance(done, int) and done > 0 else 1))
+        return Calibration(operation_time / max(gradient, 1e-12), self.timer() - started)
 
     def _seconds(self, fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
         synchronize(device)

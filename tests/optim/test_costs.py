@@ -66,26 +66,29 @@ def _step(opt: CurvatureOptimizer, model: nn.Module, x: Tensor, y: Tensor) -> di
 # -- the meter
 
 
-def test_the_meter_prices_by_the_shortest_runs_and_times_a_gradient_once_per_batch_size() -> None:
+def test_the_meter_prices_by_the_shortest_runs_of_the_operation_and_of_a_gradient_in_turn() -> None:
     clock = [0.0]
-    gradients: list[int] = []
-    disturbed = iter([3.0, 0.0, 0.0, 5.0, 0.0] * 3)  # a busy machine lengthens some runs, never shortens one
+    order: list[str] = []
+    disturbed = iter([3.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 4.0, 1.0, 0.0])  # a busy machine lengthens some runs
 
     def wait(seconds: float) -> None:
         clock[0] += seconds + next(disturbed, 0.0)
 
     def gradient() -> None:
-        gradients.append(1)
+        order.append("gradient")
         wait(2.0)
 
+    def operation() -> None:
+        order.append("operation")
+        wait(0.5)
+
     meter = CostMeter(timer=lambda: clock[0], repeats=5)
-    cpu = torch.device("cpu")
-    assert meter.measure(lambda: wait(0.5), gradient, cpu, unit_key=64).ratio == pytest.approx(0.25)
-    assert len(gradients) == 10  # twice the repeats: the gradient is every price's denominator
-    three = meter.measure(lambda: (wait(3.0), 3)[1], gradient, cpu, unit_key=64)  # three operations a run
-    assert three.ratio == pytest.approx(0.5) and len(gradients) == 10  # the batch size's gradient is kept
-    meter.measure(lambda: wait(1.0), gradient, cpu, unit_key=32)
-    assert len(gradients) == 20  # a new batch size is timed anew
+    calibration = meter.measure(operation, gradient, torch.device("cpu"))
+    assert calibration.ratio == pytest.approx(0.25)  # 0.5 s against 2 s, whatever lengthened the others
+    assert order == ["gradient", "operation"] * 5  # in turn: both see the same spell of load
+    assert calibration.seconds == pytest.approx(5 * 2.5 + 13.0)
+    three = meter.measure(lambda: (wait(3.0), 3)[1], lambda: wait(2.0), torch.device("cpu"))  # three operations a run
+    assert three.ratio == pytest.approx(0.5)
 
 
 def test_device_clock_waits_for_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
