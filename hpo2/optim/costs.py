@@ -118,14 +118,14 @@ class CostMeter:
         >>> meter = CostMeter(timer=lambda: now[0])
         >>> calibration = meter.measure(lambda: wait(0.5), lambda: wait(2.0), torch.device("cpu"))
         >>> calibration.ratio, calibration.seconds
-        (0.25, 7.5)
+        (0.25, 12.5)
     """
 
     def __init__(
         self,
         *,
         calibrate: bool = True,
-        repeats: int = 3,
+        repeats: int = 5,
         timer: Timer = time.perf_counter,
         prices: Mapping[str, float] | None = None,
     ) -> None:
