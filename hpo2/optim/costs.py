@@ -14,7 +14,7 @@ fraction of the batch that fraction) can be far off:
 
 So each optimizer prices the operations it does at their first use, with a
 :class:`CostMeter`: the operation and a gradient on a batch of the same size are
-timed in turn, ``repeats`` times each, and the price is the ratio of their shortest
+timed in turn, ``repeats`` times each, and the price is the ratio of their median
 times (the step that first did the operation was its warm-up).  The
 price is kept for the optimizer's life and logged as ``price_<operation>`` in that
 step's diagnostics, with the seconds the calibration took (``calibration_seconds``):
@@ -58,7 +58,7 @@ keeps the nominal prices (counts that do not depend on the machine), and
 
 from __future__ import annotations
 
-import math
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -91,7 +91,7 @@ def device_clock(device: torch.device) -> float:
 @dataclass(frozen=True)
 class Calibration:
     """One measurement: the ``ratio`` of an operation's seconds to a gradient's (each
-    the shortest of its runs), and the ``seconds`` the measurement took."""
+    the median of its runs), and the ``seconds`` the measurement took."""
 
     ratio: float
     seconds: float
@@ -102,7 +102,7 @@ class CostMeter:
 
     Args:
         calibrate: measure prices at first use; False keeps every nominal price.
-        repeats: timed runs of the operation and of a gradient per price (the shortest counts).
+        repeats: timed runs of the operation and of a gradient per price (their medians count).
         timer: the clock (seconds); injectable so that a test can control it.
         prices: prices fixed by name (never measured).
 
@@ -136,17 +136,19 @@ class CostMeter:
 
     def measure(self, operation: Operation, unit: Callable[[], object], device: torch.device) -> Calibration:
         """Time ``unit`` (a gradient) and ``operation`` in turn, ``repeats`` times each:
-        the ratio of the operation's shortest time per operation done to the
-        gradient's shortest.  Other work on a shared machine can only lengthen a run,
-        so the shortest of a few is the estimate of the work itself (as ``timeit``
-        reasons); taken in turn, both see the same spell of load."""
+        the ratio of the operation's median time per operation done to the
+        gradient's median.  Taken in turn, both see the same spells of load; the
+        median keeps a run that a busy machine stalled from setting the price, and
+        keeps what an operation typically costs (a large gradient's time varies run
+        to run, with its memory, far more than a forward pass's)."""
         started = self.timer()
-        gradient = operation_time = math.inf
+        gradients, operations = [], []
         for _ in range(self.repeats):
-            gradient = min(gradient, self._seconds(unit, device)[0])
+            gradients.append(self._seconds(unit, device)[0])
             seconds, done = self._seconds(operation, device)
-            operation_time = min(operation_time, seconds / (done if isinstance(done, int) and done > 0 else 1))
-        return Calibration(operation_time / max(gradient, 1e-12), self.timer() - started)
+            operations.append(seconds / (done if isinstance(done, int) and done > 0 else 1))
+        ratio = statistics.median(operations) / max(statistics.median(gradients), 1e-12)
+        return Calibration(ratio, self.timer() - started)
 
     def _seconds(self, fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
         synchronize(device)

@@ -66,10 +66,10 @@ def _step(opt: CurvatureOptimizer, model: nn.Module, x: Tensor, y: Tensor) -> di
 # -- the meter
 
 
-def test_the_meter_prices_by_the_shortest_runs_of_the_operation_and_of_a_gradient_in_turn() -> None:
+def test_the_meter_prices_by_the_median_runs_of_the_operation_and_of_a_gradient_in_turn() -> None:
     clock = [0.0]
     order: list[str] = []
-    disturbed = iter([3.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 4.0, 1.0, 0.0])  # a busy machine lengthens some runs
+    disturbed = iter([3.0, 0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 4.0, 1.0, 0.0])  # a busy machine stalls some runs
 
     def wait(seconds: float) -> None:
         clock[0] += seconds + next(disturbed, 0.0)
@@ -84,7 +84,7 @@ def test_the_meter_prices_by_the_shortest_runs_of_the_operation_and_of_a_gradien
 
     meter = CostMeter(timer=lambda: clock[0], repeats=5)
     calibration = meter.measure(operation, gradient, torch.device("cpu"))
-    assert calibration.ratio == pytest.approx(0.25)  # 0.5 s against 2 s, whatever lengthened the others
+    assert calibration.ratio == pytest.approx(0.25)  # 0.5 s against 2 s: two stalled runs of five set nothing
     assert order == ["gradient", "operation"] * 5  # in turn: both see the same spell of load
     assert calibration.seconds == pytest.approx(5 * 2.5 + 13.0)
     three = meter.measure(lambda: (wait(3.0), 3)[1], lambda: wait(2.0), torch.device("cpu"))  # three operations a run
