@@ -8,19 +8,20 @@ nominal price (a product costs a gradient, a forward pass a third, work on a
 fraction of the batch that fraction) can be far off:
 
 * a Hessian-vector product by double backward costs 1.5-1.9 gradients;
-* on a small network a product on Hessian-free's 1/10 curvature chunk costs half a
-  gradient, not a tenth, once CG's vector work is counted: its time is mostly fixed
-  (autograd's graph walk, kernel launches), so the sample count matters little.
+* on a small network a product on Hessian-free's 1/10 curvature chunk costs a third
+  of a gradient, not a tenth, once CG's vector work is counted: its time is mostly
+  fixed (autograd's graph walk, kernel launches), so the sample count matters little.
 
 So each optimizer prices the operations it does at their first use, with a
 :class:`CostMeter`: the operation and a gradient on a batch of the same size are
 timed in turn, ``repeats`` times each, and the price is the ratio of their median
-times (the step that first did the operation was its warm-up).  The
-price is kept for the optimizer's life and logged as ``price_<operation>`` in that
-step's diagnostics, with the seconds the calibration took (``calibration_seconds``):
-a measurement, not the optimizer's work, so it is not counted in the step's
-gradient-equivalents (its seconds stay in the step's wall time).  On CUDA each timed call is bracketed by
-:func:`synchronize`, so queued kernels are not billed as launch time.
+times (the step that first did the operation was its warm-up).  The price is kept
+for the optimizer's life and logged as ``price_<operation>`` in that step's
+diagnostics, with the seconds the calibration took (``calibration_seconds``): a
+measurement, not the optimizer's work, so it is not counted in the step's
+gradient-equivalents (its seconds stay in the step's wall time).  On CUDA each timed
+call is bracketed by :func:`synchronize`, so queued kernels are not billed as launch
+time.
 
 The operations priced, each in gradients on the step's batch (a gradient costs 1):
 
