@@ -69,7 +69,8 @@ class CurvatureOperator(ABC):
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         self.n_products = 0
-        #: work done building the operator, in gradients of its batch (for budgets)
+        #: work done building the operator, in gradients of its batch (for budgets):
+        #: the backward pass whose graph the products walk
         self.setup_cost = 0.0
 
     def matvec(self, vectors: Sequence[Tensor]) -> list[Tensor]:
@@ -131,6 +132,7 @@ class HessianOperator(CurvatureOperator):
         self._graph_grads = [grads[i] for i in self._used]
         self.gradient: list[Tensor] = grads_or_zeros(grads, plist)
         self.loss = loss.detach()
+        self.setup_cost = 1.0  # the backward pass above, with its graph kept (it also gives the gradient)
 
     def _matvec(self, vectors: list[Tensor]) -> list[Tensor]:
         if not self._used:  # loss is linear in the params: H = 0

@@ -4,6 +4,7 @@ from hpo2.errors import SettingsError
 from hpo2.optim.adahessian import AdaHessian, AdaHessianSettings
 from hpo2.optim.base import CurvatureOptimizer
 from hpo2.optim.closure import BatchClosure, BatchEvaluation, BatchStream, StreamingClosure
+from hpo2.optim.costs import CostMeter
 from hpo2.optim.hessian_free import HessianFree, HessianFreeSettings
 from hpo2.optim.kfac import KFAC, KFACSettings
 from hpo2.optim.lbfgs import LBFGS, LBFGSSettings
@@ -28,6 +29,7 @@ from hpo2.optim.sophia import Sophia, SophiaSettings
 from hpo2.optim.svrg import SVRG, SVRGSettings
 
 __all__ = [
+    "CostMeter",
     "REGISTRY",
     "SAM",
     "SAMSettings",

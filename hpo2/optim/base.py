@@ -3,12 +3,15 @@ vectors, diagnostics and non-finite handling.
 
 Diagnostics: after each ``step`` the optimizer's ``diagnostics`` dict holds
 ``loss``, ``grad_norm``, ``status`` and the work done -- ``n_grad`` (gradients),
-``n_hvp`` (curvature products, and building a Gauss-Newton operator counted as
-one), ``n_loss`` (forward-only evaluations) and
-``grad_equivalents = n_grad + n_hvp + n_loss / 3`` (a curvature product costs
-about one gradient, a forward pass about a third of one; a pass over a fraction of
-the step's batch counts that fraction) -- plus each method's
-own entries (damping, CG iterations and stop reason, reduction ratio, ...).
+``n_hvp`` (curvature products, and building a curvature operator on a sub-batch
+counted as one), ``n_loss`` (forward passes that are not a gradient's), each pass
+over a fraction of the step's batch counting that fraction -- and what it cost,
+``grad_equivalents``, in gradients on the step's batch: a gradient costs 1, every
+other operation its price measured on the optimizer's own model and device
+(:mod:`hpo2.optim.costs`; ``price_<operation>`` in the diagnostics of the step that
+measured it).  With nominal prices (``CostMeter(calibrate=False)``)
+``grad_equivalents = n_grad + n_hvp + n_loss / 3``.  Plus each method's own entries
+(damping, CG iterations and stop reason, reduction ratio, ...).
 ``status`` is ``"ok"``, ``"converged"``, ``"rejected"`` (no acceptable step),
 ``"nonfinite_loss"`` or ``"nonfinite_grad"``; in the last three the parameters are
 unchanged.  With ``raise_on_nonfinite=True`` a non-finite loss or gradient raises
@@ -28,10 +31,14 @@ from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import CurvatureOperator, GGNOperator, HessianOperator, grads_or_zeros, output_hessian_for
 from hpo2.optim.closure import BatchEvaluation, StreamingClosure, require_batch_closure, require_data_closure
+from hpo2.optim.costs import CostMeter
 from hpo2.optim.settings import OptimizerSettings
-from hpo2.solvers import CGResult
+from hpo2.solvers import CGResult, host_floats
 
 Closure = Callable[[], Tensor]
+Probed = Callable[[Closure], object]
+"""Priced work, run on the probe batch it is given (:meth:`CurvatureOptimizer._price`);
+returns how many operations it did as an ``int`` (anything else: one)."""
 
 REJECTED_RATIO = -1e30
 r"""The ``reduction_ratio`` logged for a rejected step (ratio :math:`-\infty`): MLflow
@@ -58,6 +65,9 @@ class CurvatureOptimizer(Optimizer):
         self._params = [p for group in self.param_groups for p in group["params"]]
         self.raise_on_nonfinite = raise_on_nonfinite
         self.diagnostics: dict[str, float | int | str] = {}
+        #: prices of this optimizer's operations (:mod:`hpo2.optim.costs`); replace it to fix them
+        self.costs = CostMeter()
+        self._spent = 0.0  # the step's gradient-equivalents so far
 
     # -- state shared by the whole optimizer (torch keeps it with the first parameter,
     #    so state_dict / load_state_dict carry it)
@@ -121,7 +131,10 @@ class CurvatureOptimizer(Optimizer):
         :class:`~hpo2.optim.closure.StreamingClosure`).
 
         For the Hessian on the whole batch one graph serves both: the gradient
-        comes out of the operator's double-backward graph for free.
+        comes out of the operator's double-backward graph, at the price of a
+        ``hessian_gradient`` (a backward pass that keeps its graph).  Otherwise the
+        gradient costs one, and the operator a ``curvature_setup``: the chunk's
+        forward pass and the operator's own backward pass.
         """
         streamed = self._streamed(closure)
         if streamed is not None:
@@ -131,27 +144,27 @@ class CurvatureOptimizer(Optimizer):
             with torch.enable_grad():
                 hessian = HessianOperator(loss_tensor, self._params)
             operator: CurvatureOperator = hessian
-            grads = hessian.gradient
-            loss = hessian.loss.detach()
-        else:
-            why = "Gauss-Newton curvature" if curvature == "ggn" else "a curvature minibatch"
-            batch = require_batch_closure(closure, type(self).__name__, why)
-            for p in self._params:
-                p.grad = None
-            with torch.enable_grad():
-                full = batch.evaluate()
-                found = torch.autograd.grad(full.loss, self._params, retain_graph=fraction == 1.0, allow_unused=True)
-                grads = grads_or_zeros(found, self._params)
-                part = full if fraction == 1.0 else batch.evaluate(fraction)
-                seen = batch.chunk_size(fraction) / batch.batch_size  # the chunk's samples, counted exactly
-                if fraction != 1.0:
-                    self._count("n_loss", seen)  # the curvature chunk's own forward pass
-                operator = self._operator(curvature, batch.loss_fn, part)
-            loss = full.loss.detach()
-            fraction = seen
-        self._count("n_grad")
-        self._store_grads(grads)
-        return loss, grads, operator, fraction
+            self._store_grads(hessian.gradient)
+            self._count("n_grad", cost=self._hessian_gradient_price(closure))
+            return hessian.loss.detach(), hessian.gradient, operator, 1.0
+        why = "Gauss-Newton curvature" if curvature == "ggn" else "a curvature minibatch"
+        batch = require_batch_closure(closure, type(self).__name__, why)
+        for p in self._params:
+            p.grad = None
+        with torch.enable_grad():
+            full = batch.evaluate()
+            found = torch.autograd.grad(full.loss, self._params, retain_graph=fraction == 1.0, allow_unused=True)
+            grads = grads_or_zeros(found, self._params)
+            self._store_grads(grads)
+            self._count("n_grad")
+
+            def build(_: Closure) -> CurvatureOperator:
+                return self._operator(curvature, batch.loss_fn, full if fraction == 1.0 else batch.evaluate(fraction))
+
+            operator = build(batch)
+            seen = batch.chunk_size(fraction) / batch.batch_size  # the chunk's samples, counted exactly
+            self._count_setup(operator, seen, fraction != 1.0, self._price("curvature_setup", build, batch))
+        return full.loss.detach(), grads, operator, seen
 
     def _streamed_gradient_and_curvature(
         self, closure: StreamingClosure, curvature: str, fraction: float
@@ -161,11 +174,22 @@ class CurvatureOptimizer(Optimizer):
         require_data_closure(closure, type(self).__name__, "curvature on a chunk")  # the dropout warning
         loss, grads = self._streamed_gradient(closure)
         seen = closure.chunk_size(fraction) / closure.batch_size
+
+        def build(_: Closure) -> CurvatureOperator:
+            return self._operator(curvature, closure.loss_fn, closure.evaluate(seen))
+
         with torch.enable_grad():
-            part = closure.evaluate(seen)
-            operator = self._operator(curvature, closure.loss_fn, part)
-        self._count("n_loss", seen)  # the chunk's own forward pass
+            operator = build(closure)
+            self._count_setup(operator, seen, True, self._price("curvature_setup", build, closure))
         return loss, grads, operator, seen
+
+    def _count_setup(self, operator: CurvatureOperator, fraction: float, forward: bool, price: float | None) -> None:
+        """Count building ``operator`` on ``fraction`` of the batch (its own backward
+        pass, and its ``forward`` pass when it has one), at ``price`` when measured."""
+        nominal = operator.setup_cost * fraction + (fraction / 3 if forward else 0.0)
+        self._count("n_hvp", operator.setup_cost * fraction, nominal if price is None else price)
+        if forward:
+            self._count("n_loss", fraction, 0.0)  # priced with the operator
 
     def _streamed_gradient(self, closure: StreamingClosure) -> tuple[Tensor, list[Tensor]]:
         """Loss and gradient accumulated over one pass of a streamed batch: one
@@ -189,8 +213,86 @@ class CurvatureOptimizer(Optimizer):
         streamed = self._streamed(closure)
         with torch.no_grad():
             value = streamed.loss_value() if streamed is not None else closure().detach()
-        self._count("n_loss")
+        self._count("n_loss", cost=self._batch_loss_price(closure))
         return value
+
+    # -- costs (hpo2.optim.costs)
+    def _price(self, name: str, operation: Probed, closure: Closure | None, per_batch: bool = False) -> float | None:
+        """The measured price of one ``name`` operation in gradients on the step's batch,
+        measured at its first use and kept; ``None`` when the meter keeps nominal prices.
+
+        ``operation(probe)`` does the work once, counting nothing.  ``probe`` is the closure whose
+        gradient is timed beside it: the step's batch, or for a streamed batch its first
+        loader batch (a gradient on the batch is then a pass over ``B / b`` of those,
+        its loader reads aside).  ``per_batch`` work (a loss on the batch) runs on the
+        probe and is priced by its ratio to the probe's gradient; other work (on the
+        curvature chunk, on a built operator) is the same whatever the probe."""
+        meter = self.costs
+        if name in meter.prices:
+            return meter.prices[name]
+        if not meter.calibrate or closure is None:
+            return None
+        probe, scale = self._probe(closure)
+        params = self._params
+
+        def gradient() -> object:
+            with torch.enable_grad():
+                return torch.autograd.grad(probe(), params, allow_unused=True)
+
+        device = params[0].device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            calibration = meter.measure(lambda: operation(probe), gradient, device)
+        price = calibration.ratio if per_batch else calibration.ratio / scale
+        meter.prices[name] = price
+        self.diagnostics[f"price_{name}"] = price
+        self.diagnostics["calibration_seconds"] = (
+            float(self.diagnostics.get("calibration_seconds", 0.0)) + calibration.seconds)
+        return price
+
+    @staticmethod
+    def _probe(closure: Closure) -> tuple[Closure, float]:
+        """The batch a calibration times its gradient on, and how many of its gradients
+        make one on the step's batch (:meth:`_price`)."""
+        if isinstance(closure, StreamingClosure):
+            piece = closure.take(range(min(closure.stream.piece_size, closure.batch_size)))
+            return piece, closure.batch_size / piece.batch_size
+        return closure, 1.0
+
+    def _batch_loss_price(self, closure: Closure | None) -> float | None:
+        """Price of a forward-only loss on the step's batch, read on the host (line searches)."""
+
+        def forward(probe: Closure) -> object:
+            with torch.no_grad():
+                return host_floats(probe().detach())
+
+        return self._price("batch_loss", forward, closure, per_batch=True)
+
+    def _hessian_gradient_price(self, closure: Closure | None) -> float | None:
+        """Price of the gradient by a backward pass that keeps its graph for Hessian products."""
+
+        def build(probe: Closure) -> object:
+            with torch.enable_grad():
+                return HessianOperator(probe(), self._params)
+
+        return self._price("hessian_gradient", build, closure, per_batch=True)
+
+    def _product_price(
+        self, closure: Closure | None, operator: CurvatureOperator, solve: Callable[[], object]
+    ) -> float | None:
+        """Price of one product of ``operator`` as the step's solver takes it: ``solve()``
+        runs a few solver iterations on it (the products and the solver's vector work),
+        and the products it used divide the time.  ``operator``'s count is left as it was."""
+        before = operator.n_products
+
+        def run(_: Closure) -> int:
+            start = operator.n_products
+            solve()
+            return operator.n_products - start
+
+        try:
+            return self._price("product", run, closure)
+        finally:
+            operator.n_products = before
 
     # -- flat parameter vectors
     def _flat_params(self) -> Tensor:
@@ -221,21 +323,25 @@ class CurvatureOptimizer(Optimizer):
     # -- diagnostics
     def _start_diagnostics(self, **entries: float | int | str) -> None:
         self.diagnostics = {"status": "ok", "n_grad": 0, "n_hvp": 0, "n_loss": 0, **entries}
+        self._spent = 0.0
 
-    def _count(self, key: str, n: float = 1) -> None:
-        """Add ``n`` to a work counter; a pass over a fraction of the step's batch
-        counts that fraction."""
+    def _count(self, key: str, n: float = 1, cost: float | None = None) -> None:
+        """Add ``n`` to a work counter (a pass over a fraction of the step's batch counts
+        that fraction) and its cost to the step's gradient-equivalents: ``cost`` when
+        measured, else nominally ``n`` (``n / 3`` for a forward pass, ``n_loss``)."""
         self.diagnostics[key] = float(self.diagnostics.get(key, 0)) + n
+        self._spent += cost if cost is not None else n / 3 if key == "n_loss" else n
 
     def _finish_diagnostics(
-        self, operator: CurvatureOperator | None = None, batch_fraction: float = 1.0
+        self, operator: CurvatureOperator | None = None, batch_fraction: float = 1.0, price: float | None = None
     ) -> dict[str, float | int | str]:
-        """Add the operator's products (each on ``batch_fraction`` of the batch) and
-        total the gradient-equivalents."""
+        """Count the operator's products (each on ``batch_fraction`` of the batch, at
+        ``price`` when measured) and total the gradient-equivalents."""
         d = self.diagnostics
         if operator is not None:
-            d["n_hvp"] = float(d["n_hvp"]) + (operator.n_products + operator.setup_cost) * batch_fraction
-        d["grad_equivalents"] = float(d["n_grad"]) + float(d["n_hvp"]) + float(d["n_loss"]) / 3
+            n = operator.n_products
+            self._count("n_hvp", n * batch_fraction, None if price is None else n * price)
+        d["grad_equivalents"] = self._spent
         return d
 
     def _record_cg(self, result: CGResult) -> None:

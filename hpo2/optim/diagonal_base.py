@@ -77,8 +77,12 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
             with torch.enable_grad():
                 op = HessianOperator(loss_tensor, self._params)
             diag = hutchinson_diagonal(op, n_probes, self._generator)
-            self._count("n_grad")
-            self._count("n_hvp", op.n_products)
+            self._count("n_grad", cost=self._hessian_gradient_price(closure))
+            n = op.n_products
+            price = self._product_price(
+                closure, op, lambda: hutchinson_diagonal(op, 1, _calibration_generator(self._generator))
+            )
+            self._count("n_hvp", n, None if price is None else n * price)
             return op.loss.detach(), op.gradient, diag
         batch = require_batch_closure(closure, type(self).__name__, "the Gauss-Newton-Bartlett estimator")
         output_loss = getattr(batch.loss_fn, "output_loss", batch.loss_fn)  # see output_hessian_for
@@ -95,8 +99,23 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
             found = torch.autograd.grad(evaluation.loss, self._params, retain_graph=True, allow_unused=True)
             grads = grads_or_zeros(found, self._params)
             outputs = evaluation.output_tensor(type(self).__name__, "the Gauss-Newton-Bartlett estimator")
+
+            def probe_once(_: Closure) -> object:  # one more backward pass through the outputs' graph
+                return gauss_newton_bartlett_diagonal(
+                    outputs, self._params, output_loss, 1, _calibration_generator(self._generator),
+                    retain_graph=True, targets=evaluation.targets
+                )
+
+            price = self._price("gnb_probe", probe_once, batch)
             diag = gauss_newton_bartlett_diagonal(
                 outputs, self._params, output_loss, n_probes, self._generator, targets=evaluation.targets
             )
-        self._count("n_grad", 1 + n_probes)
+        self._count("n_grad")
+        self._count("n_grad", n_probes, None if price is None else n_probes * price)
         return evaluation.loss.detach(), grads, diag
+
+
+def _calibration_generator(generator: torch.Generator) -> torch.Generator:
+    """A generator for the probes that calibration draws, so that the optimizer's own
+    (``generator``, saved in its state) draws what it would without calibration."""
+    return torch.Generator(generator.device).manual_seed(0)

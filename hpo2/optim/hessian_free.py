@@ -38,11 +38,17 @@ by preconditioned CG, with the details that make HF work:
   on the gradient batch from ``lr`` with :math:`c = 10^{-2}`, shrinking by 0.8;
   every step taken has been evaluated; no acceptable step rejects the update.
 
+**Cost** (``grad_equivalents``): the gradient with the preconditioner's squares, the
+chunk's operator, each CG product and each loss on the chunk or the batch, at the
+prices measured on the optimizer's first steps (:mod:`hpo2.optim.costs`).  On a
+small network a product on a 1/10 chunk costs far more than 1/10 of a gradient:
+its time is mostly fixed (graph walk, kernel launches, CG's vector work).
+
 **A streamed batch** (:class:`~hpo2.optim.closure.StreamingClosure`, a ``Dataset``
 split in the large-batch regime): the gradient and the preconditioner's squares
 are accumulated over the loader batches, each loss on the gradient batch is one
 pass, and the curvature chunk holds at most one loader batch (``curvature_samples``
-in the diagnostics says how many; the products count that fraction).
+in the diagnostics says how many; ``n_hvp`` counts the products as that fraction).
 
 Dropout makes the curvature products on one batch inconsistent: a warning is
 raised when it is active (call ``model.eval()`` or remove it).  BatchNorm: the
@@ -71,6 +77,7 @@ from hpo2.optim.closure import (
     add_weighted,
     require_data_closure,
 )
+from hpo2.optim.costs import SOLVER_ITERATIONS
 from hpo2.optim.settings import (
     BATCH_CHOICES,
     BatchSize,
@@ -189,6 +196,7 @@ class HessianFree(CurvatureOptimizer):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._statistics: LayerStatistics | None = None  # built on the first step (warns once)
+        self._fallback_share = 0.0  # share of the step's batch the per-sample fallback ran on
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         group = self.param_groups[0]
@@ -209,7 +217,7 @@ class HessianFree(CurvatureOptimizer):
             return loss_t
         operator = self._chunk_operator(batch, full, fraction, chunk)
         del full  # the chunk's graph is all the products need
-        result = self._solve(operator, g, squares, damping)
+        result, product_price = self._solve(batch, operator, g, squares, damping)
 
         x0 = self._flat_params()
         whole = group["evaluation_batch"] == "gradient" or fraction == 1.0
@@ -217,7 +225,7 @@ class HessianFree(CurvatureOptimizer):
 
         def eval_loss_at(p: Tensor) -> Tensor:
             self._set_flat_params(x0 + p)
-            self._count("n_loss", eval_fraction)
+            self._count("n_loss", eval_fraction, self._loss_price(batch, eval_fraction, eval_chunk))
             return batch.loss_value(eval_fraction, eval_chunk)
 
         old_eval_loss = loss if whole else self._chunk_loss(batch, fraction, chunk)
@@ -235,42 +243,58 @@ class HessianFree(CurvatureOptimizer):
             self.diagnostics["status"] = "rejected"
         self._record_ratio(rho, damping_next)
         self.diagnostics.update(step_size=t, ls_evals=n_ls, step_norm=t * math.sqrt(step_sq) if t else 0.0)
-        self._finish_diagnostics(operator, fraction)
+        self._finish_diagnostics(operator, fraction, product_price)
         return loss_t
 
     def _chunk_operator(
         self, batch: DataClosure, full: BatchEvaluation | None, fraction: float, chunk: int
     ) -> GGNOperator:
-        """The Gauss-Newton operator on the step's curvature chunk (sec. 4.3)."""
-        with torch.enable_grad():
-            part = full if full is not None and fraction == 1.0 else batch.evaluate(fraction, chunk)
-            if part is not full:
-                self._count("n_loss", fraction)
-            outputs = part.output_tensor("HessianFree", "Gauss-Newton products")
-            hessian_out = output_hessian_for(batch.loss_fn, outputs, part.targets)
-            return GGNOperator(outputs, self._params, hessian_out)
+        """The Gauss-Newton operator on the step's curvature chunk (sec. 4.3), counted
+        with the chunk's forward pass at their measured price."""
+        reuses = full is not None and fraction == 1.0
 
-    def _solve(self, operator: GGNOperator, g: Tensor, squares: Tensor | None, damping: float) -> CGResult:
+        def build(_: Closure) -> GGNOperator:
+            with torch.enable_grad():
+                part = full if reuses and full is not None else batch.evaluate(fraction, chunk)
+                outputs = part.output_tensor("HessianFree", "Gauss-Newton products")
+                hessian_out = output_hessian_for(batch.loss_fn, outputs, part.targets)
+                return GGNOperator(outputs, self._params, hessian_out)
+
+        operator = build(batch)
+        self._count_setup(operator, fraction, not reuses, self._price("curvature_setup", build, batch))
+        return operator
+
+    def _solve(
+        self, batch: DataClosure, operator: GGNOperator, g: Tensor, squares: Tensor | None, damping: float
+    ) -> tuple[CGResult, float | None]:
         """Preconditioned CG on the damped system, warm-started (sec. 4.5), stopped by
-        Martens' rule (sec. 4.4), storing iterates for backtracking (sec. 4.6)."""
+        Martens' rule (sec. 4.4), storing iterates for backtracking (sec. 4.6); and the
+        measured price of one of its products."""
         group = self.param_groups[0]
         previous = self.global_state.get("cg_solution")
         preconditioner = None if squares is None else (squares + damping) ** group["preconditioner_exponent"]
-        result = cg(
-            DampedOperator(operator, damping).mv,
-            -g,
-            group["cg_decay"] * previous if previous is not None else None,
-            max_iter=group["cg_max_iter"],
-            tol=0.0,
-            preconditioner=preconditioner,
-            martens_eps=group["martens_eps"],
-            store_iterates=group["backtracking"],
-        )
+        damped = DampedOperator(operator, damping).mv
+
+        def solve(x0: Tensor | None, max_iter: int) -> CGResult:
+            return cg(damped, -g, x0, max_iter=max_iter, tol=0.0, preconditioner=preconditioner,
+                      martens_eps=group["martens_eps"], store_iterates=group["backtracking"])
+
+        start = group["cg_decay"] * previous if previous is not None else None
+        # a product is priced on the first iterations of this very solve: its cost depends on the vectors
+        timed = min(group["cg_max_iter"], SOLVER_ITERATIONS)
+        price = self._product_price(batch, operator, lambda: solve(start, timed))
+        result = solve(start, group["cg_max_iter"])
         self._record_cg(result)
-        return result
+        return result, price
+
+    def _loss_price(self, batch: DataClosure, fraction: float, chunk: int) -> float | None:
+        """Price of a forward-only loss read on the host: on the curvature chunk, or the whole batch."""
+        if fraction == 1.0:
+            return self._batch_loss_price(batch)
+        return self._price("chunk_loss", lambda _: host_floats(batch.loss_value(fraction, chunk)), batch)
 
     def _chunk_loss(self, batch: DataClosure, fraction: float, chunk: int) -> float:
-        self._count("n_loss", fraction)
+        self._count("n_loss", fraction, self._loss_price(batch, fraction, chunk))
         (value,) = host_floats(batch.loss_value(fraction, chunk))
         return value
 
@@ -295,7 +319,7 @@ class HessianFree(CurvatureOptimizer):
             return 1.0, 0
 
         def batch_loss() -> Tensor:
-            self._count("n_loss")
+            self._count("n_loss", cost=self._batch_loss_price(batch))
             return batch.loss_value()
 
         search = Armijo(c1=group["ls_c1"], shrink=group["ls_shrink"], max_evals=group["max_ls_evals"])
@@ -310,15 +334,25 @@ class HessianFree(CurvatureOptimizer):
         batch in memory; one forward and one backward pass per (loader) batch."""
         for p in self._params:
             p.grad = None
+        self._fallback_share = 0.0
         if isinstance(batch, StreamingClosure):
             loss, grads, squares = self._streamed_gradient_and_squares(batch, with_squares)
             full = None
         else:
             full, grads, squares = self._piece_gradient_and_squares(batch, with_squares, retain, 1.0)
             loss = full.loss.detach()
-        self._count("n_grad")
         self._store_grads(grads)
+        # the per-sample fallback counts the share of the batch it ran on; its cost is in the measured price
+        fallback, price = self._fallback_share, None
+        if with_squares:
+            price = self._price("gradient_and_squares", self._squares_on, batch, per_batch=True)
+        self._count("n_grad", 1 + fallback, price)
         return loss, grads, squares, full
+
+    def _squares_on(self, probe: Closure) -> object:
+        """The gradient and the preconditioner's squares on ``probe`` (what calibration times)."""
+        assert isinstance(probe, BatchClosure), "a data closure is probed on a batch in memory (see _probe)"
+        return self._piece_gradient_and_squares(probe, True, False, 1.0)
 
     def _streamed_gradient_and_squares(
         self, batch: StreamingClosure, with_squares: bool
@@ -370,7 +404,7 @@ class HessianFree(CurvatureOptimizer):
             )
             by_param.update(zip(missing, per_sample_grad_squares(
                 batch.model, batch.loss_fn, batch.inputs, batch.targets, missing, weights=weights)))
-            self._count("n_grad", weight)  # the per-sample fallback: see per_sample_grad_squares for its real cost
+            self._fallback_share += weight
         return full, grads, self._flatten(by_param[p] for p in self._params)
 
     def _backtrack(self, result: CGResult, loss_at: Callable[[Tensor], Tensor]) -> tuple[Tensor, float, float]:

@@ -61,6 +61,7 @@ from hpo2.curvature.diagonal import likelihood_name, sampled_label_loss, support
 from hpo2.curvature.layers import LayerRecord, LayerStatistics, per_sample_scale
 from hpo2.optim.base import Closure
 from hpo2.optim.closure import BatchClosure, require_batch_closure
+from hpo2.optim.costs import device_clock
 from hpo2.optim.matrix_base import charge_overhead
 from hpo2.optim.seeded import SeededOptimizer
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
@@ -185,7 +186,8 @@ class KFAC(SeededOptimizer):
             self._finish_diagnostics()
             return loss_t
         self._store_grads(grads)
-        started = time.perf_counter()
+        device = self._params[0].device
+        started = device_clock(device)
         with torch.no_grad():
             for record in records:
                 self._accumulate(record, scale, group["stat_decay"])
@@ -199,7 +201,7 @@ class KFAC(SeededOptimizer):
                                 inverse_failures=int(state.get("inverse_failures", 0)),
                                 condition_number=float(state.get("condition_number", math.nan)))
         self._finish_diagnostics()
-        charge_overhead(self, grad_seconds, time.perf_counter() - started)
+        charge_overhead(self, grad_seconds, device_clock(device) - started)
         return loss_t
 
     # -- statistics
@@ -269,7 +271,8 @@ class KFAC(SeededOptimizer):
 
     # -- inverses
     def _invert(self, layers: list[tuple[Tensor, Tensor | None]], damping: float) -> None:
-        started = time.perf_counter()
+        device = self._params[0].device
+        started = device_clock(device)
         state, condition = self.global_state, 0.0
         for weight, _ in layers:
             st = self.state[weight]
@@ -291,7 +294,7 @@ class KFAC(SeededOptimizer):
         state["inverse_updates"] = int(state.get("inverse_updates", 0)) + 1
         state["condition_number"] = condition
         self.diagnostics["inverse_updated"] = 1
-        self.diagnostics["inverse_seconds"] = time.perf_counter() - started
+        self.diagnostics["inverse_seconds"] = device_clock(device) - started
 
     # -- the update
     def _apply(self, group: dict[str, Any], layers: list[tuple[Tensor, Tensor | None]]) -> None:

@@ -149,8 +149,8 @@ class LBFGS(CurvatureOptimizer):
         with torch.enable_grad():
             op = HessianOperator(loss, self._params)
         curvature, gg = host_floats(torch.dot(g, op.mv(g)), torch.dot(g, g))
-        self._count("n_grad")
-        self._count("n_hvp")
+        self._count("n_grad", cost=self._hessian_gradient_price(closure))
+        self._count("n_hvp", cost=self._product_price(closure, op, lambda: op.mv(g)))
         return gg / curvature if curvature > 0 else None
 
     def _add_pair(self, g: Tensor, ys: float, yy: float) -> bool:

@@ -12,7 +12,9 @@ step, eigendecompositions every few steps) is measured in wall time and added to
 ``grad_equivalents`` as ``overhead_grad_equivalents`` = seconds of optimizer work /
 mean seconds of a gradient so far (a running mean, so one preempted gradient on a
 shared machine does not distort every step), so budgets in gradient-equivalents
-stay honest: a refresh step is charged its eigendecompositions.
+stay honest: a refresh step is charged its eigendecompositions.  On CUDA the work is
+timed to its end on the device (:func:`~hpo2.optim.costs.device_clock`), not to its
+launch.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 from hpo2.optim.base import Closure, CurvatureOptimizer
+from hpo2.optim.costs import device_clock
 from hpo2.solvers import host_floats
 
 
@@ -94,7 +97,8 @@ class MatrixPreconditioner(CurvatureOptimizer):
         if not self._check_finite(loss, g_norm):
             self._finish_diagnostics()
             return loss_t
-        started = time.perf_counter()
+        device = self._params[0].device
+        started = device_clock(device)
         state = self.global_state
         state["global_step"] = int(state.get("global_step", 0)) + 1
         with torch.no_grad():
@@ -102,7 +106,7 @@ class MatrixPreconditioner(CurvatureOptimizer):
                 self._update(group, p, p.grad, self.state[p])  # type: ignore[arg-type]  # grads stored above
         self._summarise()
         self._finish_diagnostics()
-        charge_overhead(self, grad_seconds, time.perf_counter() - started)
+        charge_overhead(self, grad_seconds, device_clock(device) - started)
         return loss_t
 
     def _parameters(self) -> Iterator[tuple[dict[str, Any], Tensor]]:

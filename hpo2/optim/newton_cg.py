@@ -36,6 +36,12 @@ truncates CG at the last iterate (steepest descent if it was the first,
 N&W Alg. 7.1) or, with ``negative_curvature="direction"``, adds the direction
 itself, signed for descent and scaled to :math:`\|g\|`, so the line search can
 exploit it to leave the saddle.
+
+Cost (``grad_equivalents``): the gradient (with the Hessian on the whole batch, the
+gradient whose graph the products walk), the curvature operator on a chunk, each
+product and each loss of the search, at the prices measured on the optimizer's
+first steps (:mod:`hpo2.optim.costs`): a Hessian-vector product costs 1.5-1.9
+gradients, not one.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from torch.optim.optimizer import ParamsT
 from hpo2.curvature import CurvatureOperator, DampedOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer, ParameterRay
 from hpo2.optim.closure import BatchClosure, StreamingClosure
+from hpo2.optim.costs import SOLVER_ITERATIONS
 from hpo2.optim.settings import BatchSize, Choice, DataRegimeSettings, FloatRange, IntRange, document_settings
 from hpo2.solvers import CGResult, FixedStep, TrustRegion, cg, host_floats, levenberg_marquardt, make_line_search
 from hpo2.solvers.cg import MatVec
@@ -169,21 +176,31 @@ class NewtonCG(CurvatureOptimizer):
         g = self._flatten(grads)
         loss, g_norm = host_floats(loss_t, g.norm())  # the step's one read before CG: finite? converged?
         self.diagnostics.update(loss=loss, grad_norm=g_norm, curvature=curvature)
+        price = None
         if self._check_finite(loss, g_norm) and not self._converged(g_norm):
             damped = DampedOperator(operator, damping).mv
             forcing = min(group["cg_tol"], math.sqrt(g_norm))
+            steihaug = group["globalization"] == "trust_region"
+            radius = float(state.get("radius", group["tr_radius"])) if steihaug else None
+
+            def solve(max_iter: int) -> CGResult:
+                return cg(damped, -g, max_iter=max_iter, tol=forcing, radius=radius)
+
+            # a product is priced on the first iterations of this very solve: its cost depends on the vectors
+            timed = min(group["cg_max_iter"], SOLVER_ITERATIONS)
+            price = self._product_price(closure, operator, lambda: solve(timed))
+            result = solve(group["cg_max_iter"])
+            self._record_cg(result)
             x0 = self._flat_params()
-            if group["globalization"] == "trust_region":
-                rho = self._trust_region_step(closure, x0, loss, g, damped, forcing)
+            if radius is not None:
+                rho = self._trust_region_step(closure, x0, loss, g, damped, result, radius)
             else:
-                rho = self._line_search_step(
-                    closure, x0, loss, g, g_norm, damped, forcing, operator, damping
-                )
+                rho = self._line_search_step(closure, x0, loss, g, g_norm, result, operator, damping)
             if group["damping_rule"] == "lm":
                 damping = levenberg_marquardt(damping, rho, group["lm_boost"], group["lm_drop"])
             state["damping"] = damping
             self._record_ratio(rho, damping)
-        self._finish_diagnostics(operator, fraction)
+        self._finish_diagnostics(operator, fraction, price)
         return loss_t
 
     def _converged(self, g_norm: float) -> bool:
@@ -221,14 +238,12 @@ class NewtonCG(CurvatureOptimizer):
         return d, slope, curv_d, math.sqrt(dd)
 
     def _line_search_step(
-        self, closure: Closure, x0: Tensor, loss: float, g: Tensor, g_norm: float, damped: MatVec, forcing: float,
+        self, closure: Closure, x0: Tensor, loss: float, g: Tensor, g_norm: float, result: CGResult,
         operator: CurvatureOperator, damping: float,
     ) -> float:
-        """Solve, search along the direction, move; return the reduction ratio of the
-        step taken against the undamped model (``-inf`` when rejected)."""
+        """Search along the direction from CG's ``result``, move; return the reduction
+        ratio of the step taken against the undamped model (``-inf`` when rejected)."""
         group = self.param_groups[0]
-        result = cg(damped, -g, max_iter=group["cg_max_iter"], tol=forcing)
-        self._record_cg(result)
         d, slope, curv_d, d_norm = self._direction(g, g_norm, result, operator, damping)
         search = make_line_search(group["globalization"], max_evals=group["max_ls_evals"])
         ray = ParameterRay(self, x0, d, lambda: self._loss(closure), lambda: self._value_and_grad(closure))
@@ -253,13 +268,12 @@ class NewtonCG(CurvatureOptimizer):
         return actual / predicted if predicted < 0 and math.isfinite(actual) else -math.inf
 
     def _trust_region_step(
-        self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped: MatVec, forcing: float
+        self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped: MatVec, result: CGResult, radius: float
     ) -> float:
+        """Take Steihaug-CG's ``result`` if the reduction ratio accepts it; grow or
+        shrink the radius; return the ratio."""
         group = self.param_groups[0]
         state = self.global_state
-        radius = float(state.get("radius", group["tr_radius"]))
-        result = cg(damped, -g, max_iter=group["cg_max_iter"], tol=forcing, radius=radius)
-        self._record_cg(result)
         s = result.x
         predicted_t = -(torch.dot(g, s) + 0.5 * torch.dot(s, damped(s)))
         self._set_flat_params(x0 + s)

@@ -19,8 +19,9 @@ a damped (:math:`\delta` = ``damping``) saddle-free Newton step in the subspace 
 a gradient step (learning rate :math:`\eta` = ``lr``) in its complement.  On a
 convex quadratic with :math:`k = n` and :math:`\delta = 0` this is Newton's step.
 
-Cost: one gradient per step; on refresh steps the gradient comes from the
-double-backward graph and Lanczos adds ``lanczos_iter`` products.
+Cost: one gradient per step; on refresh steps the gradient comes from a backward
+pass that keeps its graph (a ``hessian_gradient``) and Lanczos adds ``lanczos_iter``
+products, each at its measured price (:mod:`hpo2.optim.costs`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch.optim.optimizer import ParamsT
 from hpo2.curvature import lanczos
 from hpo2.curvature.spectrum import LinearOperator
 from hpo2.optim.base import Closure, CurvatureOptimizer
+from hpo2.optim.costs import SOLVER_ITERATIONS
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 from hpo2.solvers import host_floats
 
@@ -115,8 +117,12 @@ class SaddleFreeNewton(CurvatureOptimizer):
         if not self._check_finite(loss, g_norm):
             self._finish_diagnostics(operator)
             return loss_t
+        price = None
         if operator is not None and g_norm > 0:
-            pairs = self._top_pairs(operator, g, group["rank"], group["lanczos_iter"])
+            n_iter = max(group["lanczos_iter"], group["rank"])
+            timed = min(n_iter, SOLVER_ITERATIONS)
+            price = self._product_price(closure, operator, lambda: lanczos(operator, g, timed))
+            pairs = self._top_pairs(operator, g, group["rank"], n_iter)
             if pairs is not None:
                 state["eigenvalues"], state["eigenvectors"] = pairs
         state["global_step"] = step
@@ -138,14 +144,14 @@ class SaddleFreeNewton(CurvatureOptimizer):
                 subspace_fraction=in_subspace / max(g_norm, 1e-30),
             )
         self._set_flat_params(self._flat_params() + direction)
-        self._finish_diagnostics(operator)
+        self._finish_diagnostics(operator, price=price)
         return loss_t
 
     @staticmethod
     def _top_pairs(operator: LinearOperator, g: Tensor, rank: int, n_iter: int) -> tuple[Tensor, Tensor] | None:
         """The ``rank`` Ritz pairs of largest |value| from Lanczos started at ``g``;
         ``None`` if they are not finite (the previous pairs are kept)."""
-        tri = lanczos(operator, g, max(n_iter, rank))
+        tri = lanczos(operator, g, n_iter)
         theta, s = tri.eigh()
         order = torch.argsort(theta.abs(), descending=True)[:rank]
         values = theta[order].to(g.dtype)

@@ -34,7 +34,6 @@ early factors are ill conditioned).
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -42,6 +41,7 @@ from pydantic import Field
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from hpo2.optim.costs import device_clock
 from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix, block_slices, inverse_root
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
@@ -201,9 +201,10 @@ class Shampoo(MatrixPreconditioner):
         return used
 
     def _refresh_root(self, block: dict[str, Any], key: str, correction: float, eps: float) -> None:
-        started = time.perf_counter()
+        device = block[key].device
+        started = device_clock(device)
         result = inverse_root(block[key] / correction, 4.0, eps)
-        self._inverse_seconds += time.perf_counter() - started
+        self._inverse_seconds += device_clock(device) - started
         if result is None:
             self.global_state["root_failures"] = int(self.global_state.get("root_failures", 0)) + 1
             return

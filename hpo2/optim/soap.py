@@ -33,7 +33,6 @@ parameters therefore run plain Adam.  Defaults are the paper's.
 from __future__ import annotations
 
 import math
-import time
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -41,6 +40,7 @@ from pydantic import Field
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from hpo2.optim.costs import device_clock
 from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
 
@@ -167,7 +167,7 @@ class SOAP(MatrixPreconditioner):
             right.mul_(beta).add_(g.T @ g, alpha=1 - beta)
         if not (initial or state["step"] % group["precondition_frequency"] == 0):
             return
-        started = time.perf_counter()
+        started = device_clock(g.device)
         for side, factor in enumerate(state["factors"]):
             if factor is None:
                 continue
@@ -176,7 +176,7 @@ class SOAP(MatrixPreconditioner):
             else:
                 state["bases"][side] = self._power_qr(factor, state, side)
             self._refreshes += 1
-        self._inverse_seconds += time.perf_counter() - started
+        self._inverse_seconds += device_clock(g.device) - started
 
     def _eigenbasis(self, factor: Tensor, state: dict[str, Any], side: int) -> Tensor:
         """Eigenvectors by ``eigh`` in float64, largest eigenvalue first; ``V`` is not

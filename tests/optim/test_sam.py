@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from hpo2.errors import SettingsError
 from hpo2.optim import SAM, NewtonCG, from_config
+from hpo2.optim.costs import CostMeter
 from hpo2.optim.sam import ascent_step
 from tests.problems import Quadratic
 
@@ -71,7 +72,9 @@ def test_sam_newton_on_a_quadratic_steps_from_w_with_the_perturbed_newton_step()
     w0 = model.theta.detach().clone()
     g = model.a @ w0 - model.b
     eps = 0.5 * g / g.norm()
-    opt = SAM(NewtonCG(model.parameters(), damping=0.0, cg_tol=1e-12, cg_max_iter=50), rho=0.5)
+    newton = NewtonCG(model.parameters(), damping=0.0, cg_tol=1e-12, cg_max_iter=50)
+    newton.costs = CostMeter(calibrate=False)  # nominal prices: SAM's gradient on top of Newton's counted work
+    opt = SAM(newton, rho=0.5)
     opt.step(model)
     torch.testing.assert_close(model.theta.detach(), model.minimizer() - eps, rtol=1e-8, atol=1e-10)
     d = opt.diagnostics
