@@ -83,6 +83,7 @@ def _summary_table(page: str) -> list[tuple[str, list[str]]]:
             for m in re.finditer(r'<tr(?: class="(\w+)")?>(.*?)</tr>', table) if "<td>" in m.group(2)]  # fmt: skip
 
 
+@pytest.mark.slow  # a whole study and its report (plotly.js embedded in each plot): ~10-25 s
 def test_single_objective_report_with_pruned_and_failed_trials(tmp_path):
     path, client = run_study(
         tmp_path,
@@ -206,6 +207,7 @@ def test_no_browser_is_said_once_per_process_with_the_offline_way(tmp_path, monk
     assert not (tmp_path / "a.png").exists()
 
 
+@pytest.mark.slow  # a whole study and its report (plotly.js embedded in each plot): ~10-25 s
 def test_multi_objective_report_has_a_pareto_front(tmp_path):
     path, client = run_study(tmp_path, objective=["valid_loss", "grad_equivalents"], n_trials=4)
     config, file = load_study_config(path)
