@@ -146,6 +146,24 @@ def range_end(dist: BaseDistribution, value: Any) -> Literal["low", "high"] | No
     return "high" if position >= 1 - EDGE_SHARE else None
 
 
+def at_hard_limit(optimizer: str, setting: str, end: Literal["low", "high"], bound: float) -> bool:
+    """Whether ``bound``, the ``end`` of a searched range, is also as far as the setting may go
+    (its settings model's ``ge``/``gt``/``le``/``lt``): there is nothing to widen there."""
+    try:
+        field = get_spec(optimizer).settings.model_fields.get(setting)
+    except Exception:  # noqa: BLE001 -- an optimizer this version no longer knows: no limit known
+        return False
+    if field is None:  # an attachment's setting (sam.rho, schedule.warmup): no model here
+        return False
+    for constraint in field.metadata:
+        limit = getattr(constraint, "ge" if end == "low" else "le", None)
+        if limit is None:
+            limit = getattr(constraint, "gt" if end == "low" else "lt", None)
+        if limit is not None and (bound <= limit if end == "low" else bound >= limit):
+            return True
+    return False
+
+
 def edge_hints(trial: FrozenTrial) -> list[str]:
     """A line for each searched setting of ``trial`` at an end of its range (:func:`range_end`):
     the best value may lie beyond it.  Trial ``trial``'s own ranges are used (those it was
@@ -158,6 +176,8 @@ def edge_hints(trial: FrozenTrial) -> list[str]:
         if end is not None:
             assert isinstance(dist, FloatDistribution | IntDistribution), "range_end: numeric ranges only"
             setting = key.split(".", 1)[1] if key.startswith(f"{optimizer}.") else key
+            if at_hard_limit(str(optimizer), setting, end, dist.low if end == "low" else dist.high):
+                continue  # e.g. hessian_refresh = 1: the range already starts where the setting must
             shown = f"{value:.3g}" if isinstance(value, float) else str(value)
             hints.append(f"{optimizer} {setting} = {shown} is at the {end} end of its range [{dist.low:g}, "
                          f"{dist.high:g}]: widen it (ranges.{setting} of {optimizer} in the study file)")  # fmt: skip
