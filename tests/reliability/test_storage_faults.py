@@ -139,7 +139,8 @@ def locking_task() -> Iterator[Callable[..., None]]:
 
     def register(database: Path, seconds: float = LOCK_SECONDS) -> None:
         TASKS["locks_storage"] = TaskSpec("locks_storage", TaskSettings, lambda s: _locking_task(database, seconds),
-                                          "locks its study's storage once", True)  # fmt: skip
+                                          "locks its study's storage once", True, metric="accuracy",
+                                          target=0.9)  # fmt: skip
 
     LOCKED.clear()
     UNLOCK.clear()
