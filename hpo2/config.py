@@ -59,6 +59,19 @@ def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
         raise SettingsError(f"{source}: " + "; ".join(problems)) from None
 
 
+def validate_with_task(model: type[Model], data: dict[str, Any], source: str) -> Model:
+    """:func:`validate`, with a built-in task's settings checked in the same round: every
+    mistake of the file (schema and task settings) in one message naming ``source``."""
+    task_problem = builtin_task_problem(data.get("task"))
+    try:
+        config = validate(model, data, source)
+    except SettingsError as exc:
+        raise SettingsError(f"{exc}; {task_problem}" if task_problem else str(exc)) from None
+    if task_problem:
+        raise SettingsError(f"{source}: {task_problem}")
+    return config
+
+
 def looks_like_study_file(data: dict[str, Any]) -> bool:
     """A study file has a search (``optimizers``, ``n_trials``...) but no single ``optimizer``."""
     return "optimizer" not in data and bool({"n_trials", "optimizers", "sampler", "pruner", "objective"} & set(data))
@@ -98,13 +111,7 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None)
             "as `hpo2 study best NAME --export best.yaml` writes"
         )
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    task_problem = builtin_task_problem(data.get("task"))
-    try:
-        config = validate(TrainConfig, data, str(path))
-    except SettingsError as exc:
-        raise SettingsError(f"{exc}; {task_problem}" if task_problem else str(exc)) from None
-    if task_problem:
-        raise SettingsError(f"{path}: {task_problem}")
+    config = validate_with_task(TrainConfig, data, str(path))
     try:
         parse_optimizer_config(config.optimizer.model_dump())
     except SettingsError as exc:

@@ -30,14 +30,14 @@ from pydantic import (
     model_validator,
 )
 
-from hpo2.config import looks_like_suite_file, suite_file_error, validate
+from hpo2.config import looks_like_suite_file, suite_file_error, validate_with_task
 from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import ATTACHMENTS, REGISTRY, get_spec, load_config_file
 from hpo2.optim.sam import SAM_KEY
 from hpo2.optim.schedules import SCHEDULE_KEY
 from hpo2.optim.settings import Choice, FloatRange, IntRange, SearchDimension
 from hpo2.redact import redact_text, redact_url
-from hpo2.tasks.source import TaskSection, builtin_task_problem
+from hpo2.tasks.source import TaskSection
 from hpo2.train import MAX_SECONDS, Budget, Device
 
 MAX_TRIALS = 1_000_000
@@ -340,14 +340,7 @@ def load_study_config(path: str | Path, overrides: dict[str, Any] | None = None)
     source = (
         f"{path} (with command-line {', '.join('--' + k.replace('_', '-') for k in given)})" if given else str(path)
     )
-    # every mistake of the file in one message: the schema's and the built-in task's settings'
-    task_problem = builtin_task_problem(data.get("task"))
-    try:
-        config = validate(StudyConfig, data, source)
-    except SettingsError as exc:
-        raise SettingsError(f"{exc}; {task_problem}" if task_problem else str(exc)) from None
-    if task_problem:
-        raise SettingsError(f"{source}: {task_problem}")
+    config = validate_with_task(StudyConfig, data, source)
     # a task file named relative to the study file means the same from any folder (and on every worker)
     return config.model_copy(update={"task": config.task.anchored(path.resolve().parent)}), path.resolve()
 
