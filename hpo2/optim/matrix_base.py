@@ -67,7 +67,7 @@ def charge_overhead(optimizer: CurvatureOptimizer, grad_seconds: float, work_sec
     """Add ``work_seconds`` of preconditioner work to the finished step's
     ``grad_equivalents``, in units of the running mean of ``grad_seconds`` (the
     seconds of one gradient, measured each step; the mean lives in the optimizer
-    state)."""
+    state).  The seconds themselves are logged as ``work_seconds``."""
     state = optimizer.global_state
     n = int(state.get("timed_gradients", 0)) + 1
     mean = float(state.get("mean_grad_seconds", 0.0))
@@ -75,6 +75,7 @@ def charge_overhead(optimizer: CurvatureOptimizer, grad_seconds: float, work_sec
     state["timed_gradients"], state["mean_grad_seconds"] = n, mean
     overhead = work_seconds / max(mean, 1e-9)
     optimizer.diagnostics["overhead_grad_equivalents"] = overhead
+    optimizer.diagnostics["work_seconds"] = work_seconds
     optimizer.diagnostics["grad_equivalents"] = float(optimizer.diagnostics["grad_equivalents"]) + overhead
 
 
