@@ -9,20 +9,23 @@ Workloads (random data of the tasks' shapes: only wall time is measured):
   context 128, 1.34M parameters) on a batch of 32 windows.
 
 Per step the optimizer reports ``work_seconds`` (everything it does besides its
-gradients: factor products, refreshes, applying the preconditioner, its Adam or
-grafting moments) and ``inverse_seconds`` (the refresh: ``eigh``, inverse roots,
-power iteration).  A refresh happens every ``inverse_update_every`` /
-``precondition_frequency`` steps and K-FAC's factor update every
-``cov_update_every``, so the figures are **amortized**: the median over the
-measured steps of each kind (a factor-update step or not, the refresh's own
-seconds taken out) weighted by how often that kind occurs, plus the median
-refresh divided by its interval.  The fraction is amortized work / amortized step.
+gradients: factor products, refreshes, applying the preconditioner, and its Adam,
+grafting or fallback moments -- so the "preconditioner work" column is an upper
+bound; AdamW's own update, the reference row, is what a first-order step spends)
+and ``inverse_seconds`` (the refresh: ``eigh``, inverse roots, power iteration).
+A refresh happens every ``inverse_update_every`` / ``precondition_frequency``
+steps and K-FAC's factor update every ``cov_update_every``, so the figures are
+**amortized**: the median over the measured steps of each kind (a factor-update
+step or not, the refresh's own seconds taken out) weighted by how often that kind
+occurs, plus the median refresh divided by its interval.  The fraction is
+amortized work / amortized step.
 
 Measured steps: ``--steps`` of them, Shampoo's from its ``start_preconditioning_step``
 on (before it, Shampoo steps with Adam), SOAP's and K-FAC's from the second step
-(the first only builds the factors); SOAP's run on to its first refresh.  K-FAC refreshes at its first step and then every 100:
-its step counter is moved so that the last measured step is a refresh step (its
-factors then hold the run's statistics, not one batch's).
+(the first only builds the factors); SOAP's run on to its first refresh.  K-FAC
+refreshes at its first step and then every 100: its step counter is moved so that
+the last measured step is a refresh step (its factors then hold the run's
+statistics, not one batch's).
 
 Reference columns, in the same process: the plain gradient of the same model and
 batch (timed back to back with every step) and AdamW's (torch) own step, the
@@ -180,7 +183,9 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workloads", nargs="+", choices=("fmnist_mlp", "byte_gpt"), default=["fmnist_mlp", "byte_gpt"])
+    parser.add_argument(
+        "--workloads", nargs="+", choices=("fmnist_mlp", "byte_gpt"), default=["fmnist_mlp", "byte_gpt"]
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--steps", type=int, default=8, help="measured steps per method (at least one refresh)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
