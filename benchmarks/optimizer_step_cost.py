@@ -11,12 +11,13 @@
   within 1.3x either way).  Two tables: a training set of 8192, so that the data
   regimes that ask for a larger batch (Hessian-free's ``"full"``) get one, and the
   small network of issue 28, where every optimizer at its defaults steps on the
-  task's batch of 1024 (a curvature product's time is mostly fixed there).
+  task's batch of 1024 (a curvature product's time is mostly fixed there); and
+  (``--tables transformer``) the ``byte_gpt`` transformer of issue 24.
 
 The load average before and after is printed under the tables: on a shared
 machine the measured column moves with it.
 
-Run: ``python benchmarks/optimizer_step_cost.py [--repeats 15] [--tables small] [--no-write]``
+Run: ``python benchmarks/optimizer_step_cost.py [--repeats 15] [--tables small transformer] [--no-write]``
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +39,7 @@ from common import _timed, paired_ratio, publish, synchronize  # noqa: E402
 
 from hpo2.optim import LBFGS, SAM, BatchClosure, CurvatureOptimizer, from_config  # noqa: E402
 from hpo2.optim.registry import REGISTRY  # noqa: E402
+from hpo2.tasks import build_task  # noqa: E402
 from hpo2.train import first_order_step as train_step  # noqa: E402
 from hpo2.train import resolve_batch_size
 
@@ -113,30 +116,59 @@ def _step_fn(  # type: ignore[no-untyped-def]
 
 
 TRAINING_SET = 8192  # the "training set" an optimizer with batch_size="full" takes
+TRANSFORMER_TRAINING_SET = 256  # byte_gpt windows: a "full" batch of 256 x 128 bytes
 SMALL_TRAINING_SET = 1024  # issue 28: every optimizer's batch is the task's 1024, Hessian-free's "full" too
 # the warm-up steps before timing: the first step also measures the step's prices (hpo2.optim.costs)
 WARMUP_STEPS = 2
 
 
-def counted_rows(
-    device: torch.device, repeats: int, training_set: int, variants: list[tuple[str, dict[str, object]]]
-) -> list[str]:
-    """Measured gradients of wall time per step, counted gradient-equivalents, their
-    ratio; each step timed back to back with one gradient on the same batch (the
-    batch the optimizer's data regime asks for, as hpo2.train gives it)."""
-    rows = []
+@dataclass(frozen=True)
+class Workload:
+    """A model, the training set a step's batch is cut from, the loss and the task's batch size."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    loss_fn: nn.Module
+    task_batch: int
+
+
+def mlp_workload(device: torch.device, training_set: int) -> Workload:
+    """The MLP 64-128-10 of :func:`problem` on a random training set of ``training_set``."""
     base, _, _ = problem(device)
     generator = torch.Generator().manual_seed(1)
-    x_all = torch.randn(training_set, 64, generator=generator).to(device)
-    y_all = torch.randint(0, 10, (training_set,), generator=generator).to(device)
-    loss_fn = nn.CrossEntropyLoss()
-    unit_model = copy.deepcopy(base)
+    x = torch.randn(training_set, 64, generator=generator).to(device)
+    y = torch.randint(0, 10, (training_set,), generator=generator).to(device)
+    return Workload(base, x, y, nn.CrossEntropyLoss(), 1024)
 
+
+def transformer_workload(device: torch.device) -> Workload:
+    """``byte_gpt`` at its default size (1.3M parameters, context 128) on its first
+    :data:`TRANSFORMER_TRAINING_SET` training windows, its batch of 32 (issue 24)."""
+    task = build_task("byte_gpt")
+    x, y = task.train.x[:TRANSFORMER_TRAINING_SET], task.train.y[:TRANSFORMER_TRAINING_SET]
+    return Workload(task.model.to(device), x.to(device), y.to(device), task.loss_fn, task.batch_size)
+
+
+def counted_rows(device: torch.device, repeats: int, workload: Workload,
+                 variants: list[tuple[str, dict[str, object]]]) -> list[str]:
+    """Measured gradients of wall time per step, counted gradient-equivalents, their
+    ratio; each step timed back to back with one gradient on the same batch (the
+    batch the optimizer's data regime asks for, as hpo2.train gives it).  An
+    optimizer that refuses the workload gets a row saying why."""
+    rows = []
+    unit_model = copy.deepcopy(workload.model)
+    loss_fn = workload.loss_fn
     for name, settings in variants:
-        model = copy.deepcopy(base)
-        optimizer = from_config({"name": name, "settings": settings}, model.parameters())
-        size = resolve_batch_size(optimizer, 1024, training_set)
-        x, y = x_all[:size], y_all[:size]
+        model = copy.deepcopy(workload.model)
+        described = " " + ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else ""
+        try:
+            optimizer = from_config({"name": name, "settings": settings}, model)
+        except (ValueError, TypeError) as error:  # e.g. an optimizer that cannot precondition this model
+            rows.append(f"| {name}{described} | refused: {str(error).splitlines()[0][:100]} | - | - | - |")
+            continue
+        size = resolve_batch_size(optimizer, workload.task_batch, len(workload.x))
+        x, y = workload.x[:size], workload.y[:size]
 
         def gradient() -> None:
             torch.autograd.grad(loss_fn(unit_model(x), y), list(unit_model.parameters()))
@@ -157,7 +189,6 @@ def counted_rows(
         # Means over the steps, not medians: the matrix and Kronecker methods refresh
         # their preconditioners every 10-100 steps, and those steps must be paid for.
         m, c = sum(seconds) / sum(units), statistics.fmean(counted)
-        described = " " + ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else ""
         label = name + described + f" (batch {size})"
         rows.append(f"| {label} | {statistics.median(seconds) * 1e3:.2f} | {m:.2f} | {c:.2f} | {m / c:.2f} |")
     return rows
@@ -180,8 +211,10 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=40, help="steps per optimizer (periodic refreshes are amortized over them)"
     )
-    parser.add_argument("--tables", nargs="+", choices=("lbfgs", "large", "small"), default=["lbfgs", "large", "small"],
-                        help="which tables: L-BFGS against torch's, training set 8192, the small network of issue 28")
+    parser.add_argument("--tables", nargs="+", choices=("lbfgs", "large", "small", "transformer"),
+                        default=["lbfgs", "large", "small"],
+                        help="which tables: L-BFGS against torch's, training set 8192, the small network of issue 28, "
+                             "byte_gpt (issue 24)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: a shared machine's other jobs then stall no thread of ours)")
@@ -195,10 +228,15 @@ def main() -> None:
         lines += lbfgs_rows(device, args.repeats)
     if "large" in args.tables:
         lines += counted_header(f"MLP 64-128-10, task batch 1024, training set {TRAINING_SET}")
-        lines += counted_rows(device, args.repeats, TRAINING_SET, VARIANTS)
+        lines += counted_rows(device, args.repeats, mlp_workload(device, TRAINING_SET), VARIANTS)
     if "small" in args.tables:
         lines += counted_header(f"small network: MLP 64-128-10, batch {SMALL_TRAINING_SET} for every optimizer")
-        lines += counted_rows(device, args.repeats, SMALL_TRAINING_SET, [(name, {}) for name in REGISTRY])
+        lines += counted_rows(device, args.repeats, mlp_workload(device, SMALL_TRAINING_SET),
+                              [(name, {}) for name in REGISTRY])
+    if "transformer" in args.tables:
+        lines += counted_header(f"byte_gpt transformer, 1.3M parameters, batch 32 x 128 bytes, "
+                                f"training set {TRANSFORMER_TRAINING_SET} windows")
+        lines += counted_rows(device, args.repeats, transformer_workload(device), [(name, {}) for name in REGISTRY])
     table = "\n".join(lines).strip("\n")
     notes = f"Load average before: {before}; after: {load_average()}."
     publish(f"Optimizer step cost ({device.type})", table, device, write=not args.no_write, notes=notes,
