@@ -110,10 +110,10 @@ class AdaHessian(DiagonalCurvatureOptimizer):
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
-        prepared = self._prepare_step(closure, "hutchinson")
+        loss, prepared = self._prepare_step(closure, "hutchinson")
         if prepared is None:
-            return torch.tensor(self.diagnostics["loss"])
-        loss, grads, diag = prepared
+            return loss
+        grads, diag = prepared
         with torch.no_grad():
             for group, p, g, d, st in self._per_parameter(grads, diag):
                 b1, b2 = group["beta1"], group["beta2"]
@@ -134,4 +134,4 @@ class AdaHessian(DiagonalCurvatureOptimizer):
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.addcdiv_(m_hat, denom, value=-group["lr"])
         self._finish_diagnostics()
-        return torch.tensor(loss)
+        return loss

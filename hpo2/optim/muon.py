@@ -65,13 +65,14 @@ Adam's paper defaults.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from hpo2.optim.base import Closure, LoopOptimizer
 from hpo2.optim.baselines import first_order_closure_step
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
@@ -132,7 +133,7 @@ class MatrixMuon(torch.optim.Optimizer):
                     raise ValueError(f"Muon takes parameters of 2 or more dimensions, got shape {tuple(p.shape)}")
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]  # closures return a Tensor
+    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]  # closures return a Tensor
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -230,7 +231,7 @@ class MuonSettings(OptimizerSettings):
 
 
 @document_settings
-class MuonWithAdamW(torch.optim.Optimizer):
+class MuonWithAdamW(LoopOptimizer):
     """Steps :class:`MatrixMuon` on the hidden weight matrices and ``torch.optim.AdamW``
     on the rest (the split: module docstring), as one optimizer.
 
@@ -322,7 +323,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if not self._parts:
             raise ValueError("MuonWithAdamW got no parameters that require grad")
         self.settings = s
-        self.diagnostics: dict[str, Any] = {}
+        self.diagnostics = {}
         super().__init__([group for part in self._parts for group in part.param_groups], {})
         self._link()
 
@@ -339,7 +340,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self._link()
 
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]  # closures return a Tensor
+    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]  # also torch's step()
         if closure is None:
             self._step_parts()
             return None

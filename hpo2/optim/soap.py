@@ -40,6 +40,7 @@ from pydantic import Field
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from hpo2.optim.base import Closure
 from hpo2.optim.costs import device_clock
 from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
@@ -130,7 +131,7 @@ class SOAP(MatrixPreconditioner):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         self._refreshes, self._inverse_seconds, self._condition = 0, 0.0, 0.0
         return super().step(closure)
 

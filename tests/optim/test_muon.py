@@ -83,8 +83,7 @@ def test_state_dict_round_trip_resumes_identically():
 def test_the_training_loop_charges_muons_newton_schulz_time_and_nothing_for_sgd() -> None:
     from torch import nn
 
-    from hpo2.optim import from_config
-    from hpo2.train import first_order_step
+    from hpo2.optim import BatchClosure, from_config, take_step
 
     torch.manual_seed(0)
     x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
@@ -93,7 +92,8 @@ def test_the_training_loop_charges_muons_newton_schulz_time_and_nothing_for_sgd(
         model = nn.Sequential(nn.Linear(32, 256), nn.Tanh(), nn.Linear(256, 4))
         optimizer = from_config(name, model.parameters())
         counts[name] = [
-            first_order_step(optimizer, model, nn.CrossEntropyLoss(), x, y)["grad_equivalents"] for _ in range(3)
+            take_step(optimizer, BatchClosure(model, nn.CrossEntropyLoss(), x, y))[1]["grad_equivalents"]
+            for _ in range(3)
         ]
     assert counts["sgd"] == [1.0, 1.0, 1.0]
     assert all(c > 1.0 for c in counts["muon"])  # five Newton-Schulz iterations are not free
