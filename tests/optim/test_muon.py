@@ -32,11 +32,11 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 def test_matrix_updates_are_orthogonalised_and_the_rest_follows_adamw():
     model, (x, y) = _model(), _batch()
     reference = copy.deepcopy(model)
-    lr, adamw_lr = 0.02, 1e-3
-    opt = from_config({"name": "muon", "settings": {"lr": lr, "adamw_lr": adamw_lr}}, model.parameters())
+    lr, adam_lr = 0.02, 1e-3
+    opt = from_config({"name": "muon", "settings": {"lr": lr, "adam_lr": adam_lr}}, model.parameters())
     assert isinstance(opt, MuonWithAdamW)
     biases = [p for p in reference.parameters() if p.dim() == 1]
-    adamw = torch.optim.AdamW(biases, lr=adamw_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    adamw = torch.optim.AdamW(biases, lr=adam_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     weight = model[0].weight
     before = weight.detach().clone()
     grad_singular = None
