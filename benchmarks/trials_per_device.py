@@ -79,7 +79,7 @@ def measure(per_device: int, args: argparse.Namespace) -> dict:
         folder = Path(tmp)
         settings = {} if args.n_train is None else {"n_train": args.n_train, "n_valid": args.n_train}
         study = write_study(folder, args.task, settings, args.trial_seconds, args.device)
-        command = [sys.executable, "-m", "hpo2.cli", "worker", str(study), "--trials-per-device", str(per_device),
+        command = [sys.executable, "-m", "hpo2", "worker", str(study), "--trials-per-device", str(per_device),
                    "--device", args.device]  # fmt: skip
         log = (folder / "workers.log").open("w")
         proc = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)

@@ -6,7 +6,7 @@ hpo2`` and the CLI start fast):
 * :class:`Task`, :class:`TaskSettings`, :class:`Split` -- what a task function
   returns and how it declares settings (:mod:`hpo2.tasks.source`);
 * :func:`run_study` and :class:`StudyResult` -- a study from Python, as
-  ``hpo2 study run`` runs it (:mod:`hpo2.api`);
+  ``hpo2 study run`` runs it (:mod:`hpo2.interface.api`);
 * :mod:`hpo2.optim` -- every optimizer, ``from_config``.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from hpo2.api import StudyResult, run_study
+    from hpo2.interface.api import StudyResult, run_study
     from hpo2.tasks.base import Split, Task, TaskSettings
 
 __all__ = ["Split", "StudyResult", "Task", "TaskSettings", "__version__", "run_study"]
@@ -30,7 +30,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(base, name)
     if name in ("run_study", "StudyResult"):
-        from hpo2 import api
+        from hpo2.interface import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'hpo2' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import re
 
 from typer.testing import CliRunner
 
-from hpo2.cli import app
+from hpo2.interface.cli import app
 
 WIDTH = 80
 

@@ -12,8 +12,8 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from hpo2.cli import app
 from hpo2.errors import SettingsError
+from hpo2.interface.cli import app
 from hpo2.study.config import load_study_config
 from hpo2.study.locate import find_study_file
 from hpo2.study.runner import StudyRunner

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from hpo2.cli import app
+from hpo2.interface.cli import app
+from hpo2.interface.optimizer_tables import format_allowed, format_range, format_value, settings_table
+from hpo2.interface.tables import FittedTable
 from hpo2.optim import REGISTRY
 from hpo2.optim.registry import ATTACHMENTS
 from hpo2.optim.settings import Choice, FloatRange, IntRange
-from hpo2.optimizer_tables import format_allowed, format_range, format_value, settings_table
-from hpo2.tables import FittedTable
 
 NAMES = [*REGISTRY, *ATTACHMENTS]
 

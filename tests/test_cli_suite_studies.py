@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from hpo2.cli import app
+from hpo2.interface.cli import app
 from hpo2.study.runner import StudyRunner
 from hpo2.study.suite import load_suite
 from tests.terminal import assert_fits, invoke

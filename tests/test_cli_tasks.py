@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hpo2.cli import app
-from hpo2.optimizer_tables import format_value
+from hpo2.interface.cli import app
+from hpo2.interface.optimizer_tables import format_value
 from hpo2.tasks.image_classification import IDX_FILES
 from hpo2.tasks.registry import TASKS
 

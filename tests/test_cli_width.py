@@ -8,7 +8,7 @@ import re
 import pytest
 import typer.main
 
-from hpo2.cli import app
+from hpo2.interface.cli import app
 from hpo2.optim import REGISTRY, SAMSettings
 from hpo2.tasks.registry import TASKS
 from tests.terminal import assert_fits, invoke

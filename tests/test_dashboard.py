@@ -19,9 +19,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from hpo2.cli import app
-from hpo2.dashboard import SHARED_VIEW_TAG, runs_url, study_links, tracking_store, wait_until_answering
 from hpo2.errors import SettingsError
+from hpo2.interface.cli import app
+from hpo2.interface.dashboard import SHARED_VIEW_TAG, runs_url, study_links, tracking_store, wait_until_answering
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -203,7 +203,7 @@ def test_dashboard_serves_the_mlflow_ui_and_rest_api(project: Path, sig: signal.
     _study_runs(client, client.create_experiment("ranked"), "ranked", "minimize")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "hpo2.cli", "dashboard", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "hpo2", "dashboard", "--port", str(port)],
                             cwd=project / "src" / "deep", env=env, start_new_session=True,
                             preexec_fn=_like_a_background_job,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Flatness diagnostics (hpo2.diagnostics) against dense float64 references: the
+"""Flatness diagnostics (hpo2.train.diagnostics) against dense float64 references: the
 top Hessian eigenvalue and trace against the explicit Hessian, m-sharpness against
 a direct computation, the generalization gap against its definition."""
 
@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from hpo2.diagnostics import flatness_summary, m_sharpness
 from hpo2.tasks.base import accuracy
+from hpo2.train.diagnostics import flatness_summary, m_sharpness
 from tests.conftest import make_mlp
 
 
@@ -88,8 +88,8 @@ def test_a_study_logs_flatness_per_trial_searches_sam_and_plots_sharpness(tmp_pa
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
+    from hpo2.interface.report import sharpness_figure
     from hpo2.optim import SAM, from_config
-    from hpo2.report import sharpness_figure
     from hpo2.study.config import load_study_config
     from hpo2.study.results import export_config
     from hpo2.study.runner import StudyRunner

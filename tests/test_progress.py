@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 from typer.testing import CliRunner
 
-from hpo2.cli import app
-from hpo2.progress import Progress, StudyDisplay, eta_seconds, live_display, round_values
-from hpo2.report import render_study_report
+from hpo2.interface.cli import app
+from hpo2.interface.progress import Progress, StudyDisplay, eta_seconds, live_display, round_values
+from hpo2.interface.report import render_study_report
 from hpo2.study.config import load_study_config
 from hpo2.study.runner import StudyRunner
 
@@ -42,14 +42,14 @@ def _trial(number: int, state: TrialState, seconds: float) -> FrozenTrial:
 
 
 def test_eta_is_the_mean_trial_duration_times_the_work_left_capped_by_the_timeout(monkeypatch) -> None:
-    import hpo2.progress
+    import hpo2.interface.progress
 
     class Clock(datetime):
         @classmethod
         def now(cls, tz=None):  # type: ignore[override]
             return NOW
 
-    monkeypatch.setattr(hpo2.progress, "datetime", Clock)
+    monkeypatch.setattr(hpo2.interface.progress, "datetime", Clock)
     trials = [
         _trial(0, TrialState.COMPLETE, 10.0),
         _trial(1, TrialState.PRUNED, 20.0),
@@ -79,7 +79,7 @@ def _hpo2(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "150"}
     env.pop("HPO2_STUDIES", None)
     return subprocess.run(
-        [sys.executable, "-m", "hpo2.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "hpo2", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
 
 

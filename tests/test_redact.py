@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpo2.redact import redact_text, redact_url, sanitized_study_text, url_secrets
+from hpo2.common.redact import redact_text, redact_url, sanitized_study_text, url_secrets
 
 
 @pytest.mark.parametrize(("url", "shown"), [

@@ -18,9 +18,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from typer.testing import CliRunner
 
-from hpo2 import report
-from hpo2.cli import app
-from hpo2.report import MIN_IMPORTANCE_TRIALS, _summary_rows, export_pngs, study_figures
+from hpo2.interface import report
+from hpo2.interface.cli import app
+from hpo2.interface.report import MIN_IMPORTANCE_TRIALS, _summary_rows, export_pngs, study_figures
 from hpo2.study.config import load_study_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -199,7 +199,7 @@ def test_no_browser_is_said_once_per_process_with_the_offline_way(tmp_path, monk
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))  # kaleido finds no Chrome
     monkeypatch.setattr(report._Kaleido, "no_browser", False)  # restored after the test
     figure = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
-    with caplog.at_level(logging.WARNING, logger="hpo2.report"):
+    with caplog.at_level(logging.WARNING, logger="hpo2.interface.report"):
         assert not export_pngs([figure], [tmp_path / "a.png"])
         assert not export_pngs([figure], [tmp_path / "b.png"])
     (record,) = caplog.records

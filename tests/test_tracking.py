@@ -1,4 +1,4 @@
-"""hpo2.tracking: MLflow's quick-failing HTTP settings are scoped, never set at import; a login in the
+"""hpo2.study.tracking: MLflow's quick-failing HTTP settings are scoped, never set at import; a login in the
 tracking URI is sent as basic auth."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import threading
 import pytest
 
 from hpo2.errors import SettingsError
-from hpo2.tracking import QUICK_HTTP, check_reachable, quick_failing_http
+from hpo2.study.tracking import QUICK_HTTP, check_reachable, quick_failing_http
 
 
 def test_importing_hpo2_leaves_the_environment_alone() -> None:
-    code = ("import os; before = dict(os.environ); import hpo2.cli, hpo2.tracking, hpo2.study.runner; "
+    code = ("import os; before = dict(os.environ); import hpo2.interface.cli, hpo2.study.tracking, hpo2.study.runner; "
             "print(sorted(k for k in os.environ if k.startswith('MLFLOW_HTTP') and os.environ[k] != before.get(k)))")
     env = {k: v for k, v in os.environ.items() if k not in QUICK_HTTP}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

@@ -8,8 +8,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from hpo2.cli import app
 from hpo2.errors import SettingsError
+from hpo2.interface.cli import app
 from hpo2.optim import from_config
 from hpo2.tasks import build_task
 from hpo2.train import Budget, run_training

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from hpo2.cli import app
 from hpo2.errors import SettingsError
+from hpo2.interface.cli import app
 from hpo2.optim.registry import load_config_file
 
 HEAD = "name: attack\ntask: digits_mlp\nn_trials: 1\n"

@@ -20,16 +20,20 @@ expectation is the Gauss-Newton block, not :math:`1/D` of it.
 Every ``cov_update_every`` steps the factors take the new batch's statistics as an
 exponential moving average (``stat_decay``); every ``inverse_update_every`` steps
 they are eigendecomposed, :math:`A = Q_A \Lambda_A Q_A^\top`,
-:math:`G = Q_G \Lambda_G Q_G^\top`.  The preconditioned gradient uses **factored
-Tikhonov damping with the π correction** (Martens & Grosse 2015, sec. 6.3):
+:math:`G = Q_G \Lambda_G Q_G^\top` (in the factors' dtype, retried in float64 when
+that fails or is inaccurate: :func:`~hpo2.optim.inverse_roots.checked_eigh`), and the
+damped inverses are kept.  The preconditioned gradient uses **factored Tikhonov
+damping with the π correction** (Martens & Grosse 2015, sec. 6.3):
 
 .. math::
-   V = Q_G \Big[ \frac{Q_G^\top \nabla_W Q_A}{(\lambda_G + \sqrt\gamma/\pi)\,
-       (\lambda_A + \pi\sqrt\gamma)^\top} \Big] Q_A^\top
-       \approx \big((A + \pi\sqrt\gamma I) \otimes (G + \tfrac{\sqrt\gamma}{\pi} I)\big)^{-1} \nabla_W,
+   V = (G + \tfrac{\sqrt\gamma}{\pi} I)^{-1}\, \nabla_W\, (A + \pi\sqrt\gamma I)^{-1}
+     = \big((A + \pi\sqrt\gamma I) \otimes (G + \tfrac{\sqrt\gamma}{\pi} I)\big)^{-1} \nabla_W,
    \qquad \pi = \sqrt{\frac{\mathrm{tr}(A)/\dim A}{\mathrm{tr}(G)/\dim G}},
 
-(:math:`\gamma` = ``damping``; ``weight_decay`` is added to :math:`\nabla_W` first).
+with :math:`(G + d I)^{-1} = Q_G (\Lambda_G + d I)^{-1} Q_G^\top` formed at the refresh,
+so a step costs two products per layer, not the four of rotating into the
+eigenbases and back (:math:`\gamma` = ``damping``; ``weight_decay`` is added to
+:math:`\nabla_W` first).
 **KL-clipping** (Ba et al. 2017, sec. 5) scales every :math:`V` by
 :math:`\nu = \min(1, \sqrt{\kappa / (\eta^2 \sum_\ell \langle V_\ell, \nabla_\ell \rangle)})`
 (:math:`\kappa` = ``kl_clip``; 0 turns it off), then heavy-ball momentum:
@@ -62,6 +66,7 @@ from hpo2.curvature.layers import LayerRecord, LayerStatistics, per_sample_scale
 from hpo2.optim.base import Closure
 from hpo2.optim.closure import BatchClosure, require_batch_closure
 from hpo2.optim.costs import device_clock
+from hpo2.optim.inverse_roots import checked_eigh, damped_inverse
 from hpo2.optim.matrix_base import charge_overhead
 from hpo2.optim.moments import adam_step_
 from hpo2.optim.seeded import SeededOptimizer
@@ -198,7 +203,7 @@ class KFAC(SeededOptimizer):
             for record in records:
                 self._accumulate(record, scale, group["stat_decay"])
             layers = self._layers()
-            if update_inverse or any("vec_A" not in self.state[w] for w, _ in layers):
+            if update_inverse or any("inverse_A" not in self.state[w] for w, _ in layers):
                 self._invert(layers, group["damping"])
             state["global_step"] = t
             state["cov_updates"] = int(state.get("cov_updates", 0)) + int(update_cov)
@@ -282,21 +287,20 @@ class KFAC(SeededOptimizer):
         state, condition = self.global_state, 0.0
         for weight, _ in layers:
             st = self.state[weight]
-            try:
-                values_a, vectors_a = torch.linalg.eigh(st["A"])
-                values_g, vectors_g = torch.linalg.eigh(st["G"])
-            except torch.linalg.LinAlgError:
+            found_a, found_g = checked_eigh(st["A"]), checked_eigh(st["G"])
+            if found_a is None or found_g is None:
                 state["inverse_failures"] = int(state.get("inverse_failures", 0)) + 1
                 continue
+            (values_a, vectors_a, _), (values_g, vectors_g, _) = found_a, found_g
             values_a, values_g = values_a.clamp_min(0.0), values_g.clamp_min(0.0)
             trace_per_dim_a, trace_per_dim_g = float(values_a.mean()), float(values_g.mean())  # mean eigenvalues
             pi = math.sqrt(trace_per_dim_a / trace_per_dim_g) if trace_per_dim_a > 0 and trace_per_dim_g > 0 else 1.0
             root = math.sqrt(damping)
-            st["damped_A"], st["vec_A"] = values_a + pi * root, vectors_a
-            st["damped_G"], st["vec_G"] = values_g + root / pi, vectors_g
+            st["inverse_A"] = damped_inverse(values_a, vectors_a, pi * root).to(st["A"].dtype)
+            st["inverse_G"] = damped_inverse(values_g, vectors_g, root / pi).to(st["G"].dtype)
             st["pi"] = pi
-            for damped in (st["damped_A"], st["damped_G"]):
-                condition = max(condition, float(damped.max() / damped.min()))
+            for values, shift in ((values_a, pi * root), (values_g, root / pi)):
+                condition = max(condition, float((values.max() + shift) / (values.min() + shift)))
         state["inverse_updates"] = int(state.get("inverse_updates", 0)) + 1
         state["condition_number"] = condition
         self.diagnostics["inverse_updated"] = 1
@@ -312,8 +316,7 @@ class KFAC(SeededOptimizer):
             grad = _weight_matrix(weight.grad, bias.grad if bias is not None else None)  # type: ignore[arg-type]  # grads stored above
             if wd:
                 grad = grad + wd * _weight_matrix(weight, bias)
-            rotated = st["vec_G"].T @ grad @ st["vec_A"]
-            v = st["vec_G"] @ (rotated / (st["damped_G"][:, None] * st["damped_A"][None, :])) @ st["vec_A"].T
+            v = st["inverse_G"] @ grad @ st["inverse_A"]
             vg_terms.append((v * grad).sum())
             directions.append((weight, bias, v))
         (vg,) = host_floats(torch.stack(vg_terms).sum() * lr**2) if vg_terms else (0.0,)  # one read for all layers

@@ -1,6 +1,6 @@
 r"""Shared machinery of the matrix preconditioners (Shampoo, SOAP): one gradient per
 step through the closure, parameters viewed as matrices, blocks of large
-dimensions, inverse roots by ``eigh``, and honest cost accounting.
+dimensions, and honest cost accounting (inverse roots: :mod:`hpo2.optim.inverse_roots`).
 
 Every parameter with two or more dimensions is preconditioned as the matrix
 ``(shape[0], prod(shape[1:]))`` (a conv kernel ``(out, in, kh, kw)`` becomes
@@ -46,28 +46,11 @@ def block_slices(n_rows: int, n_cols: int, max_dim: int) -> list[tuple[slice, sl
     return [(r, c) for r in cuts(n_rows) for c in cuts(n_cols)]
 
 
-def inverse_root(matrix: Tensor, exponent: float, eps: float) -> tuple[Tensor, float] | None:
-    r""":math:`(M + \epsilon I)^{-1/p}` of a symmetric PSD matrix by ``eigh`` in float64
-    (eigenvalues clamped at 0 first: round-off can make tiny ones negative), and the
-    condition number :math:`(\lambda_{max} + \epsilon) / (\lambda_{min} + \epsilon)`.
-    ``None`` when ``eigh`` fails or the matrix is not finite (the caller keeps its
-    previous root, as Anil et al. 2020 advise)."""
-    if not bool(torch.isfinite(matrix).all()):
-        return None
-    try:
-        values, vectors = torch.linalg.eigh(matrix.double())
-    except torch.linalg.LinAlgError:
-        return None
-    shifted = values.clamp_min(0.0) + eps
-    root = ((vectors * shifted.pow(-1.0 / exponent)) @ vectors.T).to(matrix.dtype)
-    return root, float(shifted[-1] / shifted[0])
-
-
 def charge_overhead(optimizer: CurvatureOptimizer, grad_seconds: float, work_seconds: float) -> None:
     """Add ``work_seconds`` of preconditioner work to the finished step's
     ``grad_equivalents``, in units of the running mean of ``grad_seconds`` (the
     seconds of one gradient, measured each step; the mean lives in the optimizer
-    state)."""
+    state).  The seconds themselves are logged as ``work_seconds``."""
     state = optimizer.global_state
     n = int(state.get("timed_gradients", 0)) + 1
     mean = float(state.get("mean_grad_seconds", 0.0))
@@ -75,6 +58,7 @@ def charge_overhead(optimizer: CurvatureOptimizer, grad_seconds: float, work_sec
     state["timed_gradients"], state["mean_grad_seconds"] = n, mean
     overhead = work_seconds / max(mean, 1e-9)
     optimizer.diagnostics["overhead_grad_equivalents"] = overhead
+    optimizer.diagnostics["work_seconds"] = work_seconds
     optimizer.diagnostics["grad_equivalents"] = float(optimizer.diagnostics["grad_equivalents"]) + overhead
 
 

@@ -36,6 +36,7 @@ import yaml
 from torch import nn
 from torch.optim import Optimizer
 
+from hpo2.common.yaml_loader import YamlLimitError, check_file_size, load_yaml, yaml_error_message
 from hpo2.errors import SettingsError, check_known, did_you_mean
 from hpo2.optim.adahessian import AdaHessian
 from hpo2.optim.base import CurvatureOptimizer, LoopOptimizer
@@ -53,7 +54,6 @@ from hpo2.optim.shampoo import Shampoo
 from hpo2.optim.soap import SOAP
 from hpo2.optim.sophia import Sophia
 from hpo2.optim.svrg import SVRG
-from hpo2.yaml_loader import YamlLimitError, check_file_size, load_yaml, yaml_error_message
 
 
 @dataclass(frozen=True)

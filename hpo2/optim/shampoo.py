@@ -18,8 +18,12 @@ For a matrix parameter :math:`W \in \mathbb R^{m\times n}` (conv kernels reshape
 
 with the inverse fourth roots recomputed by ``eigh`` every
 ``precondition_frequency`` steps from ``start_preconditioning_step`` on (between
-refreshes the last roots are reused; if ``eigh`` fails the previous root is kept
-and counted in ``root_failures``).  **Adam grafting** (Agarwal et al. 2020; Anil et
+refreshes the last roots are reused unchanged).  ``eigh`` runs in the factor's dtype
+(``eigh_precision="factor"``, Distributed Shampoo's default: float32 for a float32
+model) and is retried in float64 when it fails or its probe-checked accuracy is off
+(:mod:`hpo2.optim.inverse_roots`; counted in ``root_retries``); ``"float64"`` always
+decomposes in float64.  If float64 fails too, the previous root is kept and counted
+in ``root_failures``.  **Adam grafting** (Agarwal et al. 2020; Anil et
 al. 2020, sec. 3.3) takes the direction of :math:`P_t` and the per-block norm of
 Adam's step :math:`A_t = M_t / (\sqrt{\hat v_t} + \epsilon_g)` (its own ``adam_beta2`` and
 ``adam_eps`` :math:`= \epsilon_g`):
@@ -44,9 +48,10 @@ from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.base import Closure
 from hpo2.optim.costs import device_clock
-from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix, block_slices, inverse_root
+from hpo2.optim.inverse_roots import EighPrecision, inverse_root
+from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix, block_slices
 from hpo2.optim.moments import adam_denominator, bias_corrected, update_first_moment_, update_second_moment_
-from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
+from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
 
 
 class ShampooSettings(OptimizerSettings):
@@ -77,6 +82,8 @@ class ShampooSettings(OptimizerSettings):
     """Step from which Shampoo's direction is used (Adam before it)."""
     max_preconditioner_dim: Annotated[int, Field(ge=1)] = 1024
     """Largest block side: bigger dimensions are split into blocks (Anil et al. 2020 sec. 3.2)."""
+    eigh_precision: Annotated[EighPrecision, Choice(("factor", "float64"))] = "factor"
+    """Precision of the roots' eigh: 'factor' (the factor's dtype, checked, retried in float64) or 'float64'."""
 
     renamed: ClassVar[dict[str, str]] = {"epsilon": "eps", "graft_beta2": "adam_beta2", "graft_eps": "adam_eps"}
 
@@ -86,7 +93,8 @@ class Shampoo(MatrixPreconditioner):
     """Shampoo as a ``torch.optim.Optimizer``; see the module docstring.
 
     Diagnostics per step: ``root_refreshes`` (inverse roots computed this step),
-    ``root_failures`` (``eigh`` failures so far), ``inverse_seconds``,
+    ``root_failures`` (``eigh`` failures so far), ``root_retries`` (float64 retries of a
+    float32 ``eigh`` so far), ``inverse_seconds``,
     ``condition_number`` (largest of the refreshed factors, ε included),
     ``preconditioned_fraction`` (of matrix parameters stepped with Shampoo).
 
@@ -121,12 +129,14 @@ class Shampoo(MatrixPreconditioner):
         precondition_frequency: int = 20,
         start_preconditioning_step: int = 20,
         max_preconditioner_dim: int = 1024,
+        eigh_precision: EighPrecision = "factor",
         raise_on_nonfinite: bool = False,
     ) -> None:
         settings = dict(
             lr=lr, beta1=beta1, beta2=beta2, eps=eps, grafting=grafting, adam_beta2=adam_beta2,
             adam_eps=adam_eps, weight_decay=weight_decay, precondition_frequency=precondition_frequency,
-            start_preconditioning_step=start_preconditioning_step, max_preconditioner_dim=max_preconditioner_dim
+            start_preconditioning_step=start_preconditioning_step, max_preconditioner_dim=max_preconditioner_dim,
+            eigh_precision=eigh_precision,
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
@@ -191,7 +201,7 @@ class Shampoo(MatrixPreconditioner):
                 else:
                     block[key].mul_(b2).add_(outer, alpha=1 - b2)
                 if refresh:
-                    self._refresh_root(block, key, correction, group["eps"])
+                    self._refresh_root(block, key, correction, group["eps"], group["eigh_precision"])
             if t < start or block["left_root"] is None or block["right_root"] is None:
                 continue
             shampoo = block["left_root"] @ momentum[rows, cols] @ block["right_root"]
@@ -201,15 +211,18 @@ class Shampoo(MatrixPreconditioner):
             used = True
         return used
 
-    def _refresh_root(self, block: dict[str, Any], key: str, correction: float, eps: float) -> None:
+    def _refresh_root(
+        self, block: dict[str, Any], key: str, correction: float, eps: float, precision: EighPrecision
+    ) -> None:
         device = block[key].device
         started = device_clock(device)
-        result = inverse_root(block[key] / correction, 4.0, eps)
+        result = inverse_root(block[key] / correction, 4.0, eps, precision)
         self._inverse_seconds += device_clock(device) - started
         if result is None:
             self.global_state["root_failures"] = int(self.global_state.get("root_failures", 0)) + 1
             return
-        block[f"{key}_root"], condition = result
+        block[f"{key}_root"], condition, retried = result
+        self.global_state["root_retries"] = int(self.global_state.get("root_retries", 0)) + int(retried)
         self._refreshes += 1
         self._condition = max(self._condition, condition)
 
@@ -217,6 +230,7 @@ class Shampoo(MatrixPreconditioner):
         self.diagnostics.update(
             root_refreshes=self._refreshes,
             root_failures=int(self.global_state.get("root_failures", 0)),
+            root_retries=int(self.global_state.get("root_retries", 0)),
             inverse_seconds=self._inverse_seconds,
             condition_number=self._condition,
             preconditioned_fraction=self._preconditioned / max(self._matrices, 1),

@@ -37,7 +37,7 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from hpo2.databases import local_file
+from hpo2.common.databases import local_file
 from hpo2.study.locks import advisory_lock, file_lock, lock_key
 
 

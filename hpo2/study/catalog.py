@@ -25,8 +25,8 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from hpo2.databases import local_file
-from hpo2.redact import redact_url
+from hpo2.common.databases import local_file
+from hpo2.common.redact import redact_url
 from hpo2.study.budget import TrialBudget
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.locate import study_files, suite_files
@@ -56,7 +56,7 @@ def study_closed(config: StudyConfig, study_file: Path) -> bool:
     local = local_file(uri)
     if local is not None and not local.is_file():
         return False
-    from hpo2.tracking import find_study_run
+    from hpo2.study.tracking import find_study_run
 
     client = MlflowClient(uri)
     experiment = config.experiment or config.name

@@ -30,15 +30,15 @@ from pydantic import (
     model_validator,
 )
 
-from hpo2.config import looks_like_suite_file, suite_file_error, validate_with_task
+from hpo2.common.redact import redact_text, redact_url
 from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import ATTACHMENTS, REGISTRY, get_spec, load_config_file
 from hpo2.optim.sam import SAM_KEY
 from hpo2.optim.schedules import SCHEDULE_KEY
 from hpo2.optim.settings import Choice, FloatRange, IntRange, SearchDimension
-from hpo2.redact import redact_text, redact_url
 from hpo2.tasks.source import TaskSection
-from hpo2.train import MAX_SECONDS, Budget, Device
+from hpo2.train.config import looks_like_suite_file, suite_file_error, validate_with_task
+from hpo2.train.loop import MAX_SECONDS, Budget, Device
 
 MAX_TRIALS = 1_000_000
 MAX_NAME = 100

@@ -6,7 +6,7 @@ import math
 from typing import Literal
 
 from hpo2.study.config import StudyConfig
-from hpo2.train import TrainResult
+from hpo2.train.loop import TrainResult
 
 Direction = Literal["minimize", "maximize"]
 

@@ -2,7 +2,7 @@
 
 :class:`StudyRunner <hpo2.study.runner.StudyRunner>` calls these hooks; the base
 class does nothing, so the study layer knows no display.  The CLI's
-:class:`hpo2.progress.Progress` overrides them.  Hooks run in the trial's thread
+:class:`hpo2.interface.progress.Progress` overrides them.  Hooks run in the trial's thread
 (several threads when a study runs ``jobs`` > 1)."""
 
 from __future__ import annotations

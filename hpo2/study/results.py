@@ -11,9 +11,9 @@ import yaml
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo2.common.redact import redact_url
 from hpo2.errors import SettingsError
 from hpo2.optim import reuse_notes
-from hpo2.redact import redact_url
 from hpo2.study.config import StudyConfig, default_storage, storage_error
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
 

@@ -6,7 +6,7 @@ built fresh (seeded), :func:`hpo2.train.run_training` trains it and reports each
 validation point, which goes to Optuna (``trial.report`` / ``should_prune``, on the
 schedule of :mod:`hpo2.study.checkpoints`) and to the trial's nested MLflow run
 (:mod:`hpo2.study.trial_tracking`) with the flatness at the pruner's checkpoints and
-at the end (:func:`hpo2.diagnostics.flatness_summary` on 512 training samples: top
+at the end (:func:`hpo2.train.diagnostics.flatness_summary` on 512 training samples: top
 Hessian eigenvalue by 10 Lanczos steps and trace by 4 Hutchinson probes on 128 of
 them, m-sharpness, train metric and generalization gap; logged as
 ``curvature.*``, the last one kept in the trial's ``hpo2.flatness`` attribute,
@@ -29,7 +29,7 @@ Constructing a :class:`StudyRunner` does no I/O; :meth:`StudyRunner.open` checks
 stores, creates or loads the study and its MLflow parent run (:meth:`~StudyRunner.run`
 opens it if needed).  The runner knows no display and no report: it tells a
 :class:`~hpo2.study.observer.StudyObserver` what happens, and calls the ``report``
-it was given (the CLI passes :func:`hpo2.report.render_study_report`) at the end.
+it was given (the CLI passes :func:`hpo2.interface.report.render_study_report`) at the end.
 """
 
 from __future__ import annotations
@@ -51,11 +51,10 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from hpo2.databases import check_sqlite_writable
-from hpo2.diagnostics import flatness_summary
+from hpo2.common.databases import check_sqlite_writable
+from hpo2.common.redact import redact_url, sanitized_study_text
 from hpo2.errors import SettingsError
 from hpo2.optim.registry import load_config_file
-from hpo2.redact import redact_url, sanitized_study_text
 from hpo2.study.budget import Admission, TrialBudget, retried_trial_numbers
 from hpo2.study.checkpoints import curvature_due, on_checkpoint
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
@@ -86,12 +85,13 @@ from hpo2.study.storage import (
     storage_fault_reason,
     study_init_lock,
 )
+from hpo2.study.tracking import TrackedRun, check_reachable, experiment_id, quick_failing_http, study_parent_run
 from hpo2.study.trial_tracking import TrialTracker
 from hpo2.study.warm_start import WarmStart, enqueue_warm_start, plan_warm_start
 from hpo2.tasks import TASKS, Task
 from hpo2.tasks.source import TaskBuilder, TaskSource, entrypoint_for, resolve_task, task_from_function
-from hpo2.tracking import TrackedRun, check_reachable, experiment_id, quick_failing_http, study_parent_run
-from hpo2.train import Budget, Evaluation, resolve_device, run_training
+from hpo2.train.diagnostics import flatness_summary
+from hpo2.train.loop import Budget, Evaluation, resolve_device, run_training
 
 _log = logging.getLogger(__name__)
 

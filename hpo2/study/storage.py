@@ -6,7 +6,7 @@ Any Optuna URL works.  RDB storages (sqlite, PostgreSQL) get a heartbeat, so a
 trial whose worker was killed is marked failed and retried by the next run
 (``RetryHeartbeatStaleTrialCallback``); ``journal:PATH`` opens a journal file
 (several processes on one machine, no heartbeat).  The file checks made before
-anything is written live in :mod:`hpo2.databases`.
+anything is written live in :mod:`hpo2.common.databases`.
 
 A database server that restarts, or drops a connection, under a running study is
 a *storage fault*, not a result (:func:`is_storage_fault`).  The storage rides it
@@ -40,9 +40,9 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from hpo2.databases import local_file
+from hpo2.common.databases import local_file
+from hpo2.common.redact import redact_text, redact_url
 from hpo2.errors import SettingsError
-from hpo2.redact import redact_text, redact_url
 from hpo2.study.config import StudyConfig, storage_error
 from hpo2.study.locks import file_lock, lock_key, url_advisory_lock
 

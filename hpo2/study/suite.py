@@ -45,7 +45,6 @@ import optuna
 from optuna.trial import TrialState
 from pydantic import Field, field_validator, model_validator
 
-from hpo2.config import validate
 from hpo2.errors import SettingsError, did_you_mean
 from hpo2.optim.registry import load_config_file
 from hpo2.study.config import MAX_TRIALS, OptimizerChoice, Strict, StudyConfig, StudyName, load_study_config
@@ -53,7 +52,8 @@ from hpo2.study.locate import STUDY_SUFFIXES, find_study_file, search_folders, s
 from hpo2.study.profiles import ALGOPERF_TAU_MAX, PerformanceProfile, performance_profile
 from hpo2.study.space import OPTIMIZER_PARAM
 from hpo2.tasks.source import TaskSection
-from hpo2.train import Budget
+from hpo2.train.config import validate
+from hpo2.train.loop import Budget
 
 if TYPE_CHECKING:
     from hpo2.study.observer import StudyObserver
@@ -298,7 +298,7 @@ def run_suite(
     from hpo2.study.catalog import budget_spent, open_existing, study_closed
     from hpo2.study.config import default_storage
     from hpo2.study.runner import StudyRunner
-    from hpo2.tracking import check_reachable, study_parent_run
+    from hpo2.study.tracking import check_reachable, study_parent_run
 
     first = suite.studies[0]
     check_reachable(suite.tracking_uri)  # before the suite's run is created

@@ -1,7 +1,7 @@
 """``hpo2 study sync``: send the runs a lost tracking server missed, so MLflow agrees with Optuna.
 
 A study whose tracking server stayed unreachable saves each unsent run under
-``mlflow-unsent/`` beside the study file (:meth:`hpo2.tracking.TrackedRun.spool`:
+``mlflow-unsent/`` beside the study file (:meth:`hpo2.study.tracking.TrackedRun.spool`:
 one file per run, named by study, run and a random suffix).  Sync replays each
 file of the study in order -- the run's creation if it never happened, its
 params, metrics, tags and end -- and deletes the file only once everything in it
@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from hpo2.errors import SettingsError
 from hpo2.study.recovery import close_orphan_runs
 from hpo2.study.results import record_mlflow_run_id
-from hpo2.tracking import TrackedRun, check_reachable, experiment_id
+from hpo2.study.tracking import TrackedRun, check_reachable, experiment_id
 
 
 def check_spooled_run(client: MlflowClient, data: dict[str, Any], study_name: str, path: Path) -> None:

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from hpo2.tracking import TrackedRun, flatten_params, prefixed
-from hpo2.train import Evaluation, TrainResult
+from hpo2.study.tracking import TrackedRun, flatten_params, prefixed
+from hpo2.train.loop import Evaluation, TrainResult
 
 
 class TrialTracker:

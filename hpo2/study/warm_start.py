@@ -43,8 +43,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo2.common.redact import redact_url
 from hpo2.errors import SettingsError
-from hpo2.redact import redact_url
 from hpo2.study.config import StudyConfig, WarmStartConfig, default_storage, load_study_config, storage_error
 from hpo2.study.locate import find_study_file
 from hpo2.study.space import OPTIMIZER_PARAM, OptimizerSpace, SearchSpace

@@ -134,7 +134,7 @@ class WorkerPool:
             if self.interrupted:  # Ctrl-C while starting: start no more
                 self.slots = self.slots[: len(self.processes)]
                 return
-            command = [sys.executable, "-m", "hpo2.cli", "worker", *self.worker_args, "--device", slot.device]
+            command = [sys.executable, "-m", "hpo2", "worker", *self.worker_args, "--device", slot.device]
             env = {**os.environ, **{k: v for k, v in slot.env.items() if k != "OMP_NUM_THREADS" or k not in os.environ}}
             proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip

@@ -321,3 +321,4 @@ def test_matrix_methods_charge_their_work_as_the_device_clock_reads_it(monkeypat
     d = _step(opt, model, x, y)
     grad_seconds = opt.global_state["mean_grad_seconds"]
     assert d["overhead_grad_equivalents"] == pytest.approx(0.5 / grad_seconds)
+    assert d["work_seconds"] == pytest.approx(0.5)

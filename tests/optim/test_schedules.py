@@ -14,7 +14,6 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from pydantic import ValidationError
 from torch import nn
 
-from hpo2.config import validate
 from hpo2.errors import SettingsError
 from hpo2.optim import ScheduleSettings, build_schedule, from_config, reuse_notes, schedule_from_config
 from hpo2.optim.settings import FloatRange
@@ -23,6 +22,7 @@ from hpo2.study.results import export_config
 from hpo2.study.space import SearchSpace
 from hpo2.tasks import build_task
 from hpo2.train import Budget, TrainConfig, run_training
+from hpo2.train.config import validate
 
 BASE_LR = 0.2
 

@@ -17,13 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from hpo2.cli import app
-from hpo2.config import load_train_config
 from hpo2.errors import SettingsError
+from hpo2.interface.cli import app
 from hpo2.optim.registry import load_config_file, parse_optimizer_config
 from hpo2.optim.settings import FloatRange
 from hpo2.study.config import StudyConfig, load_study_config
 from hpo2.train import TrainConfig
+from hpo2.train.config import load_train_config
 
 VALID = {"name": "b", "task": "digits_mlp", "n_trials": 2}
 

@@ -27,7 +27,7 @@ def test_four_workers_share_one_study_through_postgresql(tmp_path: Path, postgre
     }))  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     workers = [
-        subprocess.Popen([sys.executable, "-m", "hpo2.cli", "worker", str(study_file), "--storage", postgres["optuna"],
+        subprocess.Popen([sys.executable, "-m", "hpo2", "worker", str(study_file), "--storage", postgres["optuna"],
                           "--tracking-uri", mlflow_server, "--device", "cpu"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
         for _ in range(4)
@@ -120,7 +120,7 @@ def test_journal_file_storage_shares_a_study_between_processes_on_one_machine(tm
         "name": "j", "task": "logreg_breast_cancer", "budget": {"epochs": 1}, "optimizers": ["sgd", "adam"],
         "n_trials": 8, "report": False, "curvature_diagnostics": False, "storage": f"journal:{tmp_path / 'j.journal'}",
     }))  # fmt: skip
-    workers = [subprocess.Popen([sys.executable, "-m", "hpo2.cli", "worker", str(study_file), "--device", "cpu"],
+    workers = [subprocess.Popen([sys.executable, "-m", "hpo2", "worker", str(study_file), "--device", "cpu"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0].decode() for w in workers]
     assert all(w.returncode == 0 for w in workers), _failed_workers(workers, outputs)
@@ -143,11 +143,11 @@ def test_two_workers_and_a_resume_each_draw_their_own_trials(tmp_path: Path):
         "optimizers": ["sgd"], "sampler": {"name": "random"}, "enqueue_defaults": False, "n_trials": 6,
         "report": False, "curvature_diagnostics": False, "pruner": {"name": "none"}, "storage": f"journal:{journal}",
     }))  # fmt: skip
-    workers = [subprocess.Popen([sys.executable, "-m", "hpo2.cli", "worker", str(study_file), "--device", "cpu"],
+    workers = [subprocess.Popen([sys.executable, "-m", "hpo2", "worker", str(study_file), "--device", "cpu"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0].decode() for w in workers]
     assert all(w.returncode == 0 for w in workers), _failed_workers(workers, outputs)
-    resume = subprocess.run([sys.executable, "-m", "hpo2.cli", "study", "run", str(study_file), "--n-trials", "9",
+    resume = subprocess.run([sys.executable, "-m", "hpo2", "study", "run", str(study_file), "--n-trials", "9",
                              "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
     assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
     from optuna.storages import JournalStorage

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from hpo2.cli import app
+from hpo2.interface.cli import app
 from hpo2.study.budget import retried_trial_numbers
 from hpo2.study.config import load_study_config
 from hpo2.study.results import mlflow_run_id
@@ -67,7 +67,7 @@ def run_until_paused(path: Path, point: str, sig: signal.Signals) -> subprocess.
     pause_file.unlink(missing_ok=True)
     at = point if point == "report" else f"{point}:{cut_trial(sig)}"
     env = {**os.environ, "HPO2_TEST_PAUSE_AT": at, "HPO2_TEST_PAUSE_FILE": str(pause_file)}
-    proc = subprocess.Popen([sys.executable, "-m", "hpo2.cli", "study", "run", str(path)], cwd=path.parent, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "hpo2", "study", "run", str(path)], cwd=path.parent, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 240
@@ -196,7 +196,7 @@ def test_study_timeout_ends_an_endless_trial_and_an_endless_budget_without_timeo
     path.write_text(yaml.safe_dump({**data, "budget": {"epochs": 100_000}, "n_trials": 2, "timeout": 4}))
     started = time.monotonic()
     # a subprocess: on a study that never ends the test fails instead of hanging
-    done = subprocess.run([sys.executable, "-m", "hpo2.cli", "study", "run", str(path)], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "hpo2", "study", "run", str(path)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 60

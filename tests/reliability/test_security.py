@@ -19,8 +19,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from hpo2.cli import app
 from hpo2.errors import UntrustedFileError
+from hpo2.interface.cli import app
 from hpo2.tasks import build_task
 from hpo2.tasks.files import read_cifar10
 from tests.reliability.conftest import free_port, wait_http
@@ -83,7 +83,7 @@ PASSWORD = "Pa55-w0rd-hunter2"  # trust auth accepts any password: what matters 
 def _run_in_subprocess(*args: str, cwd: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.run(
-        [sys.executable, "-m", "hpo2.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "hpo2", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-2000:]
     return process.stdout + process.stderr
@@ -176,7 +176,7 @@ def test_hpo2_dashboard_serves_a_store_whose_password_is_on_no_command_line(tmp_
     study_file.write_text(yaml.safe_dump({"name": "dash", "task": "digits_mlp", "tracking_uri": tracking}))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "-m", "hpo2.cli", "dashboard", "--study", str(study_file),
+    proc = subprocess.Popen([sys.executable, "-m", "hpo2", "dashboard", "--study", str(study_file),
                              "--port", str(port)], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:

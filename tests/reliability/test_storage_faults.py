@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from torch import nn
 from typer.testing import CliRunner
 
-from hpo2.cli import app
+from hpo2.interface.cli import app
 from hpo2.study.budget import retried_trial_numbers
 from hpo2.study.config import load_study_config
 from hpo2.study.runner import StudyRunner
@@ -68,7 +68,7 @@ def test_a_postgresql_restart_mid_study_loses_no_trial_and_no_worker(
         "curvature_diagnostics": False, "pruner": {"name": "none"},
     }))  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "hpo2.cli", "worker", str(study_file), "--storage", url, "--device", "cpu"]
+    command = [sys.executable, "-m", "hpo2", "worker", str(study_file), "--storage", url, "--device", "cpu"]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
                for _ in range(2)]  # fmt: skip
     try:

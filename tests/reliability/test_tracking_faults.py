@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from hpo2.cli import app
-from hpo2.progress import Progress
+from hpo2.interface.cli import app
+from hpo2.interface.progress import Progress
 from hpo2.study.config import load_study_config
 from hpo2.study.results import mlflow_run_id
 from hpo2.study.runner import StudyRunner

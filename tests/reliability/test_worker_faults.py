@@ -37,7 +37,7 @@ def test_sigkilled_worker_trial_is_failed_retried_and_its_run_closed(tmp_path: P
         "n_trials": 3, "heartbeat_interval": 1, "report": False, "pruner": {"name": "none"},
     }))  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'k.optuna.db'}"
-    worker = subprocess.Popen([sys.executable, "-m", "hpo2.cli", "study", "run", str(path), "--device", "cpu"],
+    worker = subprocess.Popen([sys.executable, "-m", "hpo2", "study", "run", str(path), "--device", "cpu"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
         deadline = time.time() + 120
@@ -212,7 +212,7 @@ def test_a_worker_stopped_past_its_heartbeat_drops_the_trial_in_one_line_and_goe
         "curvature_diagnostics": False, "pruner": {"name": "none"},
     }))  # fmt: skip
     url = f"sqlite:///{tmp_path / 'stopped.optuna.db'}"
-    worker = subprocess.Popen([sys.executable, "-m", "hpo2.cli", "study", "run", str(path), "--device", "cpu"],
+    worker = subprocess.Popen([sys.executable, "-m", "hpo2", "study", "run", str(path), "--device", "cpu"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)  # fmt: skip
     try:
         deadline = time.time() + 120

@@ -80,7 +80,7 @@ def alive(pid: int) -> bool:
 
 
 def start_pool(path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "hpo2.cli", "worker", str(path), "--trials-per-device", "2", "--device", "cpu"]
+    command = [sys.executable, "-m", "hpo2", "worker", str(path), "--trials-per-device", "2", "--device", "cpu"]
     return subprocess.Popen(command, cwd=path.parent, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
 

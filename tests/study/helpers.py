@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from hpo2.cli import app
+from hpo2.interface.cli import app
 
 
 def write_study(tmp_path: Path, **fields) -> Path:

@@ -8,11 +8,11 @@ import optuna
 import pytest
 from optuna.samplers import RandomSampler
 
-from hpo2.config import validate
 from hpo2.errors import SettingsError
 from hpo2.study.config import StudyConfig
 from hpo2.study.samplers import PerOptimizerSampler, build_sampler
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
+from hpo2.train.config import validate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -60,8 +60,8 @@ def test_minimal_three_line_study_file_is_valid(tmp_path):
 
 
 def test_every_shipped_study_file_is_valid():
-    from hpo2.config import validate
     from hpo2.study.config import StudyConfig as Schema
+    from hpo2.train.config import validate
 
     files = sorted(Path(__file__).resolve().parents[2].glob("studies/*.yaml"))
     names = set()

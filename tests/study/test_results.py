@@ -22,8 +22,8 @@ def test_best_export_then_train_reproduces_the_best_validation_metric(tmp_path):
     exported = yaml.safe_load(best_file.read_text())
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.optuna.db'}")
     assert exported["optimizer"]["name"] == study.best_trial.params["optimizer"]
-    from hpo2.config import load_train_config
     from hpo2.train import train_from_config
+    from hpo2.train.config import load_train_config
 
     _, rerun = train_from_config(load_train_config(best_file))
     assert rerun.final.valid_metric == pytest.approx(study.best_value, abs=1e-6)

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from hpo2.cli import app
+from hpo2.interface.cli import app
 from hpo2.tasks import build_task
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -134,7 +134,7 @@ def test_shipped_suite_file_is_valid():
 
 
 def test_the_logged_copy_of_a_suite_or_study_file_masks_nested_url_passwords():
-    from hpo2.redact import sanitized_study_text
+    from hpo2.common.redact import sanitized_study_text
 
     url = "postgresql://hpo2:s3cret-pw@db.example/optuna"
     text = sanitized_study_text({"name": "s", "storage": url, "study": {"storage": url, "tracking_uri": url},

@@ -13,7 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
-from hpo2.cli import app
+from hpo2.interface.cli import app
 from hpo2.study.config import OptimizerChoice
 from hpo2.study.space import OptimizerSpace
 from hpo2.study.warm_start import SOURCE_ATTR, fit_to_space

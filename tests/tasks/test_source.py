@@ -12,13 +12,13 @@ import yaml
 from typer.testing import CliRunner
 
 import hpo2
-from hpo2.cli import app
-from hpo2.config import load_train_config
 from hpo2.errors import SettingsError
+from hpo2.interface.cli import app
 from hpo2.study.catalog import list_studies
 from hpo2.study.config import load_study_config
 from hpo2.tasks.source import TaskSection, resolve_task
 from hpo2.train import Budget, run_training
+from hpo2.train.config import load_train_config
 
 TASK_FILE = '''
 import torch

@@ -8,8 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from hpo2.errors import DataMissingError, SettingsError, did_you_mean
-from hpo2.optimizer_tables import format_allowed, format_value
-from hpo2.tables import Column, FittedTable
+from hpo2.interface.optimizer_tables import format_allowed, format_value
+from hpo2.interface.tables import Column, FittedTable
 from hpo2.tasks.registry import TASKS, TaskSpec
 from hpo2.tasks.source import TaskSection, resolve_task
 

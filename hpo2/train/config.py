@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from hpo2.errors import SettingsError, brief, did_you_mean
 from hpo2.optim.registry import load_config_file, parse_optimizer_config
 from hpo2.tasks.source import builtin_task_problem
-from hpo2.train import TrainConfig
+from hpo2.train.loop import TrainConfig
 
 Model = TypeVar("Model", bound=BaseModel)
 #: the most validation problems one message lists (a file can hold thousands of bad items)

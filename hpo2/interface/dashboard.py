@@ -46,7 +46,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hpo2.databases import local_file
+from hpo2.common.databases import local_file
 from hpo2.errors import SettingsError
 from hpo2.study.locate import STUDIES_ENV, search_folders, studies_folder
 from hpo2.study.workers import die_with_parent

@@ -10,8 +10,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from hpo2.common.redact import redact_text, redact_url
 from hpo2.errors import SettingsError
-from hpo2.redact import redact_text, redact_url
 
 LOCAL_PREFIXES = ("sqlite:///", "journal:")
 

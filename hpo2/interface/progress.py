@@ -28,12 +28,12 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.table import Table
 
+from hpo2.interface.tables import Column, FittedTable
 from hpo2.study.config import StudyConfig
 from hpo2.study.locate import shown_path
 from hpo2.study.observer import StudyObserver
 from hpo2.study.results import round_values
 from hpo2.study.space import edge_hints
-from hpo2.tables import Column, FittedTable
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import optuna
 
+from hpo2.interface.report import render_study_report
 from hpo2.optim.registry import load_config_file
-from hpo2.report import render_study_report
 from hpo2.study.catalog import budget_spent, open_existing, study_closed
 from hpo2.study.config import StudyConfig, default_storage, load_study_config
 from hpo2.study.results import best_trials, export_config

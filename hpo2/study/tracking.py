@@ -39,9 +39,9 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from hpo2.databases import check_sqlite_writable
+from hpo2.common.databases import check_sqlite_writable
+from hpo2.common.redact import redact_text, redact_url
 from hpo2.errors import SettingsError
-from hpo2.redact import redact_text, redact_url
 
 MAX_BATCH = 1000
 

@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 
 from hpo2.errors import SettingsError, did_you_mean
+from hpo2.interface.tables import Column, FittedTable
 from hpo2.optim.registry import ATTACHMENT_SUMMARIES, ATTACHMENTS, REGISTRY
 from hpo2.optim.settings import Choice, IntRange, OptimizerSettings, SearchDimension
-from hpo2.tables import Column, FittedTable
 
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 

@@ -112,7 +112,7 @@ def optimizers(
 ) -> None:
     """List the optimizers, or every setting of one with its default, search range, allowed values and meaning."""
     from hpo2.errors import SettingsError
-    from hpo2.optimizer_tables import optimizers_table, settings_table
+    from hpo2.interface.optimizer_tables import optimizers_table, settings_table
 
     try:
         console.print(optimizers_table() if name is None else settings_table(name))
@@ -126,7 +126,7 @@ def tasks(
 ) -> None:
     """List the tasks and whether their data is here, or every setting of one (`task.settings` in a study file)."""
     from hpo2.errors import SettingsError
-    from hpo2.task_tables import task_settings_table, tasks_table
+    from hpo2.interface.task_tables import task_settings_table, tasks_table
 
     try:
         console.print(tasks_table() if name is None else task_settings_table(name))
@@ -143,10 +143,10 @@ def train(
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; also read from MLFLOW_TRACKING_URI."),
 ) -> None:
     """Train a task with one optimizer config and print a per-epoch table."""
-    from hpo2.config import load_train_config
     from hpo2.errors import DataMissingError, SettingsError
-    from hpo2.progress import live_display
-    from hpo2.train import Evaluation, resolve_device, train_from_config
+    from hpo2.interface.progress import live_display
+    from hpo2.train.config import load_train_config
+    from hpo2.train.loop import Evaluation, resolve_device, train_from_config
 
     try:
         cfg = load_train_config(
@@ -156,7 +156,7 @@ def train(
         raise fail(str(exc)) from None
     run = None
     if cfg.tracking_uri:
-        from hpo2.tracking import TrackedRun, check_reachable, flatten_params, prefixed
+        from hpo2.study.tracking import TrackedRun, check_reachable, flatten_params, prefixed
 
         try:
             check_reachable(cfg.tracking_uri)
@@ -239,7 +239,7 @@ def _load_study_file(name_or_file: str, overrides: dict | None = None, *, to_run
 
 def _nothing_to_do(config, path: Path, target: int | None) -> bool:
     """A rerun of a study whose trial budget is spent says so and shows its status (no re-render)."""
-    from hpo2.progress import print_status
+    from hpo2.interface.progress import print_status
     from hpo2.study.catalog import budget_spent, open_existing, study_closed
     from hpo2.study.config import default_storage
 
@@ -264,9 +264,9 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
 
     import optuna
 
+    from hpo2.common.redact import redact_url
     from hpo2.errors import DataMissingError, SettingsError
-    from hpo2.progress import Progress, StudyDisplay, live_display, print_status
-    from hpo2.redact import redact_url
+    from hpo2.interface.progress import Progress, StudyDisplay, live_display, print_status
     from hpo2.study.locate import beside_study
     from hpo2.study.runner import StudyReport, StudyRunner
 
@@ -281,7 +281,7 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     report: StudyReport | None = None
     report_file = beside_study(path, config.name, ".report.html") if config.report else None
     if report_file is not None:
-        from hpo2.report import render_study_report
+        from hpo2.interface.report import render_study_report
 
         report = functools.partial(render_study_report, out=report_file)  # also beside the study, as `study report`
     progress = Progress()
@@ -404,7 +404,7 @@ def study_status(
     storage: str | None = STORAGE_OPTION,
 ) -> None:
     """Trials by state, and the best value and settings per optimizer."""
-    from hpo2.progress import print_status
+    from hpo2.interface.progress import print_status
 
     config, _, study = _existing_study(name_or_file, {"storage": storage})
     print_status(console, study, config)
@@ -423,7 +423,7 @@ def study_best(
     """The best trial, written as a config for `hpo2 train` and `from_config`."""
     import yaml
 
-    from hpo2.progress import print_edge_hints
+    from hpo2.interface.progress import print_edge_hints
     from hpo2.study.locate import beside_study, shown_path
     from hpo2.study.results import best_trials, export_config, write_export
 
@@ -456,11 +456,11 @@ def study_report(
     """Render the study's plots into its MLflow run and write one offline HTML report."""
     from mlflow.tracking import MlflowClient
 
-    from hpo2.redact import redact_url
-    from hpo2.report import render_study_report
+    from hpo2.common.redact import redact_url
+    from hpo2.interface.report import render_study_report
     from hpo2.study.config import default_tracking_uri
     from hpo2.study.locate import beside_study, shown_path
-    from hpo2.tracking import find_study_run
+    from hpo2.study.tracking import find_study_run
 
     config, path, study = _existing_study(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
     uri = default_tracking_uri(config, path)
@@ -481,10 +481,10 @@ def study_report(
 @study_app.command("list")
 def study_list() -> None:
     """The studies in the project's studies folder: task, trials finished, best value, storage."""
-    from hpo2.databases import local_file
+    from hpo2.common.databases import local_file
+    from hpo2.interface.tables import Column, FittedTable
     from hpo2.study.catalog import list_studies
     from hpo2.study.locate import STUDIES_ENV, shown_path, studies_folder
-    from hpo2.tables import Column, FittedTable
 
     folder = studies_folder()
     if folder is None or not folder.is_dir():
@@ -563,10 +563,10 @@ def _load_suite(name_or_file: str, overrides: dict[str, str | int | None] | None
 
 
 def _write_suite_report(suite: Suite, run_id: str | None, png: bool) -> None:
+    from hpo2.interface.suite_report import render_suite_report, summary_rows
+    from hpo2.interface.tables import Column, FittedTable
     from hpo2.study.locate import shown_path
     from hpo2.study.suite import suite_profile, suite_results
-    from hpo2.suite_report import render_suite_report, summary_rows
-    from hpo2.tables import Column, FittedTable
 
     results, missing = suite_results(suite)
     if not results:
@@ -598,8 +598,8 @@ def suite_run(
     import optuna
 
     from hpo2.errors import DataMissingError, SettingsError
-    from hpo2.progress import Progress, StudyDisplay, live_display
-    from hpo2.report import render_study_report
+    from hpo2.interface.progress import Progress, StudyDisplay, live_display
+    from hpo2.interface.report import render_study_report
     from hpo2.study.recovery import StudyInterrupted
     from hpo2.study.suite import run_suite
 
@@ -635,8 +635,8 @@ def suite_report(
     """Recompute the performance profile from the studies so far and write the report."""
     from mlflow.tracking import MlflowClient
 
-    from hpo2.databases import local_file
-    from hpo2.tracking import find_study_run
+    from hpo2.common.databases import local_file
+    from hpo2.study.tracking import find_study_run
 
     suite = _load_suite(name_or_file)
     local, run_id = local_file(suite.tracking_uri), None
@@ -662,9 +662,17 @@ def dashboard(
 
     from mlflow.tracking import MlflowClient
 
-    from hpo2.dashboard import READY_SECONDS, runs_url, serve, server_command, server_env, study_links, tracking_store
+    from hpo2.common.redact import redact_url
     from hpo2.errors import SettingsError
-    from hpo2.redact import redact_url
+    from hpo2.interface.dashboard import (
+        READY_SECONDS,
+        runs_url,
+        serve,
+        server_command,
+        server_env,
+        study_links,
+        tracking_store,
+    )
     from hpo2.study.locate import studies_folder
 
     try:
@@ -702,6 +710,3 @@ for _app in (app, study_app, suite_app):  # every group and command: after the l
     for _info in _app.registered_commands:
         if _info.cls in (None, TyperCommand):  # not a command that chose its own class
             _info.cls = _Command
-
-if __name__ == "__main__":
-    app()

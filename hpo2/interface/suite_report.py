@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from hpo2.report import target_text, write_figures
+from hpo2.interface.report import target_text, write_figures
 from hpo2.study.profiles import TABLE_TAUS, PerformanceProfile
 from hpo2.study.suite import Suite, TaskResult
 
