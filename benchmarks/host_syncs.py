@@ -28,10 +28,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from hpo2.optim import SAM, BatchClosure, CurvatureOptimizer, from_config  # noqa: E402
+from hpo2.optim import BatchClosure, from_config, take_snapshot, take_step  # noqa: E402
 from hpo2.optim.registry import REGISTRY  # noqa: E402
 from hpo2.solvers import DEFAULT_CHECK_EVERY, cg  # noqa: E402
-from hpo2.train import first_order_step  # noqa: E402
 from tests.host_sync import count_host_syncs  # noqa: E402
 
 CG_MODULE = importlib.import_module("hpo2.solvers.cg")
@@ -56,14 +55,10 @@ def step_count(name: str) -> int:
     optimizer = from_config({"name": name, "settings": {}}, model.parameters())
 
     def one_step() -> None:
-        if isinstance(optimizer, CurvatureOptimizer | SAM):
-            optimizer.step(BatchClosure(model, loss_fn, x, y))
-        else:
-            first_order_step(optimizer, model, loss_fn, x, y)
+        take_step(optimizer, BatchClosure(model, loss_fn, x, y))
 
-    snapshot = getattr(optimizer, "snapshot", None)
-    if snapshot is not None:  # SVRG: the training loop takes a snapshot at each epoch start
-        snapshot(BatchClosure(model, loss_fn, x, y), 256)
+    # SVRG: the training loop takes a snapshot at each epoch start
+    take_snapshot(optimizer, lambda: BatchClosure(model, loss_fn, x, y), 256)
     one_step()
     with count_host_syncs() as counter:
         one_step()

@@ -37,10 +37,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import _timed, paired_ratio, publish, synchronize  # noqa: E402
 
-from hpo2.optim import LBFGS, SAM, BatchClosure, CurvatureOptimizer, from_config  # noqa: E402
+from hpo2.optim import LBFGS, BatchClosure, from_config, take_snapshot, take_step  # noqa: E402
 from hpo2.optim.registry import REGISTRY  # noqa: E402
 from hpo2.tasks import build_task  # noqa: E402
-from hpo2.train import first_order_step as train_step  # noqa: E402
 from hpo2.train import resolve_batch_size
 
 
@@ -98,21 +97,13 @@ def _step_fn(  # type: ignore[no-untyped-def]
     name: str, optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor
 ):
     """One step as the training loop takes it, and its counted gradient-equivalents."""
-    if isinstance(optimizer, CurvatureOptimizer | SAM):
-        closure = BatchClosure(model, loss_fn, x, y)
-        if hasattr(optimizer, "snapshot"):  # SVRG: the loop takes its snapshot at epoch starts, not per step
-            optimizer.snapshot(closure, len(x))
+    closure = BatchClosure(model, loss_fn, x, y)
+    take_snapshot(optimizer, lambda: closure, len(x))  # SVRG: the loop takes its snapshot at epoch starts, not per step
 
-        def curvature_step() -> float:
-            optimizer.step(closure)
-            return float(optimizer.diagnostics["grad_equivalents"])
+    def one_step() -> float:
+        return float(take_step(optimizer, closure)[1]["grad_equivalents"])  # as hpo2.train counts it
 
-        return curvature_step
-
-    def first_order_step() -> float:
-        return float(train_step(optimizer, model, loss_fn, x, y)["grad_equivalents"])  # as hpo2.train counts it
-
-    return first_order_step
+    return one_step
 
 
 TRAINING_SET = 8192  # the "training set" an optimizer with batch_size="full" takes

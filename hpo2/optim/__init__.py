@@ -2,7 +2,7 @@
 
 from hpo2.errors import SettingsError
 from hpo2.optim.adahessian import AdaHessian, AdaHessianSettings
-from hpo2.optim.base import CurvatureOptimizer
+from hpo2.optim.base import CurvatureOptimizer, LoopOptimizer
 from hpo2.optim.closure import BatchClosure, BatchEvaluation, BatchStream, StreamingClosure
 from hpo2.optim.costs import CostMeter
 from hpo2.optim.hessian_free import HessianFree, HessianFreeSettings
@@ -26,6 +26,7 @@ from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings
 from hpo2.optim.shampoo import Shampoo, ShampooSettings
 from hpo2.optim.soap import SOAP, SOAPSettings
 from hpo2.optim.sophia import Sophia, SophiaSettings
+from hpo2.optim.stepping import take_snapshot, take_step
 from hpo2.optim.svrg import SVRG, SVRGSettings
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "KFAC",
     "KFACSettings",
     "LBFGSSettings",
+    "LoopOptimizer",
     "MuonSettings",
     "MuonWithAdamW",
     "NewtonCG",
@@ -74,4 +76,6 @@ __all__ = [
     "from_config",
     "get_spec",
     "parse_optimizer_config",
+    "take_snapshot",
+    "take_step",
 ]

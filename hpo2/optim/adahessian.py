@@ -30,6 +30,7 @@ from torch.optim.optimizer import ParamsT
 
 from hpo2.optim.base import Closure
 from hpo2.optim.diagonal_base import DiagonalCurvatureOptimizer
+from hpo2.optim.moments import adam_denominator, bias_corrected, update_first_moment_, update_second_moment_
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
 
@@ -110,10 +111,10 @@ class AdaHessian(DiagonalCurvatureOptimizer):
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
-        prepared = self._prepare_step(closure, "hutchinson")
+        loss, prepared = self._prepare_step(closure, "hutchinson")
         if prepared is None:
-            return torch.tensor(self.diagnostics["loss"])
-        loss, grads, diag = prepared
+            return loss
+        grads, diag = prepared
         with torch.no_grad():
             for group, p, g, d, st in self._per_parameter(grads, diag):
                 b1, b2 = group["beta1"], group["beta2"]
@@ -123,15 +124,15 @@ class AdaHessian(DiagonalCurvatureOptimizer):
                     st["step"] = 0
                     st["hessian_step"] = 0
                 st["step"] += 1
-                st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+                update_first_moment_(st["exp_avg"], g, b1)
                 if d is not None:
-                    d = spatial_average(d)
                     st["hessian_step"] += 1
-                    st["exp_hessian_diag_sq"].mul_(b2).addcmul_(d, d, value=1 - b2)
-                m_hat = st["exp_avg"] / (1 - b1 ** st["step"])
-                v_hat = st["exp_hessian_diag_sq"] / (1 - b2 ** max(st["hessian_step"], 1))
-                denom = v_hat.sqrt().pow(group["hessian_power"]).add_(group["eps"])
+                    update_second_moment_(st["exp_hessian_diag_sq"], spatial_average(d), b2)
+                m_hat = bias_corrected(st["exp_avg"], b1, st["step"])
+                denom = adam_denominator(
+                    st["exp_hessian_diag_sq"], b2, max(st["hessian_step"], 1), group["eps"], group["hessian_power"]
+                )
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.addcdiv_(m_hat, denom, value=-group["lr"])
         self._finish_diagnostics()
-        return torch.tensor(loss)
+        return loss

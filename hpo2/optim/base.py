@@ -1,4 +1,6 @@
-"""What every hpo2 optimizer shares: settings, closure calls, flat parameter
+"""What every hpo2 optimizer shares: the step contract and the training loop's hooks
+(:class:`LoopOptimizer`, the root of every hpo2 optimizer); and what the curvature
+optimizers share (:class:`CurvatureOptimizer`): settings, closure calls, flat parameter
 vectors, diagnostics and non-finite handling.
 
 Diagnostics: after each ``step`` the optimizer's ``diagnostics`` dict holds
@@ -21,6 +23,7 @@ unchanged.  With ``raise_on_nonfinite=True`` a non-finite loss or gradient raise
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -30,12 +33,20 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
 from hpo2.curvature import CurvatureOperator, GGNOperator, HessianOperator, grads_or_zeros, output_hessian_for
-from hpo2.optim.closure import BatchEvaluation, StreamingClosure, require_batch_closure, require_data_closure
+from hpo2.optim.closure import (
+    BatchEvaluation,
+    DataClosure,
+    StreamingClosure,
+    require_batch_closure,
+    require_data_closure,
+)
 from hpo2.optim.costs import CostMeter
 from hpo2.optim.settings import OptimizerSettings
 from hpo2.solvers import CGResult, host_floats
 
 Closure = Callable[[], Tensor]
+"""What every hpo2 optimizer's ``step`` takes: a function that returns the loss
+(:meth:`LoopOptimizer.step`); a :class:`~hpo2.optim.closure.BatchClosure` is one."""
 Probed = Callable[[Closure], object]
 """Priced work, run on the probe batch it is given (:meth:`CurvatureOptimizer._price`);
 returns how many operations it did as an ``int`` (anything else: one)."""
@@ -45,7 +56,98 @@ r"""The ``reduction_ratio`` logged for a rejected step (ratio :math:`-\infty`): 
 stores no infinities, and any value below 1/4 reads as "the model was wrong"."""
 
 
-class CurvatureOptimizer(Optimizer):
+class LoopOptimizer(Optimizer):
+    """The root of every hpo2 optimizer: the contract of :meth:`step`, and the hooks
+    hpo2's training loop calls, each declared here with its default (as Optuna's
+    ``BaseSampler`` declares a sampler's hooks), so an optimizer states what it needs
+    by overriding one:
+
+    * :meth:`snapshot` -- called at each epoch start with the whole training set, for
+      an optimizer that :attr:`takes_snapshots`; returns the gradient-equivalents it
+      spent.  Default: none, and the loop builds no training-set closure for it
+      (:class:`~hpo2.optim.SVRG` takes its snapshot here).
+    * :attr:`charges_step_time` -- the update itself costs like a gradient
+      (:class:`~hpo2.optim.MuonWithAdamW`'s Newton-Schulz iterations): its measured
+      time is added to ``grad_equivalents``.  Default: False.
+    * :attr:`streams` -- ``step`` takes a :class:`~hpo2.optim.closure.StreamingClosure`
+      (a batch larger than memory).  Default: False.
+    * :attr:`base` -- the optimizer a wrapper steps through (:class:`~hpo2.optim.SAM`'s):
+      its settings, not the wrapper's, choose the data regime.  Default: None.
+    * :attr:`diagnostics` -- the last step's diagnostics (:mod:`hpo2.optim.base`).
+
+    :func:`hpo2.optim.stepping.take_step` steps an optimizer as the loop does.
+    """
+
+    charges_step_time: ClassVar[bool] = False
+    streams: ClassVar[bool] = False
+    base: Optimizer | None = None
+    diagnostics: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``step`` without a docstring takes the contract's, so
+        ``help(KFAC.step)`` shows it, also once torch has wrapped ``step`` on the
+        optimizer's class for its profiler hooks (the wrapper keeps the docstring it finds)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("step")
+        if own is not None and own.__doc__ is None:
+            own.__doc__ = LoopOptimizer.step.__doc__
+
+    @abstractmethod
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
+        """One step from the current parameters; every hpo2 optimizer keeps this contract.
+
+        Args:
+            closure: re-evaluates the model on the step's batch and returns the loss, a
+                scalar tensor with its autograd graph; it does **not** call ``backward()``
+                (the optimizer takes the gradient, and any curvature, itself).  It may be
+                called more than once (line searches, SAM's second point).  A
+                :class:`~hpo2.optim.closure.BatchClosure` (model, loss, inputs, targets)
+                is needed where the step reads the model's outputs or layers:
+                Gauss-Newton products (Newton-CG's ``curvature="ggn"`` or a
+                ``curvature_fraction`` below 1, Hessian-free), layer statistics (K-FAC,
+                Hessian-free's preconditioner), Sophia's Gauss-Newton-Bartlett estimator.
+                An optimizer that :attr:`streams` (Newton-CG, Hessian-free) takes a
+                :class:`~hpo2.optim.closure.StreamingClosure` there too.  The first-order
+                baselines, Muon, Shampoo, SOAP, SAM and L-BFGS with
+                ``initial_scaling="secant"`` also take a torch-style closure that calls
+                ``backward()``.
+
+        Returns:
+            The loss at the parameters the step started from: detached (no graph), 0-d
+            for a scalar loss, on the parameters' device (reading it is the caller's
+            choice), equal to ``diagnostics["loss"]``.  The step's work and outcome are
+            in :attr:`diagnostics`.
+
+        Raises:
+            ValueError: no closure (the first-order baselines and Muon then take
+                ``torch.optim``'s ``step()`` on ``p.grad`` instead), a closure that
+                returns no scalar loss with its graph, or calls ``backward()`` where the
+                optimizer takes the gradient itself, or is not the kind of closure the
+                step needs (the message says which and why); a loss that the sampled
+                Fisher (K-FAC) or Gauss-Newton-Bartlett estimator (Sophia) has no
+                likelihood for; SVRG before its first :meth:`snapshot`.
+            FloatingPointError: a non-finite loss or gradient, for an optimizer built
+                with ``raise_on_nonfinite=True``; otherwise the step is rejected,
+                ``diagnostics["status"]`` says why and the parameters stay as they were.
+        """
+        # Abstract.  A torch.optim class after this one in the method order (the first-order
+        # baselines: SGD(ClosureSteps, torch.optim.SGD)) takes the closure-free step() here;
+        # for any other optimizer torch's Optimizer.step raises NotImplementedError.
+        return super().step(closure)  # type: ignore[arg-type, return-value]  # torch's step, see above
+
+    @property
+    def takes_snapshots(self) -> bool:
+        """Whether :meth:`snapshot` does anything (the loop calls it only then).  Default: False."""
+        return False
+
+    def snapshot(self, data: DataClosure, batch_size: int) -> float:
+        """Called at each epoch start with a closure over the whole training set and the
+        gradient batch the steps take; returns the gradient-equivalents it spent (its
+        wall time is training time).  Default: nothing, at no cost."""
+        return 0.0
+
+
+class CurvatureOptimizer(LoopOptimizer):
     """Base class: ``Settings`` is the optimizer's settings model; ``joint`` methods
     (Newton-type: one step for all parameters together) take one param group;
     ``streams`` methods take a :class:`~hpo2.optim.closure.StreamingClosure` (their
@@ -53,7 +155,6 @@ class CurvatureOptimizer(Optimizer):
 
     Settings: ClassVar[type[OptimizerSettings]]
     joint: ClassVar[bool] = True
-    streams: ClassVar[bool] = False
 
     def __init__(self, params: ParamsT, settings: Mapping[str, Any], *, raise_on_nonfinite: bool = False) -> None:
         """Validate ``settings`` (each subclass passes its keyword arguments, which

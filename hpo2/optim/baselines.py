@@ -29,10 +29,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from hpo2.optim.base import Closure, LoopOptimizer
 from hpo2.optim.settings import FloatRange, OptimizerSettings
 from hpo2.solvers import host_floats
-
-Closure = Callable[[], Tensor]
 
 
 class SGDSettings(OptimizerSettings):
@@ -137,20 +136,21 @@ def first_order_closure_step(
     if status == "ok":
         started = time.perf_counter()
         step()
-        if getattr(optimizer, "charges_step_time", False):
+        if isinstance(optimizer, LoopOptimizer) and optimizer.charges_step_time:
             cost += (time.perf_counter() - started) / max(grad_seconds, 1e-9)
     return loss.detach(), {"loss": value, "grad_norm": norm, "status": status, "n_grad": 1, "grad_equivalents": cost}
 
 
-class ClosureSteps(torch.optim.Optimizer):
-    """Mixin for a ``torch.optim`` optimizer: ``step(closure)`` takes either closure
+class ClosureSteps(LoopOptimizer):
+    """Mixin for a ``torch.optim`` optimizer (listed after it, as in
+    ``SGD(ClosureSteps, torch.optim.SGD)``): ``step(closure)`` takes either closure
     protocol (module docstring) and leaves its ``diagnostics``; ``step()`` is torch's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.diagnostics: dict[str, Any] = {}
+        self.diagnostics = {}
 
-    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]  # closures return a Tensor
+    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]  # also torch's step()
         if closure is None:
             return super().step()
         loss, self.diagnostics = first_order_closure_step(self, closure, super().step)
@@ -169,10 +169,10 @@ class AdamW(ClosureSteps, torch.optim.AdamW):
     """``torch.optim.AdamW`` that also takes hpo2's closures (module docstring)."""
 
 
-def build_sgd(params: Iterable[Any], s: SGDSettings) -> torch.optim.Optimizer:
+def build_sgd(params: Iterable[Any], s: SGDSettings) -> LoopOptimizer:
     return SGD(params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay)
 
 
-def build_adam(params: Iterable[Any], s: AdamSettings) -> torch.optim.Optimizer:
+def build_adam(params: Iterable[Any], s: AdamSettings) -> LoopOptimizer:
     cls = AdamW if isinstance(s, AdamWSettings) else Adam
     return cls(params, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps, weight_decay=s.weight_decay)

@@ -30,10 +30,11 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
 
     def _prepare_step(
         self, closure: Closure | None, estimator: str
-    ) -> tuple[float, list[Tensor], list[Tensor] | None] | None:
+    ) -> tuple[Tensor, tuple[list[Tensor], list[Tensor] | None] | None]:
         """Count the step, take the gradient (and the diagonal on refresh steps),
-        record diagnostics; ``None`` when the loss, gradient or diagonal is not finite
-        (the step is then rejected and the parameters stay as they are)."""
+        record diagnostics: the loss (detached, on the device) and the gradient with the
+        diagonal or ``None``, which is ``None`` when the loss, gradient or diagonal is not
+        finite (the step is then rejected and the parameters stay as they are)."""
         state = self.global_state
         step = int(state.get("global_step", 0)) + 1
         state["global_step"] = step
@@ -47,9 +48,9 @@ class DiagonalCurvatureOptimizer(SeededOptimizer):
         self.diagnostics.update(loss=loss, grad_norm=g_norm, hessian_refreshed=int(refresh))
         if not self._check_finite(loss, g_norm if diag_finite else float("nan")):
             self._finish_diagnostics()
-            return None
+            return loss_t, None
         self._store_grads(grads)
-        return loss, grads, diag
+        return loss_t, (grads, diag)
 
     def _per_parameter(
         self, grads: list[Tensor], diag: list[Tensor] | None

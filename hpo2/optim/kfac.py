@@ -42,7 +42,7 @@ eigenbases and back (:math:`\gamma` = ``damping``; ``weight_decay`` is added to
 Parameters K-FAC cannot factor (``nn.LayerNorm`` / BatchNorm scales and shifts,
 ``nn.Embedding`` tables, weight-shared layers: any parameter
 :class:`~hpo2.curvature.layers.LayerStatistics` lists as fallback) are stepped by
-**Adam** with ``fallback_lr``; one warning per optimizer names their layers.  Defaults are
+**Adam** with ``adam_lr``; one warning per optimizer names their layers.  Defaults are
 those of kfac-pytorch (Pauloski et al. 2020) / Ba et al.'s ImageNet runs.
 The closure must be a :class:`~hpo2.optim.closure.BatchClosure`; the training loss
 should use ``reduction="mean"``.
@@ -68,6 +68,7 @@ from hpo2.optim.closure import BatchClosure, require_batch_closure
 from hpo2.optim.costs import device_clock
 from hpo2.optim.inverse_roots import checked_eigh, damped_inverse
 from hpo2.optim.matrix_base import charge_overhead
+from hpo2.optim.moments import adam_step_
 from hpo2.optim.seeded import SeededOptimizer
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
 from hpo2.solvers import host_floats
@@ -97,16 +98,21 @@ class KFACSettings(OptimizerSettings):
     """Eigendecompose the factors every this many steps."""
     fisher: Annotated[Literal["sampled", "empirical"], Choice(("sampled", "empirical"))] = "sampled"
     """Output gradients from labels sampled from the model ('sampled', true Fisher) or the data's."""
-    fallback_lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
+    adam_lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
     """Adam learning rate for the parameters K-FAC cannot factor."""
-    fallback_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    adam_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     """Adam beta1 for the parameters K-FAC cannot factor."""
-    fallback_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    adam_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
     """Adam beta2 for the parameters K-FAC cannot factor."""
-    fallback_eps: Annotated[float, Field(gt=0)] = 1e-8
+    adam_eps: Annotated[float, Field(gt=0)] = 1e-8
     """Adam epsilon for the parameters K-FAC cannot factor."""
     seed: int = 0
     """Seed of the label-sampling generator (saved with the optimizer state)."""
+
+    renamed: ClassVar[dict[str, str]] = {
+        "fallback_lr": "adam_lr", "fallback_beta1": "adam_beta1", "fallback_beta2": "adam_beta2",
+        "fallback_eps": "adam_eps",
+    }
 
 
 def _weight_matrix(weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -156,18 +162,18 @@ class KFAC(SeededOptimizer):
         cov_update_every: int = 10,
         inverse_update_every: int = 100,
         fisher: Literal["sampled", "empirical"] = "sampled",
-        fallback_lr: float = 1e-3,
-        fallback_beta1: float = 0.9,
-        fallback_beta2: float = 0.999,
-        fallback_eps: float = 1e-8,
+        adam_lr: float = 1e-3,
+        adam_beta1: float = 0.9,
+        adam_beta2: float = 0.999,
+        adam_eps: float = 1e-8,
         seed: int = 0,
         raise_on_nonfinite: bool = False,
     ) -> None:
         settings = dict(
             lr=lr, momentum=momentum, damping=damping, stat_decay=stat_decay, kl_clip=kl_clip,
             weight_decay=weight_decay, cov_update_every=cov_update_every, inverse_update_every=inverse_update_every,
-            fisher=fisher, fallback_lr=fallback_lr, fallback_beta1=fallback_beta1, fallback_beta2=fallback_beta2,
-            fallback_eps=fallback_eps, seed=seed
+            fisher=fisher, adam_lr=adam_lr, adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_eps=adam_eps,
+            seed=seed
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._statistics: LayerStatistics | None = None
@@ -225,7 +231,7 @@ class KFAC(SeededOptimizer):
             return evaluation.loss.detach(), grads_or_zeros(found, self._params), [], 1.0
         if self._statistics is None:
             self._statistics = LayerStatistics(
-                batch.model, self._params, who="KFAC", fallback="Adam with fallback_lr (no Kronecker factors)"
+                batch.model, self._params, who="KFAC", fallback="Adam with adam_lr (no Kronecker factors)"
             )
         with torch.enable_grad(), self._statistics as stats:
             evaluation = batch.evaluate()
@@ -287,8 +293,8 @@ class KFAC(SeededOptimizer):
                 continue
             (values_a, vectors_a, _), (values_g, vectors_g, _) = found_a, found_g
             values_a, values_g = values_a.clamp_min(0.0), values_g.clamp_min(0.0)
-            trace_g = float(values_g.mean())
-            pi = math.sqrt(float(values_a.mean()) / trace_g) if trace_g > 0 and float(values_a.mean()) > 0 else 1.0
+            trace_per_dim_a, trace_per_dim_g = float(values_a.mean()), float(values_g.mean())  # mean eigenvalues
+            pi = math.sqrt(trace_per_dim_a / trace_per_dim_g) if trace_per_dim_a > 0 and trace_per_dim_g > 0 else 1.0
             root = math.sqrt(damping)
             st["inverse_A"] = damped_inverse(values_a, vectors_a, pi * root).to(st["A"].dtype)
             st["inverse_G"] = damped_inverse(values_g, vectors_g, root / pi).to(st["G"].dtype)
@@ -333,14 +339,12 @@ class KFAC(SeededOptimizer):
         self.diagnostics["fallback_params"] = len(fallback)
 
     def _adam(self, p: Tensor, group: dict[str, Any]) -> None:
-        """The fallback for parameters K-FAC does not factor (Kingma & Ba 2015)."""
-        st, b1, b2 = self.state[p], group["fallback_beta1"], group["fallback_beta2"]
+        """The fallback for parameters K-FAC does not factor: Adam (:func:`~hpo2.optim.moments.adam_step_`)."""
+        st = self.state[p]
         if "exp_avg" not in st:
             st["exp_avg"], st["exp_avg_sq"], st["adam_step"] = torch.zeros_like(p), torch.zeros_like(p), 0
         st["adam_step"] += 1
         grad = p.grad + group["weight_decay"] * p if group["weight_decay"] else p.grad
-        st["exp_avg"].mul_(b1).add_(grad, alpha=1 - b1)
-        st["exp_avg_sq"].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        m_hat = st["exp_avg"] / (1 - b1 ** st["adam_step"])
-        v_hat = st["exp_avg_sq"] / (1 - b2 ** st["adam_step"])
-        p.addcdiv_(m_hat, v_hat.sqrt().add_(group["fallback_eps"]), value=-group["fallback_lr"])
+        assert grad is not None, "gradients stored before the update"
+        adam_step_(p, grad, st["exp_avg"], st["exp_avg_sq"], st["adam_step"], group["adam_lr"], group["adam_beta1"],
+                   group["adam_beta2"], group["adam_eps"])

@@ -65,13 +65,14 @@ Adam's paper defaults.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from hpo2.optim.base import Closure, LoopOptimizer
 from hpo2.optim.baselines import first_order_closure_step
 from hpo2.optim.settings import FloatRange, IntRange, OptimizerSettings, document_settings
 
@@ -132,7 +133,7 @@ class MatrixMuon(torch.optim.Optimizer):
                     raise ValueError(f"Muon takes parameters of 2 or more dimensions, got shape {tuple(p.shape)}")
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]  # closures return a Tensor
+    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]  # closures return a Tensor
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -199,7 +200,7 @@ def muon_parameter_split(
 
 
 class MuonSettings(OptimizerSettings):
-    """Settings of :class:`MuonWithAdamW` (Muon's published defaults; ``adamw_*`` for
+    """Settings of :class:`MuonWithAdamW` (Muon's published defaults; ``adam_*``, AdamW's, for
     the non-matrix parameters)."""
 
     family: ClassVar[str] = "first-order"
@@ -217,20 +218,25 @@ class MuonSettings(OptimizerSettings):
     """Newton-Schulz arithmetic: 'auto' (float32 on a CPU, bfloat16 on an accelerator), 'float32' or 'bfloat16'."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     """Muon's decoupled weight decay."""
-    adamw_lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
+    adam_lr: Annotated[float, Field(gt=0), FloatRange(1e-5, 1e-1, log=True)] = 1e-3
     """AdamW learning rate for the other parameters (embeddings, output layer, biases, norms)."""
-    adamw_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    adam_beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
     """AdamW beta1 for the other parameters."""
-    adamw_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    adam_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
     """AdamW beta2 for the other parameters."""
-    adamw_eps: Annotated[float, Field(gt=0)] = 1e-8
+    adam_eps: Annotated[float, Field(gt=0)] = 1e-8
     """AdamW epsilon for the other parameters."""
-    adamw_weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    adam_weight_decay: Annotated[float, Field(ge=0)] = 0.0
     """AdamW decoupled weight decay for the other parameters."""
+
+    renamed: ClassVar[dict[str, str]] = {
+        "adamw_lr": "adam_lr", "adamw_beta1": "adam_beta1", "adamw_beta2": "adam_beta2", "adamw_eps": "adam_eps",
+        "adamw_weight_decay": "adam_weight_decay",
+    }
 
 
 @document_settings
-class MuonWithAdamW(torch.optim.Optimizer):
+class MuonWithAdamW(LoopOptimizer):
     """Steps :class:`MatrixMuon` on the hidden weight matrices and ``torch.optim.AdamW``
     on the rest (the split: module docstring), as one optimizer.
 
@@ -256,7 +262,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
         >>> x, y = torch.randn(64, 8), torch.randn(64, 4)
-        >>> opt = MuonWithAdamW(model, lr=0.05, adamw_lr=0.05)
+        >>> opt = MuonWithAdamW(model, lr=0.05, adam_lr=0.05)
         >>> [p.shape for p in opt.param_groups[0]["params"]]
         [torch.Size([16, 8])]
         >>> def closure():
@@ -283,16 +289,16 @@ class MuonWithAdamW(torch.optim.Optimizer):
         ns_steps: int = 5,
         ns_dtype: NSDtype = "auto",
         weight_decay: float = 0.0,
-        adamw_lr: float = 1e-3,
-        adamw_beta1: float = 0.9,
-        adamw_beta2: float = 0.999,
-        adamw_eps: float = 1e-8,
-        adamw_weight_decay: float = 0.0,
+        adam_lr: float = 1e-3,
+        adam_beta1: float = 0.9,
+        adam_beta2: float = 0.999,
+        adam_eps: float = 1e-8,
+        adam_weight_decay: float = 0.0,
     ) -> None:
         settings = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, ns_dtype=ns_dtype,
-            weight_decay=weight_decay, adamw_lr=adamw_lr, adamw_beta1=adamw_beta1, adamw_beta2=adamw_beta2,
-            adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay,
+            weight_decay=weight_decay, adam_lr=adam_lr, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
+            adam_eps=adam_eps, adam_weight_decay=adam_weight_decay,
         )
         s = MuonSettings.parse(settings, where=type(self).__name__)
         matrices, others = muon_parameter_split(params)
@@ -313,16 +319,16 @@ class MuonWithAdamW(torch.optim.Optimizer):
             self._parts.append(
                 torch.optim.AdamW(
                     others,
-                    lr=s.adamw_lr,
-                    betas=(s.adamw_beta1, s.adamw_beta2),
-                    eps=s.adamw_eps,
-                    weight_decay=s.adamw_weight_decay,
+                    lr=s.adam_lr,
+                    betas=(s.adam_beta1, s.adam_beta2),
+                    eps=s.adam_eps,
+                    weight_decay=s.adam_weight_decay,
                 )
             )
         if not self._parts:
             raise ValueError("MuonWithAdamW got no parameters that require grad")
         self.settings = s
-        self.diagnostics: dict[str, Any] = {}
+        self.diagnostics = {}
         super().__init__([group for part in self._parts for group in part.param_groups], {})
         self._link()
 
@@ -339,7 +345,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self._link()
 
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]  # closures return a Tensor
+    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]  # also torch's step()
         if closure is None:
             self._step_parts()
             return None

@@ -39,7 +39,7 @@ from torch.optim import Optimizer
 from hpo2.common.yaml_loader import YamlLimitError, check_file_size, load_yaml, yaml_error_message
 from hpo2.errors import SettingsError, check_known, did_you_mean
 from hpo2.optim.adahessian import AdaHessian
-from hpo2.optim.base import CurvatureOptimizer
+from hpo2.optim.base import CurvatureOptimizer, LoopOptimizer
 from hpo2.optim.baselines import AdamSettings, AdamWSettings, SGDSettings, build_adam, build_sgd
 from hpo2.optim.hessian_free import HessianFree
 from hpo2.optim.kfac import KFAC
@@ -62,7 +62,7 @@ class OptimizerSpec:
 
     name: str
     settings: type[OptimizerSettings]
-    build: Callable[[Iterable[Any], OptimizerSettings], Optimizer]
+    build: Callable[[Iterable[Any], OptimizerSettings], LoopOptimizer]
     second_order: bool
     summary: str
     loop_note: str = ""
@@ -80,7 +80,7 @@ class OptimizerSpec:
 
 def _curvature(
     cls: type[CurvatureOptimizer] | type[MuonWithAdamW],
-) -> Callable[[Iterable[Any], OptimizerSettings], Optimizer]:
+) -> Callable[[Iterable[Any], OptimizerSettings], LoopOptimizer]:
     """Build ``cls`` from a settings model: its keyword arguments are the model's fields."""
     return lambda params, settings: cls(params, **settings.model_dump())
 
@@ -256,7 +256,7 @@ def parse_full_optimizer_config(config: Mapping[str, Any] | str | Path) -> Parse
     )
 
 
-def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any] | nn.Module) -> Optimizer:
+def from_config(config: Mapping[str, Any] | str | Path, params: Iterable[Any] | nn.Module) -> LoopOptimizer:
     """Build the optimizer a config describes over ``params``: the parameters, or the
     model itself (what hpo2's training loop passes), which lets an optimizer that
     reads the model's structure (``muon``: embeddings and the output layer go to

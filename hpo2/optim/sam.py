@@ -48,7 +48,7 @@ Cost: one extra gradient per step (the ascent gradient at :math:`w`), counted in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar
 
 import torch
@@ -57,11 +57,11 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from hpo2.curvature import grads_or_zeros
-from hpo2.optim.base import CurvatureOptimizer
+from hpo2.optim.base import Closure, CurvatureOptimizer, LoopOptimizer
+from hpo2.optim.closure import DataClosure
 from hpo2.optim.settings import Choice, FloatRange, OptimizerSettings, document_settings
 from hpo2.solvers import host_floats
 
-Closure = Callable[[], Tensor]
 SAM_KEY = "sam"
 
 
@@ -97,7 +97,7 @@ def _norm(tensors: list[Tensor]) -> Tensor:
 
 
 @document_settings
-class SAM(Optimizer):
+class SAM(LoopOptimizer):
     r"""Wraps ``base`` (any ``torch.optim.Optimizer``; see the module docstring).
 
     ``step(closure)`` needs a closure that returns the loss (calling ``backward()``
@@ -118,6 +118,7 @@ class SAM(Optimizer):
     """
 
     Settings = SAMSettings
+    base: Optimizer
 
     def __init__(self, base: Optimizer, *, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01) -> None:
         self.settings = SAMSettings.parse(dict(rho=rho, adaptive=adaptive, eta=eta), where="sam")
@@ -176,7 +177,7 @@ class SAM(Optimizer):
         self._shift(epsilon, +1.0)
         base = self.base
         if isinstance(base, CurvatureOptimizer):
-            base.step(closure)  # type: ignore[arg-type]  # closure returns a Tensor loss
+            base.step(closure)
             diag = dict(base.diagnostics)
             perturbed_loss = float(diag.get("loss", math.nan))
             if diag.get("status") in ("ok", "converged"):
@@ -201,10 +202,13 @@ class SAM(Optimizer):
         self.diagnostics = diag
         return loss_t
 
-    def snapshot(self, data: Any, batch_size: int) -> float:
-        """The training loop's snapshot protocol (:mod:`hpo2.optim.svrg`), passed to the base."""
-        base_snapshot = getattr(self.base, "snapshot", None)
-        return 0.0 if base_snapshot is None else float(base_snapshot(data, batch_size))
+    @property
+    def takes_snapshots(self) -> bool:
+        return isinstance(self.base, LoopOptimizer) and self.base.takes_snapshots
+
+    def snapshot(self, data: DataClosure, batch_size: int) -> float:
+        """The base's snapshot (:meth:`LoopOptimizer.snapshot`); none for a ``torch.optim`` base."""
+        return self.base.snapshot(data, batch_size) if isinstance(self.base, LoopOptimizer) else 0.0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)

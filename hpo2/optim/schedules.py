@@ -35,7 +35,7 @@ used when the next step ends, the largest over the budget's set limits: exact fo
 :math:`k` steps), which equals :math:`(k+1)/T` whenever the pace is steady.
 
 **What it scales.**  Every group's ``lr`` (``LambdaLR``) and any other group entry
-named ``*_lr`` (K-FAC's ``fallback_lr``): whatever each optimizer's ``lr`` means --
+named ``*_lr`` (K-FAC's ``adam_lr``): whatever each optimizer's ``lr`` means --
 the step size of the first-order and diagonal methods, the initial line-search
 step of Newton-CG, Hessian-free and L-BFGS (Newton-CG's ``trust_region``
 globalization has no step size: its steps are not scaled), the gradient step
@@ -131,7 +131,7 @@ class Multiplier:
 
 class WarmupDecay(LambdaLR):
     """``LambdaLR`` over every group's ``lr``, that also scales each group's other
-    ``*_lr`` entries (K-FAC's ``fallback_lr``) by the same multiplier.  Step it after
+    ``*_lr`` entries (K-FAC's ``adam_lr``) by the same multiplier.  Step it after
     every ``optimizer.step(...)``; ``optimizer.param_groups[0]["lr"]`` is then the
     next step's rate."""
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hpo2.errors import SettingsError, check_known
+from hpo2.errors import SettingsError, brief, check_known
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,16 @@ class OptimizerSettings(BaseModel):
 
     Each field's description is the docstring under it (pydantic's
     ``use_attribute_docstrings``: one line, shown by IDEs and by ``hpo2 optimizers
-    NAME``); ``family`` and ``reference`` name the method's kind and its paper.
+    NAME``); ``family`` and ``reference`` name the method's kind and its paper;
+    ``renamed`` maps a setting's old name to its new one, so a saved config that
+    still uses it is refused with one line that names the new one.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     family: ClassVar[str] = ""
     reference: ClassVar[str] = ""
+    renamed: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def search_space(cls) -> dict[str, SearchDimension]:
@@ -95,10 +98,23 @@ class OptimizerSettings(BaseModel):
         return cls().model_dump()
 
     @classmethod
+    def refuse_renamed(cls, values: dict[str, Any], where: str) -> None:
+        """Raise :class:`SettingsError` on the first setting in ``values`` under an old
+        name (:attr:`renamed`): ``where.epsilon = 1e-12: Shampoo's epsilon was renamed eps; write eps: 1e-12``."""
+        for old, new in cls.renamed.items():
+            if old in values:
+                owner = cls.__name__.removesuffix("Settings")
+                raise SettingsError(
+                    f"{where}.{old} = {brief(values[old])}: {owner}'s {old} was renamed {new}; "
+                    f"write {new}: {brief(values[old])}"
+                )
+
+    @classmethod
     def parse(cls, values: dict[str, Any] | None, where: str = "settings") -> Self:
         """Validate ``values`` into settings, with a one-paragraph error that names
         each bad field (``where.field``), the value given, and what is allowed."""
         values = dict(values or {})
+        cls.refuse_renamed(values, where)
         check_known(values, cls.model_fields, where, "setting(s)")
         try:
             return cls(**values)

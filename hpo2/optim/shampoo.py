@@ -25,12 +25,13 @@ model) and is retried in float64 when it fails or its probe-checked accuracy is 
 decomposes in float64.  If float64 fails too, the previous root is kept and counted
 in ``root_failures``.  **Adam grafting** (Agarwal et al. 2020; Anil et
 al. 2020, sec. 3.3) takes the direction of :math:`P_t` and the per-block norm of
-Adam's step :math:`A_t = M_t / (\sqrt{\hat v_t} + \epsilon_g)`:
+Adam's step :math:`A_t = M_t / (\sqrt{\hat v_t} + \epsilon_g)` (its own ``adam_beta2`` and
+``adam_eps`` :math:`= \epsilon_g`):
 :math:`D_t = P_t\, \|A_t\| / \|P_t\|`; before the start step, and for 1-d
 parameters, :math:`D_t = A_t` (Adam).  The update is
 :math:`W \leftarrow (1 - \eta\lambda) W - \eta D_t` (decoupled weight decay).
 
-Defaults follow Distributed Shampoo's (``epsilon`` 1e-12,
+Defaults follow Distributed Shampoo's (``eps`` 1e-12,
 ``max_preconditioner_dim`` 1024) and its AlgoPerf submission's (betas, refresh
 every 20 steps after 20 Adam steps; Anil et al. 2020 advise starting late because
 early factors are ill conditioned).
@@ -45,9 +46,11 @@ from pydantic import Field
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from hpo2.optim.base import Closure
 from hpo2.optim.costs import device_clock
 from hpo2.optim.inverse_roots import EighPrecision, inverse_root
 from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix, block_slices
+from hpo2.optim.moments import adam_denominator, bias_corrected, update_first_moment_, update_second_moment_
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
 
 
@@ -63,13 +66,13 @@ class ShampooSettings(OptimizerSettings):
     """Decay of the gradient's moving average (0: the raw gradient)."""
     beta2: Annotated[float, Field(gt=0, le=1), FloatRange(0.9, 0.9999, log=True)] = 0.999
     """Decay of the factors L, R (1: plain sums, Gupta et al. 2018)."""
-    epsilon: Annotated[float, Field(gt=0), FloatRange(1e-12, 1e-4, log=True)] = 1e-12
+    eps: Annotated[float, Field(gt=0), FloatRange(1e-12, 1e-4, log=True)] = 1e-12
     """Added to the factors' diagonal before the inverse fourth root."""
     grafting: Literal["adam", "none"] = "adam"
     """'adam': Shampoo's direction with Adam's per-block step norm (Anil et al. 2020 sec. 3.3); 'none'."""
-    graft_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    adam_beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
     """Decay of Adam's second moment in the grafting."""
-    graft_eps: Annotated[float, Field(gt=0)] = 1e-8
+    adam_eps: Annotated[float, Field(gt=0)] = 1e-8
     """Epsilon of Adam's step in the grafting."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     """Decoupled weight decay lambda."""
@@ -81,6 +84,8 @@ class ShampooSettings(OptimizerSettings):
     """Largest block side: bigger dimensions are split into blocks (Anil et al. 2020 sec. 3.2)."""
     eigh_precision: Annotated[EighPrecision, Choice(("factor", "float64"))] = "factor"
     """Precision of the roots' eigh: 'factor' (the factor's dtype, checked, retried in float64) or 'float64'."""
+
+    renamed: ClassVar[dict[str, str]] = {"epsilon": "eps", "graft_beta2": "adam_beta2", "graft_eps": "adam_eps"}
 
 
 @document_settings
@@ -116,10 +121,10 @@ class Shampoo(MatrixPreconditioner):
         lr: float = 1e-3,
         beta1: float = 0.9,
         beta2: float = 0.999,
-        epsilon: float = 1e-12,
+        eps: float = 1e-12,
         grafting: Literal["adam", "none"] = "adam",
-        graft_beta2: float = 0.999,
-        graft_eps: float = 1e-8,
+        adam_beta2: float = 0.999,
+        adam_eps: float = 1e-8,
         weight_decay: float = 0.0,
         precondition_frequency: int = 20,
         start_preconditioning_step: int = 20,
@@ -128,20 +133,20 @@ class Shampoo(MatrixPreconditioner):
         raise_on_nonfinite: bool = False,
     ) -> None:
         settings = dict(
-            lr=lr, beta1=beta1, beta2=beta2, epsilon=epsilon, grafting=grafting, graft_beta2=graft_beta2,
-            graft_eps=graft_eps, weight_decay=weight_decay, precondition_frequency=precondition_frequency,
+            lr=lr, beta1=beta1, beta2=beta2, eps=eps, grafting=grafting, adam_beta2=adam_beta2,
+            adam_eps=adam_eps, weight_decay=weight_decay, precondition_frequency=precondition_frequency,
             start_preconditioning_step=start_preconditioning_step, max_preconditioner_dim=max_preconditioner_dim,
             eigh_precision=eigh_precision,
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         self._refreshes, self._inverse_seconds, self._condition = 0, 0.0, 0.0
         self._preconditioned = self._matrices = 0
         return super().step(closure)
 
     def _update(self, group: dict[str, Any], p: Tensor, grad: Tensor, state: dict[str, Any]) -> None:
-        b1, gb2 = group["beta1"], group["graft_beta2"]
+        b1, ab2 = group["beta1"], group["adam_beta2"]
         if "step" not in state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p)
@@ -159,13 +164,9 @@ class Shampoo(MatrixPreconditioner):
                 ]
         state["step"] += 1
         t = state["step"]
-        if b1 > 0:
-            state["exp_avg"].mul_(b1).add_(grad, alpha=1 - b1)
-            momentum = state["exp_avg"] / (1 - b1**t)
-        else:
-            momentum = grad
-        state["exp_avg_sq"].mul_(gb2).addcmul_(grad, grad, value=1 - gb2)
-        adam = momentum / ((state["exp_avg_sq"] / (1 - gb2**t)).sqrt() + group["graft_eps"])
+        momentum = bias_corrected(update_first_moment_(state["exp_avg"], grad, b1), b1, t) if b1 > 0 else grad
+        update_second_moment_(state["exp_avg_sq"], grad, ab2)
+        adam = momentum / adam_denominator(state["exp_avg_sq"], ab2, t, group["adam_eps"])
         direction = adam if group["grafting"] == "adam" else momentum.clone()
         if p.dim() >= 2:
             self._matrices += 1
@@ -200,7 +201,7 @@ class Shampoo(MatrixPreconditioner):
                 else:
                     block[key].mul_(b2).add_(outer, alpha=1 - b2)
                 if refresh:
-                    self._refresh_root(block, key, correction, group["epsilon"], group["eigh_precision"])
+                    self._refresh_root(block, key, correction, group["eps"], group["eigh_precision"])
             if t < start or block["left_root"] is None or block["right_root"] is None:
                 continue
             shampoo = block["left_root"] @ momentum[rows, cols] @ block["right_root"]

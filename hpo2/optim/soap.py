@@ -32,7 +32,6 @@ parameters therefore run plain Adam.  Defaults are the paper's.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -40,8 +39,10 @@ from pydantic import Field
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from hpo2.optim.base import Closure
 from hpo2.optim.costs import device_clock
 from hpo2.optim.matrix_base import MatrixPreconditioner, as_matrix
+from hpo2.optim.moments import corrected_step_size, update_first_moment_, update_second_moment_
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
 
 
@@ -130,7 +131,7 @@ class SOAP(MatrixPreconditioner):
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
-    def step(self, closure: Any = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
+    def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
         self._refreshes, self._inverse_seconds, self._condition = 0, 0.0, 0.0
         return super().step(closure)
 
@@ -149,11 +150,10 @@ class SOAP(MatrixPreconditioner):
         state["step"] += 1
         t, b1, b2 = state["step"], group["beta1"], group["beta2"]
         left, right = state["bases"]
-        state["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
-        rotated = _rotate(g, left, right)
-        state["exp_avg_sq"].mul_(b2).addcmul_(rotated, rotated, value=1 - b2)
+        update_first_moment_(state["exp_avg"], g, b1)
+        update_second_moment_(state["exp_avg_sq"], _rotate(g, left, right), b2)
         adam = _rotate(state["exp_avg"], left, right) / (state["exp_avg_sq"].sqrt() + group["eps"])
-        step_size = group["lr"] * math.sqrt(1 - b2**t) / (1 - b1**t)
+        step_size = corrected_step_size(group["lr"], b1, b2, t)
         p.add_(_rotate_back(adam, left, right).view_as(p), alpha=-step_size)
         p.mul_(1 - group["lr"] * group["weight_decay"])
         self._update_factors(group, state, g, initial=False)

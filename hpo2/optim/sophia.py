@@ -103,10 +103,10 @@ class Sophia(DiagonalCurvatureOptimizer):
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
 
     def step(self, closure: Closure | None = None) -> Tensor:  # type: ignore[override]  # closures return a Tensor
-        prepared = self._prepare_step(closure, self.param_groups[0]["estimator"])
+        loss, prepared = self._prepare_step(closure, self.param_groups[0]["estimator"])
         if prepared is None:
-            return torch.tensor(self.diagnostics["loss"])
-        loss, grads, diag = prepared
+            return loss
+        grads, diag = prepared
         clipped: Tensor | int = 0
         total = 0
         with torch.no_grad():
@@ -125,4 +125,4 @@ class Sophia(DiagonalCurvatureOptimizer):
                 p.addcmul_(st["exp_avg"].sign(), ratio.clamp_max(1.0), value=-group["lr"])
         self.diagnostics["clip_fraction"] = host_floats(clipped)[0] / max(total, 1)
         self._finish_diagnostics()
-        return torch.tensor(loss)
+        return loss

@@ -148,6 +148,10 @@ class SVRG(CurvatureOptimizer):
         finally:
             self._set_flat_params(current)
 
+    @property
+    def takes_snapshots(self) -> bool:
+        return True
+
     def snapshot(self, data: DataClosure, batch_size: int) -> float:
         """Called at each epoch start; every ``snapshot_every``-th call takes
         :math:`\\tilde w, \\tilde\\mu`.  Returns the gradient-equivalents spent."""

@@ -120,6 +120,7 @@ class OptimizerChoice(Strict):
     def _check(self) -> OptimizerChoice:
         spec = get_spec(self.name, "optimizers[].name")
         space = spec.search_space()
+        spec.settings.refuse_renamed(self.ranges, "ranges")
         for key, value in self.ranges.items():
             if key not in space:
                 raise ValueError(

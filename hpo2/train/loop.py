@@ -31,9 +31,12 @@ any other is refused before training with one clear line.  Validation streams th
 validation split in batches (2048 samples for tensors, the task's batch for a
 Dataset).
 
-**Snapshots.**  An optimizer with a
-``snapshot(data, batch_size)`` method (SVRG) gets it called at each epoch start
-with a :class:`~hpo2.optim.closure.BatchClosure` over the training set (a
+**The optimizer's hooks** are declared once, with their defaults, by
+:class:`~hpo2.optim.base.LoopOptimizer`, and the loop steps through
+:func:`~hpo2.optim.stepping.take_step` and :func:`~hpo2.optim.stepping.take_snapshot`
+(the contract test calls the same two).  **Snapshots**: an optimizer that
+``takes_snapshots`` (SVRG) gets ``snapshot(data, batch_size)`` called at each epoch
+start with a :class:`~hpo2.optim.closure.BatchClosure` over the training set (a
 :class:`~hpo2.optim.closure.StreamingClosure` on a Dataset); the
 gradient-equivalents it returns are added and its wall time is training time.
 
@@ -63,13 +66,13 @@ from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from hpo2.errors import SettingsError
-from hpo2.optim import BatchClosure, CurvatureOptimizer, from_config, schedule_from_config
-from hpo2.optim.baselines import first_order_closure_step
+from hpo2.optim import BatchClosure, CurvatureOptimizer, LoopOptimizer, from_config, schedule_from_config
 from hpo2.optim.closure import DataClosure, StreamingClosure
-from hpo2.optim.sam import SAM
+from hpo2.optim.settings import DataRegimeSettings
+from hpo2.optim.stepping import take_snapshot, take_step
 from hpo2.tasks import Task, loss_and_metric
 from hpo2.tasks.base import Split, SplitData, mean_loss_and_metric
 from hpo2.tasks.loading import DatasetBatches, IndexWindow
@@ -220,29 +223,20 @@ def evaluate(
     return mean_loss_and_metric(task.model, task.loss_fn, task.metric_fn, batches, len(data))
 
 
-def resolve_batch_size(optimizer: torch.optim.Optimizer, task_batch: int, n_train: int) -> int:
+def resolve_batch_size(optimizer: LoopOptimizer, task_batch: int, n_train: int) -> int:
     """The gradient batch of an optimizer's data regime (its ``batch_size`` setting,
     :class:`~hpo2.optim.settings.DataRegimeSettings`): the task's batch when unset,
     the whole training set for ``"full"``, never more than the training set.  A
     wrapper with a ``base`` optimizer (SAM) keeps its base's regime."""
-    regime = getattr(optimizer, "base", optimizer)
-    wanted = getattr(getattr(regime, "settings", None), "batch_size", None)
+    regime = optimizer.base if optimizer.base is not None else optimizer
+    settings = regime.settings if isinstance(regime, CurvatureOptimizer) else None
+    wanted = settings.batch_size if isinstance(settings, DataRegimeSettings) else None
     size = task_batch if wanted is None else n_train if wanted == "full" else int(wanted)
     return max(1, min(size, n_train))
 
 
 Report = Callable[[Evaluation], bool | None]
 StepHook = Callable[[int, dict[str, Any]], None]
-
-
-def first_order_step(
-    optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, xb: Tensor, yb: Tensor
-) -> dict[str, Any]:
-    """One first-order step on a batch and its diagnostics
-    (:func:`~hpo2.optim.baselines.first_order_closure_step`: one gradient, plus a
-    ``charges_step_time`` optimizer's step time; skipped on a non-finite loss or
-    gradient, so the parameters stay finite and the loop ends the run as diverged)."""
-    return first_order_closure_step(optimizer, BatchClosure(model, loss_fn, xb, yb), optimizer.step)[1]
 
 
 class _TrainingLoop:
@@ -274,7 +268,7 @@ class _TrainingLoop:
         n = len(self.train)
         self.batch_size = resolve_batch_size(self.optimizer, task.batch_size, n)
         self.streamed = isinstance(self.train, DatasetBatches) and self.batch_size > task.batch_size
-        if self.streamed and not getattr(self.optimizer, "streams", False):
+        if self.streamed and not self.optimizer.streams:
             raise SettingsError(
                 f"optimizer {optimizer_config.get('name')!r}: settings.batch_size = "
                 f"{optimizer_config.get('settings', {}).get('batch_size')!r} on task {task.name!r}, whose training "
@@ -323,15 +317,18 @@ class _TrainingLoop:
         return stop
 
     def take_snapshot(self) -> None:
-        """Snapshot protocol (hpo2.optim.svrg): its cost counts, its time is training time."""
-        snapshot = getattr(self.optimizer, "snapshot", None)
-        if snapshot is not None:
-            if isinstance(self.train, DeviceBatches):
-                data = self.train.on_device()
-                whole: tuple[Tensor, Tensor] | IndexWindow = (data.x, data.y)
-            else:
-                whole = self.train.window(torch.arange(len(self.train)), min(self.task.batch_size, len(self.train)))
-            self.grad_eq += float(snapshot(self.closure(whole), self.batch_size))
+        """The optimizer's epoch-start snapshot (:func:`~hpo2.optim.stepping.take_snapshot`):
+        its cost counts, its time is training time."""
+        self.grad_eq += take_snapshot(self.optimizer, self.whole_training_set, self.batch_size)
+
+    def whole_training_set(self) -> DataClosure:
+        """A closure over the whole training split (on the device, or streamed from a Dataset)."""
+        if isinstance(self.train, DeviceBatches):
+            data = self.train.on_device()
+            whole: tuple[Tensor, Tensor] | IndexWindow = (data.x, data.y)
+        else:
+            whole = self.train.window(torch.arange(len(self.train)), min(self.task.batch_size, len(self.train)))
+        return self.closure(whole)
 
     def closure(self, batch: tuple[Tensor, Tensor] | IndexWindow) -> DataClosure:
         """The closure over a step's batch: in memory, or streamed from a Dataset."""
@@ -350,13 +347,9 @@ class _TrainingLoop:
         return self.train.batches(list(slices))
 
     def take_step(self, batch: tuple[Tensor, Tensor] | IndexWindow) -> None:
-        """One optimizer step on a batch; its cost and loss are counted, its diagnostics kept."""
-        if isinstance(self.optimizer, CurvatureOptimizer | SAM):
-            self.optimizer.step(self.closure(batch))  # type: ignore[arg-type]  # closure returns a Tensor loss
-            diag = dict(self.optimizer.diagnostics)
-        else:
-            assert not isinstance(batch, IndexWindow), "only optimizers that stream get a streamed batch (__init__)"
-            diag = first_order_step(self.optimizer, self.model, self.task.loss_fn, *batch)
+        """One optimizer step on a batch (:func:`~hpo2.optim.stepping.take_step`); its cost
+        and loss are counted, its diagnostics kept."""
+        diag = take_step(self.optimizer, self.closure(batch))[1]
         self.step += 1
         self.grad_eq += float(diag.get("grad_equivalents", 1.0)) * self.unit
         self.advance_schedule(diag)

@@ -52,7 +52,7 @@ def test_an_hpo2_closure_steps_as_backward_then_step_even_over_stale_gradients(n
     x, y = classification_batch()
     ours_model = classification_mlp()
     torch_model = copy.deepcopy(ours_model)
-    config = CONFIGS[name][0] if name in CONFIGS else {"name": "muon", "settings": {"lr": 0.05, "adamw_lr": 0.01}}
+    config = CONFIGS[name][0] if name in CONFIGS else {"name": "muon", "settings": {"lr": 0.05, "adam_lr": 0.01}}
     ours, reference = from_config(config, ours_model.parameters()), from_config(config, torch_model.parameters())
     nn.functional.cross_entropy(ours_model(x * 3), y).backward()  # stale gradients the step must not use
     for _ in range(4):

@@ -4,11 +4,15 @@ sampler): an optimizer registered tomorrow is checked here without being listed.
 
 * ``state_dict`` round trip: save, load into a fresh optimizer over a fresh model, and
   the next steps are bit-identical to the uninterrupted run.
+* Every optimizer is stepped, and snapshot, as the training loop does it: by
+  :func:`hpo2.optim.take_step` and :func:`hpo2.optim.take_snapshot`, the one dispatch both share.
+* The step contract (:meth:`hpo2.optim.base.LoopOptimizer.step`): ``help(type(opt).step)``
+  shows it, and the step returns the loss at its starting parameters, detached, 0-d, on the
+  parameters' device, equal to ``diagnostics["loss"]``.
 * Non-finite loss or gradient (``hpo2.optim.base``): the step is rejected with status
   ``nonfinite_loss`` / ``nonfinite_grad`` and the parameters are unchanged;
-  ``raise_on_nonfinite=True`` raises ``FloatingPointError`` instead.  Optimizers from
-  ``torch.optim`` are stepped as the training loop steps them
-  (:func:`hpo2.train.first_order_step`), which skips the step on a non-finite loss or gradient.
+  ``raise_on_nonfinite=True`` raises ``FloatingPointError`` instead (the first-order
+  baselines skip the step on a non-finite loss or gradient).
 * Diagnostics: the documented keys are present and finite after every step, and the
   work is reported in ``grad_equivalents`` (at least the step's gradient on its batch:
   other work is priced as measured, hpo2.optim.costs, so a cheap probe may cost less
@@ -23,7 +27,9 @@ sampler): an optimizer registered tomorrow is checked here without being listed.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import pydoc
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,10 +38,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from hpo2.optim import REGISTRY, BatchClosure, from_config, schedule_from_config
-from hpo2.optim.base import CurvatureOptimizer
+from hpo2.optim import REGISTRY, BatchClosure, from_config, schedule_from_config, take_snapshot, take_step
+from hpo2.optim.base import CurvatureOptimizer, LoopOptimizer
 from hpo2.optim.sam import SAM
-from hpo2.train import first_order_step
 from tests.conftest import DEVICES
 from tests.problems import classification_batch, classification_mlp
 
@@ -66,7 +71,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     **VARIANTS,
 }
 # Documented in hpo2.optim.base (hpo2's optimizers), hpo2.optim.sam (SAM over any base) and by
-# first_order_step (torch.optim).
+# hpo2.optim.baselines.first_order_closure_step (the torch.optim baselines).
 CURVATURE_KEYS = {"loss", "grad_norm", "status", "n_grad", "n_hvp", "n_loss", "grad_equivalents"}
 SAM_KEYS = {"loss", "grad_norm", "status", "n_grad", "grad_equivalents", "sam_perturbed_loss"}
 FIRST_ORDER_KEYS = {"loss", "status", "grad_equivalents"}
@@ -77,19 +82,14 @@ def build(case: str, params: Any) -> torch.optim.Optimizer:
     return from_config({"name": name, "settings": settings}, params)
 
 
-def take_step(opt: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
+def step(opt: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
     """One step as :func:`hpo2.train.run_training` takes it; the step's diagnostics."""
-    if isinstance(opt, CurvatureOptimizer | SAM):
-        opt.step(BatchClosure(model, loss_fn, x, y))
-        return dict(opt.diagnostics)
-    return first_order_step(opt, model, loss_fn, x, y)
+    return take_step(opt, BatchClosure(model, loss_fn, x, y))[1]
 
 
 def start(opt: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> None:
-    """The snapshot protocol (hpo2.optim.svrg): the loop calls ``snapshot`` before an epoch."""
-    snapshot = getattr(opt, "snapshot", None)
-    if snapshot is not None:
-        snapshot(BatchClosure(model, loss_fn, x, y), len(x))
+    """The epoch-start snapshot, as the loop takes it before an epoch (SVRG's; none for the rest)."""
+    take_snapshot(opt, lambda: BatchClosure(model, loss_fn, x, y), len(x))
 
 
 def state_tensors(state: Any) -> Iterator[tuple[str, Tensor]]:
@@ -120,18 +120,18 @@ def test_state_dict_round_trip_resumes_identically(case: str) -> None:
     opt = build(case, model.parameters())
     start(opt, model, loss_fn, x, y)
     for _ in range(3):
-        take_step(opt, model, loss_fn, x, y)
+        step(opt, model, loss_fn, x, y)
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(opt.state_dict())
     for _ in range(3):
-        take_step(opt, model, loss_fn, x, y)
+        step(opt, model, loss_fn, x, y)
 
     resumed = classification_mlp(seed=99)
     resumed.load_state_dict(saved_model)
     opt2 = build(case, resumed.parameters())
     opt2.load_state_dict(saved_opt)
     for _ in range(3):
-        take_step(opt2, resumed, loss_fn, x, y)
+        step(opt2, resumed, loss_fn, x, y)
     for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
 
@@ -158,7 +158,7 @@ def test_non_finite_loss_rejects_the_step_and_keeps_params(case: str) -> None:
     opt = build(case, model.parameters())
     start(opt, model, nn.CrossEntropyLoss(), x, y)
     before = [p.detach().clone() for p in model.parameters()]
-    diag = take_step(opt, model, InfiniteCrossEntropy(), x, y)
+    diag = step(opt, model, InfiniteCrossEntropy(), x, y)
     assert diag["status"] in ("nonfinite_loss", "nonfinite_grad")
     for a, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(a.detach(), b)
@@ -176,7 +176,7 @@ def test_non_finite_gradient_rejects_the_step_and_keeps_params(case: str) -> Non
     opt = build(case, model.parameters())
     start(opt, model, nn.CrossEntropyLoss(), x, y)
     before = [p.detach().clone() for p in model.parameters()]
-    diag = take_step(opt, model, NaNGradientCrossEntropy(), x, y)
+    diag = step(opt, model, NaNGradientCrossEntropy(), x, y)
     assert diag["status"] == "nonfinite_grad"
     for a, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(a.detach(), b)
@@ -201,7 +201,7 @@ def test_each_step_reports_finite_diagnostics_and_its_work_and_lowers_the_loss(c
         first = float(loss_fn(model(x), y))
     start(opt, model, loss_fn, x, y)
     for _ in range(5):
-        diag = take_step(opt, model, loss_fn, x, y)
+        diag = step(opt, model, loss_fn, x, y)
         assert keys <= set(diag), keys - set(diag)
         numbers = {k: v for k, v in diag.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         assert all(math.isfinite(v) for v in numbers.values()), numbers
@@ -222,13 +222,43 @@ def test_params_and_state_stay_on_the_params_device(case: str, device: str) -> N
     opt = build(case, model.parameters())
     start(opt, model, loss_fn, x, y)
     for _ in range(3):
-        take_step(opt, model, loss_fn, x, y)
+        step(opt, model, loss_fn, x, y)
     dev = torch.device(device)
     assert all(p.device.type == dev.type for p in model.parameters())
     for path, tensor in state_tensors(opt.state_dict()):
         # torch.optim keeps its scalar step counters on the CPU (documented; not for fused/capturable)
         on_cpu_by_design = path.endswith("step") and tensor.dim() == 0
         assert tensor.device.type == dev.type or on_cpu_by_design, (path, tensor.device)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_help_on_step_shows_the_contract(case: str) -> None:
+    """``help(type(opt).step)`` is the contract written once on the root class, not torch's
+    "Optional for most optimizers" nor an optimizer's own variant."""
+    contract = inspect.getdoc(LoopOptimizer.step)
+    assert contract is not None and "Returns:" in contract and "Raises:" in contract
+    step_method = type(build(case, classification_mlp().parameters())).step
+    assert inspect.getdoc(step_method) == contract
+    assert contract.splitlines()[0] in pydoc.render_doc(step_method, renderer=pydoc.plaintext)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_step_returns_the_detached_starting_loss_on_the_params_device(case: str, device: str) -> None:
+    x, y = (t.to(device) for t in classification_batch())
+    loss_fn = nn.CrossEntropyLoss()
+    model = classification_mlp().to(device)
+    param = next(model.parameters())
+    opt = build(case, model.parameters())
+    start(opt, model, loss_fn, x, y)
+    for _ in range(3):
+        with torch.no_grad():
+            at_start = loss_fn(model(x), y)
+        loss, diag = take_step(opt, BatchClosure(model, loss_fn, x, y))
+        assert (loss.device, loss.dtype, loss.dim()) == (param.device, param.dtype, 0)
+        assert not loss.requires_grad and loss.grad_fn is None
+        assert torch.equal(loss, at_start)
+        assert loss.item() == diag["loss"]
 
 
 # Paper-default Adam (lr 1e-3) moves this MLP's loss by under 1% in 20 steps; these rates make each step count.

@@ -156,7 +156,7 @@ def test_unfactored_parameters_take_adam_with_a_warning():
     for ours, ref in zip(model[1].parameters(), norm.parameters()):
         ref.grad = ours.grad.clone()
     reference.step()
-    opt = KFAC(model.parameters(), fallback_lr=0.01)
+    opt = KFAC(model.parameters(), adam_lr=0.01)
     with pytest.warns(UserWarning, match=r"KFAC: no per-layer statistics for 1 layer\(s\): 1 \(LayerNorm\)"):
         opt.step(closure)
     assert opt.diagnostics["fallback_params"] == 2 and opt.diagnostics["kfac_layers"] == 2
@@ -189,7 +189,7 @@ def test_layer_norm_and_embedding_fall_back_with_one_warning_naming_both():
     assert messages == [
         "KFAC: no per-layer statistics for 2 layer(s): embed (Embedding), norm (LayerNorm) (only nn.Linear and "
         "nn.Conv2d called once per forward have them); "
-        "their parameters use Adam with fallback_lr (no Kronecker factors)"
+        "their parameters use Adam with adam_lr (no Kronecker factors)"
     ]
     assert opt.diagnostics["fallback_params"] == 3 and opt.diagnostics["kfac_layers"] == 1
     assert losses[-1] < losses[0]

@@ -32,11 +32,11 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 def test_matrix_updates_are_orthogonalised_and_the_rest_follows_adamw():
     model, (x, y) = _model(), _batch()
     reference = copy.deepcopy(model)
-    lr, adamw_lr = 0.02, 1e-3
-    opt = from_config({"name": "muon", "settings": {"lr": lr, "adamw_lr": adamw_lr}}, model.parameters())
+    lr, adam_lr = 0.02, 1e-3
+    opt = from_config({"name": "muon", "settings": {"lr": lr, "adam_lr": adam_lr}}, model.parameters())
     assert isinstance(opt, MuonWithAdamW)
     biases = [p for p in reference.parameters() if p.dim() == 1]
-    adamw = torch.optim.AdamW(biases, lr=adamw_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    adamw = torch.optim.AdamW(biases, lr=adam_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     weight = model[0].weight
     before = weight.detach().clone()
     grad_singular = None
@@ -83,8 +83,7 @@ def test_state_dict_round_trip_resumes_identically():
 def test_the_training_loop_charges_muons_newton_schulz_time_and_nothing_for_sgd() -> None:
     from torch import nn
 
-    from hpo2.optim import from_config
-    from hpo2.train import first_order_step
+    from hpo2.optim import BatchClosure, from_config, take_step
 
     torch.manual_seed(0)
     x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
@@ -93,7 +92,8 @@ def test_the_training_loop_charges_muons_newton_schulz_time_and_nothing_for_sgd(
         model = nn.Sequential(nn.Linear(32, 256), nn.Tanh(), nn.Linear(256, 4))
         optimizer = from_config(name, model.parameters())
         counts[name] = [
-            first_order_step(optimizer, model, nn.CrossEntropyLoss(), x, y)["grad_equivalents"] for _ in range(3)
+            take_step(optimizer, BatchClosure(model, nn.CrossEntropyLoss(), x, y))[1]["grad_equivalents"]
+            for _ in range(3)
         ]
     assert counts["sgd"] == [1.0, 1.0, 1.0]
     assert all(c > 1.0 for c in counts["muon"])  # five Newton-Schulz iterations are not free

@@ -113,3 +113,29 @@ def test_every_registered_optimizer_declares_a_search_space_containing_its_defau
                 assert value in dim.choices or dim.when is not None, (name, setting)
             else:
                 assert dim.low <= value <= dim.high, (name, setting, value)
+
+
+RENAMED = [(name, old, new) for name, spec in REGISTRY.items() for old, new in spec.settings.renamed.items()]
+
+
+def test_the_settings_renamed_for_one_spelling_are_listed() -> None:
+    """eps everywhere, adam_ for every method's Adam part (K-FAC's fallback, Shampoo's graft, Muon's AdamW)."""
+    assert {(name, old) for name, old, _ in RENAMED} == {
+        ("shampoo", "epsilon"), ("shampoo", "graft_beta2"), ("shampoo", "graft_eps"),
+        ("kfac", "fallback_lr"), ("kfac", "fallback_beta1"), ("kfac", "fallback_beta2"), ("kfac", "fallback_eps"),
+        ("muon", "adamw_lr"), ("muon", "adamw_beta1"), ("muon", "adamw_beta2"), ("muon", "adamw_eps"),
+        ("muon", "adamw_weight_decay"),
+    }
+
+
+@pytest.mark.parametrize(("name", "old", "new"), RENAMED)
+def test_a_saved_config_with_a_renamed_setting_gets_one_line_naming_the_new_one(name: str, old: str, new: str) -> None:
+    settings = REGISTRY[name].settings
+    assert new in settings.model_fields and old not in settings.model_fields
+    value = settings.model_fields[new].default
+    with pytest.raises(SettingsError) as caught:
+        from_config({"name": name, "settings": {old: value}}, classification_mlp())
+    owner = settings.__name__.removesuffix("Settings")
+    assert str(caught.value) == (
+        f"optimizer.settings.{old} = {value!r}: {owner}'s {old} was renamed {new}; write {new}: {value!r}"
+    )

@@ -67,26 +67,26 @@ def test_no_warmup_starts_the_decay_at_the_first_step() -> None:
 # the test steps the schedule alone, to read the rates it sets
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
 def test_every_learning_rate_of_a_group_is_scaled() -> None:
-    """K-FAC's fallback_lr (Adam for the layers it cannot factor) follows the schedule with its lr."""
+    """K-FAC's adam_lr (Adam for the layers it cannot factor) follows the schedule with its lr."""
     model = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
-    config = {"name": "kfac", "settings": {"lr": 0.1, "fallback_lr": 0.01,
+    config = {"name": "kfac", "settings": {"lr": 0.1, "adam_lr": 0.01,
                                            "schedule": {"warmup": 0.5, "decay": "constant"}}}  # fmt: skip
     opt = from_config(config, model.parameters())
     schedule = schedule_from_config(config, opt, total_steps=4)
     assert schedule is not None
     group = opt.param_groups[0]
-    assert (group["lr"], group["fallback_lr"]) == pytest.approx((0.05, 0.005))
+    assert (group["lr"], group["adam_lr"]) == pytest.approx((0.05, 0.005))
     schedule.step()
-    assert (group["lr"], group["fallback_lr"]) == pytest.approx((0.1, 0.01))
+    assert (group["lr"], group["adam_lr"]) == pytest.approx((0.1, 0.01))
     again = schedule_from_config(config, opt, total_steps=4)  # a second schedule keeps the first's base rates
     assert again is not None and group["initial_lr"] == 0.1
     again.step()
-    assert (group["lr"], group["fallback_lr"], group["initial_lr"]) == pytest.approx((0.1, 0.01, 0.1))
+    assert (group["lr"], group["adam_lr"], group["initial_lr"]) == pytest.approx((0.1, 0.01, 0.1))
 
 
 def test_muon_schedules_both_of_its_rates() -> None:
     model = nn.Sequential(nn.Linear(4, 3))
-    config = {"name": "muon", "settings": {"lr": 0.02, "adamw_lr": 0.001, "schedule": {"warmup": 0.5}}}
+    config = {"name": "muon", "settings": {"lr": 0.02, "adam_lr": 0.001, "schedule": {"warmup": 0.5}}}
     opt = from_config(config, model.parameters())
     schedule_from_config(config, opt, total_steps=4)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.0005])

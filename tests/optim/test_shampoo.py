@@ -44,7 +44,7 @@ def test_first_step_is_the_orthogonal_factor_of_the_gradient():
     w0, g = problem.w.detach().clone(), problem.gradient()
     u, _, vt = torch.linalg.svd(g)
     lr = 0.1
-    opt = Shampoo(problem.parameters(), lr=lr, beta1=0.0, beta2=1.0, grafting="none", epsilon=1e-30,
+    opt = Shampoo(problem.parameters(), lr=lr, beta1=0.0, beta2=1.0, grafting="none", eps=1e-30,
                   precondition_frequency=1, start_preconditioning_step=1)
     opt.step(problem)
     torch.testing.assert_close(problem.w.detach(), w0 - lr * u @ vt, rtol=1e-9, atol=1e-10)
@@ -57,7 +57,7 @@ def test_steps_match_the_dense_kronecker_inverse_root_with_ema_momentum_and_adam
     steps 2 and 4 (start 2, every 2), Adam before the start and for the norm."""
     problem = MatrixQuadratic(4, 3, seed=1)
     lr, b1, b2, gb2, eps, geps = 0.05, 0.5, 0.9, 0.99, 1e-6, 1e-8
-    opt = Shampoo(problem.parameters(), lr=lr, beta1=b1, beta2=b2, graft_beta2=gb2, epsilon=eps, graft_eps=geps,
+    opt = Shampoo(problem.parameters(), lr=lr, beta1=b1, beta2=b2, adam_beta2=gb2, eps=eps, adam_eps=geps,
                   precondition_frequency=2, start_preconditioning_step=2)
     w = problem.w.detach().numpy().copy()
     a, b, target = problem.a.numpy(), problem.b.numpy(), problem.target.numpy()
@@ -98,7 +98,7 @@ def test_blocks_are_preconditioned_independently():
         (slice(3, 5), slice(3, 4)),
     ]
     pieces = [nn.Parameter(w.detach()[r, c].clone()) for r, c in slices]
-    settings = dict(lr=0.05, precondition_frequency=1, start_preconditioning_step=1, epsilon=1e-8)
+    settings = dict(lr=0.05, precondition_frequency=1, start_preconditioning_step=1, eps=1e-8)
     blocked = Shampoo([w], max_preconditioner_dim=3, **settings)
     separate = Shampoo(pieces, **settings)
 
@@ -143,7 +143,7 @@ def test_matches_pytorch_optimizer_shampoo_where_conventions_match():
     x, y = torch.randn(32, 5, dtype=torch.float64), torch.randint(0, 3, (32,))
     loss_fn = nn.CrossEntropyLoss()
     ours_model, ref_model = copy.deepcopy(model), copy.deepcopy(model)
-    ours = Shampoo(ours_model.parameters(), lr=0.1, beta1=0.0, beta2=1.0, grafting="none", epsilon=1e-4,
+    ours = Shampoo(ours_model.parameters(), lr=0.1, beta1=0.0, beta2=1.0, grafting="none", eps=1e-4,
                    precondition_frequency=1, start_preconditioning_step=1)
     ref = pytorch_optimizer.Shampoo(ref_model.parameters(), lr=0.1, matrix_eps=1e-4)
     for _ in range(6):

@@ -32,6 +32,15 @@ from tests.study.helpers import run_cli
             "cmaes",
         ),
         ({"name": "x y", "task": "digits_mlp"}, "name = 'x y'"),
+        (  # a setting renamed since the file was written
+            {"name": "x", "task": "digits_mlp",
+             "optimizers": [{"name": "shampoo", "ranges": {"epsilon": [1e-9, 1e-4]}}]},
+            "ranges.epsilon = [1e-09, 0.0001]: Shampoo's epsilon was renamed eps; write eps: [1e-09, 0.0001]",
+        ),
+        (
+            {"name": "x", "task": "digits_mlp", "optimizers": [{"name": "kfac", "fixed": {"fallback_lr": 0.01}}]},
+            "fixed.fallback_lr = 0.01: KFAC's fallback_lr was renamed adam_lr; write adam_lr: 0.01",
+        ),
         ({"name": "x", "task": {"name": "digits_mlp", "settings": {"batchsize": 3}}}, "unknown setting(s) batchsize"),
     ],
 )
