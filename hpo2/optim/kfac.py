@@ -7,7 +7,8 @@ Kronecker-factored approximations", ICLR 2017).
 For each ``nn.Linear`` / ``nn.Conv2d`` layer with homogeneous input
 :math:`\bar a = [a; 1]` and output gradient :math:`g`, the Fisher block of its
 weight matrix :math:`W` (``(out, in [+ 1])``, the bias as the last column; conv
-kernels as ``(out, C_in kh kw)`` on unfolded patches) is approximated by
+kernels as ``(out, C_in kh kw)`` on unfolded patches; a bias that is frozen or not
+given to the optimizer is no column, and :math:`\bar a = a`) is approximated by
 :math:`A \otimes G`, with :math:`A = \mathbb E[\bar a \bar a^\top]` and
 :math:`G = \mathbb E[g g^\top]` from :mod:`hpo2.curvature.layers`.  ``g`` comes from
 a backward pass of the loss on labels **sampled from the model's predictive
@@ -249,10 +250,12 @@ class KFAC(SeededOptimizer):
 
     def _accumulate(self, record: LayerRecord, scale: Tensor | float, decay: float) -> None:
         """EMA of the layer's factors, kept in its weight's state (with its bias's index)."""
-        a_new, g_new = record.kronecker_factors(scale)
         module = record.module
         weight = module.weight
         assert isinstance(weight, Tensor), "a Linear or Conv2d layer's weight"
+        if not any(p is weight for p in record.params):
+            return  # a weight not optimized: no block (the layer's bias, if optimized, takes the fallback)
+        a_new, g_new = record.kronecker_factors(scale)
         st = self.state[weight]
         if "A" not in st:
             st["A"], st["G"] = a_new.clone(), g_new.clone()

@@ -43,9 +43,13 @@ def _patches(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return torch.stack(out, dim=1)
 
 
-def _reference_factors(model: nn.Module, x: Tensor, labels: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """A = 1/N sum_{n,t} a a^T (bias coordinate appended), G = 1/(N T) sum_{n,t} g g^T with
-    g = d(loss of sample n alone)/d(layer output), one backward per sample."""
+def _reference_factors(
+    model: nn.Module, x: Tensor, labels: Tensor, optimized: list[Tensor] | None = None
+) -> list[tuple[Tensor, Tensor]]:
+    """A = 1/N sum_{n,t} a a^T (bias coordinate appended when the bias is among ``optimized``,
+    default all), G = 1/(N T) sum_{n,t} g g^T with g = d(loss of sample n alone)/d(layer output),
+    one backward per sample."""
+    biased = {id(p) for p in (model.parameters() if optimized is None else optimized)}
     layers = [m for m in model if isinstance(m, nn.Linear | nn.Conv2d)]
     sums = [None] * len(layers)
     for n in range(x.shape[0]):
@@ -64,7 +68,7 @@ def _reference_factors(model: nn.Module, x: Tensor, labels: Tensor) -> list[tupl
                 a, g = _patches(a_in, module)[0], s.grad[0].reshape(s.shape[1], -1).T
             else:
                 a, g = a_in, s.grad
-            if module.bias is not None:
+            if module.bias is not None and id(module.bias) in biased:
                 a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], dim=1)
             aa, gg = a.T @ a, g.T @ g / g.shape[0]
             sums[i] = (aa, gg) if sums[i] is None else (sums[i][0] + aa, sums[i][1] + gg)
@@ -97,6 +101,15 @@ def test_factors_equal_explicit_per_sample_loops(kind, fisher):
     assert opt.diagnostics["n_grad"] == (2 if fisher == "sampled" else 1)
 
 
+def _pi_damped_solve(a: Tensor, g: Tensor, grad: Tensor, damping: float) -> Tensor:
+    """((A + pi sqrt(gamma) I) (x) (G + sqrt(gamma)/pi I))^{-1} vec(grad) as a dense solve, reshaped."""
+    pi = ((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0])).sqrt()
+    damped = torch.kron(a + pi * damping**0.5 * torch.eye(a.shape[0], dtype=a.dtype),
+                        g + damping**0.5 / pi * torch.eye(g.shape[0], dtype=g.dtype))
+    # column-wise vec: (A (x) G) vec(X) = vec(G X A^T)
+    return torch.linalg.solve(damped, grad.T.reshape(-1)).reshape(grad.shape[1], grad.shape[0]).T
+
+
 def test_direction_is_the_pi_damped_kronecker_solve_scaled_by_the_kl_clip():
     model, x, y = _data("mlp")
     before = [p.detach().clone() for p in model.parameters()]
@@ -107,12 +120,7 @@ def test_direction_is_the_pi_damped_kronecker_solve_scaled_by_the_kl_clip():
     g1 = torch.cat([w1.grad, b1.grad[:, None]], dim=1)
     directions, vg = [], 0.0
     for weight, grad in [(w1, g1), (w2, w2.grad)]:
-        a, g = opt.state[weight]["A"], opt.state[weight]["G"]
-        pi = ((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0])).sqrt()
-        damped = torch.kron(a + pi * damping**0.5 * torch.eye(a.shape[0], dtype=a.dtype),
-                            g + damping**0.5 / pi * torch.eye(g.shape[0], dtype=g.dtype))
-        # column-wise vec: (A (x) G) vec(X) = vec(G X A^T)
-        v = torch.linalg.solve(damped, grad.T.reshape(-1)).reshape(grad.shape[1], grad.shape[0]).T
+        v = _pi_damped_solve(opt.state[weight]["A"], opt.state[weight]["G"], grad, damping)
         directions.append(v)
         vg += float((v * grad).sum()) * lr**2
     nu = min(1.0, (kappa / vg) ** 0.5)
@@ -124,6 +132,39 @@ def test_direction_is_the_pi_damped_kronecker_solve_scaled_by_the_kl_clip():
     ]
     for p, e in zip(model.parameters(), expected):
         torch.testing.assert_close(p.detach(), e, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("how", ["frozen", "not_given"])
+def test_a_bias_that_is_not_optimized_leaves_a_weight_only_block(how: str) -> None:
+    """A frozen bias, or one left out of the optimizer's parameters, carries no homogeneous
+    coordinate: A = E[a a^T] on the weight's inputs alone, and the weight steps by the
+    pi-damped solve of that block (it used to crash on a (in + 1)-sized A)."""
+    model, x, y = _data("mlp")
+    w1, b1, w2 = list(model.parameters())
+    if how == "frozen":
+        b1.requires_grad_(False)
+    before = [p.detach().clone() for p in model.parameters()]
+    reference = _reference_factors(copy.deepcopy(model), x, y, optimized=[w1, w2])
+    lr, damping = 0.5, 0.3
+    opt = KFAC([w1, w2], lr=lr, damping=damping, kl_clip=0.0, momentum=0.0, fisher="empirical")
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+    assert reference[0][0].shape == (4, 4)
+    for i, (weight, (a_ref, g_ref)) in enumerate(zip([w1, w2], reference)):
+        torch.testing.assert_close(opt.state[weight]["A"], a_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(opt.state[weight]["G"], g_ref, rtol=1e-10, atol=1e-12)
+        expected = before[2 * i] - lr * _pi_damped_solve(a_ref, g_ref, weight.grad, damping)
+        torch.testing.assert_close(weight.detach(), expected, rtol=1e-9, atol=1e-12)
+    assert torch.equal(b1.detach(), before[1]) and opt.diagnostics["fallback_params"] == 0
+
+
+def test_a_frozen_weight_leaves_its_optimized_bias_to_the_fallback() -> None:
+    model, x, y = _data("mlp")
+    w1, b1, w2 = list(model.parameters())
+    w1.requires_grad_(False)
+    opt = KFAC([b1, w2], fallback_lr=0.01)
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+    assert opt.diagnostics["kfac_layers"] == 1 and opt.diagnostics["fallback_params"] == 1
+    assert set(opt.state_dict()["state"]) == {0, 1}  # every state entry is one of the optimizer's parameters
 
 
 def test_linear_layer_with_mse_steps_to_the_exact_gauss_newton_solve():
