@@ -167,6 +167,53 @@ def test_a_frozen_weight_leaves_its_optimized_bias_to_the_fallback() -> None:
     assert set(opt.state_dict()["state"]) == {0, 1}  # every state entry is one of the optimizer's parameters
 
 
+def test_second_step_averages_the_factors_and_carries_clipped_momentum():
+    """Two steps on two batches: A_2 = d A(batch 1) + (1 - d) A(batch 2) (the EMA's weights, not
+    swapped), and the momentum buffer b_2 = mu b_1 + nu_2 V_2 with the KL-clip factor nu_2 < 1."""
+    model, x, y = _data("mlp")
+    gen = torch.Generator().manual_seed(5)
+    x2, y2 = torch.randn(12, 4, dtype=torch.float64, generator=gen), torch.randint(0, 3, (12,), generator=gen)
+    lr, damping, kappa, mu, decay = 0.5, 0.3, 1e-4, 0.7, 0.8
+    opt = KFAC(model.parameters(), lr=lr, damping=damping, kl_clip=kappa, momentum=mu, stat_decay=decay,
+               fisher="empirical", cov_update_every=1, inverse_update_every=1)
+    first = _reference_factors(copy.deepcopy(model), x, y)
+    p0 = [p.detach().clone() for p in model.parameters()]
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+    second = _reference_factors(copy.deepcopy(model), x2, y2)
+    p1 = [p.detach().clone() for p in model.parameters()]
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x2, y2))
+    w1, b1, w2 = list(model.parameters())
+    factors = []
+    for weight, (a1, g1), (a2, g2) in zip([w1, w2], first, second):
+        a, g = (decay * a1 + (1 - decay) * a2).detach(), (decay * g1 + (1 - decay) * g2).detach()
+        torch.testing.assert_close(opt.state[weight]["A"], a, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(opt.state[weight]["G"], g, rtol=1e-10, atol=1e-12)
+        factors.append((a, g))
+    grads = [torch.cat([w1.grad, b1.grad[:, None]], dim=1), w2.grad]
+    directions = [_pi_damped_solve(a, g, grad, damping) for (a, g), grad in zip(factors, grads)]
+    nu = min(1.0, (kappa / (lr**2 * sum(float((v * grad).sum()) for v, grad in zip(directions, grads)))) ** 0.5)
+    assert nu < 1
+    v = [directions[0][:, :-1], directions[0][:, -1], directions[1]]
+    for p, before, start, d in zip(model.parameters(), p1, p0, v):
+        buffer = mu * (start - before) / lr + nu * d
+        torch.testing.assert_close(p.detach(), before - lr * buffer, rtol=1e-9, atol=1e-12)
+
+
+def test_weight_decay_is_added_to_the_gradient_before_the_solve():
+    model, x, y = _data("mlp")
+    before = [p.detach().clone() for p in model.parameters()]
+    lr, damping, wd = 0.5, 0.3, 0.1
+    opt = KFAC(model.parameters(), lr=lr, damping=damping, kl_clip=0.0, momentum=0.0, weight_decay=wd,
+               fisher="empirical")
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+    w1, b1, w2 = list(model.parameters())
+    decayed = [torch.cat([w1.grad + wd * before[0], (b1.grad + wd * before[1])[:, None]], dim=1),
+               w2.grad + wd * before[2]]
+    v = [_pi_damped_solve(opt.state[w]["A"], opt.state[w]["G"], grad, damping) for w, grad in zip([w1, w2], decayed)]
+    for p, start, d in zip(model.parameters(), before, [v[0][:, :-1], v[0][:, -1], v[1]]):
+        torch.testing.assert_close(p.detach(), start - lr * d, rtol=1e-9, atol=1e-12)
+
+
 def test_linear_layer_with_mse_steps_to_the_exact_gauss_newton_solve():
     """One linear layer, MSE over D = 2 outputs: the Gauss-Newton matrix is exactly
     A (x) (2/D) I; sampled Gaussian labels give G -> (2/D) I as N grows."""
