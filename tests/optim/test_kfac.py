@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hpo2.optim import KFAC, BatchClosure
+from hpo2.optim.kfac import LM_INTERVAL, LM_OMEGA
 from tests.reference import dense_hessian
 
 
@@ -231,6 +232,50 @@ def test_linear_layer_with_mse_steps_to_the_exact_gauss_newton_solve():
     opt.step(BatchClosure(model, loss_fn, x, y))
     step = torch.cat([p.detach().reshape(-1) for p in model.parameters()]) - theta0
     assert float((step - newton).norm() / newton.norm()) < 0.05
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_quadratic_model_rule_takes_the_exact_two_by_two_minimizer_and_sees_rho_one(weight_decay: float) -> None:
+    """One linear layer with MSE: the loss is quadratic and the Gauss-Newton matrix H exact.
+    Each step is c_1 Delta + c_2 delta_0 with c = -(V'(H + (lambda + eta) I) V)^{-1} V' grad h
+    (Martens & Grosse 2015 sec. 7; an independent dense float64 solve), and at step 5 the model
+    without lambda predicts the change exactly: rho = 1, so lambda drops by omega (sec. 6.5)."""
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(40, 3, dtype=torch.float64, generator=gen)
+    y = torch.randn(40, 2, dtype=torch.float64, generator=gen)
+    loss_fn = nn.MSELoss()
+    hessian = dense_hessian(model, loss_fn, x, y) + weight_decay * torch.eye(8, dtype=torch.float64)
+    lam = 0.5
+    opt = KFAC(model.parameters(), step_rule="quadratic_model", damping=lam, weight_decay=weight_decay,
+               fisher="empirical", cov_update_every=1, inverse_update_every=1)
+    weight, bias = list(model.parameters())
+
+    def flat() -> Tensor:
+        return torch.cat([weight.detach().reshape(-1), bias.detach()])
+
+    previous = None
+    for _ in range(LM_INTERVAL):
+        theta = flat()
+        grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_fn(model(x), y), [weight, bias])])
+        grad = grad + weight_decay * theta
+        opt.step(BatchClosure(model, loss_fn, x, y))
+        matrix_grad = torch.cat([weight.grad, bias.grad[:, None]], dim=1) + weight_decay * torch.cat(
+            [theta[:6].reshape(2, 3), theta[6:, None]], dim=1)
+        v = _pi_damped_solve(opt.state[weight]["A"], opt.state[weight]["G"], matrix_grad, lam + weight_decay)
+        vectors = torch.stack([-torch.cat([v[:, :-1].reshape(-1), v[:, -1]])] + ([previous] if previous is not None
+                                                                                  else []), dim=1)
+        c = -torch.linalg.solve(vectors.T @ (hessian + lam * torch.eye(8, dtype=torch.float64)) @ vectors,
+                                vectors.T @ grad)
+        torch.testing.assert_close(flat() - theta, vectors @ c, rtol=1e-8, atol=1e-12)
+        assert opt.diagnostics["alpha"] == pytest.approx(float(c[0]), rel=1e-8)
+        assert opt.diagnostics["mu"] == pytest.approx(float(c[1]) if len(c) > 1 else 0.0, rel=1e-8, abs=1e-15)
+        previous = flat() - theta
+    assert opt.diagnostics["mu"] != 0.0
+    assert opt.diagnostics["reduction_ratio"] == pytest.approx(1.0, rel=1e-8)
+    assert opt.diagnostics["damping_next"] == pytest.approx(lam * LM_OMEGA)
+    assert opt.global_state["damping"] == pytest.approx(lam * LM_OMEGA)
 
 
 def test_unfactored_parameters_take_adam_with_a_warning():
