@@ -408,11 +408,11 @@ class KFAC(SeededOptimizer):
         state, wd = self.global_state, group["weight_decay"]
         damping = float(state.get("damping", group["damping"]))
         params = [p for p, _ in steps]
-        grads = [p.grad + wd * p if wd else p.grad for p in params]  # type: ignore[operator]  # grads stored above
-        previous = [self.state[p].get("previous_update") for p in params]
+        grads: list[Tensor] = [p.grad + wd * p if wd else p.grad for p in params]  # type: ignore[misc]  # grads stored above
+        previous = [d for p in params if (d := self.state[p].get("previous_update")) is not None]
         vectors = [[-v for _, v in steps]]
-        if all(d is not None for d in previous):
-            vectors.append(previous)  # type: ignore[arg-type]  # checked just above
+        if len(previous) == len(params):  # not on the first step
+            vectors.append(previous)
         with torch.enable_grad():
             evaluation = batch.evaluate()
             outputs = evaluation.output_tensor(type(self).__name__, "the Fisher products of its quadratic model")
