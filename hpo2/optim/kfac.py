@@ -30,7 +30,10 @@ Tikhonov damping with the π correction** (Martens & Grosse 2015, sec. 6.3):
        \approx \big((A + \pi\sqrt\gamma I) \otimes (G + \tfrac{\sqrt\gamma}{\pi} I)\big)^{-1} \nabla_W,
    \qquad \pi = \sqrt{\frac{\mathrm{tr}(A)/\dim A}{\mathrm{tr}(G)/\dim G}},
 
-(:math:`\gamma` = ``damping``; ``weight_decay`` is added to :math:`\nabla_W` first).
+(:math:`\gamma` = ``damping`` + ``weight_decay``: the L2 term's own curvature :math:`\eta I` is
+part of the matrix, as in M&G's :math:`\gamma = \sqrt{\lambda + \eta}` (sec. 6.6); without it a
+decay larger than the damping would be amplified up to :math:`\eta / \gamma` in the directions
+the Fisher leaves flat; ``weight_decay`` :math:`\eta` is added to :math:`\nabla_W` first).
 **KL-clipping** (Ba et al. 2017, sec. 5) scales every :math:`V` by
 :math:`\nu = \min(1, \sqrt{\kappa / (\eta^2 \sum_\ell \langle V_\ell, \nabla_\ell \rangle)})`
 (:math:`\kappa` = ``kl_clip``; 0 turns it off), then heavy-ball momentum:
@@ -59,7 +62,7 @@ against the model without :math:`\lambda` (the damping belongs to the solve, not
 Martens 2010 sec. 4.1), and Levenberg-Marquardt adapts :math:`\lambda` (``damping``'s start
 value): :math:`\lambda \cdot \omega` when :math:`\rho > 3/4`, :math:`\lambda / \omega` when
 :math:`\rho < 1/4`, :math:`\omega = (19/20)^{5}`.  The factors' Tikhonov term at the next
-inversion uses :math:`\bar\lambda` (M&G's :math:`\gamma = \sqrt{\lambda + \eta}`).
+inversion uses :math:`\bar\lambda`.
 
 Parameters K-FAC cannot factor (``nn.LayerNorm`` / BatchNorm scales and shifts,
 ``nn.Embedding`` tables, weight-shared layers: any parameter
@@ -253,7 +256,7 @@ class KFAC(SeededOptimizer):
                 self._accumulate(record, scale, group["stat_decay"])
             layers = self._layers()
             if update_inverse or any("vec_A" not in self.state[w] for w, _ in layers):
-                self._invert(layers, damping + group["weight_decay"] if quadratic else damping)
+                self._invert(layers, damping + group["weight_decay"])
             state["global_step"] = t
             state["cov_updates"] = int(state.get("cov_updates", 0)) + int(update_cov)
             self._apply(group, layers, batch if quadratic else None, loss)

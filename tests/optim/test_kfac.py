@@ -200,7 +200,9 @@ def test_second_step_averages_the_factors_and_carries_clipped_momentum():
         torch.testing.assert_close(p.detach(), before - lr * buffer, rtol=1e-9, atol=1e-12)
 
 
-def test_weight_decay_is_added_to_the_gradient_before_the_solve():
+def test_weight_decay_is_added_to_the_gradient_and_to_the_damping():
+    """(F + (gamma + eta) I)^{-1} (grad + eta W) in factored form: the decay's own curvature eta I
+    is part of the damped matrix (Martens & Grosse 2015: gamma = sqrt(lambda + eta))."""
     model, x, y = _data("mlp")
     before = [p.detach().clone() for p in model.parameters()]
     lr, damping, wd = 0.5, 0.3, 0.1
@@ -210,7 +212,7 @@ def test_weight_decay_is_added_to_the_gradient_before_the_solve():
     w1, b1, w2 = list(model.parameters())
     decayed = [torch.cat([w1.grad + wd * before[0], (b1.grad + wd * before[1])[:, None]], dim=1),
                w2.grad + wd * before[2]]
-    v = [_pi_damped_solve(opt.state[w]["A"], opt.state[w]["G"], grad, damping) for w, grad in zip([w1, w2], decayed)]
+    v = [_pi_damped_solve(opt.state[w]["A"], opt.state[w]["G"], g, damping + wd) for w, g in zip([w1, w2], decayed)]
     for p, start, d in zip(model.parameters(), before, [v[0][:, :-1], v[0][:, -1], v[1]]):
         torch.testing.assert_close(p.detach(), start - lr * d, rtol=1e-9, atol=1e-12)
 
