@@ -2,7 +2,8 @@ r"""Per-layer statistics from one backward pass: activations, output gradients,
 squared per-sample gradient sums and Kronecker factors.
 
 For a layer that is a linear map :math:`s = W \bar a` of its (homogeneous) input
-:math:`\bar a = [a; 1]` (the 1 carries the bias), the gradient of a loss :math:`L`
+:math:`\bar a = [a; 1]` (the 1 carries the bias; without it when the bias is not
+among the recorded parameters: frozen, or not given to the optimizer), the gradient of a loss :math:`L`
 is :math:`\nabla_W L = \sum_{n,t} g_{n,t} \bar a_{n,t}^\top` with the output
 gradient :math:`g = \partial L / \partial s`; :math:`t` runs over the positions
 that share the weights (one for ``nn.Linear`` on a 2-d input; every output pixel
@@ -86,6 +87,8 @@ class LayerRecord:
         inputs: the layer's input, detached (``(N, ..., in)`` or ``(N, C, H, W)``).
         raw_output_grad: :math:`\\partial L / \\partial s` as autograd delivered it
             (``None`` until the backward pass reached the layer).
+        params: the layer's parameters that are recorded (optimized); a bias left out
+            (frozen, or not given to the optimizer) gets no homogeneous coordinate.
     """
 
     name: str
@@ -96,7 +99,10 @@ class LayerRecord:
 
     @property
     def has_bias(self) -> bool:
-        return getattr(self.module, "bias", None) is not None
+        """Whether the layer's bias is among the recorded :attr:`params` (then :math:`\\bar a`
+        carries the 1 and matrices are ``(out, in + 1)``)."""
+        bias = getattr(self.module, "bias", None)
+        return bias is not None and any(p is bias for p in self.params)
 
     def activations(self) -> Tensor:
         r"""Homogeneous activations :math:`\bar a`, shape ``(N, T, in [+ 1])``: a
@@ -181,7 +187,7 @@ class LayerStatistics:
         self.model = model
         self._who, self._fallback_use = who, fallback
         self.params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
-        wanted = {id(p) for p in self.params}
+        wanted = self._wanted = {id(p) for p in self.params}
         owners: dict[int, list[str]] = {}
         for name, module in model.named_modules():
             for p in module.parameters(recurse=False):
@@ -253,7 +259,7 @@ class LayerStatistics:
                 return
             self._calls[name] = self._calls.get(name, 0) + 1
             record = LayerRecord(name=name, module=module, inputs=inputs[0].detach(),
-                                 params=[p for p in module.parameters(recurse=False)])
+                                 params=[p for p in module.parameters(recurse=False) if id(p) in self._wanted])
             self.layers.append(record)
             if output.requires_grad:
                 def grad_hook(grad: Tensor) -> None:

@@ -7,7 +7,8 @@ Kronecker-factored approximations", ICLR 2017).
 For each ``nn.Linear`` / ``nn.Conv2d`` layer with homogeneous input
 :math:`\bar a = [a; 1]` and output gradient :math:`g`, the Fisher block of its
 weight matrix :math:`W` (``(out, in [+ 1])``, the bias as the last column; conv
-kernels as ``(out, C_in kh kw)`` on unfolded patches) is approximated by
+kernels as ``(out, C_in kh kw)`` on unfolded patches; a bias that is frozen or not
+given to the optimizer is no column, and :math:`\bar a = a`) is approximated by
 :math:`A \otimes G`, with :math:`A = \mathbb E[\bar a \bar a^\top]` and
 :math:`G = \mathbb E[g g^\top]` from :mod:`hpo2.curvature.layers`.  ``g`` comes from
 a backward pass of the loss on labels **sampled from the model's predictive
@@ -32,12 +33,40 @@ damping with the π correction** (Martens & Grosse 2015, sec. 6.3):
 
 with :math:`(G + d I)^{-1} = Q_G (\Lambda_G + d I)^{-1} Q_G^\top` formed at the refresh,
 so a step costs two products per layer, not the four of rotating into the
-eigenbases and back (:math:`\gamma` = ``damping``; ``weight_decay`` is added to
-:math:`\nabla_W` first).
+eigenbases and back
+(:math:`\gamma` = ``damping`` + ``weight_decay``: the L2 term's own curvature :math:`\eta I` is
+part of the matrix, as in M&G's :math:`\gamma = \sqrt{\lambda + \eta}` (sec. 6.6); without it a
+decay larger than the damping would be amplified up to :math:`\eta / \gamma` in the directions
+the Fisher leaves flat; ``weight_decay`` :math:`\eta` is added to :math:`\nabla_W` first).
 **KL-clipping** (Ba et al. 2017, sec. 5) scales every :math:`V` by
 :math:`\nu = \min(1, \sqrt{\kappa / (\eta^2 \sum_\ell \langle V_\ell, \nabla_\ell \rangle)})`
 (:math:`\kappa` = ``kl_clip``; 0 turns it off), then heavy-ball momentum:
 :math:`b \leftarrow \mu b + \nu V`, :math:`W \leftarrow W - \eta b`.
+
+``step_rule="quadratic_model"`` replaces ``lr``, ``momentum`` and the KL-clip by
+Martens & Grosse's own rule (2015, sec. 7 and 6.5): with the proposal
+:math:`\Delta = -V` and the previous update :math:`\delta_0`, the update
+:math:`\delta = \alpha\Delta + \mu\delta_0` minimizes the quadratic model
+:math:`M(\delta) = \tfrac12 \delta^\top (F + (\lambda + \eta_{wd}) I)\,\delta + \nabla h^\top \delta`
+with the **exact** Fisher (Gauss-Newton) :math:`F` of the batch over :math:`(\alpha, \mu)`:
+
+.. math::
+   \begin{pmatrix} \alpha \\ \mu \end{pmatrix} = -
+   \begin{pmatrix} \Delta^\top F \Delta + \bar\lambda \|\Delta\|^2 &
+                    \Delta^\top F \delta_0 + \bar\lambda \Delta^\top\delta_0 \\
+                    \cdot & \delta_0^\top F \delta_0 + \bar\lambda \|\delta_0\|^2 \end{pmatrix}^{-1}
+   \begin{pmatrix} \nabla h^\top \Delta \\ \nabla h^\top \delta_0 \end{pmatrix},
+   \qquad \bar\lambda = \lambda + \eta_{wd}
+
+(:math:`\mu = 0` on the first step).  The products :math:`J\Delta`, :math:`J\delta_0` cost
+about three gradients (one forward, the retained backward, two Jacobian-vector products),
+charged at their measured time.  Every :data:`LM_INTERVAL` steps the batch loss at
+:math:`\theta + \delta` gives :math:`\rho = (h(\theta + \delta) - h(\theta)) / M_0(\delta)`
+against the model without :math:`\lambda` (the damping belongs to the solve, not the model;
+Martens 2010 sec. 4.1), and Levenberg-Marquardt adapts :math:`\lambda` (``damping``'s start
+value): :math:`\lambda \cdot \omega` when :math:`\rho > 3/4`, :math:`\lambda / \omega` when
+:math:`\rho < 1/4`, :math:`\omega = (19/20)^{5}`.  The factors' Tikhonov term at the next
+inversion uses :math:`\bar\lambda`.
 
 Parameters K-FAC cannot factor (``nn.LayerNorm`` / BatchNorm scales and shifts,
 ``nn.Embedding`` tables, weight-shared layers: any parameter
@@ -60,7 +89,7 @@ from pydantic import Field
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from hpo2.curvature import grads_or_zeros
+from hpo2.curvature import GGNOperator, grads_or_zeros, output_hessian_for
 from hpo2.curvature.diagonal import likelihood_name, sampled_label_loss, supported_likelihoods
 from hpo2.curvature.layers import LayerRecord, LayerStatistics, per_sample_scale
 from hpo2.optim.base import Closure
@@ -71,7 +100,12 @@ from hpo2.optim.matrix_base import charge_overhead
 from hpo2.optim.moments import adam_step_
 from hpo2.optim.seeded import SeededOptimizer
 from hpo2.optim.settings import Choice, FloatRange, IntRange, OptimizerSettings, document_settings
-from hpo2.solvers import host_floats
+from hpo2.solvers import host_floats, levenberg_marquardt
+
+LM_INTERVAL = 5
+"""Steps between two reduction-ratio checks of ``step_rule="quadratic_model"`` (M&G 2015: T_2 = 5)."""
+LM_OMEGA = (19 / 20) ** LM_INTERVAL
+"""Levenberg-Marquardt factor on the damping per check (M&G 2015 sec. 6.5)."""
 
 
 class KFACSettings(OptimizerSettings):
@@ -106,6 +140,8 @@ class KFACSettings(OptimizerSettings):
     """Adam beta2 for the parameters K-FAC cannot factor."""
     adam_eps: Annotated[float, Field(gt=0)] = 1e-8
     """Adam epsilon for the parameters K-FAC cannot factor."""
+    step_rule: Literal["lr", "quadratic_model"] = "lr"
+    """'lr': lr, momentum, KL-clip; 'quadratic_model': step, momentum, damping from the Fisher model (M&G sec. 7)."""
     seed: int = 0
     """Seed of the label-sampling generator (saved with the optimizer state)."""
 
@@ -119,6 +155,30 @@ def _weight_matrix(weight: Tensor, bias: Tensor | None) -> Tensor:
     """``[W | b]`` as ``(out, in [+ 1])`` (conv kernels flattened like unfolded patches)."""
     w = weight.reshape(weight.shape[0], -1)
     return torch.cat([w, bias.reshape(-1, 1)], dim=1) if bias is not None else w
+
+
+def _dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """The inner product of two parameter-shaped lists, as a 0-d tensor."""
+    return torch.stack([(x * y).sum() for x, y in zip(xs, ys)]).sum()
+
+
+def quadratic_model_step(
+    fisher: Tensor, gram: Tensor, slopes: Tensor, damping: float, weight_decay: float
+) -> tuple[Tensor, Tensor]:
+    r"""Martens & Grosse (2015, sec. 7): the coefficients :math:`c` of the update
+    :math:`\delta = \sum_i c_i v_i` in the span of :math:`k \le 2` vectors that minimize the
+    damped model, :math:`c = -(V^\top F V + (\lambda + \eta) V^\top V)^{+} V^\top \nabla h`,
+    and the model's change without :math:`\lambda`,
+    :math:`M_0(\delta) - M_0(0) = c^\top V^\top \nabla h + \tfrac12 c^\top (V^\top F V + \eta V^\top V) c`.
+
+    Args:
+        fisher: :math:`V^\top F V` (``k x k``); gram: :math:`V^\top V`; slopes: :math:`V^\top \nabla h`.
+        damping: :math:`\lambda`; weight_decay: :math:`\eta`.
+    """
+    damped = fisher + (damping + weight_decay) * gram
+    coefficients = -(torch.linalg.pinv(damped, hermitian=True) @ slopes)
+    change = slopes @ coefficients + 0.5 * coefficients @ (fisher + weight_decay * gram) @ coefficients
+    return coefficients, change
 
 
 @document_settings
@@ -166,6 +226,7 @@ class KFAC(SeededOptimizer):
         adam_beta1: float = 0.9,
         adam_beta2: float = 0.999,
         adam_eps: float = 1e-8,
+        step_rule: Literal["lr", "quadratic_model"] = "lr",
         seed: int = 0,
         raise_on_nonfinite: bool = False,
     ) -> None:
@@ -173,7 +234,7 @@ class KFAC(SeededOptimizer):
             lr=lr, momentum=momentum, damping=damping, stat_decay=stat_decay, kl_clip=kl_clip,
             weight_decay=weight_decay, cov_update_every=cov_update_every, inverse_update_every=inverse_update_every,
             fisher=fisher, adam_lr=adam_lr, adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_eps=adam_eps,
-            seed=seed
+            step_rule=step_rule, seed=seed
         )
         super().__init__(params, settings, raise_on_nonfinite=raise_on_nonfinite)
         self._statistics: LayerStatistics | None = None
@@ -183,8 +244,10 @@ class KFAC(SeededOptimizer):
         t = int(state.get("global_step", 0)) + 1
         update_cov = (t - 1) % group["cov_update_every"] == 0
         update_inverse = (t - 1) % group["inverse_update_every"] == 0
+        quadratic = group["step_rule"] == "quadratic_model"
+        damping = float(state.get("damping", group["damping"])) if quadratic else group["damping"]
         self._start_diagnostics(
-            damping=group["damping"], cov_updated=int(update_cov), inverse_updated=0, inverse_seconds=0.0
+            damping=damping, cov_updated=int(update_cov), inverse_updated=0, inverse_seconds=0.0
         )
         batch = require_batch_closure(closure, type(self).__name__, "per-layer statistics and sampled labels")
         started = time.perf_counter()
@@ -204,10 +267,10 @@ class KFAC(SeededOptimizer):
                 self._accumulate(record, scale, group["stat_decay"])
             layers = self._layers()
             if update_inverse or any("inverse_A" not in self.state[w] for w, _ in layers):
-                self._invert(layers, group["damping"])
+                self._invert(layers, damping + group["weight_decay"])
             state["global_step"] = t
             state["cov_updates"] = int(state.get("cov_updates", 0)) + int(update_cov)
-            self._apply(group, layers)
+            self._apply(group, layers, batch if quadratic else None, loss)
         self.diagnostics.update(cov_updates=state["cov_updates"], inverse_updates=int(state.get("inverse_updates", 0)),
                                 inverse_failures=int(state.get("inverse_failures", 0)),
                                 condition_number=float(state.get("condition_number", math.nan)))
@@ -260,10 +323,12 @@ class KFAC(SeededOptimizer):
 
     def _accumulate(self, record: LayerRecord, scale: Tensor | float, decay: float) -> None:
         """EMA of the layer's factors, kept in its weight's state (with its bias's index)."""
-        a_new, g_new = record.kronecker_factors(scale)
         module = record.module
         weight = module.weight
         assert isinstance(weight, Tensor), "a Linear or Conv2d layer's weight"
+        if not any(p is weight for p in record.params):
+            return  # a weight not optimized: no block (the layer's bias, if optimized, takes the fallback)
+        a_new, g_new = record.kronecker_factors(scale)
         st = self.state[weight]
         if "A" not in st:
             st["A"], st["G"] = a_new.clone(), g_new.clone()
@@ -307,7 +372,11 @@ class KFAC(SeededOptimizer):
         self.diagnostics["inverse_seconds"] = device_clock(device) - started
 
     # -- the update
-    def _apply(self, group: dict[str, Any], layers: list[tuple[Tensor, Tensor | None]]) -> None:
+    def _apply(
+        self, group: dict[str, Any], layers: list[tuple[Tensor, Tensor | None]], batch: BatchClosure | None, loss: float
+    ) -> None:
+        """Precondition every factored layer's gradient; step by lr, KL-clip and momentum, or, with
+        ``batch``, by the quadratic model on it; the fallback parameters by Adam."""
         lr, wd = group["lr"], group["weight_decay"]
         directions: list[tuple[Tensor, Tensor | None, Tensor]] = []
         vg_terms: list[Tensor] = []
@@ -319,16 +388,20 @@ class KFAC(SeededOptimizer):
             v = st["inverse_G"] @ grad @ st["inverse_A"]
             vg_terms.append((v * grad).sum())
             directions.append((weight, bias, v))
-        (vg,) = host_floats(torch.stack(vg_terms).sum() * lr**2) if vg_terms else (0.0,)  # one read for all layers
-        nu = min(1.0, math.sqrt(group["kl_clip"] / vg)) if group["kl_clip"] > 0 and vg > 0 else 1.0
-        self.diagnostics.update(kl_scale=nu, kfac_layers=len(layers))
-        factored: set[int] = set()
+        steps: list[tuple[Tensor, Tensor]] = []
         for weight, bias, v in directions:
-            parts = [(weight, v[:, : v.shape[1] - (bias is not None)].reshape(weight.shape))]
+            steps.append((weight, v[:, : v.shape[1] - (bias is not None)].reshape(weight.shape)))
             if bias is not None:
-                parts.append((bias, v[:, -1]))
-            for p, d in parts:
-                factored.add(id(p))
+                steps.append((bias, v[:, -1]))
+        factored = {id(p) for p, _ in steps}
+        self.diagnostics["kfac_layers"] = len(layers)
+        if batch is not None and steps:
+            self._quadratic_model_update(group, steps, batch, loss)
+        elif steps:
+            (vg,) = host_floats(torch.stack(vg_terms).sum() * lr**2)  # one read for all layers
+            nu = min(1.0, math.sqrt(group["kl_clip"] / vg)) if group["kl_clip"] > 0 and vg > 0 else 1.0
+            self.diagnostics["kl_scale"] = nu
+            for p, d in steps:
                 st = self.state[p]
                 buf = st.get("momentum_buffer")
                 st["momentum_buffer"] = d.mul(nu) if buf is None else buf.mul_(group["momentum"]).add_(d, alpha=nu)
@@ -337,6 +410,48 @@ class KFAC(SeededOptimizer):
         for p in fallback:
             self._adam(p, group)
         self.diagnostics["fallback_params"] = len(fallback)
+
+    def _quadratic_model_update(
+        self, group: dict[str, Any], steps: list[tuple[Tensor, Tensor]], batch: BatchClosure, loss: float
+    ) -> None:
+        """``step_rule="quadratic_model"`` (module docstring): alpha and mu from the exact-Fisher
+        model on ``batch`` (M&G 2015 sec. 7), every LM_INTERVAL steps the damping by the
+        reduction ratio (sec. 6.5)."""
+        state, wd = self.global_state, group["weight_decay"]
+        damping = float(state.get("damping", group["damping"]))
+        params = [p for p, _ in steps]
+        grads: list[Tensor] = [p.grad + wd * p if wd else p.grad for p in params]  # type: ignore[misc]  # grads stored above
+        previous = [d for p in params if (d := self.state[p].get("previous_update")) is not None]
+        vectors = [[-v for _, v in steps]]
+        if len(previous) == len(params):  # not on the first step
+            vectors.append(previous)
+        with torch.enable_grad():
+            evaluation = batch.evaluate()
+            outputs = evaluation.output_tensor(type(self).__name__, "the Fisher products of its quadratic model")
+            operator = GGNOperator(outputs, params, output_hessian_for(batch.loss_fn, outputs, evaluation.targets))
+            jv = [operator.jvp(v).detach() for v in vectors]
+        h_jv = [operator.output_hessian(j) for j in jv]
+        fisher = torch.stack([torch.stack([(a * b).sum() for b in h_jv]) for a in jv]).double()
+        gram = torch.stack([torch.stack([_dot(a, b) for b in vectors]) for a in vectors]).double()
+        slopes = torch.stack([_dot(grads, v) for v in vectors]).double()
+        coefficients_t, change_t = quadratic_model_step(fisher, gram, slopes, damping, wd)
+        *coefficients, change = host_floats(*coefficients_t.unbind(), change_t)  # one read
+        alpha, mu = coefficients[0], coefficients[1] if len(coefficients) > 1 else 0.0
+        squares_before = _dot(params, params) if wd else None
+        for i, p in enumerate(params):
+            update = vectors[0][i] * alpha + (vectors[1][i] * mu if len(vectors) > 1 else 0.0)
+            self.state[p]["previous_update"] = update
+            p.add_(update)
+        self.diagnostics.update(alpha=alpha, mu=mu, model_change=change)
+        if int(state["global_step"]) % LM_INTERVAL == 0:
+            actual_t = batch.loss_value() - loss
+            if squares_before is not None:
+                actual_t = actual_t + 0.5 * wd * (_dot(params, params) - squares_before)
+            (actual,) = host_floats(actual_t)
+            rho = actual / change if change < 0 and math.isfinite(actual) else -math.inf
+            damping = levenberg_marquardt(damping, rho, 1 / LM_OMEGA, LM_OMEGA)
+            state["damping"] = damping
+            self._record_ratio(rho, damping)
 
     def _adam(self, p: Tensor, group: dict[str, Any]) -> None:
         """The fallback for parameters K-FAC does not factor: Adam (:func:`~hpo2.optim.moments.adam_step_`)."""

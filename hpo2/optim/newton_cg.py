@@ -28,7 +28,12 @@ convergence, N&W Thm. 7.2) or after ``cg_max_iter`` products.  Then one of:
 * ``strong_wolfe``: a strong-Wolfe search (N&W Alg. 3.5);
 * ``trust_region``: Steihaug-CG inside radius :math:`\Delta` instead of a line
   search; the ratio :math:`\rho` of actual to predicted reduction grows or shrinks
-  :math:`\Delta` (N&W Alg. 4.1 / 7.2);
+  :math:`\Delta` (N&W Alg. 4.1 / 7.2).  The prediction is the undamped model's
+  :math:`q_0(s)`, the same :math:`\rho` that drives the damping: Martens (2010, sec.
+  4.1) measures how well the undamped quadratic fits :math:`f` (the damping is part of
+  the solve, not of the model), and since :math:`-q_0(s) = -q_\lambda(s) +
+  \tfrac\lambda2\|s\|^2 \ge -q_\lambda(s)`, Steihaug's sufficient decrease of the
+  damped model :math:`q_\lambda` holds for :math:`q_0` too (N&W Thm. 4.5 still applies);
 * ``none``: the fixed step :math:`\theta \leftarrow \theta + \text{lr}\, d`.
 
 Negative curvature (:math:`p^\top (C + \lambda I) p \le 0` inside CG) either
@@ -193,7 +198,7 @@ class NewtonCG(CurvatureOptimizer):
             self._record_cg(result)
             x0 = self._flat_params()
             if radius is not None:
-                rho = self._trust_region_step(closure, x0, loss, g, damped, result, radius)
+                rho = self._trust_region_step(closure, x0, loss, g, damped, damping, result, radius)
             else:
                 rho = self._line_search_step(closure, x0, loss, g, g_norm, result, operator, damping)
             if group["damping_rule"] == "lm":
@@ -268,14 +273,16 @@ class NewtonCG(CurvatureOptimizer):
         return actual / predicted if predicted < 0 and math.isfinite(actual) else -math.inf
 
     def _trust_region_step(
-        self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped: MatVec, result: CGResult, radius: float
+        self, closure: Closure, x0: Tensor, loss: float, g: Tensor, damped: MatVec, damping: float,
+        result: CGResult, radius: float,
     ) -> float:
-        """Take Steihaug-CG's ``result`` if the reduction ratio accepts it; grow or
-        shrink the radius; return the ratio."""
+        """Take Steihaug-CG's ``result`` if the reduction ratio against the undamped model
+        accepts it; grow or shrink the radius; return the ratio."""
         group = self.param_groups[0]
         state = self.global_state
         s = result.x
-        predicted_t = -(torch.dot(g, s) + 0.5 * torch.dot(s, damped(s)))
+        # the undamped model q_0(s) = g's + s'Cs/2, with s'Cs = s'(C + lambda I)s - lambda s's (module docstring)
+        predicted_t = -(torch.dot(g, s) + 0.5 * (torch.dot(s, damped(s)) - damping * torch.dot(s, s)))
         self._set_flat_params(x0 + s)
         predicted, new_loss, s_norm, x0_norm = host_floats(predicted_t, self._loss(closure), s.norm(), x0.norm())
         rho = (loss - new_loss) / predicted if predicted > 0 and math.isfinite(new_loss) else -math.inf

@@ -11,7 +11,9 @@ and then steps with the gradient at the perturbed point,
 :math:`\nabla L(w)\big|_{w + \hat\epsilon}`, from :math:`w`.  ASAM (Kwon, Kim, Park
 & Choi, "ASAM: adaptive sharpness-aware minimization for scale-invariant learning
 of deep neural networks", ICML 2021, eq. 8) makes the ball scale-invariant with
-:math:`T_w = \mathrm{diag}(|w|) + \eta`:
+:math:`T_w = \mathrm{diag}(|w|) + \eta` on the weights and :math:`T = I` on biases
+and normalization parameters, as Kwon et al. do (here: every parameter with at most
+one dimension):
 
 .. math::
    \hat\epsilon(w) = \rho\, \frac{T_w^2\, g}{\|T_w\, g\|_2}.
@@ -74,7 +76,7 @@ class SAMSettings(OptimizerSettings):
     rho: Annotated[float, Field(gt=0), FloatRange(0.01, 2.0, log=True)] = 0.05
     """Radius of the ascent step (Foret et al. 2021 default 0.05; ASAM uses larger, e.g. 0.5-2)."""
     adaptive: Annotated[bool, Choice((False, True))] = False
-    """ASAM's scale-invariant ball T_w = |w| + eta (Kwon et al. 2021)."""
+    """ASAM's scale-invariant ball T_w = |w| + eta on weights, T = I on 1-d parameters (Kwon et al. 2021)."""
     eta: Annotated[float, Field(ge=0)] = 0.01
     """ASAM's offset eta in T_w = |w| + eta."""
 
@@ -83,8 +85,10 @@ def ascent_step(
     params: Sequence[Tensor], grads: Sequence[Tensor], rho: float, adaptive: bool = False, eta: float = 0.01
 ) -> list[Tensor]:
     r""":math:`\hat\epsilon = \rho g/\|g\|` (SAM) or :math:`\rho T^2 g/\|T g\|` with
-    :math:`T = |w| + \eta` (ASAM), per parameter tensor; zero where :math:`g = 0`."""
-    scales = [p.detach().abs() + eta if adaptive else None for p in params]
+    :math:`T = |w| + \eta` on parameters of two or more dimensions and :math:`T = I` on
+    1-d ones, biases and normalization scales (ASAM), per parameter tensor; zero where
+    :math:`g = 0`."""
+    scales = [p.detach().abs() + eta if adaptive and p.dim() > 1 else None for p in params]
     scaled = [g if t is None else t * g for g, t in zip(grads, scales)]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in scaled]))
     factor = rho / norm.clamp_min(1e-12)

@@ -317,3 +317,22 @@ def test_hessian_free_without_damping_solves_least_squares_in_one_step(seed, dev
     torch.testing.assert_close(model.weight.detach(), expected, rtol=1e-7, atol=1e-9)
     # On a quadratic the model is exact: reduction ratio 1, so LM damping drops (0 stays 0).
     assert opt.diagnostics["reduction_ratio"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("exponent", [0.75, 0.5])
+def test_one_cg_iteration_steps_along_the_preconditioned_gradient(exponent: float) -> None:
+    """From x0 = 0, CG's first iterate is a multiple of M^{-1} g with M = (diag(F) + lambda)^exponent
+    (Martens 2010 sec. 4.7), F the empirical Fisher diagonal of an independent per-sample loop."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,))
+    loss_fn, damping = nn.CrossEntropyLoss(), 1e-2
+    params = list(model.parameters())
+    theta0 = torch.cat([p.detach().reshape(-1) for p in params])
+    g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss_fn(model(x), y), params)])
+    expected = -g / (_loop_fisher_diagonal(model, loss_fn, x, y) + damping) ** exponent
+    opt = HessianFree(params, damping=damping, preconditioner_exponent=exponent, cg_max_iter=1, curvature_fraction=1.0)
+    opt.step(BatchClosure(model, loss_fn, x, y))
+    step = torch.cat([p.detach().reshape(-1) for p in params]) - theta0
+    assert opt.diagnostics["cg_iters"] == 1 and float(step.norm()) > 0
+    torch.testing.assert_close(step / step.norm(), expected / expected.norm(), rtol=1e-8, atol=1e-12)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hpo2.optim import KFAC, BatchClosure
+from hpo2.optim.kfac import LM_INTERVAL, LM_OMEGA
 from tests.reference import dense_hessian
 
 
@@ -43,9 +44,13 @@ def _patches(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return torch.stack(out, dim=1)
 
 
-def _reference_factors(model: nn.Module, x: Tensor, labels: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """A = 1/N sum_{n,t} a a^T (bias coordinate appended), G = 1/(N T) sum_{n,t} g g^T with
-    g = d(loss of sample n alone)/d(layer output), one backward per sample."""
+def _reference_factors(
+    model: nn.Module, x: Tensor, labels: Tensor, optimized: list[Tensor] | None = None
+) -> list[tuple[Tensor, Tensor]]:
+    """A = 1/N sum_{n,t} a a^T (bias coordinate appended when the bias is among ``optimized``,
+    default all), G = 1/(N T) sum_{n,t} g g^T with g = d(loss of sample n alone)/d(layer output),
+    one backward per sample."""
+    biased = {id(p) for p in (model.parameters() if optimized is None else optimized)}
     layers = [m for m in model if isinstance(m, nn.Linear | nn.Conv2d)]
     sums = [None] * len(layers)
     for n in range(x.shape[0]):
@@ -64,7 +69,7 @@ def _reference_factors(model: nn.Module, x: Tensor, labels: Tensor) -> list[tupl
                 a, g = _patches(a_in, module)[0], s.grad[0].reshape(s.shape[1], -1).T
             else:
                 a, g = a_in, s.grad
-            if module.bias is not None:
+            if module.bias is not None and id(module.bias) in biased:
                 a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], dim=1)
             aa, gg = a.T @ a, g.T @ g / g.shape[0]
             sums[i] = (aa, gg) if sums[i] is None else (sums[i][0] + aa, sums[i][1] + gg)
@@ -97,6 +102,15 @@ def test_factors_equal_explicit_per_sample_loops(kind, fisher):
     assert opt.diagnostics["n_grad"] == (2 if fisher == "sampled" else 1)
 
 
+def _pi_damped_solve(a: Tensor, g: Tensor, grad: Tensor, damping: float) -> Tensor:
+    """((A + pi sqrt(gamma) I) (x) (G + sqrt(gamma)/pi I))^{-1} vec(grad) as a dense solve, reshaped."""
+    pi = ((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0])).sqrt()
+    damped = torch.kron(a + pi * damping**0.5 * torch.eye(a.shape[0], dtype=a.dtype),
+                        g + damping**0.5 / pi * torch.eye(g.shape[0], dtype=g.dtype))
+    # column-wise vec: (A (x) G) vec(X) = vec(G X A^T)
+    return torch.linalg.solve(damped, grad.T.reshape(-1)).reshape(grad.shape[1], grad.shape[0]).T
+
+
 def test_direction_is_the_pi_damped_kronecker_solve_scaled_by_the_kl_clip():
     model, x, y = _data("mlp")
     before = [p.detach().clone() for p in model.parameters()]
@@ -107,12 +121,7 @@ def test_direction_is_the_pi_damped_kronecker_solve_scaled_by_the_kl_clip():
     g1 = torch.cat([w1.grad, b1.grad[:, None]], dim=1)
     directions, vg = [], 0.0
     for weight, grad in [(w1, g1), (w2, w2.grad)]:
-        a, g = opt.state[weight]["A"], opt.state[weight]["G"]
-        pi = ((torch.trace(a) / a.shape[0]) / (torch.trace(g) / g.shape[0])).sqrt()
-        damped = torch.kron(a + pi * damping**0.5 * torch.eye(a.shape[0], dtype=a.dtype),
-                            g + damping**0.5 / pi * torch.eye(g.shape[0], dtype=g.dtype))
-        # column-wise vec: (A (x) G) vec(X) = vec(G X A^T)
-        v = torch.linalg.solve(damped, grad.T.reshape(-1)).reshape(grad.shape[1], grad.shape[0]).T
+        v = _pi_damped_solve(opt.state[weight]["A"], opt.state[weight]["G"], grad, damping)
         directions.append(v)
         vg += float((v * grad).sum()) * lr**2
     nu = min(1.0, (kappa / vg) ** 0.5)
@@ -124,6 +133,88 @@ def test_direction_is_the_pi_damped_kronecker_solve_scaled_by_the_kl_clip():
     ]
     for p, e in zip(model.parameters(), expected):
         torch.testing.assert_close(p.detach(), e, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("how", ["frozen", "not_given"])
+def test_a_bias_that_is_not_optimized_leaves_a_weight_only_block(how: str) -> None:
+    """A frozen bias, or one left out of the optimizer's parameters, carries no homogeneous
+    coordinate: A = E[a a^T] on the weight's inputs alone, and the weight steps by the
+    pi-damped solve of that block (it used to crash on a (in + 1)-sized A)."""
+    model, x, y = _data("mlp")
+    w1, b1, w2 = list(model.parameters())
+    if how == "frozen":
+        b1.requires_grad_(False)
+    before = [p.detach().clone() for p in model.parameters()]
+    reference = _reference_factors(copy.deepcopy(model), x, y, optimized=[w1, w2])
+    lr, damping = 0.5, 0.3
+    opt = KFAC([w1, w2], lr=lr, damping=damping, kl_clip=0.0, momentum=0.0, fisher="empirical")
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+    assert reference[0][0].shape == (4, 4)
+    for i, (weight, (a_ref, g_ref)) in enumerate(zip([w1, w2], reference)):
+        torch.testing.assert_close(opt.state[weight]["A"], a_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(opt.state[weight]["G"], g_ref, rtol=1e-10, atol=1e-12)
+        expected = before[2 * i] - lr * _pi_damped_solve(a_ref, g_ref, weight.grad, damping)
+        torch.testing.assert_close(weight.detach(), expected, rtol=1e-9, atol=1e-12)
+    assert torch.equal(b1.detach(), before[1]) and opt.diagnostics["fallback_params"] == 0
+
+
+def test_a_frozen_weight_leaves_its_optimized_bias_to_the_fallback() -> None:
+    model, x, y = _data("mlp")
+    w1, b1, w2 = list(model.parameters())
+    w1.requires_grad_(False)
+    opt = KFAC([b1, w2], adam_lr=0.01)
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+    assert opt.diagnostics["kfac_layers"] == 1 and opt.diagnostics["fallback_params"] == 1
+    assert set(opt.state_dict()["state"]) == {0, 1}  # every state entry is one of the optimizer's parameters
+
+
+def test_second_step_averages_the_factors_and_carries_clipped_momentum():
+    """Two steps on two batches: A_2 = d A(batch 1) + (1 - d) A(batch 2) (the EMA's weights, not
+    swapped), and the momentum buffer b_2 = mu b_1 + nu_2 V_2 with the KL-clip factor nu_2 < 1."""
+    model, x, y = _data("mlp")
+    gen = torch.Generator().manual_seed(5)
+    x2, y2 = torch.randn(12, 4, dtype=torch.float64, generator=gen), torch.randint(0, 3, (12,), generator=gen)
+    lr, damping, kappa, mu, decay = 0.5, 0.3, 1e-4, 0.7, 0.8
+    opt = KFAC(model.parameters(), lr=lr, damping=damping, kl_clip=kappa, momentum=mu, stat_decay=decay,
+               fisher="empirical", cov_update_every=1, inverse_update_every=1)
+    first = _reference_factors(copy.deepcopy(model), x, y)
+    p0 = [p.detach().clone() for p in model.parameters()]
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+    second = _reference_factors(copy.deepcopy(model), x2, y2)
+    p1 = [p.detach().clone() for p in model.parameters()]
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x2, y2))
+    w1, b1, w2 = list(model.parameters())
+    factors = []
+    for weight, (a1, g1), (a2, g2) in zip([w1, w2], first, second):
+        a, g = (decay * a1 + (1 - decay) * a2).detach(), (decay * g1 + (1 - decay) * g2).detach()
+        torch.testing.assert_close(opt.state[weight]["A"], a, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(opt.state[weight]["G"], g, rtol=1e-10, atol=1e-12)
+        factors.append((a, g))
+    grads = [torch.cat([w1.grad, b1.grad[:, None]], dim=1), w2.grad]
+    directions = [_pi_damped_solve(a, g, grad, damping) for (a, g), grad in zip(factors, grads)]
+    nu = min(1.0, (kappa / (lr**2 * sum(float((v * grad).sum()) for v, grad in zip(directions, grads)))) ** 0.5)
+    assert nu < 1
+    v = [directions[0][:, :-1], directions[0][:, -1], directions[1]]
+    for p, before, start, d in zip(model.parameters(), p1, p0, v):
+        buffer = mu * (start - before) / lr + nu * d
+        torch.testing.assert_close(p.detach(), before - lr * buffer, rtol=1e-9, atol=1e-12)
+
+
+def test_weight_decay_is_added_to_the_gradient_and_to_the_damping():
+    """(F + (gamma + eta) I)^{-1} (grad + eta W) in factored form: the decay's own curvature eta I
+    is part of the damped matrix (Martens & Grosse 2015: gamma = sqrt(lambda + eta))."""
+    model, x, y = _data("mlp")
+    before = [p.detach().clone() for p in model.parameters()]
+    lr, damping, wd = 0.5, 0.3, 0.1
+    opt = KFAC(model.parameters(), lr=lr, damping=damping, kl_clip=0.0, momentum=0.0, weight_decay=wd,
+               fisher="empirical")
+    opt.step(BatchClosure(model, nn.CrossEntropyLoss(), x, y))
+    w1, b1, w2 = list(model.parameters())
+    decayed = [torch.cat([w1.grad + wd * before[0], (b1.grad + wd * before[1])[:, None]], dim=1),
+               w2.grad + wd * before[2]]
+    v = [_pi_damped_solve(opt.state[w]["A"], opt.state[w]["G"], g, damping + wd) for w, g in zip([w1, w2], decayed)]
+    for p, start, d in zip(model.parameters(), before, [v[0][:, :-1], v[0][:, -1], v[1]]):
+        torch.testing.assert_close(p.detach(), start - lr * d, rtol=1e-9, atol=1e-12)
 
 
 def test_linear_layer_with_mse_steps_to_the_exact_gauss_newton_solve():
@@ -143,6 +234,50 @@ def test_linear_layer_with_mse_steps_to_the_exact_gauss_newton_solve():
     opt.step(BatchClosure(model, loss_fn, x, y))
     step = torch.cat([p.detach().reshape(-1) for p in model.parameters()]) - theta0
     assert float((step - newton).norm() / newton.norm()) < 0.05
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_quadratic_model_rule_takes_the_exact_two_by_two_minimizer_and_sees_rho_one(weight_decay: float) -> None:
+    """One linear layer with MSE: the loss is quadratic and the Gauss-Newton matrix H exact.
+    Each step is c_1 Delta + c_2 delta_0 with c = -(V'(H + (lambda + eta) I) V)^{-1} V' grad h
+    (Martens & Grosse 2015 sec. 7; an independent dense float64 solve), and at step 5 the model
+    without lambda predicts the change exactly: rho = 1, so lambda drops by omega (sec. 6.5)."""
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(40, 3, dtype=torch.float64, generator=gen)
+    y = torch.randn(40, 2, dtype=torch.float64, generator=gen)
+    loss_fn = nn.MSELoss()
+    hessian = dense_hessian(model, loss_fn, x, y) + weight_decay * torch.eye(8, dtype=torch.float64)
+    lam = 0.5
+    opt = KFAC(model.parameters(), step_rule="quadratic_model", damping=lam, weight_decay=weight_decay,
+               fisher="empirical", cov_update_every=1, inverse_update_every=1)
+    weight, bias = list(model.parameters())
+
+    def flat() -> Tensor:
+        return torch.cat([weight.detach().reshape(-1), bias.detach()])
+
+    previous = None
+    for _ in range(LM_INTERVAL):
+        theta = flat()
+        grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_fn(model(x), y), [weight, bias])])
+        grad = grad + weight_decay * theta
+        opt.step(BatchClosure(model, loss_fn, x, y))
+        matrix_grad = torch.cat([weight.grad, bias.grad[:, None]], dim=1) + weight_decay * torch.cat(
+            [theta[:6].reshape(2, 3), theta[6:, None]], dim=1)
+        v = _pi_damped_solve(opt.state[weight]["A"], opt.state[weight]["G"], matrix_grad, lam + weight_decay)
+        vectors = torch.stack([-torch.cat([v[:, :-1].reshape(-1), v[:, -1]])] + ([previous] if previous is not None
+                                                                                  else []), dim=1)
+        c = -torch.linalg.solve(vectors.T @ (hessian + lam * torch.eye(8, dtype=torch.float64)) @ vectors,
+                                vectors.T @ grad)
+        torch.testing.assert_close(flat() - theta, vectors @ c, rtol=1e-8, atol=1e-12)
+        assert opt.diagnostics["alpha"] == pytest.approx(float(c[0]), rel=1e-8)
+        assert opt.diagnostics["mu"] == pytest.approx(float(c[1]) if len(c) > 1 else 0.0, rel=1e-8, abs=1e-15)
+        previous = flat() - theta
+    assert opt.diagnostics["mu"] != 0.0
+    assert opt.diagnostics["reduction_ratio"] == pytest.approx(1.0, rel=1e-8)
+    assert opt.diagnostics["damping_next"] == pytest.approx(lam * LM_OMEGA)
+    assert opt.global_state["damping"] == pytest.approx(lam * LM_OMEGA)
 
 
 def test_unfactored_parameters_take_adam_with_a_warning():

@@ -38,10 +38,11 @@ def test_gauss_newton_by_default_with_a_batch_closure_hessian_with_a_plain_one()
     assert opt.diagnostics["curvature"] == "hessian"
 
 
-@pytest.mark.parametrize("globalization", ["armijo", "strong_wolfe", "none"])
+@pytest.mark.parametrize("globalization", ["armijo", "strong_wolfe", "none", "trust_region"])
 def test_lm_damping_follows_the_closed_form_reduction_ratio(globalization: str) -> None:
     """f(w) = sin(w)^2, G = 2 cos(w)^2: rho = (f(w0 + s) - f(w0)) / (g s + G s^2 / 2)
-    for the step s actually taken; lambda x 3/2 below 1/4, x 2/3 above 3/4."""
+    for the step s actually taken, against the undamped model under every globalization
+    (the trust region's boundary step s = -1 included); lambda x 3/2 below 1/4, x 2/3 above 3/4."""
     lam, w0 = 1e-3, 1.4
     model = Sin(w0)
     opt = NewtonCG(
@@ -160,3 +161,22 @@ def test_newton_cg_reaches_scipy_trust_ncg_optimum_on_logistic_regression():
         got = torch.cat([model.weight.detach().reshape(-1), model.bias.detach()]).numpy()
         assert abs(got - x_ref).max() < 1e-6, globalization
         assert float(closure().detach()) == pytest.approx(f_ref, abs=1e-12)
+
+
+@pytest.mark.parametrize("g_norm", [1e-2, 1e-4])
+def test_cg_forcing_term_tightens_with_the_gradient_norm(g_norm: float) -> None:
+    """Near the minimum the forcing term is sqrt(||g||) < cg_tol (N&W Thm. 7.2): on a quadratic
+    with C exact, the new gradient is CG's residual, so it is at most sqrt(||g||) ||g||, not the
+    cap cg_tol ||g||."""
+    model = Quadratic(40, seed=5, cond=1e4)
+    gen = torch.Generator().manual_seed(6)
+    offset = torch.randn(40, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        direction = torch.linalg.solve(model.a, offset)  # theta - theta* with gradient A (theta - theta*) = offset
+        model.theta.copy_(model.minimizer() + direction * g_norm / offset.norm())
+    opt = NewtonCG(model.parameters(), damping=0.0, globalization="none", cg_tol=0.5, cg_max_iter=200)
+    opt.step(model)
+    assert opt.diagnostics["grad_norm"] == pytest.approx(g_norm)
+    new_g = model.a @ model.theta.detach() - model.b
+    assert opt.diagnostics["cg_stop"] == "residual_tol"
+    assert float(new_g.norm()) <= g_norm**0.5 * g_norm

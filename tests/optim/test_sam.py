@@ -34,9 +34,10 @@ def test_ascent_step_matches_the_formula(adaptive: bool, seed: int) -> None:
     grads = list(torch.autograd.grad(_loss(params), params))
     rho, eta = 0.3, 0.05
     g = torch.cat([x.reshape(-1) for x in grads])
-    w = torch.cat([p.detach().reshape(-1) for p in params])
-    t = w.abs() + eta if adaptive else torch.ones_like(w)
-    expected = rho * t**2 * g / torch.linalg.vector_norm(t * g)  # Kwon et al. eq. 8; Foret et al. eq. 2 with T = I
+    weight, bias = params[0].detach().reshape(-1), params[1].detach()
+    # Kwon et al. eq. 8 with T = |w| + eta on the weight matrix and T = I on the 1-d bias; Foret et al. eq. 2: T = I
+    t = torch.cat([weight.abs() + eta, torch.ones_like(bias)]) if adaptive else torch.ones(g.numel(), dtype=g.dtype)
+    expected = rho * t**2 * g / torch.linalg.vector_norm(t * g)
     got = torch.cat([e.reshape(-1) for e in ascent_step(params, grads, rho, adaptive, eta)])
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
     if not adaptive:
@@ -53,7 +54,7 @@ def test_sam_sgd_update_is_the_gradient_at_the_perturbed_point(adaptive: bool, s
     # independent: perturb by hand, differentiate there, step from w0
     start = [w.clone().requires_grad_(True) for w in w0]
     g = torch.autograd.grad(_loss(start), start)
-    t = [w.abs() + 0.01 if adaptive else torch.ones_like(w) for w in w0]
+    t = [w.abs() + 0.01 if adaptive and w.dim() > 1 else torch.ones_like(w) for w in w0]
     norm = torch.sqrt(sum(((ti * gi) ** 2).sum() for ti, gi in zip(t, g)))
     perturbed = [(w + rho * ti**2 * gi / norm).requires_grad_(True) for w, ti, gi in zip(w0, t, g)]
     g_sam = torch.autograd.grad(_loss(perturbed), perturbed)

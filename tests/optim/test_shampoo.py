@@ -51,14 +51,16 @@ def test_first_step_is_the_orthogonal_factor_of_the_gradient():
     assert opt.diagnostics["preconditioned_fraction"] == 1.0 and opt.diagnostics["root_refreshes"] == 2
 
 
-def test_steps_match_the_dense_kronecker_inverse_root_with_ema_momentum_and_adam_grafting():
+@pytest.mark.parametrize(("frequency", "refreshes"), [(2, (2, 4)), (3, (2, 5))])
+def test_steps_match_the_dense_kronecker_inverse_root_with_ema_momentum_and_adam_grafting(frequency, refreshes):
     """Independent loop: vec(L^-1/4 M R^-1/4) = (R (x) L)^{-1/4} vec(M) with scipy's
-    fractional matrix power of the dense Kronecker product; roots refreshed on
-    steps 2 and 4 (start 2, every 2), Adam before the start and for the norm."""
+    fractional matrix power of the dense Kronecker product; roots refreshed on the
+    listed steps (start 2, every 2 or 3: the phase counts from the start step, not from
+    step 0), stale in between; Adam before the start and for the norm."""
     problem = MatrixQuadratic(4, 3, seed=1)
     lr, b1, b2, gb2, eps, geps = 0.05, 0.5, 0.9, 0.99, 1e-6, 1e-8
     opt = Shampoo(problem.parameters(), lr=lr, beta1=b1, beta2=b2, adam_beta2=gb2, eps=eps, adam_eps=geps,
-                  precondition_frequency=2, start_preconditioning_step=2)
+                  precondition_frequency=frequency, start_preconditioning_step=2)
     w = problem.w.detach().numpy().copy()
     a, b, target = problem.a.numpy(), problem.b.numpy(), problem.target.numpy()
     left, right, m, v = np.zeros((4, 4)), np.zeros((3, 3)), np.zeros((4, 3)), np.zeros((4, 3))
@@ -70,7 +72,8 @@ def test_steps_match_the_dense_kronecker_inverse_root_with_ema_momentum_and_adam
         m, v = b1 * m + (1 - b1) * g, gb2 * v + (1 - gb2) * g * g
         m_hat = m / (1 - b1**t)
         adam = m_hat / (np.sqrt(v / (1 - gb2**t)) + geps)
-        if t in (2, 4):
+        assert opt.diagnostics["root_refreshes"] == (2 if t in refreshes else 0)
+        if t in refreshes:
             kron = np.kron(right / (1 - b2**t) + eps * np.eye(3), left / (1 - b2**t) + eps * np.eye(4))
             root = np.real(scipy.linalg.fractional_matrix_power(kron, -0.25))
         if root is None:
@@ -79,7 +82,7 @@ def test_steps_match_the_dense_kronecker_inverse_root_with_ema_momentum_and_adam
             shampoo = (root @ m_hat.reshape(-1, order="F")).reshape(4, 3, order="F")
             step = shampoo * np.linalg.norm(adam) / np.linalg.norm(shampoo)
         w = w - lr * step
-        np.testing.assert_allclose(problem.w.detach().numpy(), w, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(problem.w.detach().numpy(), w, rtol=1e-7, atol=1e-9)
 
 
 def test_blocks_are_preconditioned_independently():

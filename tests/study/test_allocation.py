@@ -168,3 +168,28 @@ def test_exceedances_count_the_top_quarter_of_finished_trials_in_the_study_direc
     successes, failures = exceedances(NAMES, trials, StudyDirection[direction.upper()])
     assert successes == {"sgd": 0, "adam": 3, "newton_cg": 0, "lbfgs": 0}
     assert failures == {"sgd": 3, "adam": 1, "newton_cg": 3, "lbfgs": 3}
+
+
+def test_thompson_draws_differ_from_trial_to_trial_and_repeat_for_the_same_trial():
+    """Two optimizers with equal Beta posteriors (1 exceedance, 3 misses each): the draw is seeded
+    by the study seed and the trial number, so over 200 trial numbers each wins about half the
+    time, and the same (seed, number) picks the same optimizer again."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.study import StudyDirection
+    from optuna.trial import create_trial
+
+    from hpo2.study.allocation import allocate
+
+    names = ["sgd", "adam"]
+    dist = {OPTIMIZER_PARAM: CategoricalDistribution(names)}
+    values = {"sgd": [0.0, 0.5, 0.6, 0.9], "adam": [0.1, 0.55, 0.7, 0.95]}  # the best quarter: 0.0 and 0.1
+    trials = [create_trial(params={OPTIMIZER_PARAM: n}, distributions=dist, value=v) for n in names for v in values[n]]
+
+    def choose(number: int, seed: int = 3) -> str:
+        return allocate("adaptive", names, trials, number, StudyDirection.MINIMIZE, design_points=1, floor=0.0,
+                        seed=seed)
+
+    chosen = [choose(number) for number in range(100, 300)]
+    assert 0.35 < chosen.count("sgd") / len(chosen) < 0.65
+    assert [choose(number) for number in range(100, 120)] == chosen[:20]
+    assert [choose(number, seed=4) for number in range(100, 300)] != chosen
