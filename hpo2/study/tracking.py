@@ -39,11 +39,13 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from hpo2.common.databases import check_sqlite_writable
+from hpo2.common.databases import check_database_reachable, check_sqlite_writable
 from hpo2.common.redact import redact_text, redact_url
 from hpo2.errors import SettingsError
 
 MAX_BATCH = 1000
+#: the database servers MLflow keeps a tracking store in (``postgresql+psycopg://...``; sqlite is a file)
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 #: MLflow's HTTP settings while hpo2 talks to a tracking server: a lost server must not
 #: stall a trial for minutes in MLflow's default retries (7, with exponential backoff)
@@ -97,8 +99,9 @@ def quick_failing_http() -> Iterator[None]:
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`SettingsError`, before anything is written, if the tracking
     store cannot take a study: an HTTP server that does not answer or refuses the
-    login (``http://user:password@host``, sent as basic auth), a sqlite file that
-    cannot be written, or MLflow 3's refused file store (``file://``, a path)."""
+    login (``http://user:password@host``, sent as basic auth), a database server
+    (``postgresql://``, ...) that takes no connection, a sqlite file that cannot be
+    written, or MLflow 3's refused file store (``file://``, a path)."""
     if "://" not in tracking_uri or tracking_uri.startswith("file:"):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
             raise SettingsError(
@@ -108,6 +111,9 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
             )
         return
     check_sqlite_writable(tracking_uri, "tracking_uri")
+    if tracking_uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+        check_database_reachable(tracking_uri, "tracking_uri", "check the URI and that the database server runs and "
+                                 "the database exists, or leave tracking_uri unset for the local sqlite store")
     if not tracking_uri.startswith(("http://", "https://")):
         return
     try:
