@@ -535,10 +535,13 @@ def study_sync(
 
     config, path, study = _existing_study(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
     try:
-        sent, left = sync_unsent(study, path.parent / "mlflow-unsent", default_tracking_uri(config, path),
-                                 config.experiment or config.name)
+        sent, left, refused = sync_unsent(study, path.parent / "mlflow-unsent", default_tracking_uri(config, path),
+                                          config.experiment or config.name)
     except SettingsError as exc:
         raise fail(str(exc)) from None
+    for reason in refused:
+        console.print(f"dropped what MLflow refused (sending it again would be refused again): {reason}",
+                      highlight=False, soft_wrap=True)
     console.print(
         f"sent {sent} run(s) to MLflow" + (f"; {left} still unsent (tracking unreachable), kept" if left else ""),
         highlight=False,

@@ -11,7 +11,12 @@ When the tracking server stops answering, nothing is lost and training goes
 on: the queue keeps the unsent operations, the user is told once, every later
 flush retries them, and :meth:`TrackedRun.spool` writes what is still unsent to
 a JSON file at the end (``hpo2 study sync`` sends it later).  A server that is unreachable *before* a study starts is
-a clear error instead (:func:`check_reachable`).
+a clear error instead (:func:`check_reachable`).  An operation the store *refuses*
+(:func:`refused`: a param whose value changed -- MLflow keeps params fixed --, a
+deleted run) is no outage: sending it again would be refused again, so it is
+dropped and recorded in :attr:`TrackedRun.refused`, and the rest goes on.  A
+resumed study whose settings changed is refused before it starts
+(:func:`check_params_unchanged`).
 
 The default store is a sqlite file (MLflow 3's default ``sqlite:///mlflow.db``);
 the file store under ``./mlruns`` is not used.
@@ -37,13 +42,19 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hpo2.common.databases import check_database_reachable, check_sqlite_writable
+from hpo2.common.databases import check_database_reachable, check_sqlite_writable, local_file
 from hpo2.common.redact import redact_text, redact_url
 from hpo2.errors import SettingsError
 
 MAX_BATCH = 1000
+#: MLflow's limit on a param's value (longer values are cut, as MLflow would refuse them)
+MAX_PARAM_LENGTH = 6000
+#: the error codes of a tracking store that refuses an operation for good (a changed param, a deleted or
+#: missing run): an outage -- no answer, a 5xx, a locked database -- has other codes and is retried
+REFUSAL_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"})
 #: the database servers MLflow keeps a tracking store in (``postgresql+psycopg://...``; sqlite is a file)
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
@@ -151,6 +162,16 @@ def health_request(tracking_uri: str) -> urllib.request.Request:
     return request
 
 
+def refused(exc: BaseException) -> bool:
+    """Whether the tracking store refused an operation for good (:data:`REFUSAL_CODES`), as opposed to an outage."""
+    return isinstance(exc, MlflowException) and exc.error_code in REFUSAL_CODES
+
+
+def param_value(value: Any) -> str:
+    """A param's value as MLflow stores it."""
+    return str(value)[:MAX_PARAM_LENGTH]
+
+
 def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
     """``{"lr": 0.1}`` with prefix ``optimizer`` -> ``{"optimizer.lr": "0.1"}``."""
     return {f"{prefix}.{k}" if prefix else k: str(v) for k, v in values.items()}
@@ -195,6 +216,7 @@ class TrackedRun:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo2-mlflow")
         self._pending: list[Future[None]] = []
         self.offline_error: str | None = None
+        self.refused: list[str] = []  # what the store refused for good, dropped (``kind: reason`` each)
         self._told = False
         self._ended = False
 
@@ -246,7 +268,11 @@ class TrackedRun:
                 kind, payload = self._ops[0]
                 try:
                     self._execute(kind, payload)
-                except Exception as exc:  # server or network down: keep the op, retry later
+                except Exception as exc:
+                    if refused(exc):  # for good: sending it again would be refused again
+                        self._drop_refused(kind, payload, exc)
+                        continue
+                    # server or network down: keep the op, retry later
                     self.offline_error = f"{type(exc).__name__}: {exc}"[:500]
                     if not self._told:
                         self._told = True
@@ -261,6 +287,21 @@ class TrackedRun:
                 if kind == "create" and self.on_created is not None:
                     self._tell_created()
             self.offline_error = None
+
+    def _drop_refused(self, kind: str, payload: Any, exc: MlflowException) -> None:
+        """Drop the first queued operation, which the store refused for good.  A batch of
+        params is split first, so only the refused ones are dropped; a refused creation
+        drops the whole queue (there is no run to send the rest to)."""
+        if kind == "params" and len(payload) > 1:
+            self._ops[0:1] = [("params", [param]) for param in payload]
+            return
+        reason = (exc.message.strip().splitlines() or [""])[0][:300]
+        dropped = len(self._ops) if kind == "create" else 1
+        del self._ops[:dropped]
+        self.refused.append(f"{kind}: {reason}")
+        warnings.warn(f"MLflow refused the {kind} of {self.name} ({reason}); hpo2 dropped "
+                      f"{'the run' if kind == 'create' else 'it'} (sending it again would be refused again)",
+                      RuntimeWarning, stacklevel=2)
 
     def _tell_created(self) -> None:
         assert self.on_created is not None and self.run_id is not None, "called after a creation went through"
@@ -286,7 +327,7 @@ class TrackedRun:
 
     # -- what callers log
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, param_value(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self._ops.append(("params", items[start : start + 100]))
         self._submit()
@@ -398,6 +439,38 @@ def find_study_run(client: MlflowClient, experiment: str, study_name: str, role:
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def logged_params(tracking_uri: str, experiment: str, study_name: str, role: str = "study") -> dict[str, str]:
+    """The params of study ``study_name``'s parent run (``role="suite"``: of suite ``study_name``'s
+    run); empty when it has none yet.  Reads only: no store, experiment or run is created."""
+    local = local_file(tracking_uri)
+    if local is not None and not local.is_file():
+        return {}
+    client = MlflowClient(tracking_uri=tracking_uri)
+    with quick_failing_http():
+        if client.get_experiment_by_name(experiment) is None:
+            return {}
+        run_id = find_study_run(client, experiment, study_name, role)
+        return {} if run_id is None else dict(client.get_run(run_id).data.params)
+
+
+def check_params_unchanged(
+    tracking_uri: str, experiment: str, study_name: str, params: Mapping[str, Any], role: str = "study"
+) -> None:
+    """Raise :class:`SettingsError` if the parent run of study ``study_name`` (``role="suite"``:
+    the suite's run) holds other values for ``params`` than the file now gives: MLflow keeps a
+    run's params fixed, so a resume of an edited study cannot be logged to its run (and its
+    trials so far were drawn for the old settings).  Call it before anything is written."""
+    logged = logged_params(tracking_uri, experiment, study_name, role)
+    changed = [f"{key} {logged[key]!r} -> {param_value(value)!r}" for key, value in params.items()
+               if key in logged and logged[key] != param_value(value)]  # fmt: skip
+    if changed:
+        raise SettingsError(
+            f"{role} {study_name!r} was run with other settings than its file now gives ({', '.join(changed)}): "
+            f"revert them to resume it, or give the {role} a new name to start a new one with them"
+            + (f" (or `hpo2 study delete {study_name}` first)" if role == "study" else "") + "; nothing was run"
+        )
 
 
 def study_parent_run(
