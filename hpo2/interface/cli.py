@@ -505,16 +505,19 @@ def study_list() -> None:
 def study_delete(
     name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="delete without asking"),
+    force: bool = typer.Option(False, "--force", help="delete even while trials are RUNNING (a worker runs them)"),
     storage: str | None = STORAGE_OPTION,
     tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
 ) -> None:
-    """Delete a study's Optuna trials and its MLflow runs (the study file stays)."""
+    """Delete a study's Optuna trials and its MLflow runs (the study file stays); refused while trials run."""
     from hpo2.study.catalog import Deletion
 
     config, path = _load_study_file(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
     plan = Deletion.plan(config, path)
     if plan.empty:
         raise fail(f"study {config.name!r} has nothing to delete: no trials in its storage and no MLflow runs")
+    if plan.refusal() and not force:
+        raise fail(plan.refusal())
     if not yes and not typer.confirm(f"delete {plan.describe()}?", default=False):
         console.print("nothing deleted", highlight=False)
         raise typer.Exit(1)
