@@ -15,9 +15,14 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 import hpo2
 
 if TYPE_CHECKING:  # imported lazily below: the CLI starts fast
+    import torch
+
     from hpo2.study.lookup import NamedStudy
     from hpo2.study.runner import StudyRunner
     from hpo2.study.suite import Suite
+    from hpo2.study.tracking import TrainingRun
+    from hpo2.tasks.base import Task
+    from hpo2.train.loop import Evaluation, TrainConfig, TrainResult
 
 
 def _bare_flags(params: list[Any]) -> list[Any]:
@@ -143,72 +148,90 @@ def train(
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; also read from MLFLOW_TRACKING_URI."),
 ) -> None:
     """Train a task with one optimizer config and print a per-epoch table."""
-    from hpo2.errors import DataMissingError, SettingsError
+    from hpo2.errors import DataMissingError
     from hpo2.interface.progress import live_display
-    from hpo2.train.config import load_train_config
-    from hpo2.train.loop import Evaluation, resolve_device, train_from_config
+    from hpo2.train.loop import train_from_config
 
-    try:
-        cfg = load_train_config(
-            config, {"device": device, "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")}
-        )
-    except SettingsError as exc:
-        raise fail(str(exc)) from None
-    run = None
-    if cfg.tracking_uri:
-        from hpo2.study.tracking import TrackedRun, check_reachable, flatten_params, prefixed
+    cfg = _train_config(config, device, tracking_uri)
+    on_device = _train_device(cfg)
+    run = _training_run(cfg)
+    table = _learning_curve_table(f"{cfg.task.label} / {cfg.optimizer.name}")
+    console.print(f"training {cfg.task.label} with {cfg.optimizer.name} on {on_device}")
 
-        try:
-            check_reachable(cfg.tracking_uri)
-        except SettingsError as exc:
-            raise fail(str(exc)) from None
-
-        run = TrackedRun.create(
-            cfg.tracking_uri, cfg.experiment, f"{cfg.task.label}-{cfg.optimizer.name}", {"hpo2.task": cfg.task.label}
-        )
-        run.log_params({"optimizer": cfg.optimizer.name, "task": cfg.task.label, "seed": cfg.seed,
-                        **flatten_params("", cfg.optimizer.settings), **flatten_params("task", cfg.task.settings)})
-
-    table = Table(title=f"{cfg.task.label} / {cfg.optimizer.name}")
-    for column in ("epoch", "step", "train loss", "valid loss", "valid metric", "seconds", "grad-eq"):
-        table.add_column(column, justify="right")
-    try:
-        console.print(f"training {cfg.task.label} with {cfg.optimizer.name} on {resolve_device(cfg.device)}")
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-    def report(e: Evaluation) -> None:
-        table.add_row(f"{e.epoch:.2f}", str(e.step), f"{e.train_loss:.4g}", f"{e.valid_loss:.4g}",
-                      f"{e.valid_metric:.4g}", f"{e.wall_seconds:.2f}", f"{e.grad_equivalents:.0f}")
+    def report(evaluation: Evaluation) -> None:
+        _add_evaluation(table, evaluation)
         if run is not None:
-            run.log_metrics(e.metrics(), step=e.step)
-
-    def on_step(step: int, diag: dict) -> None:
-        if run is not None:
-            run.log_metrics(prefixed("diag", diag), step=step)
+            run.evaluation(evaluation)
 
     try:
         with live_display(console, table):
-            task, result = train_from_config(cfg, report=report, on_step=on_step)
+            task, result = train_from_config(cfg, report=report, on_step=None if run is None else run.step)
     except (DataMissingError, ValueError) as exc:
         if run is not None:
-            run.end("FAILED")
+            run.failed()
         raise fail(str(exc)) from None
     console.print()
+    console.print(_training_summary(task, result), highlight=False, soft_wrap=True)
+    if run is not None:
+        run.finish(result)
+    if result.status == "diverged":
+        raise typer.Exit(code=1)
+
+
+def _train_config(config: Path, device: str | None, tracking_uri: str | None) -> TrainConfig:
+    """The ``hpo2 train`` config with the command line's overrides (or exit 2)."""
+    from hpo2.errors import SettingsError
+    from hpo2.train.config import load_train_config
+
+    overrides = {"device": device, "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")}
+    try:
+        return load_train_config(config, overrides)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+def _train_device(cfg: TrainConfig) -> torch.device:
+    """The device the config trains on (or exit 2), known before the MLflow run is created."""
+    from hpo2.train.loop import resolve_device
+
+    try:
+        return resolve_device(cfg.device)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _training_run(cfg: TrainConfig) -> TrainingRun | None:
+    """The MLflow run of ``hpo2 train`` (None without a tracking URI; exit 2 when the store cannot take it)."""
+    from hpo2.errors import SettingsError
+    from hpo2.study.tracking import TrainingRun
+
+    try:
+        return TrainingRun.start(cfg)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+def _learning_curve_table(title: str) -> Table:
+    table = Table(title=title)
+    for column in ("epoch", "step", "train loss", "valid loss", "valid metric", "seconds", "grad-eq"):
+        table.add_column(column, justify="right")
+    return table
+
+
+def _add_evaluation(table: Table, e: Evaluation) -> None:
+    table.add_row(f"{e.epoch:.2f}", str(e.step), f"{e.train_loss:.4g}", f"{e.valid_loss:.4g}",
+                  f"{e.valid_metric:.4g}", f"{e.wall_seconds:.2f}", f"{e.grad_equivalents:.0f}")  # fmt: skip
+
+
+def _training_summary(task: Task, result: TrainResult) -> str:
+    """How the training ended: status, reason, best validation metric, time to the task's target."""
     best = result.best_metric
     reached = result.time_to_target_seconds
     to_target = ("no time to target (the task sets no target; task.settings.target gives one)"
                  if task.target is None else f"time to target ({task.target_label}): "
                  f"{'not reached' if reached is None else f'{reached:.1f}s'}")  # fmt: skip
-    console.print(
-        f"{result.status}: {result.reason}; best valid {task.metric} = {best if best is None else f'{best:.4g}'}; "
-        f"{to_target}", highlight=False, soft_wrap=True,
-    )
-    if run is not None:
-        run.set_tags({"hpo2.status": result.status, "hpo2.reason": result.reason})
-        run.end("FINISHED" if result.status != "diverged" else "FAILED")
-    if result.status == "diverged":
-        raise typer.Exit(code=1)
+    return (f"{result.status}: {result.reason}; best valid {task.metric} = {best if best is None else f'{best:.4g}'}; "
+            f"{to_target}")
 
 
 study_app = typer.Typer(help="Run and inspect studies (Optuna + MLflow).", no_args_is_help=True)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -48,6 +48,9 @@ from mlflow.tracking import MlflowClient
 from hpo2.common.databases import check_database_reachable, check_sqlite_writable, local_file
 from hpo2.common.redact import redact_text, redact_url
 from hpo2.errors import SettingsError
+
+if TYPE_CHECKING:  # types only: `hpo2 study sync` and the report need no torch
+    from hpo2.train.loop import Evaluation, TrainConfig, TrainResult
 
 MAX_BATCH = 1000
 #: MLflow's limit on a param's value (longer values are cut, as MLflow would refuse them)
@@ -487,3 +490,41 @@ def study_parent_run(
             return TrackedRun(client, run_id, name=study_name)
     tags = {**tags, "hpo2.study": study_name, "hpo2.role": role}
     return TrackedRun.create(tracking_uri, experiment, study_name, tags)
+
+
+class TrainingRun:
+    """The MLflow run of one ``hpo2 train``: the config's params, each evaluation's
+    metrics and each step's diagnostics (``diag.*``), and its end with the result."""
+
+    def __init__(self, run: TrackedRun) -> None:
+        self.run = run
+
+    @classmethod
+    def start(cls, config: TrainConfig) -> TrainingRun | None:
+        """The run of ``config`` in its ``tracking_uri`` (None without one), params logged.
+
+        Raises :class:`SettingsError`, before anything is written, when the store cannot take it
+        (:func:`check_reachable`)."""
+        if not config.tracking_uri:
+            return None
+        check_reachable(config.tracking_uri)
+        task, optimizer = config.task.label, config.optimizer.name
+        run = TrackedRun.create(config.tracking_uri, config.experiment, f"{task}-{optimizer}", {"hpo2.task": task})
+        run.log_params({"optimizer": optimizer, "task": task, "seed": config.seed, **flatten_params(
+            "", config.optimizer.settings), **flatten_params("task", config.task.settings)})
+        return cls(run)
+
+    def evaluation(self, evaluation: Evaluation) -> None:
+        self.run.log_metrics(evaluation.metrics(), step=evaluation.step)
+
+    def step(self, step: int, diagnostics: dict[str, Any]) -> None:
+        self.run.log_metrics(prefixed("diag", diagnostics), step=step)
+
+    def failed(self) -> None:
+        """End the run FAILED: training raised."""
+        self.run.end("FAILED")
+
+    def finish(self, result: TrainResult) -> None:
+        """Tag the result's status and reason; end FINISHED, or FAILED when training diverged."""
+        self.run.set_tags({"hpo2.status": result.status, "hpo2.reason": result.reason})
+        self.run.end("FINISHED" if result.status != "diverged" else "FAILED")
