@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -165,7 +165,7 @@ def health_request(tracking_uri: str) -> urllib.request.Request:
     return request
 
 
-def refused(exc: BaseException) -> bool:
+def refused(exc: BaseException) -> TypeGuard[MlflowException]:
     """Whether the tracking store refused an operation for good (:data:`REFUSAL_CODES`), as opposed to an outage."""
     return isinstance(exc, MlflowException) and exc.error_code in REFUSAL_CODES
 
