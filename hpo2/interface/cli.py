@@ -17,6 +17,8 @@ import hpo2
 if TYPE_CHECKING:  # imported lazily below: the CLI starts fast
     import torch
 
+    from hpo2.interface.progress import Progress, StudyDisplay
+    from hpo2.study.config import StudyConfig
     from hpo2.study.lookup import NamedStudy
     from hpo2.study.runner import StudyRunner
     from hpo2.study.suite import Suite
@@ -282,16 +284,12 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:
 
 def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: str | None,
                tracking_uri: str | None, device: str | None, warm_start: str | None = None) -> None:
-    import functools
     import warnings
 
     import optuna
 
-    from hpo2.common.redact import redact_url
-    from hpo2.errors import DataMissingError, SettingsError
-    from hpo2.interface.progress import Progress, StudyDisplay, live_display, print_status
+    from hpo2.interface.progress import Progress, StudyDisplay, print_status
     from hpo2.study.locate import beside_study
-    from hpo2.study.runner import StudyReport, StudyRunner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -301,13 +299,33 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     target = config.n_trials
     if target is not None and _nothing_to_do(config, path, target):
         return
-    report: StudyReport | None = None
     report_file = beside_study(path, config.name, ".report.html") if config.report else None
+    progress = Progress()
+    runner = _open_runner(config, path, progress, report_file)
+    _run_live(runner, progress, StudyDisplay(console, target, config.timeout, config.jobs, report_file))
+    console.print()
+    print_status(console, runner.study, config)
+    if progress.trial_seconds:
+        console.print(
+            f"tracking took {100 * progress.tracking_seconds / progress.trial_seconds:.2f}% of trial time",
+            highlight=False,
+        )
+
+
+def _open_runner(config: StudyConfig, path: Path, progress: Progress, report_file: Path | None) -> StudyRunner:
+    """The study's runner, opened (or exit 2), after a line saying what runs where; the
+    report is rendered beside the study, as `study report` writes it, when ``report_file`` is given."""
+    import functools
+
+    from hpo2.common.redact import redact_url
+    from hpo2.errors import DataMissingError, SettingsError
+    from hpo2.study.runner import StudyReport, StudyRunner
+
+    report: StudyReport | None = None
     if report_file is not None:
         from hpo2.interface.report import render_study_report
 
-        report = functools.partial(render_study_report, out=report_file)  # also beside the study, as `study report`
-    progress = Progress()
+        report = functools.partial(render_study_report, out=report_file)
     try:
         runner = StudyRunner(config, path, progress, report).open()
     except (SettingsError, DataMissingError, ValueError) as exc:
@@ -319,10 +337,15 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     )
     for note in runner.warm_start.notes if runner.warm_start is not None else []:
         console.print(note, highlight=False)
+    return runner
+
+
+def _run_live(runner: StudyRunner, progress: Progress, display: StudyDisplay) -> None:
+    """Run the study's trials under its live table; a lost storage or an interruption is one line."""
+    from hpo2.interface.progress import live_display
     from hpo2.study.recovery import StudyInterrupted
     from hpo2.study.storage import StorageLost
 
-    display = StudyDisplay(console, target, config.timeout, config.jobs, report_file)
     try:
         with live_display(console, display.table(progress)) as live:
             progress.listeners.append(lambda p: live.update(display.table(p)))
@@ -333,13 +356,6 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
         raise _interrupted(stopped.retried) from None
     except KeyboardInterrupt:  # a second Ctrl-C: a hard stop, recovered like a killed worker
         raise _interrupted([]) from None
-    console.print()
-    print_status(console, runner.study, config)
-    if progress.trial_seconds:
-        console.print(
-            f"tracking took {100 * progress.tracking_seconds / progress.trial_seconds:.2f}% of trial time",
-            highlight=False,
-        )
 
 
 def _interrupted(retried: list[int]) -> typer.Exit:
@@ -687,35 +703,15 @@ def dashboard(
     study: str | None = typer.Option(None, "--study", help="serve the tracking store of this study (name or file)"),
 ) -> None:
     """Serve the MLflow UI for the project's tracking store (and optuna-dashboard if installed); Ctrl-C stops it."""
-    import shutil
-
-    from mlflow.tracking import MlflowClient
-
     from hpo2.common.redact import redact_url
     from hpo2.errors import SettingsError
-    from hpo2.interface.dashboard import (
-        READY_SECONDS,
-        runs_url,
-        serve,
-        server_command,
-        server_env,
-        study_links,
-        tracking_store,
-    )
-    from hpo2.study.locate import studies_folder
+    from hpo2.interface.dashboard import READY_SECONDS, serve, server_env, tracking_store
 
     try:
         uri = tracking_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), study)
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    commands = [server_command(host, port)]
-    links = study_links(MlflowClient(uri))
-    lines = [f"  {link.label}: {runs_url(host, port, link.experiment_id, link.view)}" for link in links]
-    folder = studies_folder()
-    storage = next((f"sqlite:///{p}" for p in sorted(folder.glob("*.optuna.db"))), None) if folder else None
-    if shutil.which("optuna-dashboard") and storage:
-        commands.append(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
-        lines.append(f"optuna-dashboard for {storage} at http://{host}:{port + 1}")
+    commands, lines = _dashboard_servers(uri, host, port)
     console.print(f"starting the MLflow UI for {redact_url(uri)} on http://{host}:{port} ...",
                   highlight=False, soft_wrap=True)  # fmt: skip
 
@@ -732,6 +728,27 @@ def dashboard(
     console.print("stopped the dashboard" if code == 0 else f"the MLflow server exited with code {code}",
                   highlight=False)  # fmt: skip
     raise typer.Exit(code)
+
+
+def _dashboard_servers(uri: str, host: str, port: int) -> tuple[list[list[str]], list[str]]:
+    """The commands of the MLflow server for ``uri`` (and of optuna-dashboard, one port up, when
+    it is installed and the studies folder holds a sqlite storage) and the lines that link to them."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from hpo2.interface.dashboard import runs_url, server_command, study_links
+    from hpo2.study.locate import studies_folder
+
+    commands = [server_command(host, port)]
+    links = study_links(MlflowClient(uri))
+    lines = [f"  {link.label}: {runs_url(host, port, link.experiment_id, link.view)}" for link in links]
+    folder = studies_folder()
+    storage = next((f"sqlite:///{p}" for p in sorted(folder.glob("*.optuna.db"))), None) if folder else None
+    if shutil.which("optuna-dashboard") and storage:
+        commands.append(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
+        lines.append(f"optuna-dashboard for {storage} at http://{host}:{port + 1}")
+    return commands, lines
 
 
 for _app in (app, study_app, suite_app):  # every group and command: after the last command is defined
