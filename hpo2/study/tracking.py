@@ -444,9 +444,9 @@ def find_study_run(client: MlflowClient, experiment: str, study_name: str, role:
     return runs[0].info.run_id if runs else None
 
 
-def logged_params(tracking_uri: str, experiment: str, study_name: str, role: str = "study") -> dict[str, str]:
-    """The params of study ``study_name``'s parent run (``role="suite"``: of suite ``study_name``'s
-    run); empty when it has none yet.  Reads only: no store, experiment or run is created."""
+def logged_params(tracking_uri: str, experiment: str, study_name: str) -> dict[str, str]:
+    """The params of study ``study_name``'s parent run; empty when it has none yet.  Reads
+    only: no store, experiment or run is created."""
     local = local_file(tracking_uri)
     if local is not None and not local.is_file():
         return {}
@@ -454,25 +454,23 @@ def logged_params(tracking_uri: str, experiment: str, study_name: str, role: str
     with quick_failing_http():
         if client.get_experiment_by_name(experiment) is None:
             return {}
-        run_id = find_study_run(client, experiment, study_name, role)
+        run_id = find_study_run(client, experiment, study_name)
         return {} if run_id is None else dict(client.get_run(run_id).data.params)
 
 
-def check_params_unchanged(
-    tracking_uri: str, experiment: str, study_name: str, params: Mapping[str, Any], role: str = "study"
-) -> None:
-    """Raise :class:`SettingsError` if the parent run of study ``study_name`` (``role="suite"``:
-    the suite's run) holds other values for ``params`` than the file now gives: MLflow keeps a
-    run's params fixed, so a resume of an edited study cannot be logged to its run (and its
-    trials so far were drawn for the old settings).  Call it before anything is written."""
-    logged = logged_params(tracking_uri, experiment, study_name, role)
+def check_params_unchanged(tracking_uri: str, experiment: str, study_name: str, params: Mapping[str, Any]) -> None:
+    """Raise :class:`SettingsError` if the parent run of study ``study_name`` holds other
+    values for ``params`` than the study file now gives: MLflow keeps a run's params fixed,
+    so a resume of an edited study cannot be logged to its run (and its trials so far were
+    drawn for the old settings).  Call it before anything is written."""
+    logged = logged_params(tracking_uri, experiment, study_name)
     changed = [f"{key} {logged[key]!r} -> {param_value(value)!r}" for key, value in params.items()
                if key in logged and logged[key] != param_value(value)]  # fmt: skip
     if changed:
         raise SettingsError(
-            f"{role} {study_name!r} was run with other settings than its file now gives ({', '.join(changed)}): "
-            f"revert them to resume it, or give the {role} a new name to start a new one with them"
-            + (f" (or `hpo2 study delete {study_name}` first)" if role == "study" else "") + "; nothing was run"
+            f"study {study_name!r} was run with other settings than its file now gives ({', '.join(changed)}): "
+            "revert them to resume it, or give the study a new name to start a new one with them "
+            f"(or `hpo2 study delete {study_name}` first); nothing was run"
         )
 
 
