@@ -3,6 +3,7 @@ project, exports beside the study, ``study list`` and ``study delete``."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -146,3 +147,30 @@ def test_best_and_status_hint_at_a_best_setting_on_the_edge_of_its_range(tmp_pat
         assert result.exit_code == 0, result.output
         lines = [" ".join(line.split()) for line in result.output.splitlines()]
         assert [line for line in lines if line.startswith("hint:")] == hints, result.output
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_study_delete_is_refused_while_a_worker_runs_trials_unless_forced(tmp_path: Path) -> None:
+    """Deleting a study under a running worker killed its trial with a traceback and sent its later
+    runs into a deleted experiment; a RUNNING trial past its heartbeat (its worker died) is not counted."""
+    file = _study_file(tmp_path, "w")
+    url = f"sqlite:///{tmp_path / 'w.optuna.db'}"
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=30)
+    study = optuna.create_study(study_name="w", storage=storage)
+    trials = [study.ask(), study.ask()]
+    for trial in trials:
+        storage.record_heartbeat(trial._trial_id)
+    refused = _cli("study", "delete", str(file), "--yes")
+    assert refused.exit_code == 2, refused.output
+    assert " ".join(refused.output.split()).startswith(
+        "error: study 'w' has 2 trials RUNNING: a worker is probably running it")
+    assert "--force" in refused.output and "nothing deleted" in refused.output
+    with sqlite3.connect(tmp_path / "w.optuna.db") as db:  # trial 0's worker died an hour ago: stale
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour') WHERE trial_id = ?",
+                   (trials[0]._trial_id,))
+    refused = _cli("study", "delete", str(file), "--yes")
+    assert refused.exit_code == 2 and "has 1 trial RUNNING" in " ".join(refused.output.split())
+    assert optuna.get_all_study_names(url) == ["w"]
+    forced = _cli("study", "delete", str(file), "--yes", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert optuna.get_all_study_names(url) == []

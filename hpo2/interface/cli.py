@@ -15,9 +15,16 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 import hpo2
 
 if TYPE_CHECKING:  # imported lazily below: the CLI starts fast
+    import torch
+
+    from hpo2.interface.progress import Progress, StudyDisplay
+    from hpo2.study.config import StudyConfig
     from hpo2.study.lookup import NamedStudy
     from hpo2.study.runner import StudyRunner
     from hpo2.study.suite import Suite
+    from hpo2.study.tracking import TrainingRun
+    from hpo2.tasks.base import Task
+    from hpo2.train.loop import Evaluation, TrainConfig, TrainResult
 
 
 def _bare_flags(params: list[Any]) -> list[Any]:
@@ -143,72 +150,90 @@ def train(
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI; also read from MLFLOW_TRACKING_URI."),
 ) -> None:
     """Train a task with one optimizer config and print a per-epoch table."""
-    from hpo2.errors import DataMissingError, SettingsError
+    from hpo2.errors import DataMissingError
     from hpo2.interface.progress import live_display
-    from hpo2.train.config import load_train_config
-    from hpo2.train.loop import Evaluation, resolve_device, train_from_config
+    from hpo2.train.loop import train_from_config
 
-    try:
-        cfg = load_train_config(
-            config, {"device": device, "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")}
-        )
-    except SettingsError as exc:
-        raise fail(str(exc)) from None
-    run = None
-    if cfg.tracking_uri:
-        from hpo2.study.tracking import TrackedRun, check_reachable, flatten_params, prefixed
+    cfg = _train_config(config, device, tracking_uri)
+    on_device = _train_device(cfg)
+    run = _training_run(cfg)
+    table = _learning_curve_table(f"{cfg.task.label} / {cfg.optimizer.name}")
+    console.print(f"training {cfg.task.label} with {cfg.optimizer.name} on {on_device}")
 
-        try:
-            check_reachable(cfg.tracking_uri)
-        except SettingsError as exc:
-            raise fail(str(exc)) from None
-
-        run = TrackedRun.create(
-            cfg.tracking_uri, cfg.experiment, f"{cfg.task.label}-{cfg.optimizer.name}", {"hpo2.task": cfg.task.label}
-        )
-        run.log_params({"optimizer": cfg.optimizer.name, "task": cfg.task.label, "seed": cfg.seed,
-                        **flatten_params("", cfg.optimizer.settings), **flatten_params("task", cfg.task.settings)})
-
-    table = Table(title=f"{cfg.task.label} / {cfg.optimizer.name}")
-    for column in ("epoch", "step", "train loss", "valid loss", "valid metric", "seconds", "grad-eq"):
-        table.add_column(column, justify="right")
-    try:
-        console.print(f"training {cfg.task.label} with {cfg.optimizer.name} on {resolve_device(cfg.device)}")
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-    def report(e: Evaluation) -> None:
-        table.add_row(f"{e.epoch:.2f}", str(e.step), f"{e.train_loss:.4g}", f"{e.valid_loss:.4g}",
-                      f"{e.valid_metric:.4g}", f"{e.wall_seconds:.2f}", f"{e.grad_equivalents:.0f}")
+    def report(evaluation: Evaluation) -> None:
+        _add_evaluation(table, evaluation)
         if run is not None:
-            run.log_metrics(e.metrics(), step=e.step)
-
-    def on_step(step: int, diag: dict) -> None:
-        if run is not None:
-            run.log_metrics(prefixed("diag", diag), step=step)
+            run.evaluation(evaluation)
 
     try:
         with live_display(console, table):
-            task, result = train_from_config(cfg, report=report, on_step=on_step)
+            task, result = train_from_config(cfg, report=report, on_step=None if run is None else run.step)
     except (DataMissingError, ValueError) as exc:
         if run is not None:
-            run.end("FAILED")
+            run.failed()
         raise fail(str(exc)) from None
     console.print()
+    console.print(_training_summary(task, result), highlight=False, soft_wrap=True)
+    if run is not None:
+        run.finish(result)
+    if result.status == "diverged":
+        raise typer.Exit(code=1)
+
+
+def _train_config(config: Path, device: str | None, tracking_uri: str | None) -> TrainConfig:
+    """The ``hpo2 train`` config with the command line's overrides (or exit 2)."""
+    from hpo2.errors import SettingsError
+    from hpo2.train.config import load_train_config
+
+    overrides = {"device": device, "tracking_uri": tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")}
+    try:
+        return load_train_config(config, overrides)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+def _train_device(cfg: TrainConfig) -> torch.device:
+    """The device the config trains on (or exit 2), known before the MLflow run is created."""
+    from hpo2.train.loop import resolve_device
+
+    try:
+        return resolve_device(cfg.device)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _training_run(cfg: TrainConfig) -> TrainingRun | None:
+    """The MLflow run of ``hpo2 train`` (None without a tracking URI; exit 2 when the store cannot take it)."""
+    from hpo2.errors import SettingsError
+    from hpo2.study.tracking import TrainingRun
+
+    try:
+        return TrainingRun.start(cfg)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+def _learning_curve_table(title: str) -> Table:
+    table = Table(title=title)
+    for column in ("epoch", "step", "train loss", "valid loss", "valid metric", "seconds", "grad-eq"):
+        table.add_column(column, justify="right")
+    return table
+
+
+def _add_evaluation(table: Table, e: Evaluation) -> None:
+    table.add_row(f"{e.epoch:.2f}", str(e.step), f"{e.train_loss:.4g}", f"{e.valid_loss:.4g}",
+                  f"{e.valid_metric:.4g}", f"{e.wall_seconds:.2f}", f"{e.grad_equivalents:.0f}")  # fmt: skip
+
+
+def _training_summary(task: Task, result: TrainResult) -> str:
+    """How the training ended: status, reason, best validation metric, time to the task's target."""
     best = result.best_metric
     reached = result.time_to_target_seconds
     to_target = ("no time to target (the task sets no target; task.settings.target gives one)"
                  if task.target is None else f"time to target ({task.target_label}): "
                  f"{'not reached' if reached is None else f'{reached:.1f}s'}")  # fmt: skip
-    console.print(
-        f"{result.status}: {result.reason}; best valid {task.metric} = {best if best is None else f'{best:.4g}'}; "
-        f"{to_target}", highlight=False, soft_wrap=True,
-    )
-    if run is not None:
-        run.set_tags({"hpo2.status": result.status, "hpo2.reason": result.reason})
-        run.end("FINISHED" if result.status != "diverged" else "FAILED")
-    if result.status == "diverged":
-        raise typer.Exit(code=1)
+    return (f"{result.status}: {result.reason}; best valid {task.metric} = {best if best is None else f'{best:.4g}'}; "
+            f"{to_target}")
 
 
 study_app = typer.Typer(help="Run and inspect studies (Optuna + MLflow).", no_args_is_help=True)
@@ -259,16 +284,12 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:
 
 def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: str | None,
                tracking_uri: str | None, device: str | None, warm_start: str | None = None) -> None:
-    import functools
     import warnings
 
     import optuna
 
-    from hpo2.common.redact import redact_url
-    from hpo2.errors import DataMissingError, SettingsError
-    from hpo2.interface.progress import Progress, StudyDisplay, live_display, print_status
+    from hpo2.interface.progress import Progress, StudyDisplay, print_status
     from hpo2.study.locate import beside_study
-    from hpo2.study.runner import StudyReport, StudyRunner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live table says it all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -278,13 +299,33 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     target = config.n_trials
     if target is not None and _nothing_to_do(config, path, target):
         return
-    report: StudyReport | None = None
     report_file = beside_study(path, config.name, ".report.html") if config.report else None
+    progress = Progress()
+    runner = _open_runner(config, path, progress, report_file)
+    _run_live(runner, progress, StudyDisplay(console, target, config.timeout, config.jobs, report_file))
+    console.print()
+    print_status(console, runner.study, config)
+    if progress.trial_seconds:
+        console.print(
+            f"tracking took {100 * progress.tracking_seconds / progress.trial_seconds:.2f}% of trial time",
+            highlight=False,
+        )
+
+
+def _open_runner(config: StudyConfig, path: Path, progress: Progress, report_file: Path | None) -> StudyRunner:
+    """The study's runner, opened (or exit 2), after a line saying what runs where; the
+    report is rendered beside the study, as `study report` writes it, when ``report_file`` is given."""
+    import functools
+
+    from hpo2.common.redact import redact_url
+    from hpo2.errors import DataMissingError, SettingsError
+    from hpo2.study.runner import StudyReport, StudyRunner
+
+    report: StudyReport | None = None
     if report_file is not None:
         from hpo2.interface.report import render_study_report
 
-        report = functools.partial(render_study_report, out=report_file)  # also beside the study, as `study report`
-    progress = Progress()
+        report = functools.partial(render_study_report, out=report_file)
     try:
         runner = StudyRunner(config, path, progress, report).open()
     except (SettingsError, DataMissingError, ValueError) as exc:
@@ -296,10 +337,15 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
     )
     for note in runner.warm_start.notes if runner.warm_start is not None else []:
         console.print(note, highlight=False)
+    return runner
+
+
+def _run_live(runner: StudyRunner, progress: Progress, display: StudyDisplay) -> None:
+    """Run the study's trials under its live table; a lost storage or an interruption is one line."""
+    from hpo2.interface.progress import live_display
     from hpo2.study.recovery import StudyInterrupted
     from hpo2.study.storage import StorageLost
 
-    display = StudyDisplay(console, target, config.timeout, config.jobs, report_file)
     try:
         with live_display(console, display.table(progress)) as live:
             progress.listeners.append(lambda p: live.update(display.table(p)))
@@ -310,13 +356,6 @@ def _run_study(file: str, n_trials: int | None, timeout: float | None, storage: 
         raise _interrupted(stopped.retried) from None
     except KeyboardInterrupt:  # a second Ctrl-C: a hard stop, recovered like a killed worker
         raise _interrupted([]) from None
-    console.print()
-    print_status(console, runner.study, config)
-    if progress.trial_seconds:
-        console.print(
-            f"tracking took {100 * progress.tracking_seconds / progress.trial_seconds:.2f}% of trial time",
-            highlight=False,
-        )
 
 
 def _interrupted(retried: list[int]) -> typer.Exit:
@@ -505,16 +544,19 @@ def study_list() -> None:
 def study_delete(
     name_or_file: str = typer.Argument(..., help=STUDY_ARGUMENT_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="delete without asking"),
+    force: bool = typer.Option(False, "--force", help="delete even while trials are RUNNING (a worker runs them)"),
     storage: str | None = STORAGE_OPTION,
     tracking_uri: str | None = typer.Option(None, help="the study's MLflow tracking URI, if not the study file's"),
 ) -> None:
-    """Delete a study's Optuna trials and its MLflow runs (the study file stays)."""
+    """Delete a study's Optuna trials and its MLflow runs (the study file stays); refused while trials run."""
     from hpo2.study.catalog import Deletion
 
     config, path = _load_study_file(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
     plan = Deletion.plan(config, path)
     if plan.empty:
         raise fail(f"study {config.name!r} has nothing to delete: no trials in its storage and no MLflow runs")
+    if plan.refusal() and not force:
+        raise fail(plan.refusal())
     if not yes and not typer.confirm(f"delete {plan.describe()}?", default=False):
         console.print("nothing deleted", highlight=False)
         raise typer.Exit(1)
@@ -535,10 +577,13 @@ def study_sync(
 
     config, path, study = _existing_study(name_or_file, {"storage": storage, "tracking_uri": tracking_uri})
     try:
-        sent, left = sync_unsent(study, path.parent / "mlflow-unsent", default_tracking_uri(config, path),
-                                 config.experiment or config.name)
+        sent, left, refused = sync_unsent(study, path.parent / "mlflow-unsent", default_tracking_uri(config, path),
+                                          config.experiment or config.name)
     except SettingsError as exc:
         raise fail(str(exc)) from None
+    for reason in refused:
+        console.print(f"dropped what MLflow refused (sending it again would be refused again): {reason}",
+                      highlight=False, soft_wrap=True)
     console.print(
         f"sent {sent} run(s) to MLflow" + (f"; {left} still unsent (tracking unreachable), kept" if left else ""),
         highlight=False,
@@ -658,35 +703,15 @@ def dashboard(
     study: str | None = typer.Option(None, "--study", help="serve the tracking store of this study (name or file)"),
 ) -> None:
     """Serve the MLflow UI for the project's tracking store (and optuna-dashboard if installed); Ctrl-C stops it."""
-    import shutil
-
-    from mlflow.tracking import MlflowClient
-
     from hpo2.common.redact import redact_url
     from hpo2.errors import SettingsError
-    from hpo2.interface.dashboard import (
-        READY_SECONDS,
-        runs_url,
-        serve,
-        server_command,
-        server_env,
-        study_links,
-        tracking_store,
-    )
-    from hpo2.study.locate import studies_folder
+    from hpo2.interface.dashboard import READY_SECONDS, serve, server_env, tracking_store
 
     try:
         uri = tracking_store(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), study)
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    commands = [server_command(host, port)]
-    links = study_links(MlflowClient(uri))
-    lines = [f"  {link.label}: {runs_url(host, port, link.experiment_id, link.view)}" for link in links]
-    folder = studies_folder()
-    storage = next((f"sqlite:///{p}" for p in sorted(folder.glob("*.optuna.db"))), None) if folder else None
-    if shutil.which("optuna-dashboard") and storage:
-        commands.append(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
-        lines.append(f"optuna-dashboard for {storage} at http://{host}:{port + 1}")
+    commands, lines = _dashboard_servers(uri, host, port)
     console.print(f"starting the MLflow UI for {redact_url(uri)} on http://{host}:{port} ...",
                   highlight=False, soft_wrap=True)  # fmt: skip
 
@@ -703,6 +728,27 @@ def dashboard(
     console.print("stopped the dashboard" if code == 0 else f"the MLflow server exited with code {code}",
                   highlight=False)  # fmt: skip
     raise typer.Exit(code)
+
+
+def _dashboard_servers(uri: str, host: str, port: int) -> tuple[list[list[str]], list[str]]:
+    """The commands of the MLflow server for ``uri`` (and of optuna-dashboard, one port up, when
+    it is installed and the studies folder holds a sqlite storage) and the lines that link to them."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from hpo2.interface.dashboard import runs_url, server_command, study_links
+    from hpo2.study.locate import studies_folder
+
+    commands = [server_command(host, port)]
+    links = study_links(MlflowClient(uri))
+    lines = [f"  {link.label}: {runs_url(host, port, link.experiment_id, link.view)}" for link in links]
+    folder = studies_folder()
+    storage = next((f"sqlite:///{p}" for p in sorted(folder.glob("*.optuna.db"))), None) if folder else None
+    if shutil.which("optuna-dashboard") and storage:
+        commands.append(["optuna-dashboard", storage, "--host", host, "--port", str(port + 1)])
+        lines.append(f"optuna-dashboard for {storage} at http://{host}:{port + 1}")
+    return commands, lines
 
 
 for _app in (app, study_app, suite_app):  # every group and command: after the last command is defined

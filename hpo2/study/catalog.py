@@ -11,7 +11,9 @@ found by the ``hpo2.study`` tag), and its experiment when no other run is left
 in it; MLflow deletes softly (the runs go to the UI's trash; the experiment,
 renamed ``<name> (deleted <time>)``, too) and a later run of the same study
 starts a fresh experiment.  Study files, other studies and their
-runs are not touched.
+runs are not touched.  A study with RUNNING trials is not deleted unless forced
+(:meth:`Deletion.refusal`): a worker probably runs them (a trial silent past its
+heartbeat's grace period is not counted: its worker died).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from hpo2.common.redact import redact_url
 from hpo2.study.budget import TrialBudget
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.locate import study_files, suite_files
-from hpo2.study.storage import open_journal, study_init_lock
+from hpo2.study.storage import open_journal, stale_trial_numbers, study_init_lock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -140,6 +142,7 @@ class Deletion:
     storage_url: str
     tracking_uri: str
     n_trials: int | None = None  # None: no Optuna study
+    running: int = 0  # RUNNING trials a worker probably still runs (those past their heartbeat not counted)
     run_ids: list[str] = field(default_factory=list)
     experiment_id: str | None = None  # set when the experiment holds nothing else
 
@@ -149,6 +152,9 @@ class Deletion:
         study = open_existing(config, study_file)
         if study is not None:
             out.n_trials = len(study.get_trials(deepcopy=False))
+            running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            if running:
+                out.running = len(running - stale_trial_numbers(study, out.storage_url, config))
         local = local_file(out.tracking_uri)
         if local is not None and not local.is_file():
             return out
@@ -177,6 +183,15 @@ class Deletion:
         if self.experiment_id is not None:
             parts.append(f"the MLflow experiment {self.config.experiment or self.config.name!r}")
         return ", ".join(parts)
+
+    def refusal(self) -> str:
+        """Why the study must not be deleted now (trials are running), "" when it may be."""
+        if not self.running:
+            return ""
+        trials = "1 trial" if self.running == 1 else f"{self.running} trials"
+        return (f"study {self.config.name!r} has {trials} RUNNING: a worker is probably running it (deleting the "
+                "study would kill its trials and its later runs would land in a deleted experiment); stop the "
+                "worker first (Ctrl-C), or delete anyway with --force; nothing deleted")
 
     def execute(self) -> None:
         if self.n_trials is not None:

@@ -85,7 +85,14 @@ from hpo2.study.storage import (
     storage_fault_reason,
     study_init_lock,
 )
-from hpo2.study.tracking import TrackedRun, check_reachable, experiment_id, quick_failing_http, study_parent_run
+from hpo2.study.tracking import (
+    TrackedRun,
+    check_params_unchanged,
+    check_reachable,
+    experiment_id,
+    quick_failing_http,
+    study_parent_run,
+)
 from hpo2.study.trial_tracking import TrialTracker
 from hpo2.study.warm_start import WarmStart, enqueue_warm_start, plan_warm_start
 from hpo2.tasks import TASKS, Task
@@ -163,6 +170,7 @@ class StudyRunner:
             return self
         check_sqlite_writable(self.storage_url, "storage")
         check_reachable(self.tracking_uri)
+        check_params_unchanged(self.tracking_uri, self.experiment, self.config.name, self.study_params())
         # a user's task is imported, and missing data files found, now: one line, not a failure in every trial
         try:
             self.directions = objective_directions(self.config, self._task_direction())
@@ -235,9 +243,7 @@ class StudyRunner:
     def _begin(self) -> None:
         """Log the study's params and file to its parent run; close the MLflow runs
         of trials lost earlier; enqueue a warm start's configurations, then the paper defaults."""
-        self.parent.log_params({"task": self.config.task.label, "sampler": self.config.sampler.name,
-                                "pruner": self.config.pruner.name, "optimizers": ",".join(self.space.names),
-                                "objective": ",".join(o.metric for o in self.config.objective)})
+        self.parent.log_params(self.study_params())
         self.parent.set_tags({"hpo2.directions": ",".join(self.directions)})  # a tag: a resume may change it
         self.log_study_file()
         self._close_lost_trial_runs(self.study)
@@ -247,6 +253,12 @@ class StudyRunner:
                 enqueue_warm_start(self.study, self.warm_start)
             if self.config.enqueue_defaults:
                 self.space.enqueue_defaults(self.study)
+
+    def study_params(self) -> dict[str, str]:
+        """The parent run's params: what a resume may not change (:func:`check_params_unchanged`)."""
+        config = self.config
+        return {"task": config.task.label, "sampler": config.sampler.name, "pruner": config.pruner.name,
+                "optimizers": ",".join(self.space.names), "objective": ",".join(o.metric for o in config.objective)}
 
     def log_study_file(self) -> None:
         """Log the study file to the parent run as a copy with URL passwords masked

@@ -35,6 +35,7 @@ from urllib.parse import quote
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -50,6 +51,8 @@ from hpo2.study.locks import file_lock, lock_key, url_advisory_lock
 STORAGE_PATIENCE_SECONDS = 120.0
 #: storage faults in a row after which a worker stops (one that fails every trial is no passing fault)
 MAX_STORAGE_FAULTS = 3
+#: heartbeat intervals a running trial may stay silent before it is stale (its worker is taken for dead)
+GRACE_HEARTBEATS = 2
 
 _log = logging.getLogger(__name__)
 
@@ -239,12 +242,28 @@ def open_storage(
             return PatientRDBStorage(
                 url,
                 heartbeat_interval=config.heartbeat_interval,
-                grace_period=2 * config.heartbeat_interval,
+                grace_period=GRACE_HEARTBEATS * config.heartbeat_interval,
                 heartbeat_stale_trial_callback=stale,
             )
         return url
     except Exception as exc:  # any driver error: the user's URL is wrong or unreachable
         raise storage_error(url, exc) from None
+
+
+def stale_trial_numbers(study: optuna.Study, url: str, config: StudyConfig) -> set[int]:
+    """The RUNNING trials of ``study`` (in the RDB storage at ``url``) silent past their
+    heartbeat's grace period, judged as :func:`open_storage`'s storage does, without
+    failing them; empty for a storage without heartbeats (a journal file) and for
+    trials that never beat (they cannot be told from a trial just started)."""
+    if "://" not in url or url.startswith(("redis", "grpc")):
+        return set()
+    storage = RDBStorage(url, heartbeat_interval=config.heartbeat_interval, skip_table_creation=True,
+                         grace_period=GRACE_HEARTBEATS * config.heartbeat_interval)  # fmt: skip
+    try:
+        stale = set(storage._get_stale_trial_ids(study._study_id))
+    finally:
+        storage.engine.dispose()
+    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id in stale}
 
 
 @contextmanager

@@ -6,7 +6,9 @@ one file per run, named by study, run and a random suffix).  Sync replays each
 file of the study in order -- the run's creation if it never happened, its
 params, metrics, tags and end -- and deletes the file only once everything in it
 was sent; a file sent in part is rewritten with what is left, so a second sync
-never creates a run twice.  A run created now is linked to its Optuna trial
+never creates a run twice.  An operation MLflow refuses for good (a param whose
+value changed, a deleted run: :func:`hpo2.study.tracking.refused`) is dropped and
+reported, not kept: sending it again would be refused again.  A run created now is linked to its Optuna trial
 (:func:`hpo2.study.results.record_mlflow_run_id`), and trial runs still RUNNING
 whose trial has ended are closed (:func:`hpo2.study.recovery.close_orphan_runs`).
 """
@@ -14,8 +16,9 @@ whose trial has ended are closed (:func:`hpo2.study.recovery.close_orphan_runs`)
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 from mlflow.exceptions import MlflowException
@@ -43,11 +46,20 @@ def check_spooled_run(client: MlflowClient, data: dict[str, Any], study_name: st
                             "move the file out of the folder")
 
 
-def sync_unsent(study: optuna.Study, folder: Path, tracking_uri: str, experiment: str) -> tuple[int, int]:
-    """Send ``study``'s spooled runs from ``folder``; returns (runs sent, runs still unsent)."""
+class SyncResult(NamedTuple):
+    """What :func:`sync_unsent` did."""
+
+    sent: int  # runs whose spooled operations all went through (or were refused for good)
+    left: int  # runs still unsent: tracking unreachable, their files kept
+    refused: list[str]  # ``<file>: <operation>: <reason>`` for each operation MLflow refused and hpo2 dropped
+
+
+def sync_unsent(study: optuna.Study, folder: Path, tracking_uri: str, experiment: str) -> SyncResult:
+    """Send ``study``'s spooled runs from ``folder``."""
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     sent = left = 0
+    refused: list[str] = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             data = json.loads(path.read_text())
@@ -64,7 +76,11 @@ def sync_unsent(study: optuna.Study, folder: Path, tracking_uri: str, experiment
         number = run.spooled_tags.get("hpo2.trial_number")
         if number is not None:
             run.on_created = lambda run_id, n=int(number): record_mlflow_run_id(study, n, run_id)
-        if run.retry():
+        with warnings.catch_warnings():  # the refusals are reported below, once
+            warnings.simplefilter("ignore", RuntimeWarning)
+            done = run.retry()
+        refused += [f"{path.name}: {reason}" for reason in run.refused]
+        if done:
             path.unlink()
             sent += 1
         else:
@@ -72,4 +88,4 @@ def sync_unsent(study: optuna.Study, folder: Path, tracking_uri: str, experiment
             left += 1
     if not left:
         close_orphan_runs(client, experiment_id(client, experiment), study)
-    return sent, left
+    return SyncResult(sent, left, refused)

@@ -11,7 +11,12 @@ When the tracking server stops answering, nothing is lost and training goes
 on: the queue keeps the unsent operations, the user is told once, every later
 flush retries them, and :meth:`TrackedRun.spool` writes what is still unsent to
 a JSON file at the end (``hpo2 study sync`` sends it later).  A server that is unreachable *before* a study starts is
-a clear error instead (:func:`check_reachable`).
+a clear error instead (:func:`check_reachable`).  An operation the store *refuses*
+(:func:`refused`: a param whose value changed -- MLflow keeps params fixed --, a
+deleted run) is no outage: sending it again would be refused again, so it is
+dropped and recorded in :attr:`TrackedRun.refused`, and the rest goes on.  A
+resumed study whose settings changed is refused before it starts
+(:func:`check_params_unchanged`).
 
 The default store is a sqlite file (MLflow 3's default ``sqlite:///mlflow.db``);
 the file store under ``./mlruns`` is not used.
@@ -34,16 +39,27 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hpo2.common.databases import check_sqlite_writable
+from hpo2.common.databases import check_database_reachable, check_sqlite_writable, local_file
 from hpo2.common.redact import redact_text, redact_url
 from hpo2.errors import SettingsError
 
+if TYPE_CHECKING:  # types only: `hpo2 study sync` and the report need no torch
+    from hpo2.train.loop import Evaluation, TrainConfig, TrainResult
+
 MAX_BATCH = 1000
+#: MLflow's limit on a param's value (longer values are cut, as MLflow would refuse them)
+MAX_PARAM_LENGTH = 6000
+#: the error codes of a tracking store that refuses an operation for good (a changed param, a deleted or
+#: missing run): an outage -- no answer, a 5xx, a locked database -- has other codes and is retried
+REFUSAL_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"})
+#: the database servers MLflow keeps a tracking store in (``postgresql+psycopg://...``; sqlite is a file)
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 #: MLflow's HTTP settings while hpo2 talks to a tracking server: a lost server must not
 #: stall a trial for minutes in MLflow's default retries (7, with exponential backoff)
@@ -97,8 +113,9 @@ def quick_failing_http() -> Iterator[None]:
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`SettingsError`, before anything is written, if the tracking
     store cannot take a study: an HTTP server that does not answer or refuses the
-    login (``http://user:password@host``, sent as basic auth), a sqlite file that
-    cannot be written, or MLflow 3's refused file store (``file://``, a path)."""
+    login (``http://user:password@host``, sent as basic auth), a database server
+    (``postgresql://``, ...) that takes no connection, a sqlite file that cannot be
+    written, or MLflow 3's refused file store (``file://``, a path)."""
     if "://" not in tracking_uri or tracking_uri.startswith("file:"):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
             raise SettingsError(
@@ -108,6 +125,9 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
             )
         return
     check_sqlite_writable(tracking_uri, "tracking_uri")
+    if tracking_uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+        check_database_reachable(tracking_uri, "tracking_uri", "check the URI and that the database server runs and "
+                                 "the database exists, or leave tracking_uri unset for the local sqlite store")
     if not tracking_uri.startswith(("http://", "https://")):
         return
     try:
@@ -143,6 +163,16 @@ def health_request(tracking_uri: str) -> urllib.request.Request:
         token = base64.b64encode(f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode())
         request.add_header("Authorization", f"Basic {token.decode()}")
     return request
+
+
+def refused(exc: BaseException) -> TypeGuard[MlflowException]:
+    """Whether the tracking store refused an operation for good (:data:`REFUSAL_CODES`), as opposed to an outage."""
+    return isinstance(exc, MlflowException) and exc.error_code in REFUSAL_CODES
+
+
+def param_value(value: Any) -> str:
+    """A param's value as MLflow stores it."""
+    return str(value)[:MAX_PARAM_LENGTH]
 
 
 def flatten_params(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
@@ -189,6 +219,7 @@ class TrackedRun:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo2-mlflow")
         self._pending: list[Future[None]] = []
         self.offline_error: str | None = None
+        self.refused: list[str] = []  # what the store refused for good, dropped (``kind: reason`` each)
         self._told = False
         self._ended = False
 
@@ -240,7 +271,11 @@ class TrackedRun:
                 kind, payload = self._ops[0]
                 try:
                     self._execute(kind, payload)
-                except Exception as exc:  # server or network down: keep the op, retry later
+                except Exception as exc:
+                    if refused(exc):  # for good: sending it again would be refused again
+                        self._drop_refused(kind, payload, exc)
+                        continue
+                    # server or network down: keep the op, retry later
                     self.offline_error = f"{type(exc).__name__}: {exc}"[:500]
                     if not self._told:
                         self._told = True
@@ -255,6 +290,21 @@ class TrackedRun:
                 if kind == "create" and self.on_created is not None:
                     self._tell_created()
             self.offline_error = None
+
+    def _drop_refused(self, kind: str, payload: Any, exc: MlflowException) -> None:
+        """Drop the first queued operation, which the store refused for good.  A batch of
+        params is split first, so only the refused ones are dropped; a refused creation
+        drops the whole queue (there is no run to send the rest to)."""
+        if kind == "params" and len(payload) > 1:
+            self._ops[0:1] = [("params", [param]) for param in payload]
+            return
+        reason = (exc.message.strip().splitlines() or [""])[0][:300]
+        dropped = len(self._ops) if kind == "create" else 1
+        del self._ops[:dropped]
+        self.refused.append(f"{kind}: {reason}")
+        warnings.warn(f"MLflow refused the {kind} of {self.name} ({reason}); hpo2 dropped "
+                      f"{'the run' if kind == 'create' else 'it'} (sending it again would be refused again)",
+                      RuntimeWarning, stacklevel=2)
 
     def _tell_created(self) -> None:
         assert self.on_created is not None and self.run_id is not None, "called after a creation went through"
@@ -280,7 +330,7 @@ class TrackedRun:
 
     # -- what callers log
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, param_value(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self._ops.append(("params", items[start : start + 100]))
         self._submit()
@@ -394,6 +444,36 @@ def find_study_run(client: MlflowClient, experiment: str, study_name: str, role:
     return runs[0].info.run_id if runs else None
 
 
+def logged_params(tracking_uri: str, experiment: str, study_name: str) -> dict[str, str]:
+    """The params of study ``study_name``'s parent run; empty when it has none yet.  Reads
+    only: no store, experiment or run is created."""
+    local = local_file(tracking_uri)
+    if local is not None and not local.is_file():
+        return {}
+    client = MlflowClient(tracking_uri=tracking_uri)
+    with quick_failing_http():
+        if client.get_experiment_by_name(experiment) is None:
+            return {}
+        run_id = find_study_run(client, experiment, study_name)
+        return {} if run_id is None else dict(client.get_run(run_id).data.params)
+
+
+def check_params_unchanged(tracking_uri: str, experiment: str, study_name: str, params: Mapping[str, Any]) -> None:
+    """Raise :class:`SettingsError` if the parent run of study ``study_name`` holds other
+    values for ``params`` than the study file now gives: MLflow keeps a run's params fixed,
+    so a resume of an edited study cannot be logged to its run (and its trials so far were
+    drawn for the old settings).  Call it before anything is written."""
+    logged = logged_params(tracking_uri, experiment, study_name)
+    changed = [f"{key} {logged[key]!r} -> {param_value(value)!r}" for key, value in params.items()
+               if key in logged and logged[key] != param_value(value)]  # fmt: skip
+    if changed:
+        raise SettingsError(
+            f"study {study_name!r} was run with other settings than its file now gives ({', '.join(changed)}): "
+            "revert them to resume it, or give the study a new name to start a new one with them "
+            f"(or `hpo2 study delete {study_name}` first); nothing was run"
+        )
+
+
 def study_parent_run(
     tracking_uri: str, experiment: str, study_name: str, tags: Mapping[str, str], artifact_location: str | None = None,
     role: str = "study",
@@ -408,3 +488,41 @@ def study_parent_run(
             return TrackedRun(client, run_id, name=study_name)
     tags = {**tags, "hpo2.study": study_name, "hpo2.role": role}
     return TrackedRun.create(tracking_uri, experiment, study_name, tags)
+
+
+class TrainingRun:
+    """The MLflow run of one ``hpo2 train``: the config's params, each evaluation's
+    metrics and each step's diagnostics (``diag.*``), and its end with the result."""
+
+    def __init__(self, run: TrackedRun) -> None:
+        self.run = run
+
+    @classmethod
+    def start(cls, config: TrainConfig) -> TrainingRun | None:
+        """The run of ``config`` in its ``tracking_uri`` (None without one), params logged.
+
+        Raises :class:`SettingsError`, before anything is written, when the store cannot take it
+        (:func:`check_reachable`)."""
+        if not config.tracking_uri:
+            return None
+        check_reachable(config.tracking_uri)
+        task, optimizer = config.task.label, config.optimizer.name
+        run = TrackedRun.create(config.tracking_uri, config.experiment, f"{task}-{optimizer}", {"hpo2.task": task})
+        run.log_params({"optimizer": optimizer, "task": task, "seed": config.seed, **flatten_params(
+            "", config.optimizer.settings), **flatten_params("task", config.task.settings)})
+        return cls(run)
+
+    def evaluation(self, evaluation: Evaluation) -> None:
+        self.run.log_metrics(evaluation.metrics(), step=evaluation.step)
+
+    def step(self, step: int, diagnostics: dict[str, Any]) -> None:
+        self.run.log_metrics(prefixed("diag", diagnostics), step=step)
+
+    def failed(self) -> None:
+        """End the run FAILED: training raised."""
+        self.run.end("FAILED")
+
+    def finish(self, result: TrainResult) -> None:
+        """Tag the result's status and reason; end FINISHED, or FAILED when training diverged."""
+        self.run.set_tags({"hpo2.status": result.status, "hpo2.reason": result.reason})
+        self.run.end("FINISHED" if result.status != "diverged" else "FAILED")

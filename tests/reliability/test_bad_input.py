@@ -104,6 +104,15 @@ CASES = {
         yaml.safe_dump({**VALID, "tracking_uri": "sqlite:///{tmp}/bad.yaml/mlflow.db"}),
         "tracking_uri: cannot write the sqlite database 'sqlite:///{tmp}/bad.yaml/mlflow.db' (Not a directory)",
     ),
+    "MLflow store in a missing folder": (
+        yaml.safe_dump({**VALID, "tracking_uri": "sqlite:///{tmp}/missing/mlflow.db"}),
+        "tracking_uri: cannot write the sqlite database 'sqlite:///{tmp}/missing/mlflow.db' (No such file or "
+        "directory)",
+    ),
+    "MLflow database server unreachable": (  # port 1: refused at once; the Optuna study must not be created
+        yaml.safe_dump({**VALID, "tracking_uri": "postgresql://nobody:secret@127.0.0.1:1/none"}),
+        "tracking_uri: cannot connect to the database 'postgresql://nobody:***@127.0.0.1:1/none' (OperationalError: ",
+    ),
     "study folder not writable": (
         yaml.safe_dump({**VALID, "storage": "sqlite:///{tmp}/bad.yaml/b.db"}),
         "storage: cannot write the sqlite database",

@@ -8,8 +8,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
 from hpo2.errors import DataMissingError, SettingsError
+from hpo2.interface.cli import app
 from hpo2.study.config import StudyConfig, load_study_config
 from hpo2.study.observer import StudyObserver
 from hpo2.study.runner import StudyRunner
@@ -73,3 +76,21 @@ def test_the_runner_reports_to_its_observer_and_calls_the_report_it_was_given(tm
     assert recorder.events == [("opened", "r"), ("started", 0, "sgd"), ("tracked",), ("stored", 0, "COMPLETE"),
                                ("started", 1, "sgd"), ("tracked",), ("stored", 1, "COMPLETE")]  # fmt: skip
     assert reports == [("r", 2, runner.parent.run_id)]
+
+
+def test_a_resume_with_a_changed_sampler_is_refused_in_one_line_and_leaves_no_run_running(tmp_path: Path) -> None:
+    """MLflow keeps a run's params fixed: an edited study used to leave its parent run RUNNING
+    and a spool file that `study sync` could never send; now it is refused before anything runs."""
+    StudyRunner(*_study(tmp_path, sampler={"name": "random"}, n_trials=1)).run()
+    _, file = _study(tmp_path, sampler={"name": "tpe"}, n_trials=2)
+    result = CliRunner().invoke(app, ["study", "run", str(file)])
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.output.split()) == (
+        "error: study 'r' was run with other settings than its file now gives (sampler 'random' -> 'tpe'): "
+        "revert them to resume it, or give the study a new name to start a new one with them "
+        "(or `hpo2 study delete r` first); nothing was run")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("r").experiment_id])
+    assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}  # the parent and its one trial
+    assert len(optuna.load_study(study_name="r", storage=f"sqlite:///{tmp_path / 'r.optuna.db'}").trials) == 1
+    assert not (tmp_path / "mlflow-unsent").exists()
