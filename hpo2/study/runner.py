@@ -56,9 +56,8 @@ from hpo2.common.redact import redact_url, sanitized_study_text
 from hpo2.errors import SettingsError
 from hpo2.optim.registry import load_config_file
 from hpo2.study.budget import Admission, TrialBudget, retried_trial_numbers
-from hpo2.study.checkpoints import curvature_due, on_checkpoint
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
-from hpo2.study.objectives import Direction, objective_directions, objective_value
+from hpo2.study.objectives import Direction, objective_directions
 from hpo2.study.observer import StudyObserver
 from hpo2.study.recovery import (
     INTERRUPTED,
@@ -86,12 +85,12 @@ from hpo2.study.storage import (
     study_init_lock,
 )
 from hpo2.study.tracking import TrackedRun, check_reachable, experiment_id, quick_failing_http, study_parent_run
+from hpo2.study.trial_reporter import TrialReporter, conclude_trial, record_result
 from hpo2.study.trial_tracking import TrialTracker
 from hpo2.study.warm_start import WarmStart, enqueue_warm_start, plan_warm_start
 from hpo2.tasks import TASKS, Task
 from hpo2.tasks.source import TaskBuilder, TaskSource, entrypoint_for, resolve_task, task_from_function
-from hpo2.train.diagnostics import flatness_summary
-from hpo2.train.loop import Budget, Evaluation, resolve_device, run_training
+from hpo2.train.loop import Budget, resolve_device, run_training
 
 _log = logging.getLogger(__name__)
 
@@ -523,78 +522,22 @@ class StudyRunner:
     def _train(
         self, trial: optuna.Trial, optimizer_name: str, settings: dict[str, Any], tracker: TrialTracker
     ) -> float | list[float]:
+        """Train the trial's configuration (:class:`~hpo2.study.trial_reporter.TrialReporter`
+        reports it), record the result and conclude the trial."""
+        seed = self.config.seed
         task = self.build_task()
-        first_metric = self.config.objective[0].metric
-        single = not self.config.multi_objective
-        evaluations: list[Evaluation] = []
-
-        flatness_batch = task.first_samples(task.train, 512).to(self.device)
-        flatness: dict[str, float] = {"seconds": 0.0}
-
-        def measure_flatness(evaluation: Evaluation) -> None:
-            started = time.perf_counter()
-            summary = flatness_summary(
-                task.model, task.loss_fn, task.metric_fn, flatness_batch.x, flatness_batch.y,
-                evaluation.valid_metric, task.higher_is_better, seed=self.config.seed,
-            )  # fmt: skip
-            tracker.curvature(summary, evaluation.step)
-            flatness.update(summary, step=evaluation.step, valid_metric=evaluation.valid_metric,
-                            seconds=flatness["seconds"] + time.perf_counter() - started)  # fmt: skip
-            trial.set_user_attr("hpo2.flatness", flatness)
-
-        def on_step(step: int, diagnostics: dict[str, Any]) -> None:
-            tracker.step(step, diagnostics)
-            pause_for_tests("step", trial.number, self.stop.event)
-            self.stop.check(trial.number)
-
-        def report(evaluation: Evaluation) -> bool:
-            self.stop.check(trial.number)
-            index = len(evaluations)
-            evaluations.append(evaluation)
-            self.observer.trial_evaluated(trial.number, evaluation.epoch)
-            tracker.epoch(evaluation)
-            if not on_checkpoint(index):
-                return False
-            if (self.config.curvature_diagnostics and math.isfinite(evaluation.train_loss)
-                    and curvature_due(flatness["seconds"], evaluation.wall_seconds, self.config.curvature_share)):
-                measure_flatness(evaluation)
-            if single and first_metric in ("valid_metric", "valid_loss", "train_loss"):
-                value = getattr(evaluation, first_metric)
-                if math.isfinite(value):
-                    trial.report(value, step=index)
-                    return trial.should_prune()
-            return False
-
+        reporter = TrialReporter(self.config, trial, tracker, task, seed, self.device, self.stop, self.observer)
         budget, capped = self._trial_budget()
         result = run_training(
             task, {"name": optimizer_name, "settings": settings}, budget,
-            seed=self.config.seed, device=self.device, report=report, on_step=on_step,
+            seed=seed, device=self.device, report=reporter.report, on_step=reporter.on_step,
         )  # fmt: skip
         if capped and result.status == "completed" and result.wall_seconds >= budget.seconds:  # type: ignore[operator]  # capped: seconds set
             result.status = "stopped"
             result.reason = f"the study's timeout ended the trial after {result.wall_seconds:.1f} s of training"
-        final = result.final
-        if (self.config.curvature_diagnostics and final is not None and math.isfinite(final.train_loss)
-                and flatness.get("step") != final.step):
-            measure_flatness(final)
-        trial.set_user_attr("hpo2.status", result.status)
-        trial.set_user_attr("hpo2.reason", result.reason)
-        trial.set_user_attr("hpo2.wall_seconds", result.wall_seconds)
-        trial.set_user_attr("hpo2.grad_equivalents", result.grad_equivalents)
-        trial.set_user_attr("hpo2.time_to_target_seconds", result.time_to_target_seconds)
-        trial.set_user_attr("hpo2.time_to_target_grad_equivalents", result.time_to_target_grad_equivalents)
-        if result.status in ("diverged", "stopped"):
-            reason = result.reason if result.status == "diverged" else f"pruned: {result.reason}"
-            self._end_run(tracker, "KILLED", reason=reason,
-                          status_tag="diverged" if result.status == "diverged" else "pruned")  # fmt: skip
-            raise optuna.TrialPruned(reason)
-        values = [objective_value(o.metric, result) for o in self.config.objective]
-        if not all(math.isfinite(v) for v in values):
-            trial.set_user_attr("hpo2.status", "diverged")
-            self._end_run(tracker, "KILLED", reason=f"non-finite objective {values}", status_tag="diverged")
-            raise optuna.TrialPruned(f"non-finite objective {values}")
-        self._end_run(tracker, "FINISHED", reason=result.reason, status_tag=result.status, result=result)
-        return values[0] if single else values
+        reporter.measure_final(result.final)
+        record_result(trial, result, seed)
+        return conclude_trial(self.config, trial, tracker, result, self._end_run)
 
     def _trial_budget(self) -> tuple[Budget, bool]:
         """The study's budget, its seconds capped by the time the study's timeout leaves
