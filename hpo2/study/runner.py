@@ -57,6 +57,7 @@ from hpo2.errors import SettingsError
 from hpo2.optim.registry import load_config_file
 from hpo2.study.budget import Admission, TrialBudget, retried_trial_numbers
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
+from hpo2.study.confirm import CONFIRM_OF_ATTR, confirmation_of, open_confirm_study, plan_confirmation
 from hpo2.study.objectives import Direction, objective_directions
 from hpo2.study.observer import StudyObserver
 from hpo2.study.recovery import (
@@ -85,7 +86,7 @@ from hpo2.study.storage import (
     study_init_lock,
 )
 from hpo2.study.tracking import TrackedRun, check_reachable, experiment_id, quick_failing_http, study_parent_run
-from hpo2.study.trial_reporter import TrialReporter, conclude_trial, record_result
+from hpo2.study.trial_reporter import SEED_ATTR, TrialReporter, conclude_trial, record_result
 from hpo2.study.trial_tracking import TrialTracker
 from hpo2.study.warm_start import WarmStart, enqueue_warm_start, plan_warm_start
 from hpo2.tasks import TASKS, Task
@@ -203,9 +204,9 @@ class StudyRunner:
                 self._task_source = resolve_task(self.config.task, self.study_file.parent)
         return self._task_source
 
-    def build_task(self) -> Task:
-        """The study's task, built fresh with the study's seed."""
-        return self.task_source.build({**self.config.task.settings, "seed": self.config.seed})
+    def build_task(self, seed: int | None = None) -> Task:
+        """The study's task, built fresh with ``seed`` (default: the study's)."""
+        return self.task_source.build({**self.config.task.settings, "seed": self.config.seed if seed is None else seed})
 
     def _task_direction(self) -> bool:
         """Whether the task's metric is better higher: a built-in's registry entry says so without
@@ -278,6 +279,8 @@ class StudyRunner:
             try:
                 self._run_trials(budget)
                 if not self.stop.requested:
+                    self._confirm()
+                if not self.stop.requested:
                     self.finish()
             except KeyboardInterrupt:  # a second signal, or one during the report
                 self.stop.event.set()
@@ -321,11 +324,11 @@ class StudyRunner:
                 waiting_since = None
                 started: list[int] = []  # the trial's number, once it exists
                 try:
-                    self.study.optimize(functools.partial(admitted, started), n_trials=1, catch=(Exception,),
+                    budget.study.optimize(functools.partial(admitted, started), n_trials=1, catch=(Exception,),
                                         gc_after_trial=True, callbacks=[self.observer.trial_stored])
                     faults = 0
                 except TrialInterrupted as stopped:
-                    retry_trial(self.study, stopped.trial_number)
+                    retry_trial(budget.study, stopped.trial_number)
                     self.retried.append(stopped.trial_number)
                     return
                 except TrialStorageFault as fault:
@@ -336,7 +339,7 @@ class StudyRunner:
                                           "its disk (or move the storage) and rerun to go on") from None
                     if is_storage_fault(exc):
                         faults = self._after_storage_fault(budget, faults, exc, started[0] if started else None)
-                    elif not (started and self._failed_as_stale(started[0], exc)):
+                    elif not (started and self._failed_as_stale(budget.study, started[0], exc)):
                         raise
                 finally:
                     budget.release()
@@ -349,6 +352,22 @@ class StudyRunner:
                 thread.start()
             for thread in threads:
                 thread.join()
+
+    def _confirm(self) -> None:
+        """The confirmation stage (:mod:`hpo2.study.confirm`): once no search trial runs, enqueue
+        the runs still missing and run them, as exactly as the search's (the study's timeout
+        bounds the search only: the stage's cost is known in advance)."""
+        if not self.config.confirms:
+            return
+        if any(t.state == TrialState.RUNNING for t in self.study.get_trials(deepcopy=False)):
+            _log.warning("search trials still run in another worker: the worker that ends the search confirms")
+            return
+        with study_init_lock(self.storage_url, self.study_file, self.config.name):
+            confirm = open_confirm_study(self.study)
+            planned = plan_confirmation(self.study, confirm, self.config)
+        self.deadline = None
+        self.observer.confirmation_started(confirm, planned)
+        self._run_trials(TrialBudget(confirm, self.storage_url, planned))
 
     def _after_storage_fault(self, budget: TrialBudget, faults: int, exc: BaseException, number: int | None) -> int:
         """The storage failed under this worker (``exc``), in trial ``number`` if one
@@ -366,7 +385,7 @@ class StudyRunner:
                               f"{reason}; this worker stops (rerun it once the database works)") from None
         try:
             with budget.locked():
-                retried = number is not None and retry_faulted_trial(self.study, number)
+                retried = number is not None and retry_faulted_trial(budget.study, number)
         except Exception as again:
             if not is_storage_fault(again):
                 raise
@@ -378,13 +397,13 @@ class StudyRunner:
         _log.warning("the storage failed under this worker (%s): %s", reason, what)
         return faults
 
-    def _failed_as_stale(self, number: int, exc: Exception) -> bool:
-        """Whether trial ``number``, which this worker ran, was failed by the stale-trial
+    def _failed_as_stale(self, study: optuna.Study, number: int, exc: Exception) -> bool:
+        """Whether trial ``number`` of ``study``, which this worker ran, was failed by the stale-trial
         check meanwhile (its heartbeat stopped past the grace period: a storage outage, a
         stopped process), so that Optuna refused to write its result (``exc``: "Cannot
         tell a FAIL trial", ``UpdateFinishedTrialError``); said in one line."""
         refused = isinstance(exc, UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a FAIL trial")
-        trials = self.study.get_trials(deepcopy=False)
+        trials = study.get_trials(deepcopy=False)
         if not refused or next(t for t in trials if t.number == number).state != TrialState.FAIL:
             return False
         retried = "its retry runs instead" if number in retried_trial_numbers(trials) else "no retry is left"
@@ -409,6 +428,7 @@ class StudyRunner:
             best = self.study.best_trial
             self.parent.set_tags({"hpo2.best_trial": best.number, "hpo2.best_optimizer": best.params.get("optimizer")})
             self.parent.log_metrics({"best_value": best.value}, step=len(self.study.trials))
+        self._tag_confirmation()
         self.retry_offline()
         if self.report is not None and not self.offline_runs:
             self.stop.immediate = True  # the report has no safe points: a signal stops it at once
@@ -421,6 +441,20 @@ class StudyRunner:
             self.offline_runs.append(self.parent)
         self.retry_offline()
         self._spool_offline()
+
+    def _tag_confirmation(self) -> None:
+        """Name the confirmed winner and the recommended configuration on the parent run."""
+        outcome = confirmation_of(self.study, self.config)
+        if outcome is None or outcome.recommended is None or outcome.winner is None:
+            return
+        pick, winner = outcome.recommended, outcome.winner
+        mean, std, low, high = pick.interval
+        self.parent.set_tags({"hpo2.confirmed_winner": winner.trial.number, "hpo2.recommended_trial": pick.trial.number,
+                              "hpo2.recommended_optimizer": pick.optimizer, "hpo2.recommended_reason": outcome.reason,
+                              "hpo2.ties": ",".join(str(c.trial.number) for c in outcome.ties),
+                              "hpo2.target": outcome.target})  # fmt: skip
+        self.parent.log_metrics({"confirmed_mean": mean, "confirmed_std": std, "confirmed_ci_low": low,
+                                 "confirmed_ci_high": high, "confirmed_winner_mean": winner.interval[0]}, step=0)
 
     def _spool_offline(self) -> None:
         """Save what the tracking server never received under ``mlflow-unsent/`` (``hpo2 study sync`` sends it)."""
@@ -446,10 +480,17 @@ class StudyRunner:
 
         def created(run_id: str) -> None:  # now, or when a lost server comes back (then maybe after the trial)
             pause_for_tests("after_run", number, self.stop.event)
-            record_mlflow_run_id(self.study, number, run_id)
+            record_mlflow_run_id(trial.study, number, run_id)
 
-        return TrialTracker(self.tracking_uri, self.experiment, self.config.name, self.parent.run_id, number,
-                            optimizer, settings, on_created=created)  # fmt: skip
+        confirm_of = trial.user_attrs.get(CONFIRM_OF_ATTR)
+        tags = {} if confirm_of is None else {CONFIRM_OF_ATTR: str(confirm_of), SEED_ATTR: str(self._seed(trial))}
+        return TrialTracker(self.tracking_uri, self.experiment, trial.study.study_name, self.parent.run_id, number,
+                            optimizer, settings, on_created=created, tags=tags,
+                            kind="trial" if confirm_of is None else "confirm")  # fmt: skip
+
+    def _seed(self, trial: optuna.Trial) -> int:
+        """The seed trial ``trial`` trains with: a confirmation run's own, else the study's."""
+        return int(trial.user_attrs[SEED_ATTR]) if CONFIRM_OF_ATTR in trial.user_attrs else self.config.seed
 
     def _end_run(self, tracker: TrialTracker, status: str, **details: Any) -> None:
         """End a trial's MLflow run (once); keep it to resend if the server missed it."""
@@ -467,8 +508,8 @@ class StudyRunner:
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         tracker: TrialTracker | None = None
         try:  # storage writes from the first line: a storage fault anywhere here is handled as one
-            beat_now(self.study, trial._trial_id)
-            self.study._storage.set_trial_system_attr(trial._trial_id, STREAM_ATTR, self.stream)
+            beat_now(trial.study, trial._trial_id)
+            trial.study._storage.set_trial_system_attr(trial._trial_id, STREAM_ATTR, self.stream)
             optimizer_name, settings = self.space.suggest(trial)
             self.observer.trial_started(trial.number, optimizer_name)
             pause_for_tests("before_run", trial.number, self.stop.event)
@@ -524,8 +565,8 @@ class StudyRunner:
     ) -> float | list[float]:
         """Train the trial's configuration (:class:`~hpo2.study.trial_reporter.TrialReporter`
         reports it), record the result and conclude the trial."""
-        seed = self.config.seed
-        task = self.build_task()
+        seed = self._seed(trial)
+        task = self.build_task(seed)
         reporter = TrialReporter(self.config, trial, tracker, task, seed, self.device, self.stop, self.observer)
         budget, capped = self._trial_budget()
         result = run_training(
