@@ -44,16 +44,16 @@ def confirmation_rows(outcome: Confirmation) -> list[dict[str, str]]:
 
 
 def confirmation_title(outcome: Confirmation) -> str:
-    """What the table shows: the metric, the seeds' count, the target the costs are measured against."""
-    return (f"confirmation: {outcome.metric} on {len(outcome.seeds)} new seeds, best mean first; "
-            f"costs to target {outcome.target}")
+    """What the table shows: the metric and the seeds' count (the lines below name the target)."""
+    return f"confirmation: {outcome.metric} on {len(outcome.seeds)} new seeds, best mean first"
 
 
 def confirmation_lines(outcome: Confirmation, rerun: str) -> list[str]:
     """The stage's progress, and once done the recommendation with its reason; ``rerun`` is
     the command that finishes an incomplete stage."""
     seeds = ", ".join(str(s) for s in outcome.seeds)
-    lines = [f"confirmation: {outcome.finished} of {outcome.planned} runs done, seeds {seeds} (new: not the search's)"]
+    lines = [f"confirmation: {outcome.finished} of {outcome.planned} runs done, seeds {seeds} (new: not the search's); "
+             f"costs to the target {outcome.target}"]
     if not outcome.done:
         lines.append(f"confirmation incomplete: `{rerun}` runs the {outcome.planned - outcome.finished} missing runs")
     elif outcome.recommended is None:

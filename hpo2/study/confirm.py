@@ -277,6 +277,8 @@ def _reason(outcome: Confirmation) -> str:
     winner, pick, ties = outcome.winner, outcome.recommended, outcome.ties
     assert winner is not None and pick is not None, "only asked once a winner is chosen"
     best = f"the best mean {outcome.metric} over {len(winner.values)} new seeds"
+    if len([c for c in outcome.configs if c.eligible]) == 1:
+        return f"{best}; the only finalist that completed every seed"
     if not ties:
         return f"{best}, and no other finalist's 95% interval overlaps it"
     named = ", ".join(f"trial {c.trial.number} ({c.optimizer})" for c in ties)
