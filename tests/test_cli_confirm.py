@@ -72,3 +72,8 @@ def test_a_study_confirms_its_winner_and_every_view_names_it(tmp_path: Path):
     page = report_html(search, config, StudyFigures())
     assert "<h2>Confirmation</h2>" in page and html.escape(target_text(config)) in page
     assert "confirmation: 2 of 2 runs" in page
+
+    deleted = CliRunner().invoke(app, ["study", "delete", str(path), "--yes"])
+    assert deleted.exit_code == 0, deleted.output
+    assert optuna.get_all_study_names(storage) == []  # the confirmation study goes with its study
+    assert client.search_runs([experiment], "tags.`hpo2.study` = 'c.confirm'") == []

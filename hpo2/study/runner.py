@@ -16,6 +16,10 @@ run is pruned with its reason; an exception fails that trial only
 A study ``timeout`` also caps the running trial's training seconds (a trial it cuts
 short is pruned with that reason).
 
+After the search, the confirmation stage (:mod:`hpo2.study.confirm`) reruns the
+finalists on new seeds as the trials of the study ``<name>.confirm`` through the same
+trial loop (so the same recovery), once no search trial runs in another worker.
+
 Storage (:mod:`hpo2.study.storage`): any Optuna URL; RDB storages get a heartbeat,
 so a trial whose worker was killed is marked failed and retried by the next run
 (run before the budget counts, see :mod:`hpo2.study.budget`); its MLflow run is
