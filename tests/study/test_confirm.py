@@ -7,9 +7,11 @@ import statistics
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
-from hpo2.study.config import StudyConfig
+from hpo2.errors import SettingsError
+from hpo2.study.config import StudyConfig, load_study_config
 from hpo2.study.confirm import (
     CONFIRM_OF_ATTR,
     confirmation_left,
@@ -164,3 +166,25 @@ def test_a_finalist_that_diverged_on_a_seed_cannot_win_and_an_unfinished_stage_n
     assert outcome.done and outcome.winner is not None and outcome.winner.trial.params == CHEAP
     winner_row = next(c for c in outcome.configs if c.trial.params == WINNER)
     assert not winner_row.eligible and "seed 7: diverged" in winner_row.failed[0]
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"confirm": {"seeds": 1}}, "confirm.seeds = 1: Input should be greater than or equal to 2"),
+    ({"confirm": {"top_k": -1}}, "confirm.top_k = -1: Input should be greater than or equal to 0"),
+    ({"name": "x.confirm"}, "a name ending in '.confirm' is taken by a study's confirmation stage"),
+    ({"objective": ["valid_loss", "grad_equivalents"], "confirm": {"top_k": 2}},
+     "confirm: the confirmation stage picks by one objective's mean"),
+])  # fmt: skip
+def test_confirm_settings_are_checked_in_one_line(tmp_path, fields, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "task": "logreg_breast_cancer", **fields}))
+    with pytest.raises(SettingsError) as caught:
+        load_study_config(path)
+    assert message in str(caught.value) and "\n" not in str(caught.value).strip()
+
+
+def test_confirm_false_and_top_k_0_turn_the_stage_off_and_several_objectives_skip_it():
+    assert _config(3, 3).confirms
+    assert not StudyConfig(name="s", task="logreg_breast_cancer", confirm=False).confirms
+    assert not StudyConfig(name="s", task="logreg_breast_cancer", confirm={"top_k": 0}).confirms
+    assert not StudyConfig(name="s", task="logreg_breast_cancer", objective=["valid_loss", "wall_seconds"]).confirms
