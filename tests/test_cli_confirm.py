@@ -62,6 +62,7 @@ def test_a_study_confirms_its_winner_and_every_view_names_it(tmp_path: Path):
     nested = client.search_runs([experiment], f"tags.`{CONFIRM_OF_ATTR}` = '{winner}'")
     assert len(nested) == 2 and all(r.info.status == "FINISHED" for r in nested)
     assert all(r.info.run_name.startswith("confirm-") for r in nested)
+    assert all(r.data.tags["hpo2.target"] == "valid accuracy >= 0.96" for r in nested)
     parents = [r for r in client.search_runs([experiment], "tags.`hpo2.study` = 'c'")
                if "hpo2.trial_number" not in r.data.tags]  # fmt: skip
     tags = parents[0].data.tags

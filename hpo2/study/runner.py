@@ -77,7 +77,7 @@ from hpo2.study.recovery import (
     retry_faulted_trial,
     retry_trial,
 )
-from hpo2.study.results import record_mlflow_run_id
+from hpo2.study.results import record_mlflow_run_id, target_text
 from hpo2.study.samplers import STREAM_ATTR, build_pruner, build_sampler, claim_stream
 from hpo2.study.space import SearchSpace
 from hpo2.study.storage import (
@@ -242,7 +242,8 @@ class StudyRunner:
         self.parent.log_params({"task": self.config.task.label, "sampler": self.config.sampler.name,
                                 "pruner": self.config.pruner.name, "optimizers": ",".join(self.space.names),
                                 "objective": ",".join(o.metric for o in self.config.objective)})
-        self.parent.set_tags({"hpo2.directions": ",".join(self.directions)})  # a tag: a resume may change it
+        # tags: a resume may change them; the target is what every time_to_target_* metric was measured against
+        self.parent.set_tags({"hpo2.directions": ",".join(self.directions), "hpo2.target": target_text(self.config)})
         self.log_study_file()
         self._close_lost_trial_runs(self.study)
         # check-then-enqueue: workers starting together must not both see "not enqueued yet"
@@ -455,8 +456,7 @@ class StudyRunner:
         mean, std, low, high = pick.interval
         self.parent.set_tags({"hpo2.confirmed_winner": winner.trial.number, "hpo2.recommended_trial": pick.trial.number,
                               "hpo2.recommended_optimizer": pick.optimizer, "hpo2.recommended_reason": outcome.reason,
-                              "hpo2.ties": ",".join(str(c.trial.number) for c in outcome.ties),
-                              "hpo2.target": outcome.target})  # fmt: skip
+                              "hpo2.ties": ",".join(str(c.trial.number) for c in outcome.ties)})  # fmt: skip
         self.parent.log_metrics({"confirmed_mean": mean, "confirmed_std": std, "confirmed_ci_low": low,
                                  "confirmed_ci_high": high, "confirmed_winner_mean": winner.interval[0]}, step=0)
 
@@ -487,7 +487,9 @@ class StudyRunner:
             record_mlflow_run_id(trial.study, number, run_id)
 
         confirm_of = trial.user_attrs.get(CONFIRM_OF_ATTR)
-        tags = {} if confirm_of is None else {CONFIRM_OF_ATTR: str(confirm_of), SEED_ATTR: str(self._seed(trial))}
+        tags = {"hpo2.target": target_text(self.config)}  # what its time_to_target_* metrics were measured against
+        if confirm_of is not None:
+            tags |= {CONFIRM_OF_ATTR: str(confirm_of), SEED_ATTR: str(self._seed(trial))}
         return TrialTracker(self.tracking_uri, self.experiment, trial.study.study_name, self.parent.run_id, number,
                             optimizer, settings, on_created=created, tags=tags,
                             kind="trial" if confirm_of is None else "confirm")  # fmt: skip
