@@ -29,7 +29,8 @@ def _study_file(folder: Path) -> Path:
     path = folder / "api.yaml"
     path.write_text(yaml.safe_dump({
         "name": "api", "n_trials": 2, "task": {"settings": {"hidden": 3}},
-        "optimizers": ["adam", "lbfgs"], "budget": {"epochs": 2}, "report": False, "curvature_diagnostics": False,
+        "optimizers": ["adam", "lbfgs"], "budget": {"epochs": 2}, "report": False, "confirm": False,
+        "curvature_diagnostics": False,
         "device": "cpu",
     }))
     return path

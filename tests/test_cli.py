@@ -22,7 +22,7 @@ from hpo2.study.runner import StudyRunner
 
 def _study_file(folder: Path, name: str, **fields) -> Path:
     data = {"name": name, "task": "logreg_breast_cancer", "budget": {"epochs": 2}, "optimizers": ["sgd", "adam"],
-            "n_trials": 2, "report": False, "curvature_diagnostics": False, **fields}
+            "n_trials": 2, "report": False, "confirm": False, "curvature_diagnostics": False, **fields}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-study.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -35,7 +35,8 @@ def suite_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "tasks": [{"task": "logreg_breast_cancer", "label": "breast_cancer_logreg", "budget": {"epochs": 1},
                    "target": 0.9}],
         "optimizers": ["sgd", "adam"],
-        "study": {"n_trials": 2, "report": False, "curvature_diagnostics": False, "pruner": {"name": "none"}},
+        "study": {"n_trials": 2, "report": False, "confirm": False,
+                  "curvature_diagnostics": False, "pruner": {"name": "none"}},
     }, sort_keys=False))  # fmt: skip
     suite = load_suite(studies / "tiny.yaml")
     StudyRunner(suite.studies[0], suite.path).run()  # as `hpo2 suite run` runs it, less the suite's report

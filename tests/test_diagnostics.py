@@ -98,6 +98,7 @@ def test_a_study_logs_flatness_per_trial_searches_sam_and_plots_sharpness(tmp_pa
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({
         "name": "s", "task": "logreg_breast_cancer", "budget": {"epochs": 12}, "n_trials": 3, "report": False,
+        "confirm": False,
         "pruner": {"name": "none"}, "sampler": {"name": "random", "seed": 0},
         "optimizers": [{"name": "sgd", "sam": {"rho": [0.01, 0.5], "adaptive": True}}, "adam"],
     }))  # fmt: skip

@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("hpo2.train",)),
     ("tracking", ("hpo2.study.tracking",)),
     ("study", ("hpo2.study",)),
-    ("report", ("hpo2.interface.report", "hpo2.interface.suite_report", "hpo2.interface.dashboard")),
+    ("report", ("hpo2.interface.report", "hpo2.interface.suite_report", "hpo2.interface.dashboard",
+                "hpo2.interface.confirmation")),
     # what a person uses: the CLI, and the package's own namespace (hpo2.Task, hpo2.run_study, loaded lazily)
     ("interface", ("hpo2", "hpo2.__main__", "hpo2.interface")),
 ]

@@ -67,7 +67,7 @@ def test_eta_is_the_mean_trial_duration_times_the_work_left_capped_by_the_timeou
 
 def _study_file(folder: Path, **fields) -> Path:
     data = {"name": "t", "task": "logreg_breast_cancer", "budget": {"epochs": 2}, "optimizers": ["sgd", "adam"],
-            "n_trials": 2, "report": False, "curvature_diagnostics": False, **fields}
+            "n_trials": 2, "report": False, "confirm": False, "curvature_diagnostics": False, **fields}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{data['name']}.yaml"
     path.write_text(yaml.safe_dump(data))

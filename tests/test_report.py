@@ -29,7 +29,7 @@ HAS_BROWSER = any(shutil.which(b) for b in ("chromium", "chromium-browser", "goo
 
 def _study_file(folder: Path, **fields) -> Path:
     data = {"name": "r", "task": "logreg_breast_cancer", "budget": {"epochs": 2}, "n_trials": 5,
-            "optimizers": ["adam", "newton_cg"], "report": True, **fields}
+            "optimizers": ["adam", "newton_cg"], "report": True, "confirm": False, **fields}
     path = folder / "r.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -267,6 +267,7 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:
     from hpo2.interface.progress import print_status
     from hpo2.study.catalog import budget_spent, open_existing, study_closed
     from hpo2.study.config import default_storage
+    from hpo2.study.confirm import confirmation_left
 
     try:
         study = open_existing(config, path)
@@ -275,7 +276,7 @@ def _nothing_to_do(config, path: Path, target: int | None) -> bool:
     except Exception:  # noqa: BLE001 -- any driver's error: the run that follows reports it as a one-line error
         return False
     done = budget_spent(study, default_storage(config, path), target)
-    if done is None:
+    if done is None or confirmation_left(study, config):
         return False
     console.print(f"nothing to do: {done} of {target} trials done (raise --n-trials to run more)", highlight=False)
     print_status(console, study, config)
@@ -444,9 +445,10 @@ def study_status(
 ) -> None:
     """Trials by state, and the best value and settings per optimizer."""
     from hpo2.interface.progress import print_status
+    from hpo2.study.locate import shown_path
 
-    config, _, study = _existing_study(name_or_file, {"storage": storage})
-    print_status(console, study, config)
+    config, path, study = _existing_study(name_or_file, {"storage": storage})
+    print_status(console, study, config, f"hpo2 study run {shown_path(path)}")
 
 
 @study_app.command("best")
@@ -459,19 +461,24 @@ def study_best(
     ),
     storage: str | None = STORAGE_OPTION,
 ) -> None:
-    """The best trial, written as a config for `hpo2 train` and `from_config`."""
+    """The best trial -- the confirmation stage's recommendation once it ran -- written as a
+    config for `hpo2 train` and `from_config`."""
     import yaml
 
-    from hpo2.interface.progress import print_edge_hints
+    from hpo2.interface.progress import print_confirmation, print_edge_hints
+    from hpo2.study.confirm import confirmation_of, export_block, recommended_trial
     from hpo2.study.locate import beside_study, shown_path
-    from hpo2.study.results import best_trials, export_config, write_export
+    from hpo2.study.results import export_config, write_export
 
     config, path, study = _existing_study(name_or_file, {"storage": storage})
-    best = best_trials(study)
-    if not best:
+    outcome = confirmation_of(study, config)
+    chosen = recommended_trial(study, outcome)
+    if chosen is None:
         raise fail(f"study {config.name!r} has no complete trial yet")
-    exported = export_config(config, best[0])
+    best = [chosen]
+    exported = export_config(config, chosen, export_block(outcome, chosen))
     console.print(yaml.safe_dump(exported, sort_keys=False), highlight=False)
+    print_confirmation(console, outcome, f"hpo2 study run {shown_path(path)}")
     target = export or beside_study(path, config.name, ".best.yaml")
     try:
         write_export(target, exported)

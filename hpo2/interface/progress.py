@@ -28,8 +28,10 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.table import Table
 
+from hpo2.interface.confirmation import confirmation_lines, confirmation_rows, confirmation_title
 from hpo2.interface.tables import Column, FittedTable
 from hpo2.study.config import StudyConfig
+from hpo2.study.confirm import Confirmation
 from hpo2.study.locate import shown_path
 from hpo2.study.observer import StudyObserver
 from hpo2.study.results import round_values
@@ -106,6 +108,8 @@ class Progress(StudyObserver):
     tracking_seconds: float = 0.0
     trial_seconds: float = 0.0
     report: Literal["", "rendering", "done"] = ""
+    confirm: optuna.Study | None = None  # the confirmation stage's study, once it started
+    confirm_runs: int = 0
     listeners: list[Callable[[Progress], None]] = field(default_factory=list)
 
     def changed(self) -> None:
@@ -128,6 +132,10 @@ class Progress(StudyObserver):
         self.trial_seconds += trial_seconds
 
     def trial_stored(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.changed()
+
+    def confirmation_started(self, confirm: optuna.Study, runs: int) -> None:
+        self.confirm, self.confirm_runs, self.current_trial = confirm, runs, None
         self.changed()
 
     def report_started(self) -> None:
@@ -176,10 +184,14 @@ class StudyDisplay:
         elapsed = time.monotonic() - self.started
         eta = eta_seconds(trials, self.target, elapsed, self.timeout, self.jobs)
         table.add_row("time", f"{duration_text(elapsed)} elapsed, ETA {duration_text(eta)}")
+        if progress.confirm is not None:
+            runs = progress.confirm.get_trials(deepcopy=False, states=FINISHED)
+            table.add_row("confirm", f"{len(runs)} of {progress.confirm_runs} confirmation runs (new seeds) finished")
         if progress.current_trial is not None:
             table.add_row(
                 "current",
-                f"trial {progress.current_trial} ({progress.current_optimizer}), epoch {progress.current_epoch:.2f}",
+                f"{'confirmation run' if progress.confirm is not None else 'trial'} {progress.current_trial} "
+                f"({progress.current_optimizer}), epoch {progress.current_epoch:.2f}",
             )
         return table
 
@@ -214,8 +226,10 @@ class StudyDisplay:
         return f"{round_values(best.values)} (trial {best.number}, {best.params.get('optimizer')})"
 
 
-def print_status(console: Console, study: optuna.Study, config: StudyConfig) -> None:
-    """Trials by state, a table of the best trial per optimizer (best first), and the best trial(s)."""
+def print_status(console: Console, study: optuna.Study, config: StudyConfig, rerun: str = "hpo2 study run") -> None:
+    """Trials by state, a table of the best trial per optimizer (best first), the best trial(s),
+    and the confirmation stage (``rerun``: the command that finishes it)."""
+    from hpo2.study.confirm import confirmation_of
     from hpo2.study.results import best_per_optimizer, best_trials, ranked, settings_text, state_counts
 
     counts = state_counts(study)
@@ -236,7 +250,22 @@ def print_status(console: Console, study: optuna.Study, config: StudyConfig) -> 
             + "; ".join(f"trial {t.number} {t.params.get('optimizer')} = {round_values(t.values)}" for t in best),
             highlight=False,
         )
+    print_confirmation(console, confirmation_of(study, config), rerun)
     print_edge_hints(console, best)
+
+
+def print_confirmation(console: Console, outcome: Confirmation | None, rerun: str) -> None:
+    """The confirmation table and lines (nothing when the study has no confirmation)."""
+    if outcome is None:
+        return
+    rows = confirmation_rows(outcome)
+    columns = [Column(k, "name" if k == "optimizer" else "note" if k == "role" else "value") for k in rows[0]]
+    table = FittedTable(*columns, title=confirmation_title(outcome))
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+    for line in confirmation_lines(outcome, rerun):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def print_edge_hints(console: Console, best: Sequence[FrozenTrial]) -> None:

@@ -44,19 +44,19 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
+from hpo2.interface.confirmation import confirmation_lines, confirmation_rows, confirmation_title
 from hpo2.study.config import StudyConfig
+from hpo2.study.confirm import Confirmation, confirmation_of, export_block, recommended_trial
 from hpo2.study.results import (
     best_per_optimizer,
-    best_trials,
     export_config,
     mlflow_run_id,
     ranked,
     settings_text,
     state_counts,
+    target_text,
 )
 from hpo2.study.space import OPTIMIZER_PARAM
-from hpo2.tasks.base import target_label
-from hpo2.tasks.registry import TASKS
 
 #: complete trials an importance plot needs: fANOVA on fewer shows noise as a result
 MIN_IMPORTANCE_TRIALS = 10
@@ -311,17 +311,6 @@ def write_figures(figures: dict[str, go.Figure], folder: Path, png: bool = True)
     return written
 
 
-def target_text(config: StudyConfig) -> str:
-    """When the study's task counts as reached: ``valid accuracy >= 0.95`` (a built-in
-    task's, or the ``target`` setting in its metric); a task of the user's own code
-    without one keeps its code's."""
-    target = config.task.settings.get("target")
-    spec = TASKS.get(config.task.name) if config.task.name else None
-    if spec is not None:
-        return target_label(spec.metric, spec.higher_is_better, spec.target if target is None else target)
-    return "the task's own, if its code sets one" if target is None else f"the task's metric at {target:g}"
-
-
 def _summary_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """The best trial of each optimizer, best first by the first objective."""
     rows = []
@@ -349,7 +338,6 @@ def report_html(study: optuna.Study, config: StudyConfig, figures: StudyFigures)
     """One self-contained page: summary and target, the best configuration per optimizer
     (best first, the winner marked), the reuse command, every figure and what was left out."""
     counts = state_counts(study)
-    best: list[FrozenTrial] = best_trials(study)
     rows = _summary_rows(study)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in (rows[0] if rows else {"optimizer": ""}))
     body = "".join(
@@ -359,7 +347,10 @@ def report_html(study: optuna.Study, config: StudyConfig, figures: StudyFigures)
         + "</tr>"
         for i, r in enumerate(rows)
     )  # fmt: skip
-    exported = yaml.safe_dump(export_config(config, best[0]), sort_keys=False) if best else "no complete trial yet"
+    outcome = confirmation_of(study, config)
+    chosen = recommended_trial(study, outcome)
+    exported = ("no complete trial yet" if chosen is None
+                else yaml.safe_dump(export_config(config, chosen, export_block(outcome, chosen)), sort_keys=False))
     command = f"hpo2 study best {config.name} --export best.yaml && hpo2 train --config best.yaml"
     plots = []
     for i, (stem, fig) in enumerate(figures.figures.items()):
@@ -382,9 +373,25 @@ objective {html.escape(objectives)};
 trials: {html.escape(states)}.</p>
 <p>Target (time-to-target): <b>{html.escape(target_text(config))}</b>.</p>
 <h2>Best configuration per optimizer</h2><p>By {ranking}.</p><table><tr>{head}</tr>{body}</table>
+{_confirmation_html(outcome, config)}
 <h2>Reuse the winner</h2><pre>{html.escape(command)}</pre><pre>{html.escape(exported)}</pre>
 {notes}{"".join(plots)}
 </body></html>"""
+
+
+def _confirmation_html(outcome: Confirmation | None, config: StudyConfig) -> str:
+    """The confirmation stage's table (the recommended row marked) and its lines, or why there is none."""
+    if outcome is None:
+        why = "turned off (confirm: false)" if not config.confirm.top_k else "not run yet"
+        return f"<h2>Confirmation</h2><p>{'Several objectives: none' if config.multi_objective else why}.</p>"
+    rows = confirmation_rows(outcome)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join(('<tr class="winner">' if "recommended" in r["role"] else "<tr>")
+                   + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+    lines = "".join(f"<p>{html.escape(line)}</p>"
+                    for line in confirmation_lines(outcome, f"hpo2 study run {config.name}"))
+    return (f"<h2>Confirmation</h2><p>{html.escape(confirmation_title(outcome))}.</p>"
+            f"<table><tr>{head}</tr>{body}</table>{lines}")
 
 
 def render_study_report(

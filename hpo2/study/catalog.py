@@ -7,8 +7,9 @@ Reading never creates anything: a sqlite or journal storage whose file does not
 exist is a study that was never run (``optuna.load_study`` on a missing sqlite
 file would create an empty database).  Deleting a study removes exactly its
 Optuna study and its MLflow runs (the parent run and every trial's nested run,
-found by the ``hpo2.study`` tag), and its experiment when no other run is left
-in it; MLflow deletes softly (the runs go to the UI's trash; the experiment,
+found by the ``hpo2.study`` tag), those of its confirmation stage
+(``<name>.confirm``), and its experiment when no other run is left in it;
+MLflow deletes softly (the runs go to the UI's trash; the experiment,
 renamed ``<name> (deleted <time>)``, too) and a later run of the same study
 starts a fresh experiment.  Study files, other studies and their
 runs are not touched.  A study with RUNNING trials is not deleted unless forced
@@ -18,6 +19,7 @@ heartbeat's grace period is not counted: its worker died).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +33,7 @@ from hpo2.common.databases import local_file
 from hpo2.common.redact import redact_url
 from hpo2.study.budget import TrialBudget
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
+from hpo2.study.confirm import confirm_study_name
 from hpo2.study.locate import study_files, suite_files
 from hpo2.study.storage import open_journal, stale_trial_numbers, study_init_lock
 
@@ -162,7 +165,8 @@ class Deletion:
         experiment = client.get_experiment_by_name(config.experiment or config.name)
         if experiment is None or experiment.lifecycle_stage != "active":
             return out
-        out.run_ids = _run_ids(client, experiment.experiment_id, f"tags.`hpo2.study` = '{config.name}'")
+        out.run_ids = [run_id for name in (config.name, confirm_study_name(config.name))  # its confirmation's too
+                       for run_id in _run_ids(client, experiment.experiment_id, f"tags.`hpo2.study` = '{name}'")]
         others = set(_run_ids(client, experiment.experiment_id, "")) - set(out.run_ids)
         if not others:
             out.experiment_id = experiment.experiment_id
@@ -195,7 +199,10 @@ class Deletion:
 
     def execute(self) -> None:
         if self.n_trials is not None:
-            optuna.delete_study(study_name=self.config.name, storage=open_journal(self.storage_url) or self.storage_url)
+            storage = open_journal(self.storage_url) or self.storage_url
+            optuna.delete_study(study_name=self.config.name, storage=storage)
+            with contextlib.suppress(KeyError):  # its confirmation stage, if it started
+                optuna.delete_study(study_name=confirm_study_name(self.config.name), storage=storage)
         if self.run_ids:
             client = MlflowClient(self.tracking_uri)
             for run_id in self.run_ids:

@@ -50,6 +50,8 @@ def check_name(value: str) -> str:
         raise ValueError("use letters, digits, '_', '.', '-' (it names files and MLflow runs)")
     if len(value) > MAX_NAME:
         raise ValueError(f"{len(value)} characters; at most {MAX_NAME} (it names files and MLflow runs)")
+    if value.endswith(".confirm"):
+        raise ValueError("a name ending in '.confirm' is taken by a study's confirmation stage; choose another")
     return value
 
 
@@ -235,6 +237,15 @@ class WarmStartConfig(Strict):
         return self
 
 
+class ConfirmConfig(Strict):
+    """The confirmation stage (:mod:`hpo2.study.confirm`): the overall ``top_k`` trials and the
+    best of the ``top_k`` best optimizers rerun on ``seeds`` new seeds each; ``top_k: 0`` (or
+    ``confirm: false``) turns it off."""
+
+    top_k: int = Field(default=3, ge=0, le=100)
+    seeds: int = Field(default=3, ge=2, le=100, description="two at least: the interval needs a spread")
+
+
 class StudyConfig(Strict):
     """A study: what to search over, how, for how long, and where results go."""
 
@@ -261,6 +272,14 @@ class StudyConfig(Strict):
     curvature_share: float = Field(default=0.1, gt=0, le=1)
     report: bool = True
     warm_start: WarmStartConfig | None = None
+    confirm: ConfirmConfig = ConfirmConfig()
+
+    @field_validator("confirm", mode="before")
+    @classmethod
+    def _confirm(cls, value: Any) -> Any:
+        if value is False:
+            return {"top_k": 0}
+        return {} if value is True else value
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -297,6 +316,9 @@ class StudyConfig(Strict):
         if self.n_trials is None and self.timeout is None:
             raise ValueError("set n_trials or timeout (or both)")
         self._check_allocation()
+        if self.multi_objective and "confirm" in self.model_fields_set and self.confirm.top_k:
+            raise ValueError("confirm: the confirmation stage picks by one objective's mean; with several "
+                             "objectives set confirm: false (the Pareto front is the answer)")
         return self
 
     def _check_allocation(self) -> None:
@@ -318,6 +340,11 @@ class StudyConfig(Strict):
         if self.sampler.allocation is not None:
             return self.sampler.allocation
         return "balanced" if self.multi_objective else "adaptive"
+
+    @property
+    def confirms(self) -> bool:
+        """Whether the study ends with a confirmation stage (one objective, ``top_k`` > 0)."""
+        return self.confirm.top_k > 0 and not self.multi_objective
 
     @property
     def multi_objective(self) -> bool:

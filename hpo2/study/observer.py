@@ -28,6 +28,9 @@ class StudyObserver:
     def trial_stored(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """A trial's final state is in the storage (complete, pruned or failed)."""
 
+    def confirmation_started(self, confirm: optuna.Study, runs: int) -> None:
+        """The confirmation stage starts: ``confirm`` is its study, ``runs`` its planned runs in all."""
+
     def report_started(self) -> None:
         """The study's report started rendering (its plots, and their PNG copies: seconds to a minute)."""
 

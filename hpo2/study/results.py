@@ -16,6 +16,8 @@ from hpo2.errors import SettingsError
 from hpo2.optim import reuse_notes
 from hpo2.study.config import StudyConfig, default_storage, storage_error
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
+from hpo2.tasks import TASKS
+from hpo2.tasks.base import target_label
 
 
 def load_study(config: StudyConfig, study_file: Path, run_command: str | None = None) -> optuna.Study:
@@ -105,10 +107,13 @@ def settings_text(trial: FrozenTrial) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
 
 
-def export_config(config: StudyConfig, trial: FrozenTrial) -> dict[str, Any]:
+def export_config(
+    config: StudyConfig, trial: FrozenTrial, confirmation: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The trial as a ``hpo2 train --config`` file (also what ``from_config`` and
     ``schedule_from_config`` take), with ``reuse``: what a loop of your own must honour
-    (:func:`hpo2.optim.reuse_notes`)."""
+    (:func:`hpo2.optim.reuse_notes`), and its ``confirmation`` (mean ± std over new
+    seeds, :func:`hpo2.study.confirm.export_block`) under ``study`` when it has one."""
     optimizer = SearchSpace(config).optimizer_config(trial.params)
     return {
         "task": config.task.model_dump(exclude_none=True),
@@ -116,9 +121,21 @@ def export_config(config: StudyConfig, trial: FrozenTrial) -> dict[str, Any]:
         "budget": config.budget.model_dump(exclude_none=True),
         "seed": config.seed,
         "device": config.device,
-        "study": {"name": config.name, "trial": trial.number, "values": list(trial.values)},
+        "study": {"name": config.name, "trial": trial.number, "values": list(trial.values),
+                  **({"confirmation": confirmation} if confirmation else {})},
         "reuse": reuse_notes(optimizer),
     }
+
+
+def target_text(config: StudyConfig) -> str:
+    """When the study's task counts as reached: ``valid accuracy >= 0.95`` (a built-in
+    task's, or the ``target`` setting in its metric); a task of the user's own code
+    without one keeps its code's."""
+    target = config.task.settings.get("target")
+    spec = TASKS.get(config.task.name) if config.task.name else None
+    if spec is not None:
+        return target_label(spec.metric, spec.higher_is_better, spec.target if target is None else target)
+    return "the task's own, if its code sets one" if target is None else f"the task's metric at {target:g}"
 
 
 def write_export(path: Path, exported: dict[str, Any]) -> None:

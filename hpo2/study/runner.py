@@ -16,6 +16,10 @@ run is pruned with its reason; an exception fails that trial only
 A study ``timeout`` also caps the running trial's training seconds (a trial it cuts
 short is pruned with that reason).
 
+After the search, the confirmation stage (:mod:`hpo2.study.confirm`) reruns the
+finalists on new seeds as the trials of the study ``<name>.confirm`` through the same
+trial loop (so the same recovery), once no search trial runs in another worker.
+
 Storage (:mod:`hpo2.study.storage`): any Optuna URL; RDB storages get a heartbeat,
 so a trial whose worker was killed is marked failed and retried by the next run
 (run before the budget counts, see :mod:`hpo2.study.budget`); its MLflow run is
@@ -56,9 +60,9 @@ from hpo2.common.redact import redact_url, sanitized_study_text
 from hpo2.errors import SettingsError
 from hpo2.optim.registry import load_config_file
 from hpo2.study.budget import Admission, TrialBudget, retried_trial_numbers
-from hpo2.study.checkpoints import curvature_due, on_checkpoint
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
-from hpo2.study.objectives import Direction, objective_directions, objective_value
+from hpo2.study.confirm import CONFIRM_OF_ATTR, confirmation_of, open_confirm_study, plan_confirmation
+from hpo2.study.objectives import Direction, objective_directions
 from hpo2.study.observer import StudyObserver
 from hpo2.study.recovery import (
     INTERRUPTED,
@@ -73,7 +77,7 @@ from hpo2.study.recovery import (
     retry_faulted_trial,
     retry_trial,
 )
-from hpo2.study.results import record_mlflow_run_id
+from hpo2.study.results import record_mlflow_run_id, target_text
 from hpo2.study.samplers import STREAM_ATTR, build_pruner, build_sampler, claim_stream
 from hpo2.study.space import SearchSpace
 from hpo2.study.storage import (
@@ -93,12 +97,12 @@ from hpo2.study.tracking import (
     quick_failing_http,
     study_parent_run,
 )
+from hpo2.study.trial_reporter import SEED_ATTR, TrialReporter, conclude_trial, record_result
 from hpo2.study.trial_tracking import TrialTracker
 from hpo2.study.warm_start import WarmStart, enqueue_warm_start, plan_warm_start
 from hpo2.tasks import TASKS, Task
 from hpo2.tasks.source import TaskBuilder, TaskSource, entrypoint_for, resolve_task, task_from_function
-from hpo2.train.diagnostics import flatness_summary
-from hpo2.train.loop import Budget, Evaluation, resolve_device, run_training
+from hpo2.train.loop import Budget, resolve_device, run_training
 
 _log = logging.getLogger(__name__)
 
@@ -212,9 +216,9 @@ class StudyRunner:
                 self._task_source = resolve_task(self.config.task, self.study_file.parent)
         return self._task_source
 
-    def build_task(self) -> Task:
-        """The study's task, built fresh with the study's seed."""
-        return self.task_source.build({**self.config.task.settings, "seed": self.config.seed})
+    def build_task(self, seed: int | None = None) -> Task:
+        """The study's task, built fresh with ``seed`` (default: the study's)."""
+        return self.task_source.build({**self.config.task.settings, "seed": self.config.seed if seed is None else seed})
 
     def _task_direction(self) -> bool:
         """Whether the task's metric is better higher: a built-in's registry entry says so without
@@ -244,7 +248,8 @@ class StudyRunner:
         """Log the study's params and file to its parent run; close the MLflow runs
         of trials lost earlier; enqueue a warm start's configurations, then the paper defaults."""
         self.parent.log_params(self.study_params())
-        self.parent.set_tags({"hpo2.directions": ",".join(self.directions)})  # a tag: a resume may change it
+        # tags: a resume may change them; the target is what every time_to_target_* metric was measured against
+        self.parent.set_tags({"hpo2.directions": ",".join(self.directions), "hpo2.target": target_text(self.config)})
         self.log_study_file()
         self._close_lost_trial_runs(self.study)
         # check-then-enqueue: workers starting together must not both see "not enqueued yet"
@@ -291,6 +296,8 @@ class StudyRunner:
             try:
                 self._run_trials(budget)
                 if not self.stop.requested:
+                    self._confirm()
+                if not self.stop.requested:
                     self.finish()
             except KeyboardInterrupt:  # a second signal, or one during the report
                 self.stop.event.set()
@@ -334,11 +341,11 @@ class StudyRunner:
                 waiting_since = None
                 started: list[int] = []  # the trial's number, once it exists
                 try:
-                    self.study.optimize(functools.partial(admitted, started), n_trials=1, catch=(Exception,),
+                    budget.study.optimize(functools.partial(admitted, started), n_trials=1, catch=(Exception,),
                                         gc_after_trial=True, callbacks=[self.observer.trial_stored])
                     faults = 0
                 except TrialInterrupted as stopped:
-                    retry_trial(self.study, stopped.trial_number)
+                    retry_trial(budget.study, stopped.trial_number)
                     self.retried.append(stopped.trial_number)
                     return
                 except TrialStorageFault as fault:
@@ -349,7 +356,7 @@ class StudyRunner:
                                           "its disk (or move the storage) and rerun to go on") from None
                     if is_storage_fault(exc):
                         faults = self._after_storage_fault(budget, faults, exc, started[0] if started else None)
-                    elif not (started and self._failed_as_stale(started[0], exc)):
+                    elif not (started and self._failed_as_stale(budget.study, started[0], exc)):
                         raise
                 finally:
                     budget.release()
@@ -362,6 +369,22 @@ class StudyRunner:
                 thread.start()
             for thread in threads:
                 thread.join()
+
+    def _confirm(self) -> None:
+        """The confirmation stage (:mod:`hpo2.study.confirm`): once no search trial runs, enqueue
+        the runs still missing and run them, as exactly as the search's (the study's timeout
+        bounds the search only: the stage's cost is known in advance)."""
+        if not self.config.confirms:
+            return
+        if any(t.state == TrialState.RUNNING for t in self.study.get_trials(deepcopy=False)):
+            _log.warning("search trials still run in another worker: the worker that ends the search confirms")
+            return
+        with study_init_lock(self.storage_url, self.study_file, self.config.name):
+            confirm = open_confirm_study(self.study)
+            planned = plan_confirmation(self.study, confirm, self.config)
+        self.deadline = None
+        self.observer.confirmation_started(confirm, planned)
+        self._run_trials(TrialBudget(confirm, self.storage_url, planned))
 
     def _after_storage_fault(self, budget: TrialBudget, faults: int, exc: BaseException, number: int | None) -> int:
         """The storage failed under this worker (``exc``), in trial ``number`` if one
@@ -379,7 +402,7 @@ class StudyRunner:
                               f"{reason}; this worker stops (rerun it once the database works)") from None
         try:
             with budget.locked():
-                retried = number is not None and retry_faulted_trial(self.study, number)
+                retried = number is not None and retry_faulted_trial(budget.study, number)
         except Exception as again:
             if not is_storage_fault(again):
                 raise
@@ -391,13 +414,13 @@ class StudyRunner:
         _log.warning("the storage failed under this worker (%s): %s", reason, what)
         return faults
 
-    def _failed_as_stale(self, number: int, exc: Exception) -> bool:
-        """Whether trial ``number``, which this worker ran, was failed by the stale-trial
+    def _failed_as_stale(self, study: optuna.Study, number: int, exc: Exception) -> bool:
+        """Whether trial ``number`` of ``study``, which this worker ran, was failed by the stale-trial
         check meanwhile (its heartbeat stopped past the grace period: a storage outage, a
         stopped process), so that Optuna refused to write its result (``exc``: "Cannot
         tell a FAIL trial", ``UpdateFinishedTrialError``); said in one line."""
         refused = isinstance(exc, UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a FAIL trial")
-        trials = self.study.get_trials(deepcopy=False)
+        trials = study.get_trials(deepcopy=False)
         if not refused or next(t for t in trials if t.number == number).state != TrialState.FAIL:
             return False
         retried = "its retry runs instead" if number in retried_trial_numbers(trials) else "no retry is left"
@@ -422,6 +445,7 @@ class StudyRunner:
             best = self.study.best_trial
             self.parent.set_tags({"hpo2.best_trial": best.number, "hpo2.best_optimizer": best.params.get("optimizer")})
             self.parent.log_metrics({"best_value": best.value}, step=len(self.study.trials))
+        self._tag_confirmation()
         self.retry_offline()
         if self.report is not None and not self.offline_runs:
             self.stop.immediate = True  # the report has no safe points: a signal stops it at once
@@ -434,6 +458,19 @@ class StudyRunner:
             self.offline_runs.append(self.parent)
         self.retry_offline()
         self._spool_offline()
+
+    def _tag_confirmation(self) -> None:
+        """Name the confirmed winner and the recommended configuration on the parent run."""
+        outcome = confirmation_of(self.study, self.config)
+        if outcome is None or outcome.recommended is None or outcome.winner is None:
+            return
+        pick, winner = outcome.recommended, outcome.winner
+        mean, std, low, high = pick.interval
+        self.parent.set_tags({"hpo2.confirmed_winner": winner.trial.number, "hpo2.recommended_trial": pick.trial.number,
+                              "hpo2.recommended_optimizer": pick.optimizer, "hpo2.recommended_reason": outcome.reason,
+                              "hpo2.ties": ",".join(str(c.trial.number) for c in outcome.ties)})  # fmt: skip
+        self.parent.log_metrics({"confirmed_mean": mean, "confirmed_std": std, "confirmed_ci_low": low,
+                                 "confirmed_ci_high": high, "confirmed_winner_mean": winner.interval[0]}, step=0)
 
     def _spool_offline(self) -> None:
         """Save what the tracking server never received under ``mlflow-unsent/`` (``hpo2 study sync`` sends it)."""
@@ -459,10 +496,19 @@ class StudyRunner:
 
         def created(run_id: str) -> None:  # now, or when a lost server comes back (then maybe after the trial)
             pause_for_tests("after_run", number, self.stop.event)
-            record_mlflow_run_id(self.study, number, run_id)
+            record_mlflow_run_id(trial.study, number, run_id)
 
-        return TrialTracker(self.tracking_uri, self.experiment, self.config.name, self.parent.run_id, number,
-                            optimizer, settings, on_created=created)  # fmt: skip
+        confirm_of = trial.user_attrs.get(CONFIRM_OF_ATTR)
+        tags = {"hpo2.target": target_text(self.config)}  # what its time_to_target_* metrics were measured against
+        if confirm_of is not None:
+            tags |= {CONFIRM_OF_ATTR: str(confirm_of), SEED_ATTR: str(self._seed(trial))}
+        return TrialTracker(self.tracking_uri, self.experiment, trial.study.study_name, self.parent.run_id, number,
+                            optimizer, settings, on_created=created, tags=tags,
+                            kind="trial" if confirm_of is None else "confirm")  # fmt: skip
+
+    def _seed(self, trial: optuna.Trial) -> int:
+        """The seed trial ``trial`` trains with: a confirmation run's own, else the study's."""
+        return int(trial.user_attrs[SEED_ATTR]) if CONFIRM_OF_ATTR in trial.user_attrs else self.config.seed
 
     def _end_run(self, tracker: TrialTracker, status: str, **details: Any) -> None:
         """End a trial's MLflow run (once); keep it to resend if the server missed it."""
@@ -480,8 +526,8 @@ class StudyRunner:
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         tracker: TrialTracker | None = None
         try:  # storage writes from the first line: a storage fault anywhere here is handled as one
-            beat_now(self.study, trial._trial_id)
-            self.study._storage.set_trial_system_attr(trial._trial_id, STREAM_ATTR, self.stream)
+            beat_now(trial.study, trial._trial_id)
+            trial.study._storage.set_trial_system_attr(trial._trial_id, STREAM_ATTR, self.stream)
             optimizer_name, settings = self.space.suggest(trial)
             self.observer.trial_started(trial.number, optimizer_name)
             pause_for_tests("before_run", trial.number, self.stop.event)
@@ -535,78 +581,22 @@ class StudyRunner:
     def _train(
         self, trial: optuna.Trial, optimizer_name: str, settings: dict[str, Any], tracker: TrialTracker
     ) -> float | list[float]:
-        task = self.build_task()
-        first_metric = self.config.objective[0].metric
-        single = not self.config.multi_objective
-        evaluations: list[Evaluation] = []
-
-        flatness_batch = task.first_samples(task.train, 512).to(self.device)
-        flatness: dict[str, float] = {"seconds": 0.0}
-
-        def measure_flatness(evaluation: Evaluation) -> None:
-            started = time.perf_counter()
-            summary = flatness_summary(
-                task.model, task.loss_fn, task.metric_fn, flatness_batch.x, flatness_batch.y,
-                evaluation.valid_metric, task.higher_is_better, seed=self.config.seed,
-            )  # fmt: skip
-            tracker.curvature(summary, evaluation.step)
-            flatness.update(summary, step=evaluation.step, valid_metric=evaluation.valid_metric,
-                            seconds=flatness["seconds"] + time.perf_counter() - started)  # fmt: skip
-            trial.set_user_attr("hpo2.flatness", flatness)
-
-        def on_step(step: int, diagnostics: dict[str, Any]) -> None:
-            tracker.step(step, diagnostics)
-            pause_for_tests("step", trial.number, self.stop.event)
-            self.stop.check(trial.number)
-
-        def report(evaluation: Evaluation) -> bool:
-            self.stop.check(trial.number)
-            index = len(evaluations)
-            evaluations.append(evaluation)
-            self.observer.trial_evaluated(trial.number, evaluation.epoch)
-            tracker.epoch(evaluation)
-            if not on_checkpoint(index):
-                return False
-            if (self.config.curvature_diagnostics and math.isfinite(evaluation.train_loss)
-                    and curvature_due(flatness["seconds"], evaluation.wall_seconds, self.config.curvature_share)):
-                measure_flatness(evaluation)
-            if single and first_metric in ("valid_metric", "valid_loss", "train_loss"):
-                value = getattr(evaluation, first_metric)
-                if math.isfinite(value):
-                    trial.report(value, step=index)
-                    return trial.should_prune()
-            return False
-
+        """Train the trial's configuration (:class:`~hpo2.study.trial_reporter.TrialReporter`
+        reports it), record the result and conclude the trial."""
+        seed = self._seed(trial)
+        task = self.build_task(seed)
+        reporter = TrialReporter(self.config, trial, tracker, task, seed, self.device, self.stop, self.observer)
         budget, capped = self._trial_budget()
         result = run_training(
             task, {"name": optimizer_name, "settings": settings}, budget,
-            seed=self.config.seed, device=self.device, report=report, on_step=on_step,
+            seed=seed, device=self.device, report=reporter.report, on_step=reporter.on_step,
         )  # fmt: skip
         if capped and result.status == "completed" and result.wall_seconds >= budget.seconds:  # type: ignore[operator]  # capped: seconds set
             result.status = "stopped"
             result.reason = f"the study's timeout ended the trial after {result.wall_seconds:.1f} s of training"
-        final = result.final
-        if (self.config.curvature_diagnostics and final is not None and math.isfinite(final.train_loss)
-                and flatness.get("step") != final.step):
-            measure_flatness(final)
-        trial.set_user_attr("hpo2.status", result.status)
-        trial.set_user_attr("hpo2.reason", result.reason)
-        trial.set_user_attr("hpo2.wall_seconds", result.wall_seconds)
-        trial.set_user_attr("hpo2.grad_equivalents", result.grad_equivalents)
-        trial.set_user_attr("hpo2.time_to_target_seconds", result.time_to_target_seconds)
-        trial.set_user_attr("hpo2.time_to_target_grad_equivalents", result.time_to_target_grad_equivalents)
-        if result.status in ("diverged", "stopped"):
-            reason = result.reason if result.status == "diverged" else f"pruned: {result.reason}"
-            self._end_run(tracker, "KILLED", reason=reason,
-                          status_tag="diverged" if result.status == "diverged" else "pruned")  # fmt: skip
-            raise optuna.TrialPruned(reason)
-        values = [objective_value(o.metric, result) for o in self.config.objective]
-        if not all(math.isfinite(v) for v in values):
-            trial.set_user_attr("hpo2.status", "diverged")
-            self._end_run(tracker, "KILLED", reason=f"non-finite objective {values}", status_tag="diverged")
-            raise optuna.TrialPruned(f"non-finite objective {values}")
-        self._end_run(tracker, "FINISHED", reason=result.reason, status_tag=result.status, result=result)
-        return values[0] if single else values
+        reporter.measure_final(result.final)
+        record_result(trial, result, seed)
+        return conclude_trial(self.config, trial, tracker, result, self._end_run)
 
     def _trial_budget(self) -> tuple[Budget, bool]:
         """The study's budget, its seconds capped by the time the study's timeout leaves

@@ -14,7 +14,8 @@ from hpo2.train.loop import Evaluation, TrainResult
 
 
 class TrialTracker:
-    """The nested MLflow run of trial ``number`` under the study's parent run.
+    """The nested MLflow run of trial ``number`` under the study's parent run, named
+    ``<kind>-<number>-<optimizer>`` (kind ``confirm`` for a confirmation run) and tagged with ``tags`` too.
 
     ``on_created`` is told the run id once its creation reached the server (at
     once, or later when a lost server comes back)."""
@@ -22,14 +23,16 @@ class TrialTracker:
     def __init__(
         self, tracking_uri: str, experiment: str, study_name: str, parent_run_id: str | None, number: int,
         optimizer: str, settings: dict[str, Any], on_created: Callable[[str], None] | None = None,
+        tags: dict[str, str] | None = None, kind: str = "trial",
     ) -> None:  # fmt: skip
         self.started = time.perf_counter()
         self.seconds = 0.0  # spent in tracking calls
         self.ended = False
         with self._timed():
             self.run = TrackedRun.create(
-                tracking_uri, experiment, f"trial-{number}-{optimizer}",
-                {"hpo2.study": study_name, "hpo2.trial_number": str(number), "hpo2.optimizer": optimizer},
+                tracking_uri, experiment, f"{kind}-{number}-{optimizer}",
+                {"hpo2.study": study_name, "hpo2.trial_number": str(number), "hpo2.optimizer": optimizer,
+                 **(tags or {})},
                 parent_run_id=parent_run_id, on_created=on_created,
             )  # fmt: skip
             self.run.log_params({"optimizer": optimizer, **flatten_params("", settings)})

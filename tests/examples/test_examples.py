@@ -31,7 +31,7 @@ def test_each_example_study_completes_from_its_own_folder(tmp_path: Path, exampl
     shutil.copytree(EXAMPLES / example, folder, ignore=shutil.ignore_patterns("data", "*.db", "mlartifacts"))
     study = yaml.safe_load((folder / "study.yaml").read_text())
     # a small budget: the point is that the job runs end to end, not its result
-    study.update(n_trials=2, report=False, curvature_diagnostics=False, device="cpu")
+    study.update(n_trials=2, report=False, confirm=False, curvature_diagnostics=False, device="cpu")
     study["budget"] = {"steps": 6}
     (folder / "study.yaml").write_text(yaml.safe_dump(study))
     _run(["study", "run", "study.yaml"], folder)

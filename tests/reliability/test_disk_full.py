@@ -53,7 +53,8 @@ def test_a_full_disk_under_a_journal_storage_is_one_line(tmp_path: Path, small_d
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({
         "name": "s", "task": "logreg_breast_cancer", "budget": {"epochs": 1}, "optimizers": ["sgd"], "n_trials": 2,
-        "report": False, "curvature_diagnostics": False, "storage": f"journal:{small_disk / 's.journal'}",
+        "report": False, "confirm": False,
+        "curvature_diagnostics": False, "storage": f"journal:{small_disk / 's.journal'}",
     }))  # fmt: skip
     runner = StudyRunner(*load_study_config(path), observer=FillsTheDisk(small_disk))
     with pytest.raises(StorageLost) as lost:

@@ -23,7 +23,7 @@ def test_four_workers_share_one_study_through_postgresql(tmp_path: Path, postgre
     study_file.write_text(yaml.safe_dump({
         "name": "shared", "task": "logreg_breast_cancer", "budget": {"epochs": 2},
         "optimizers": ["sgd", "adam", "newton_cg", "lbfgs"], "sampler": {"name": "tpe", "seed": 0},
-        "pruner": {"name": "none"}, "n_trials": 24, "report": False, "curvature_diagnostics": False,
+        "pruner": {"name": "none"}, "n_trials": 24, "report": False, "confirm": False, "curvature_diagnostics": False,
     }))  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     workers = [
@@ -83,6 +83,7 @@ def test_workers_on_several_machines_create_one_study_one_parent_run_and_enqueue
         (machine / "together.yaml").write_text(yaml.safe_dump({
             "name": "together", "task": "logreg_breast_cancer", "optimizers": ["sgd", "adam"], "n_trials": 2,
             "budget": {"epochs": 1}, "storage": fresh_database, "tracking_uri": mlflow_server, "report": False,
+            "confirm": False,
             "curvature_diagnostics": False, "pruner": {"name": "none"},
         }))  # fmt: skip
         workers.append(subprocess.Popen([sys.executable, "-c", _OPEN_TOGETHER, str(machine / "together.yaml"),
@@ -118,7 +119,8 @@ def test_journal_file_storage_shares_a_study_between_processes_on_one_machine(tm
     study_file = tmp_path / "j.yaml"
     study_file.write_text(yaml.safe_dump({
         "name": "j", "task": "logreg_breast_cancer", "budget": {"epochs": 1}, "optimizers": ["sgd", "adam"],
-        "n_trials": 8, "report": False, "curvature_diagnostics": False, "storage": f"journal:{tmp_path / 'j.journal'}",
+        "n_trials": 8, "report": False, "confirm": False,
+        "curvature_diagnostics": False, "storage": f"journal:{tmp_path / 'j.journal'}",
     }))  # fmt: skip
     workers = [subprocess.Popen([sys.executable, "-m", "hpo2", "worker", str(study_file), "--device", "cpu"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path) for _ in range(2)]
@@ -141,7 +143,8 @@ def test_two_workers_and_a_resume_each_draw_their_own_trials(tmp_path: Path):
     study_file.write_text(yaml.safe_dump({
         "name": "fresh", "task": "logreg_breast_cancer", "budget": {"steps": 1_000_000, "seconds": 1},
         "optimizers": ["sgd"], "sampler": {"name": "random"}, "enqueue_defaults": False, "n_trials": 6,
-        "report": False, "curvature_diagnostics": False, "pruner": {"name": "none"}, "storage": f"journal:{journal}",
+        "report": False, "confirm": False, "curvature_diagnostics": False, "pruner": {"name": "none"},
+        "storage": f"journal:{journal}",
     }))  # fmt: skip
     workers = [subprocess.Popen([sys.executable, "-m", "hpo2", "worker", str(study_file), "--device", "cpu"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path) for _ in range(2)]

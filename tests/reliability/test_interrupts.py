@@ -53,7 +53,7 @@ def write_study(folder: Path, template: Path, name: str, storage: str | None, re
         "name": name, "task": "digits_mlp", "budget": {"epochs": 1}, "optimizers": OPTIMIZERS,
         "n_trials": N_TRIALS, "heartbeat_interval": 1, "pruner": {"name": "none"},
         "sampler": {"name": "random", "seed": 0},
-        "curvature_diagnostics": False, "report": report, "device": "cpu",
+        "curvature_diagnostics": False, "report": report, "confirm": False, "device": "cpu",
     }  # fmt: skip
     if storage is not None:
         study["storage"] = storage

@@ -126,7 +126,8 @@ def test_a_storage_password_reaches_no_output_mlflow_record_report_or_export(
     study_file.write_text(yaml.safe_dump({
         "name": f"secret-{tmp_path.name[-8:]}",
         "task": {"name": "digits_mlp", "settings": {"n_train": 200, "n_valid": 100}},
-        "optimizers": ["sgd"], "n_trials": 1, "budget": {"steps": 3}, "report": False, "curvature_diagnostics": False,
+        "optimizers": ["sgd"], "n_trials": 1, "budget": {"steps": 3}, "report": False, "confirm": False,
+        "curvature_diagnostics": False,
         "storage": storage, "tracking_uri": tracking, "device": "cpu",
     }))  # fmt: skip
     name = yaml.safe_load(study_file.read_text())["name"]

@@ -65,6 +65,7 @@ def test_a_postgresql_restart_mid_study_loses_no_trial_and_no_worker(
     study_file.write_text(yaml.safe_dump({
         "name": "restart", "task": "logreg_breast_cancer", "budget": {"steps": 1_000_000, "seconds": 1},
         "optimizers": ["sgd", "adam", "lbfgs"], "n_trials": N_TRIALS, "heartbeat_interval": 1, "report": False,
+        "confirm": False,
         "curvature_diagnostics": False, "pruner": {"name": "none"},
     }))  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -153,7 +154,7 @@ def test_a_storage_fault_inside_a_trial_is_retried_not_counted_and_the_worker_go
     path = tmp_path / "locked.yaml"
     path.write_text(yaml.safe_dump({
         "name": "locked", "task": "locks_storage", "budget": {"epochs": 4}, "optimizers": ["sgd", "adam"],
-        "n_trials": 3, "report": False, "curvature_diagnostics": False, "pruner": {"name": "none"},
+        "n_trials": 3, "report": False, "confirm": False, "curvature_diagnostics": False, "pruner": {"name": "none"},
     }))  # fmt: skip
     database = tmp_path / "locked.optuna.db"
     locking_task(database)
@@ -184,7 +185,8 @@ def test_a_storage_that_stays_unusable_stops_the_worker_in_one_line_and_the_reru
     path = tmp_path / "stuck.yaml"
     path.write_text(yaml.safe_dump({
         "name": "stuck", "task": "locks_storage", "budget": {"epochs": 4}, "optimizers": ["sgd"], "n_trials": 2,
-        "heartbeat_interval": 1, "report": False, "curvature_diagnostics": False, "pruner": {"name": "none"},
+        "heartbeat_interval": 1, "report": False, "confirm": False,
+        "curvature_diagnostics": False, "pruner": {"name": "none"},
     }))  # fmt: skip
     database = tmp_path / "stuck.optuna.db"
     locking_task(database, seconds=300)  # locked until UNLOCK

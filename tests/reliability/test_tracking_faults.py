@@ -31,7 +31,8 @@ def _study(tmp_path: Path, tracking_uri: str, n_trials: int = 4) -> Path:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({
         "name": "s", "task": "logreg_breast_cancer", "budget": {"epochs": 2}, "optimizers": ["adam", "sgd"],
-        "n_trials": n_trials, "pruner": {"name": "none"}, "report": False, "tracking_uri": tracking_uri,
+        "n_trials": n_trials, "pruner": {"name": "none"}, "report": False, "confirm": False,
+        "tracking_uri": tracking_uri,
     }))  # fmt: skip
     return path
 

@@ -34,7 +34,7 @@ def test_sigkilled_worker_trial_is_failed_retried_and_its_run_closed(tmp_path: P
     path = tmp_path / "k.yaml"
     path.write_text(yaml.safe_dump({
         "name": "k", "task": "digits_mlp", "budget": {"steps": 1_000_000, "seconds": 3}, "optimizers": ["adam"],
-        "n_trials": 3, "heartbeat_interval": 1, "report": False, "pruner": {"name": "none"},
+        "n_trials": 3, "heartbeat_interval": 1, "report": False, "confirm": False, "pruner": {"name": "none"},
     }))  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'k.optuna.db'}"
     worker = subprocess.Popen([sys.executable, "-m", "hpo2", "study", "run", str(path), "--device", "cpu"],
@@ -164,7 +164,7 @@ def _run(tmp_path: Path, task: str, optimizers: list, n_trials: int = 2, budget:
                 "budget": budget or {"epochs": 3},
                 "optimizers": optimizers,
                 "n_trials": n_trials,
-                "report": False,
+                "report": False, "confirm": False,
                 "pruner": {"name": "none"},
             }
         )
@@ -208,7 +208,7 @@ def test_a_worker_stopped_past_its_heartbeat_drops_the_trial_in_one_line_and_goe
     path = tmp_path / "stopped.yaml"
     path.write_text(yaml.safe_dump({
         "name": "stopped", "task": "logreg_breast_cancer", "budget": {"steps": 1_000_000, "seconds": 3},
-        "optimizers": ["sgd"], "n_trials": 3, "heartbeat_interval": 1, "report": False,
+        "optimizers": ["sgd"], "n_trials": 3, "heartbeat_interval": 1, "report": False, "confirm": False,
         "curvature_diagnostics": False, "pruner": {"name": "none"},
     }))  # fmt: skip
     url = f"sqlite:///{tmp_path / 'stopped.optuna.db'}"

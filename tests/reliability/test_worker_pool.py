@@ -54,6 +54,7 @@ def write_study(folder: Path, template: Path, n_trials: int) -> Path:
     path.write_text(yaml.safe_dump({
         "name": "pool", "task": "logreg_breast_cancer", "budget": {"epochs": 1}, "optimizers": ["sgd", "adam"],
         "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}, "n_trials": n_trials, "report": False,
+        "confirm": False,
         "curvature_diagnostics": False, "storage": f"journal:{folder / 'pool.journal'}",
     }))  # fmt: skip
     return path

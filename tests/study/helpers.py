@@ -12,7 +12,7 @@ from hpo2.interface.cli import app
 
 def write_study(tmp_path: Path, **fields) -> Path:
     data = {"name": "t", "task": "logreg_breast_cancer", "budget": {"epochs": 2},
-            "optimizers": ["sgd", "adam", "newton_cg"], "n_trials": 4, "report": False, **fields}
+            "optimizers": ["sgd", "adam", "newton_cg"], "n_trials": 4, "report": False, "confirm": False, **fields}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

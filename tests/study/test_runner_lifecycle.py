@@ -22,7 +22,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def _study(folder: Path, **fields: object) -> tuple[StudyConfig, Path]:
     data = {"name": "r", "task": "logreg_breast_cancer", "budget": {"epochs": 1}, "optimizers": ["sgd"],
-            "n_trials": 2, "report": False, "curvature_diagnostics": False, "enqueue_defaults": False, **fields}
+            "n_trials": 2, "report": False, "confirm": False,
+            "curvature_diagnostics": False, "enqueue_defaults": False, **fields}
     path = folder / "r.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_study_config(path)

@@ -25,7 +25,7 @@ def write_suite(tmp_path: Path, **fields) -> Path:
         "tasks": [{"task": "digits_mlp", "budget": {"epochs": 1}, "target": TARGETS["digits_mlp"]},
                   {"task": "logreg_breast_cancer", "budget": {"epochs": 6}, "target": TARGETS["logreg_breast_cancer"]}],
         "optimizers": ["sgd", "adam", "lbfgs"],
-        "study": {"n_trials": 6, "sampler": {"name": "random", "seed": 0}, "report": False,
+        "study": {"n_trials": 6, "sampler": {"name": "random", "seed": 0}, "report": False, "confirm": False,
                   "curvature_diagnostics": False, "pruner": {"name": "none"}},
         **fields,
     }  # fmt: skip
@@ -155,7 +155,7 @@ def test_an_interrupted_suite_resumes_where_it_stopped(tmp_path):
     from hpo2.study.recovery import StudyInterrupted
     from hpo2.study.suite import load_suite, run_suite
 
-    path = write_suite(tmp_path, optimizers=["sgd", "adam"], study={"n_trials": 2, "report": False,
+    path = write_suite(tmp_path, optimizers=["sgd", "adam"], study={"n_trials": 2, "report": False, "confirm": False,
                                                                     "curvature_diagnostics": False})  # fmt: skip
     suite = load_suite(path)
 

@@ -25,7 +25,7 @@ SGD_LR = (0.003, 0.05)  # the second study's narrower sgd range
 def write(tmp_path: Path, name: str, **fields) -> Path:
     data = {"name": name, "task": "logreg_breast_cancer", "budget": {"epochs": 3}, "optimizers": ["sgd", "adam"],
             "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}, "n_trials": 6,
-            "report": False, "curvature_diagnostics": False, **fields}  # fmt: skip
+            "report": False, "confirm": False, "curvature_diagnostics": False, **fields}  # fmt: skip
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -211,7 +211,8 @@ def test_a_study_run_with_a_task_file_from_the_cli(tmp_path: Path) -> None:
     study = tmp_path / "mine.yaml"
     study.write_text(yaml.safe_dump({
         "name": "mine", "n_trials": 2, "task": {"entrypoint": "./tasks/my_task.py:build", "settings": {"hidden": 4}},
-        "optimizers": ["sgd", "lbfgs"], "budget": {"epochs": 2}, "report": False, "curvature_diagnostics": False,
+        "optimizers": ["sgd", "lbfgs"], "budget": {"epochs": 2}, "report": False, "confirm": False,
+        "curvature_diagnostics": False,
     }))
     result = CliRunner().invoke(app, ["study", "run", str(study), "--device", "cpu"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
