@@ -58,6 +58,7 @@ from hpo2.optim.registry import load_config_file
 from hpo2.study.budget import Admission, TrialBudget, retried_trial_numbers
 from hpo2.study.checkpoints import curvature_due, on_checkpoint
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
+from hpo2.study.locks import study_lock
 from hpo2.study.objectives import Direction, objective_directions, objective_value
 from hpo2.study.observer import StudyObserver
 from hpo2.study.recovery import (
@@ -74,7 +75,7 @@ from hpo2.study.recovery import (
     retry_trial,
 )
 from hpo2.study.results import record_mlflow_run_id
-from hpo2.study.samplers import STREAM_ATTR, build_pruner, build_sampler, claim_stream
+from hpo2.study.samplers import STREAM_ATTR, build_pruner, build_sampler, claim_stream, stream_seed
 from hpo2.study.space import SearchSpace
 from hpo2.study.storage import (
     MAX_STORAGE_FAULTS,
@@ -182,7 +183,8 @@ class StudyRunner:
             )
             # this process's own draws: no two processes, and no resume, replay each other's (samplers module)
             self.stream = claim_stream(study)
-            study.sampler = build_sampler(self.config, self.space, self.stream)
+            study.sampler = build_sampler(self.config, self.space, self.stream,
+                                          functools.partial(study_lock, study, self.storage_url, "proposal"))
             # Artifacts beside the study for a local store; a tracking server decides its own.
             local = self.tracking_uri.startswith("sqlite")
             artifacts = str(self.study_file.parent / "mlartifacts") if local else None
@@ -204,9 +206,17 @@ class StudyRunner:
                 self._task_source = resolve_task(self.config.task, self.study_file.parent)
         return self._task_source
 
-    def build_task(self) -> Task:
-        """The study's task, built fresh with the study's seed."""
-        return self.task_source.build({**self.config.task.settings, "seed": self.config.seed})
+    def build_task(self, seed: int | None = None) -> Task:
+        """The study's task, built fresh with ``seed`` (default: the study's)."""
+        return self.task_source.build({**self.config.task.settings, "seed": self.config.seed if seed is None else seed})
+
+    def trial_seed(self, trial: optuna.Trial) -> int:
+        """The training seed of ``trial``: the study's with ``seeds: fixed``; with ``per_trial``, one drawn from the
+        study's seed and the trial's number (a retry's: that of the trial it retries, so it reruns alike)."""
+        if self.config.seeds == "fixed":
+            return self.config.seed
+        first = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("retry_history", [trial.number])[0]
+        return stream_seed(self.config.seed, 1 + int(first))
 
     def _task_direction(self) -> bool:
         """Whether the task's metric is better higher: a built-in's registry entry says so without
@@ -523,7 +533,9 @@ class StudyRunner:
     def _train(
         self, trial: optuna.Trial, optimizer_name: str, settings: dict[str, Any], tracker: TrialTracker
     ) -> float | list[float]:
-        task = self.build_task()
+        seed = self.trial_seed(trial)
+        trial.set_user_attr("hpo2.seed", seed)
+        task = self.build_task(seed)
         first_metric = self.config.objective[0].metric
         single = not self.config.multi_objective
         evaluations: list[Evaluation] = []
@@ -535,7 +547,7 @@ class StudyRunner:
             started = time.perf_counter()
             summary = flatness_summary(
                 task.model, task.loss_fn, task.metric_fn, flatness_batch.x, flatness_batch.y,
-                evaluation.valid_metric, task.higher_is_better, seed=self.config.seed,
+                evaluation.valid_metric, task.higher_is_better, seed=seed,
             )  # fmt: skip
             tracker.curvature(summary, evaluation.step)
             flatness.update(summary, step=evaluation.step, valid_metric=evaluation.valid_metric,
@@ -568,7 +580,7 @@ class StudyRunner:
         budget, capped = self._trial_budget()
         result = run_training(
             task, {"name": optimizer_name, "settings": settings}, budget,
-            seed=self.config.seed, device=self.device, report=report, on_step=on_step,
+            seed=seed, device=self.device, report=report, on_step=on_step,
         )  # fmt: skip
         if capped and result.status == "completed" and result.wall_seconds >= budget.seconds:  # type: ignore[operator]  # capped: seconds set
             result.status = "stopped"
