@@ -187,9 +187,12 @@ class PerOptimizerSampler(BaseSampler):
         rng = np.random.default_rng([self._seed % 2**32, trial_number, 1])  # not the allocation's stream
         return int(rng.integers(2**31)) if rng.random() < self._random_fraction else None
 
-    def _propose(self, study: optuna.Study, trial: FrozenTrial, optimizer: str) -> dict[str, Any]:
+    def _propose(
+        self, study: optuna.Study, trial: FrozenTrial, optimizer: str, trials: list[FrozenTrial]
+    ) -> dict[str, Any]:
+        """``optimizer``'s settings for ``trial`` from a sampler fitted on its finished ``trials``, the
+        running ones pending (``trials``: the study's, read once per proposal)."""
         distributions = self._space.optimizers[optimizer].distributions
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
         history = [
             t for t in trials
             if t.state == TrialState.COMPLETE and t.params.get(OPTIMIZER_PARAM) == optimizer
@@ -225,7 +228,7 @@ class PerOptimizerSampler(BaseSampler):
             ]
         )
         proposal = shadow.ask(fixed_distributions=distributions)
-        for key, value in shadow.trials[-1].system_attrs.items():
+        for key, value in shadow._storage.get_trial_system_attrs(proposal._trial_id).items():
             study._storage.set_trial_system_attr(trial._trial_id, _STATE_PREFIX + key, value)
         return proposal.params
 
@@ -234,14 +237,13 @@ class PerOptimizerSampler(BaseSampler):
     ) -> Any:
         if trial.number not in self._proposals:
             with self._thread_lock, self._lock():
+                trials = study.get_trials(deepcopy=False)
                 if param_name == OPTIMIZER_PARAM:
-                    optimizer = allocate(
-                        self._allocation, self._space.names, study.get_trials(deepcopy=False), trial.number,
-                        study.directions[0], self.design_points, self._floor, self._seed,
-                    )
+                    optimizer = allocate(self._allocation, self._space.names, trials, trial.number,
+                                         study.directions[0], self.design_points, self._floor, self._seed)
                 else:  # the optimizer was fixed (an enqueued trial): propose its settings
                     optimizer = param_name.split(".", 1)[0]
-                proposal = {OPTIMIZER_PARAM: optimizer, **self._propose(study, trial, optimizer)}
+                proposal = {OPTIMIZER_PARAM: optimizer, **self._propose(study, trial, optimizer, trials)}
                 study._storage.set_trial_system_attr(trial._trial_id, PROPOSAL_ATTR, proposal)
             self._proposals[trial.number] = proposal
         return self._proposals[trial.number][param_name]
