@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish, study_benchmark_arguments  # noqa: E402
+from optuna.distributions import FloatDistribution, IntDistribution  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from hpo2.study.config import StudyConfig  # noqa: E402
@@ -46,8 +47,9 @@ def objective(params: dict[str, float], space: SearchSpace) -> float:
     distributions = space.optimizers[OPTIMIZER].distributions
     total = 0.0
     for key, dist in distributions.items():
-        low, high, value = dist.low, dist.high, params[key]  # type: ignore[attr-defined]
-        if dist.log:  # type: ignore[attr-defined]
+        assert isinstance(dist, FloatDistribution | IntDistribution), f"{key}: a range, not a choice"
+        low, high, value = dist.low, dist.high, params[key]
+        if dist.log:
             low, high, value = np.log(low), np.log(high), np.log(value)
         total += ((value - low) / (high - low) - 0.3) ** 2
     return float(total)
