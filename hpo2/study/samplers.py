@@ -30,9 +30,10 @@ proposal is made under a lock that every worker of the study shares (``lock``,
 ``hpo2.proposal``: the optimizer and its settings) before the lock is released;
 every running trial's proposal enters the next one's model as a *pending point*:
 Optuna's GPSampler takes running trials into a joint acquisition
-(:math:`\mathrm{qLogEI}` over the pending points and the candidate, i.e. their
-improvement is integrated over the posterior, "fantasies"), and hpo2's BoTorch
-candidates pass them as ``X_pending`` (:mod:`hpo2.study.botorch_candidates`).  The
+(:math:`\mathrm{qLogEI}`: the improvement of the candidate and the pending points
+together, by quasi-Monte Carlo over their joint posterior, so a candidate beside a
+pending point gains nothing from it), and hpo2's BoTorch candidates pass them as
+``X_pending`` (:mod:`hpo2.study.botorch_candidates`).  The
 allocation is made under the same lock and counts a proposed trial for its
 optimizer, so workers allocating together still balance.  CMA-ES takes no pending
 points: it samples each generation's points independently from its search
