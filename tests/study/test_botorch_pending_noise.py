@@ -1,4 +1,4 @@
-"""hpo2's BoTorch candidates (hpo2.study.botorch_candidates): pending points push a proposal away from
+"""hpo2's BoTorch candidates (hpo2.study.botorch_candidates), issue 25: pending points push a proposal away from
 them, and a noisy objective is modelled as noisy (inferred noise, qLogNEI), a deterministic one is not."""
 
 from __future__ import annotations
