@@ -73,7 +73,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo2.errors import SettingsError, did_you_mean
 from hpo2.study.allocation import PROPOSAL_ATTR, Allocation, allocate
 from hpo2.study.config import SamplerConfig, StudyConfig
-from hpo2.study.sampler_registry import SAMPLERS
+from hpo2.study.sampler_registry import SAMPLERS, SamplerSpec
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
 
 _STATE_PREFIX = "hpo2.sampler:"
@@ -253,15 +253,20 @@ class PerOptimizerSampler(BaseSampler):
         self._proposals.pop(trial.number, None)
 
 
+def sampler_spec(name: str) -> SamplerSpec:
+    """The registry's entry for ``name``; a :class:`~hpo2.errors.SettingsError` naming the allowed ones if none."""
+    if name not in SAMPLERS:
+        raise SettingsError(f"sampler.name: {name!r} is not a known sampler{did_you_mean(name, SAMPLERS)}; "
+                            f"allowed: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
 def plain_sampler(config: SamplerConfig, seed: int, n_startup_trials: int | None = None,
                   noisy: bool = False) -> BaseSampler:
     """The sampler ``config`` names (its :data:`~hpo2.study.sampler_registry.SAMPLERS` entry), seeded, as hpo2
     configures it for a fixed search space, with ``n_startup_trials`` random trials first: the argument, else
     the config's, else the sampler's own default; ``noisy``: the trials draw their own training seeds."""
-    spec = SAMPLERS.get(config.name)
-    if spec is None:
-        raise SettingsError(f"sampler.name: {config.name!r} is not a known sampler"
-                            f"{did_you_mean(config.name, SAMPLERS)}; allowed: {', '.join(SAMPLERS)}")
+    spec = sampler_spec(config.name)
     startup = next(n for n in (n_startup_trials, config.n_startup_trials, spec.startup) if n is not None)
     return spec.build(seed, startup, noisy)
 
@@ -273,7 +278,7 @@ def build_sampler(
     """The study's sampler for sampler stream ``stream``; ``lock``: the lock its workers share for
     proposals (:func:`hpo2.study.locks.study_lock`; see the module docstring)."""
     sampler = config.sampler
-    spec = SAMPLERS[sampler.name]
+    spec = sampler_spec(sampler.name)
     seed = sampler.seed if sampler.seed is not None else config.seed
     noisy = config.seeds == "per_trial"
     if spec.one_design:  # one design for the whole study: every process continues it
