@@ -63,3 +63,15 @@ def test_a_per_trial_study_trains_each_trial_with_its_own_seed(tmp_path):
     assert first.params == second.params
     assert len({config.seed, first.user_attrs["hpo2.seed"], second.user_attrs["hpo2.seed"]}) == 3
     assert first.value != second.value
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize("seeds", ["fixed", "per_trial"])
+def test_per_trial_seeds_make_the_botorch_model_noisy_and_fixed_ones_deterministic(seeds):
+    from hpo2.study.samplers import build_sampler
+    from hpo2.study.space import SearchSpace
+
+    config = StudyConfig(name="s", task="digits_mlp", optimizers=["sgd"], sampler={"name": "botorch"}, seeds=seeds)
+    botorch = build_sampler(config, SearchSpace(config))._make_sampler(0, 2)
+    assert botorch._candidates_func.noisy == (seeds == "per_trial")
+    assert botorch._consider_running_trials  # running trials reach it as pending points
