@@ -55,11 +55,16 @@ from hpo2.study.space import OPTIMIZER_PARAM
 Allocation = Literal["balanced", "adaptive"]
 #: the share of finished trials whose values count as successes
 TOP_QUANTILE = 0.25
+#: the trial system attribute holding the proposal made for a trial (``optimizer`` and its settings), written
+#: before its params are (:class:`hpo2.study.samplers.PerOptimizerSampler`)
+PROPOSAL_ATTR = "hpo2.proposal"
 
 
 def optimizer_of(trial: FrozenTrial) -> str | None:
-    """The optimizer a trial uses, or will use (an enqueued trial's fixed params)."""
-    name = trial.params.get(OPTIMIZER_PARAM, trial.system_attrs.get("fixed_params", {}).get(OPTIMIZER_PARAM))
+    """The optimizer a trial uses, or will use (an enqueued trial's fixed params, or the proposal made for it)."""
+    name = trial.params.get(OPTIMIZER_PARAM)
+    for planned in (trial.system_attrs.get("fixed_params", {}), trial.system_attrs.get(PROPOSAL_ATTR, {})):
+        name = planned.get(OPTIMIZER_PARAM) if name is None else name
     return None if name is None else str(name)
 
 

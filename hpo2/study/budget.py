@@ -28,22 +28,14 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RDBStorage, fail_stale_trials
-from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages import fail_stale_trials
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from hpo2.common.databases import local_file
-from hpo2.study.locks import advisory_lock, file_lock, lock_key
-
-
-def _lock_file_for(url: str) -> Path | None:
-    store = local_file(url)
-    return None if store is None else Path(f"{store}.hpo2-budget.lock")
+from hpo2.study.locks import study_lock
 
 
 class Admission(enum.Enum):
@@ -68,7 +60,6 @@ class TrialBudget:
         self.url = storage_url
         self.limit = limit
         self._thread_lock = threading.Lock()
-        self._key = lock_key(f"hpo2:{study.study_name}")
         self._release: list = []
 
     def counted(self) -> int:
@@ -98,18 +89,7 @@ class TrialBudget:
     def locked(self) -> Iterator[None]:
         """The lock every worker of the study shares (not this process's threads' lock):
         held while trials are counted, failed as stale or retried."""
-        if self.url.startswith("postgresql"):
-            storage = self.study._storage
-            rdb = storage._backend if isinstance(storage, _CachedStorage) else storage
-            assert isinstance(rdb, RDBStorage), "a postgresql URL opens an RDB storage"
-            with advisory_lock(rdb.engine, self._key):
-                yield
-            return
-        lock_file = _lock_file_for(self.url)
-        if lock_file is None:
-            yield
-            return
-        with file_lock(lock_file):
+        with study_lock(self.study, self.url, "budget"):
             yield
 
     def admit(self) -> Admission:

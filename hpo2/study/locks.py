@@ -6,6 +6,9 @@ Advisory locks (``pg_advisory_lock``) are held by a database session and freed b
 the server when that session ends, so a worker killed while holding one blocks
 nobody, and one whose session a server restart ended has nothing left to unlock;
 they need no table, so they also serialize the creation of Optuna's tables.
+
+:func:`study_lock` picks the right one for a study's storage (the trial budget and
+the samplers' proposals each take one of their own).
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from optuna import Study
+from optuna.storages import RDBStorage
+from optuna.storages._cached_storage import _CachedStorage
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
+
+from hpo2.common.databases import local_file
 
 
 def lock_key(name: str) -> int:
@@ -65,3 +73,24 @@ def url_advisory_lock(url: str, key: int) -> Iterator[None]:
             yield
     finally:
         engine.dispose()
+
+
+@contextmanager
+def study_lock(study: Study, url: str, purpose: str) -> Iterator[None]:
+    """The lock named ``purpose`` that every worker of ``study`` (stored at ``url``) shares, held
+    for the block: a PostgreSQL advisory lock on the storage's own engine, an ``fcntl`` lock on
+    ``<database file>.hpo2-<purpose>.lock`` beside a sqlite database or journal file, and none
+    for an in-memory storage (one process: its callers hold a thread lock of their own)."""
+    if url.startswith("postgresql"):
+        storage = study._storage
+        rdb = storage._backend if isinstance(storage, _CachedStorage) else storage
+        assert isinstance(rdb, RDBStorage), "a postgresql URL opens an RDB storage"
+        with advisory_lock(rdb.engine, lock_key(f"hpo2-{purpose}:{study.study_name}")):
+            yield
+        return
+    store = local_file(url)
+    if store is None:
+        yield
+        return
+    with file_lock(Path(f"{store}.hpo2-{purpose}.lock")):
+        yield

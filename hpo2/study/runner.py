@@ -62,6 +62,7 @@ from hpo2.optim.registry import load_config_file
 from hpo2.study.budget import Admission, TrialBudget, retried_trial_numbers
 from hpo2.study.config import StudyConfig, default_storage, default_tracking_uri
 from hpo2.study.confirm import CONFIRM_OF_ATTR, confirmation_of, open_confirm_study, plan_confirmation
+from hpo2.study.locks import study_lock
 from hpo2.study.objectives import Direction, objective_directions
 from hpo2.study.observer import StudyObserver
 from hpo2.study.recovery import (
@@ -78,7 +79,7 @@ from hpo2.study.recovery import (
     retry_trial,
 )
 from hpo2.study.results import record_mlflow_run_id, target_text
-from hpo2.study.samplers import STREAM_ATTR, build_pruner, build_sampler, claim_stream
+from hpo2.study.samplers import STREAM_ATTR, build_pruner, build_sampler, claim_stream, stream_seed
 from hpo2.study.space import SearchSpace
 from hpo2.study.storage import (
     MAX_STORAGE_FAULTS,
@@ -194,7 +195,8 @@ class StudyRunner:
             )
             # this process's own draws: no two processes, and no resume, replay each other's (samplers module)
             self.stream = claim_stream(study)
-            study.sampler = build_sampler(self.config, self.space, self.stream)
+            study.sampler = build_sampler(self.config, self.space, self.stream,
+                                          functools.partial(study_lock, study, self.storage_url, "proposal"))
             # Artifacts beside the study for a local store; a tracking server decides its own.
             local = self.tracking_uri.startswith("sqlite")
             artifacts = str(self.study_file.parent / "mlartifacts") if local else None
@@ -501,14 +503,21 @@ class StudyRunner:
         confirm_of = trial.user_attrs.get(CONFIRM_OF_ATTR)
         tags = {"hpo2.target": target_text(self.config)}  # what its time_to_target_* metrics were measured against
         if confirm_of is not None:
-            tags |= {CONFIRM_OF_ATTR: str(confirm_of), SEED_ATTR: str(self._seed(trial))}
+            tags |= {CONFIRM_OF_ATTR: str(confirm_of), SEED_ATTR: str(self.trial_seed(trial))}
         return TrialTracker(self.tracking_uri, self.experiment, trial.study.study_name, self.parent.run_id, number,
                             optimizer, settings, on_created=created, tags=tags,
                             kind="trial" if confirm_of is None else "confirm")  # fmt: skip
 
-    def _seed(self, trial: optuna.Trial) -> int:
-        """The seed trial ``trial`` trains with: a confirmation run's own, else the study's."""
-        return int(trial.user_attrs[SEED_ATTR]) if CONFIRM_OF_ATTR in trial.user_attrs else self.config.seed
+    def trial_seed(self, trial: optuna.Trial) -> int:
+        """The training seed of ``trial``: a confirmation run's own; else the study's ``seed`` with
+        ``seeds: fixed``, and with ``per_trial`` one drawn from the study's seed and the trial's
+        number (a retry's: that of the trial it retries, so it reruns alike)."""
+        if CONFIRM_OF_ATTR in trial.user_attrs:
+            return int(trial.user_attrs[SEED_ATTR])
+        if self.config.seeds == "fixed":
+            return self.config.seed
+        first = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("retry_history", [trial.number])[0]
+        return stream_seed(self.config.seed, 1 + int(first))
 
     def _end_run(self, tracker: TrialTracker, status: str, **details: Any) -> None:
         """End a trial's MLflow run (once); keep it to resend if the server missed it."""
@@ -583,7 +592,7 @@ class StudyRunner:
     ) -> float | list[float]:
         """Train the trial's configuration (:class:`~hpo2.study.trial_reporter.TrialReporter`
         reports it), record the result and conclude the trial."""
-        seed = self._seed(trial)
+        seed = self.trial_seed(trial)
         task = self.build_task(seed)
         reporter = TrialReporter(self.config, trial, tracker, task, seed, self.device, self.stop, self.observer)
         budget, capped = self._trial_budget()

@@ -1,4 +1,4 @@
-"""Samplers, and how each handles the conditional space.
+r"""Samplers, and how each handles the conditional space (the names: :data:`~hpo2.study.sampler_registry.SAMPLERS`).
 
 * ``tpe`` -- Optuna's TPE, multivariate with ``group=True`` (it models each
   optimizer's sub-space on the trials that used it) and constant liar; ``random``
@@ -22,6 +22,25 @@ Why this and not one sub-study per optimizer: one Optuna study keeps one trial
 numbering, one pruner over all trials, resume, heartbeats and the dashboard as
 Optuna users know them; only the proposal of settings is per optimizer.
 
+**Workers that don't collide.**  Fitted on finished trials alone, two workers that
+propose at the same moment see the same history and propose the same point (the
+acquisition's local search starts from the same incumbent).  So a per-optimizer
+proposal is made under a lock that every worker of the study shares (``lock``,
+:func:`hpo2.study.locks.study_lock`), and written to the trial (system attribute
+``hpo2.proposal``: the optimizer and its settings) before the lock is released;
+every running trial's proposal enters the next one's model as a *pending point*:
+Optuna's GPSampler takes running trials into a joint acquisition
+(:math:`\mathrm{qLogEI}`: the improvement of the candidate and the pending points
+together, by quasi-Monte Carlo over their joint posterior, so a candidate beside a
+pending point gains nothing from it), and hpo2's BoTorch candidates pass them as
+``X_pending`` (:mod:`hpo2.study.botorch_candidates`).  The
+allocation is made under the same lock and counts a proposed trial for its
+optimizer, so workers allocating together still balance.  CMA-ES takes no pending
+points: it samples each generation's points independently from its search
+distribution (distinct per process, from the sampler streams below), and a
+running point carries no information for its mean and covariance update until its
+value is told (a made-up value -- a liar -- would bias that update).
+
 **Seeds and streams.**  A sampler seeded alike in two processes draws alike: two
 workers, or a run and its resume, would replay each other's proposals.  So each
 process that runs a study's trials (a ``study run``, a resume, a worker) claims the
@@ -40,8 +59,10 @@ study is reproducible as a distribution, not trial for trial.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from typing import Any, get_args
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import numpy as np
 import optuna
@@ -50,12 +71,12 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo2.errors import SettingsError, did_you_mean
-from hpo2.study.allocation import Allocation, allocate
+from hpo2.study.allocation import PROPOSAL_ATTR, Allocation, allocate
 from hpo2.study.config import SamplerConfig, StudyConfig
+from hpo2.study.sampler_registry import SAMPLERS, SamplerSpec
 from hpo2.study.space import OPTIMIZER_PARAM, SearchSpace
 
 _STATE_PREFIX = "hpo2.sampler:"
-_FINISHED = (TrialState.COMPLETE,)
 #: the study system attribute counting the sampler streams claimed so far
 STREAMS_ATTR = "hpo2.sampler_streams"
 #: the trial system attribute naming the stream of the process that ran the trial
@@ -81,6 +102,11 @@ def stream_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed % 2**64, stream]).generate_state(1)[0])
 
 
+def _known_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The params a running trial has or will have: those enqueued for it, then its proposal, then those set."""
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.system_attrs.get(PROPOSAL_ATTR, {}), **trial.params}
+
+
 class PerOptimizerSampler(BaseSampler):
     """Optimizer allocation (:mod:`hpo2.study.allocation`) + joint per-optimizer proposals from ``make_sampler``.
 
@@ -104,6 +130,8 @@ class PerOptimizerSampler(BaseSampler):
     with the user attribute ``hpo2.random_proposal``.
 
     ``stream``: this process's sampler stream (module docstring), which seeds the wrapped samplers.
+    ``lock``: the lock every worker of the study shares (:func:`hpo2.study.locks.study_lock`), held
+    while a trial's optimizer is allocated and its settings proposed and published (module docstring).
     """
 
     def __init__(
@@ -117,6 +145,7 @@ class PerOptimizerSampler(BaseSampler):
         floor: float = 0.25,
         random_fraction: float = 0.0,
         stream: int = 0,
+        lock: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
         self._space = space
         self._make_sampler = make_sampler
@@ -127,6 +156,8 @@ class PerOptimizerSampler(BaseSampler):
         self._floor = floor
         self._random_fraction = random_fraction
         self._stream = stream
+        self._lock = lock
+        self._thread_lock = threading.Lock()  # the study's threads (``jobs``) share this sampler
         self._samplers: dict[str, BaseSampler] = {}
         self._proposals: dict[int, dict[str, Any]] = {}
 
@@ -157,11 +188,21 @@ class PerOptimizerSampler(BaseSampler):
         rng = np.random.default_rng([self._seed % 2**32, trial_number, 1])  # not the allocation's stream
         return int(rng.integers(2**31)) if rng.random() < self._random_fraction else None
 
-    def _propose(self, study: optuna.Study, trial: FrozenTrial, optimizer: str) -> dict[str, Any]:
+    def _propose(
+        self, study: optuna.Study, trial: FrozenTrial, optimizer: str, trials: list[FrozenTrial]
+    ) -> dict[str, Any]:
+        """``optimizer``'s settings for ``trial`` from a sampler fitted on its finished ``trials``, the
+        running ones pending (``trials``: the study's, read once per proposal)."""
         distributions = self._space.optimizers[optimizer].distributions
         history = [
-            t for t in study.get_trials(deepcopy=False, states=_FINISHED)
-            if t.params.get(OPTIMIZER_PARAM) == optimizer and all(k in t.params for k in distributions)
+            t for t in trials
+            if t.state == TrialState.COMPLETE and t.params.get(OPTIMIZER_PARAM) == optimizer
+            and all(k in t.params for k in distributions)
+        ]
+        pending = [
+            known for t in trials
+            if t.state == TrialState.RUNNING and t.number != trial.number
+            and (known := _known_params(t)).get(OPTIMIZER_PARAM) == optimizer and all(k in known for k in distributions)
         ]
         random_seed = self._random_turn(trial.number) if len(history) >= self.design_points else None
         if random_seed is not None:
@@ -181,76 +222,74 @@ class PerOptimizerSampler(BaseSampler):
                 )
                 for t in history
             ]
+            + [
+                optuna.trial.create_trial(state=TrialState.RUNNING, params={k: params[k] for k in distributions},
+                                          distributions=distributions)
+                for params in pending
+            ]
         )
         proposal = shadow.ask(fixed_distributions=distributions)
-        for key, value in shadow.trials[-1].system_attrs.items():
+        for key, value in shadow._storage.get_trial_system_attrs(proposal._trial_id).items():
             study._storage.set_trial_system_attr(trial._trial_id, _STATE_PREFIX + key, value)
         return proposal.params
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        if param_name == OPTIMIZER_PARAM:
-            return allocate(
-                self._allocation, self._space.names, study.get_trials(deepcopy=False), trial.number,
-                study.directions[0], self.design_points, self._floor, self._seed,
-            )
-        optimizer = param_name.split(".", 1)[0]
         if trial.number not in self._proposals:
-            self._proposals[trial.number] = self._propose(study, trial, optimizer)
+            with self._thread_lock, self._lock():
+                trials = study.get_trials(deepcopy=False)
+                if param_name == OPTIMIZER_PARAM:
+                    optimizer = allocate(self._allocation, self._space.names, trials, trial.number,
+                                         study.directions[0], self.design_points, self._floor, self._seed)
+                else:  # the optimizer was fixed (an enqueued trial): propose its settings
+                    optimizer = param_name.split(".", 1)[0]
+                proposal = {OPTIMIZER_PARAM: optimizer, **self._propose(study, trial, optimizer, trials)}
+                study._storage.set_trial_system_attr(trial._trial_id, PROPOSAL_ATTR, proposal)
+            self._proposals[trial.number] = proposal
         return self._proposals[trial.number][param_name]
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         self._proposals.pop(trial.number, None)
 
 
-def plain_sampler(config: SamplerConfig, seed: int, n_startup_trials: int | None = None) -> BaseSampler:
-    """The sampler ``config`` names, seeded, as hpo2 configures it for a fixed
-    search space (TPE multivariate with ``group`` and constant liar; model samplers
-    with ``n_startup_trials`` random trials first: the argument, else the config's, else 5;
-    BoTorch with hpo2's candidates function, :class:`~hpo2.study.botorch_candidates.LogEICandidates`)."""
-    startup = n_startup_trials if n_startup_trials is not None else config.n_startup_trials
-    name = config.name
-    if name == "tpe":
-        kwargs: dict[str, Any] = {"seed": seed, "multivariate": True, "group": True, "constant_liar": True}
-        if startup is not None:
-            kwargs["n_startup_trials"] = startup
-        return optuna.samplers.TPESampler(**kwargs)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup if startup is not None else 5,
-                                         warn_independent_sampling=False)
-    if name == "botorch":
-        from optuna_integration import BoTorchSampler
-
-        from hpo2.study.botorch_candidates import LogEICandidates
-
-        return BoTorchSampler(seed=seed, n_startup_trials=startup if startup is not None else 5,
-                              candidates_func=LogEICandidates())
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup if startup is not None else 1,
-                                            warn_independent_sampling=False)
-    allowed = get_args(SamplerConfig.model_fields["name"].annotation)
-    raise SettingsError(f"sampler.name: {name!r} is not a known sampler{did_you_mean(name, allowed)}; "
-                        f"allowed: {', '.join(allowed)}")
+def sampler_spec(name: str) -> SamplerSpec:
+    """The registry's entry for ``name``; a :class:`~hpo2.errors.SettingsError` naming the allowed ones if none."""
+    if name not in SAMPLERS:
+        raise SettingsError(f"sampler.name: {name!r} is not a known sampler{did_you_mean(name, SAMPLERS)}; "
+                            f"allowed: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
 
 
-def build_sampler(config: StudyConfig, space: SearchSpace, stream: int = 0) -> BaseSampler:
-    """The study's sampler for sampler stream ``stream`` (see the module docstring)."""
+def plain_sampler(config: SamplerConfig, seed: int, n_startup_trials: int | None = None,
+                  noisy: bool = False) -> BaseSampler:
+    """The sampler ``config`` names (its :data:`~hpo2.study.sampler_registry.SAMPLERS` entry), seeded, as hpo2
+    configures it for a fixed search space, with ``n_startup_trials`` random trials first: the argument, else
+    the config's, else the sampler's own default; ``noisy``: the trials draw their own training seeds."""
+    spec = sampler_spec(config.name)
+    startup = next(n for n in (n_startup_trials, config.n_startup_trials, spec.startup) if n is not None)
+    return spec.build(seed, startup, noisy)
+
+
+def build_sampler(
+    config: StudyConfig, space: SearchSpace, stream: int = 0,
+    lock: Callable[[], AbstractContextManager[Any]] = nullcontext,
+) -> BaseSampler:  # fmt: skip
+    """The study's sampler for sampler stream ``stream``; ``lock``: the lock its workers share for
+    proposals (:func:`hpo2.study.locks.study_lock`; see the module docstring)."""
     sampler = config.sampler
+    spec = sampler_spec(sampler.name)
     seed = sampler.seed if sampler.seed is not None else config.seed
-    if sampler.name == "qmc":  # one design for the whole study: every process continues it
-        return plain_sampler(sampler, seed)
-    if sampler.name in ("tpe", "random"):
-        return plain_sampler(sampler, stream_seed(seed, stream))
+    noisy = config.seeds == "per_trial"
+    if spec.one_design:  # one design for the whole study: every process continues it
+        return plain_sampler(sampler, seed, noisy=noisy)
+    if not spec.per_optimizer:
+        return plain_sampler(sampler, stream_seed(seed, stream), noisy=noisy)
     return PerOptimizerSampler(
-        space, lambda s, n: plain_sampler(sampler, s, n), seed=seed, allocation=config.allocation,
+        space, lambda s, n: plain_sampler(sampler, s, n, noisy), seed=seed, allocation=config.allocation,
         startup=sampler.n_startup_trials if sampler.n_startup_trials is not None else 1,
         defaults_enqueued=config.enqueue_defaults, floor=sampler.allocation_floor,
-        random_fraction=sampler.random_fraction, stream=stream,
+        random_fraction=sampler.random_fraction, stream=stream, lock=lock,
     )
 
 

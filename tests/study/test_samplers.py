@@ -13,14 +13,15 @@ from optuna.trial import TrialState
 from optuna_integration import BoTorchSampler
 
 from hpo2.errors import SettingsError
-from hpo2.study.config import SamplerConfig, StudyConfig, load_study_config
+from hpo2.study.config import PER_OPTIMIZER_SAMPLERS, SamplerConfig, StudyConfig, load_study_config
 from hpo2.study.runner import StudyRunner
-from hpo2.study.samplers import STREAMS_ATTR, build_sampler, claim_stream, plain_sampler
+from hpo2.study.sampler_registry import SAMPLERS
+from hpo2.study.samplers import STREAMS_ATTR, PerOptimizerSampler, build_sampler, claim_stream, plain_sampler
 from hpo2.study.space import SearchSpace
 from tests.study.helpers import write_study
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "gp", "botorch", "cmaes", "random", "qmc"])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
 @pytest.mark.slow  # a whole study or a server
 def test_each_sampler_runs_a_study(tmp_path, sampler):
     path = write_study(
@@ -87,9 +88,58 @@ EXPECTED = {"tpe": optuna.samplers.TPESampler, "gp": optuna.samplers.GPSampler, 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_each_allowed_name_builds_its_own_sampler() -> None:
     names = get_args(SamplerConfig.model_fields["name"].annotation)
+    assert names == tuple(SAMPLERS)  # the study file's names are the registry's, in its order
     assert set(names) == set(EXPECTED)
     for name in names:
         assert type(plain_sampler(SamplerConfig(name=name), seed=0)) is EXPECTED[name], name
+
+
+#: what each registry entry must say: per optimizer?  its own startup trials (Optuna's defaults, hpo2's for
+#: botorch and cmaes)?  one design for every process?  several objectives?
+DECLARED = {"tpe": (False, 10, False, True), "gp": (True, 5, False, True), "botorch": (True, 5, False, True),
+            "cmaes": (True, 1, False, False), "random": (False, 0, False, True), "qmc": (False, 0, True, True)}
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_sampler_registry_is_what_config_and_build_sampler_read() -> None:
+    """Issue 27, 5: the sampler names live in one place; the schema, the build function and the per-optimizer
+    wrapping all follow the registry's entries."""
+    assert {name: (s.per_optimizer, s.startup, s.one_design, s.multi_objective) for name, s in SAMPLERS.items()} \
+        == DECLARED
+    assert tuple(name for name, s in SAMPLERS.items() if s.per_optimizer) == PER_OPTIMIZER_SAMPLERS
+    for name, spec in SAMPLERS.items():
+        config = StudyConfig(name="s", task="digits_mlp", optimizers=["sgd"], sampler={"name": name})
+        built = build_sampler(config, SearchSpace(config), stream=1)
+        assert isinstance(built, PerOptimizerSampler) == spec.per_optimizer, name
+        wrapped = built._make_sampler(0, 3) if isinstance(built, PerOptimizerSampler) else built
+        assert type(wrapped) is EXPECTED[name], name
+        if name in ("gp", "botorch", "cmaes", "tpe"):  # the startup the wrapper asks for reaches the sampler
+            assert wrapped._n_startup_trials == (3 if spec.per_optimizer else spec.startup), name
+        if not spec.multi_objective:
+            with pytest.raises(ValueError, match=f"sampler.name = '{name}' optimises one objective"):
+                StudyConfig(name="s", task="digits_mlp", sampler={"name": name},
+                            objective=["valid_loss", "wall_seconds"])
+    qmc = SamplerConfig(name="qmc", seed=5)
+    first, later = (build_sampler(StudyConfig(name="s", task="digits_mlp", sampler=qmc), SearchSpace(
+        StudyConfig(name="s", task="digits_mlp")), stream) for stream in (0, 3))
+    assert first._seed == later._seed == 5  # one design: every stream continues the same one
+
+
+def test_the_study_package_face_names_its_public_parts_without_importing_them_early() -> None:
+    import subprocess
+    import sys
+
+    import hpo2.study
+
+    assert hpo2.study.StudyRunner is StudyRunner and hpo2.study.StudyConfig is StudyConfig
+    assert sorted(hpo2.study.__all__) == sorted(hpo2.study._HOMES)
+    assert all(getattr(hpo2.study, name) is not None for name in hpo2.study.__all__)
+    with pytest.raises(AttributeError, match="has no attribute 'Runner'"):
+        hpo2.study.Runner  # noqa: B018 -- the attribute access is the test
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, hpo2.study.config; print(sorted(m for m in ('optuna', 'mlflow') "
+         "if m in sys.modules))"], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"  # the study-file schema stays light
 
 
 def test_an_unknown_name_is_a_clear_error_not_cmaes() -> None:
