@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from hpo2.optim import NewtonCG
 from hpo2.optim.closure import BatchClosure
@@ -44,3 +45,16 @@ def test_full_batch_newton_step_lands_on_the_quadratic_optimum():
     opt = NewtonCG(task.model.parameters(), damping=0.0, cg_max_iter=200, cg_tol=1e-12, globalization="none")
     opt.step(BatchClosure(task.model, task.loss_fn, x, y))
     torch.testing.assert_close(task.model.theta.detach(), x.mean(0), rtol=1e-8, atol=1e-9)
+
+
+def test_curves_loss_is_martens_objective_divided_by_the_pixel_count() -> None:
+    """Martens (2010): cross-entropy summed over the 784 pixels, mean over images, plus
+    2e-5/2 ||W||^2. The task averages over pixels, so its loss times 784 is that objective."""
+    task = build_task("curves_autoencoder", {"size_train": 8, "size_valid": 4, "size_test": 4, "batch_size": 8})
+    model = task.model.double()
+    x = task.train.x[:8].double()
+    outputs = model(x)
+    summed = nn.functional.binary_cross_entropy_with_logits(outputs, x, reduction="sum") / len(x)
+    weights = sum((m.weight**2).sum() for m in model if isinstance(m, nn.Linear))
+    martens = summed + 0.5 * 2e-5 * weights
+    assert torch.allclose(task.loss_fn(outputs, x) * 784, martens, rtol=1e-12, atol=0)
