@@ -310,67 +310,88 @@ class StudyRunner:
         return math.inf if self.deadline is None else self.deadline - time.monotonic()
 
     def _run_trials(self, budget: TrialBudget) -> None:
+        """Run ``budget``'s trials: ``jobs`` worker loops (:meth:`_work`) at once, each in its own
+        thread (a single one in this thread)."""
+        if self.config.jobs == 1:
+            self._work(budget)
+            return
+        threads = [threading.Thread(target=self._work, args=(budget,), name=f"hpo2-job-{i}")
+                   for i in range(self.config.jobs)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _work(self, budget: TrialBudget) -> None:
+        """One worker's loop: admit a trial and run it (:meth:`_run_admitted`) until the budget is
+        full, a stop is requested, the study's timeout ends, or a trial still RUNNING elsewhere has
+        been waited for past the patience below.  A storage fault while admitting is handled as one
+        (:meth:`_after_storage_fault`)."""
         poll = min(5.0, float(self.config.heartbeat_interval))
         # A dead worker's trial goes stale within the grace period (2 heartbeats, see
         # open_storage); one that is still RUNNING after 3 is alive, or died before its
         # first heartbeat (Optuna never fails those): stop waiting for it then.
         patience = 3.0 * self.config.heartbeat_interval + poll
-
-        def admitted(started: list[int], trial: optuna.Trial) -> float | list[float]:
-            started.append(trial.number)
-            budget.release()  # the trial now exists in storage: other workers may count it
-            return self.objective(trial)
-
-        def work() -> None:
-            waiting_since: float | None = None
-            faults = 0  # storage faults since a trial last ended by itself
-            while not self.stop.requested and self._time_left() > 0:
-                try:
-                    decision = budget.admit()
-                except Exception as exc:
-                    if not is_storage_fault(exc):
-                        raise
-                    faults = self._after_storage_fault(budget, faults, exc, None)
-                    continue
-                if decision is Admission.FULL:
+        waiting_since: float | None = None
+        faults = 0  # storage faults since a trial last ended by itself
+        while not self.stop.requested and self._time_left() > 0:
+            try:
+                decision = budget.admit()
+            except Exception as exc:
+                if not is_storage_fault(exc):
+                    raise
+                faults = self._after_storage_fault(budget, faults, exc, None)
+                continue
+            if decision is Admission.FULL:
+                return
+            if decision is Admission.WAIT:  # a trial still RUNNING elsewhere may be a dead worker's
+                waiting_since = waiting_since or time.monotonic()
+                if time.monotonic() - waiting_since > patience:
                     return
-                if decision is Admission.WAIT:  # a trial still RUNNING elsewhere may be a dead worker's
-                    waiting_since = waiting_since or time.monotonic()
-                    if time.monotonic() - waiting_since > patience:
-                        return
-                    self.stop.event.wait(min(poll, self._time_left()))
-                    continue
-                waiting_since = None
-                started: list[int] = []  # the trial's number, once it exists
-                try:
-                    budget.study.optimize(functools.partial(admitted, started), n_trials=1, catch=(Exception,),
-                                        gc_after_trial=True, callbacks=[self.observer.trial_stored])
-                    faults = 0
-                except TrialInterrupted as stopped:
-                    retry_trial(budget.study, stopped.trial_number)
-                    self.retried.append(stopped.trial_number)
-                    return
-                except TrialStorageFault as fault:
-                    faults = self._after_storage_fault(budget, faults, fault, fault.trial_number)
-                except Exception as exc:  # Optuna's ask or tell failed (the objective's own errors are caught)
-                    if (full := no_space_left(exc)) is not None:  # no passing fault: retrying fills nothing
-                        raise StorageLost(f"storage {redact_url(self.storage_url)}: {full.strerror}; free space on "
-                                          "its disk (or move the storage) and rerun to go on") from None
-                    if is_storage_fault(exc):
-                        faults = self._after_storage_fault(budget, faults, exc, started[0] if started else None)
-                    elif not (started and self._failed_as_stale(budget.study, started[0], exc)):
-                        raise
-                finally:
-                    budget.release()
+                self.stop.event.wait(min(poll, self._time_left()))
+                continue
+            waiting_since = None
+            after = self._run_admitted(budget, faults)
+            if after is None:  # a stop request ended the trial
+                return
+            faults = after
 
-        if self.config.jobs == 1:
-            work()
-        else:
-            threads = [threading.Thread(target=work, name=f"hpo2-job-{i}") for i in range(self.config.jobs)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+    def _run_admitted(self, budget: TrialBudget, faults: int) -> int | None:
+        """Run the trial ``budget`` just admitted (``faults``: storage faults in a row before it) and
+        release the budget's lock after it.  Returns the storage faults in a row after it (0 when it
+        ended by itself), or None when a stop request ended it (it is queued for retry on resume and
+        this worker stops).  Optuna's ask or tell failing is a storage fault, a trial failed as stale
+        meanwhile (:meth:`_failed_as_stale`), or raised (a full disk as
+        :class:`~hpo2.study.storage.StorageLost`)."""
+        started: list[int] = []  # the trial's number, once it exists
+        try:
+            budget.study.optimize(functools.partial(self._admitted, budget, started), n_trials=1, catch=(Exception,),
+                                  gc_after_trial=True, callbacks=[self.observer.trial_stored])
+            return 0
+        except TrialInterrupted as stopped:
+            retry_trial(budget.study, stopped.trial_number)
+            self.retried.append(stopped.trial_number)
+            return None
+        except TrialStorageFault as fault:
+            return self._after_storage_fault(budget, faults, fault, fault.trial_number)
+        except Exception as exc:  # Optuna's ask or tell failed (the objective's own errors are caught)
+            if (full := no_space_left(exc)) is not None:  # no passing fault: retrying fills nothing
+                raise StorageLost(f"storage {redact_url(self.storage_url)}: {full.strerror}; free space on "
+                                  "its disk (or move the storage) and rerun to go on") from None
+            if is_storage_fault(exc):
+                return self._after_storage_fault(budget, faults, exc, started[0] if started else None)
+            if not (started and self._failed_as_stale(budget.study, started[0], exc)):
+                raise
+            return faults
+        finally:
+            budget.release()
+
+    def _admitted(self, budget: TrialBudget, started: list[int], trial: optuna.Trial) -> float | list[float]:
+        """The objective of an admitted trial: note its number in ``started``, let other workers
+        count it (it now exists in storage), and run it (:meth:`objective`)."""
+        started.append(trial.number)
+        budget.release()  # the trial now exists in storage: other workers may count it
+        return self.objective(trial)
 
     def _confirm(self) -> None:
         """The confirmation stage (:mod:`hpo2.study.confirm`): once no search trial runs, enqueue
