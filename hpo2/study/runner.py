@@ -173,16 +173,7 @@ class StudyRunner:
         :class:`~hpo2.errors.DataMissingError` when the task's data files are missing."""
         if self._study is not None:
             return self
-        check_sqlite_writable(self.storage_url, "storage")
-        check_reachable(self.tracking_uri)
-        check_params_unchanged(self.tracking_uri, self.experiment, self.config.name, self.study_params())
-        # a user's task is imported, and missing data files found, now: one line, not a failure in every trial
-        try:
-            self.directions = objective_directions(self.config, self._task_direction())
-        except SettingsError as exc:
-            raise SettingsError(f"{self.study_file}: {exc}") from None
-        if self.config.warm_start is not None:  # the earlier study is only read
-            self.warm_start = plan_warm_start(self.config, self.study_file, self.space)
+        self._check_before_writing()
         # Workers starting together would race to create the tables of Optuna and
         # MLflow, the study and its parent run: the first one creates them, the others wait.
         with study_init_lock(self.storage_url, self.study_file, self.config.name):
@@ -207,6 +198,21 @@ class StudyRunner:
         self._study = study
         self.observer.study_opened(study)
         return self
+
+    def _check_before_writing(self) -> None:
+        """The checks :meth:`open` makes before it writes anything: both stores can be written, the
+        study's params are those its MLflow run has, the task's data is there and the objectives'
+        directions are known; then a warm start's earlier study is read (only read)."""
+        check_sqlite_writable(self.storage_url, "storage")
+        check_reachable(self.tracking_uri)
+        check_params_unchanged(self.tracking_uri, self.experiment, self.config.name, self.study_params())
+        # a user's task is imported, and missing data files found, now: one line, not a failure in every trial
+        try:
+            self.directions = objective_directions(self.config, self._task_direction())
+        except SettingsError as exc:
+            raise SettingsError(f"{self.study_file}: {exc}") from None
+        if self.config.warm_start is not None:  # the earlier study is only read
+            self.warm_start = plan_warm_start(self.config, self.study_file, self.space)
 
     @property
     def task_source(self) -> TaskSource:
@@ -554,6 +560,10 @@ class StudyRunner:
         self.observer.trial_tracked(tracker.seconds, tracker.total_seconds)
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
+        """Optuna's objective: suggest the trial's optimizer and settings, open its MLflow run, train it
+        (:meth:`_train`).  Pruned: its run ends KILLED; a stop request: :class:`~hpo2.study.recovery.TrialInterrupted`
+        (retried on resume); a storage fault or a stale check ended it from outside (:meth:`_ended_from_outside`);
+        any other exception fails this trial only."""
         tracker: TrialTracker | None = None
         try:  # storage writes from the first line: a storage fault anywhere here is handled as one
             beat_now(trial.study, trial._trial_id)
@@ -570,11 +580,7 @@ class StudyRunner:
                 self._end_run(tracker, "KILLED", status_tag="pruned")
             raise
         except KeyboardInterrupt:  # a stop request (or a second Ctrl-C) reached this trial
-            self._interrupted.add(trial.number)
-            trial.set_user_attr("hpo2.status", INTERRUPTED)
-            trial.set_user_attr("hpo2.reason", f"{INTERRUPTED}: retried on resume")
-            if tracker is not None:
-                self._end_run(tracker, "KILLED", reason=INTERRUPTED, status_tag=INTERRUPTED)
+            self._mark_interrupted(trial, tracker)
             raise TrialInterrupted(trial.number) from None
         except Exception as exc:
             if is_storage_fault(exc):  # not the trial's failure: no word to the storage, which may be away
@@ -585,10 +591,7 @@ class StudyRunner:
             if isinstance(exc, UpdateFinishedTrialError):  # a stale check failed it while it ran: the storage refuses
                 self._ended_from_outside(trial.number, tracker, exc, "failed as stale while it ran", "stale")
                 raise
-            trial.set_user_attr("hpo2.status", "failed")
-            trial.set_user_attr("hpo2.reason", f"{type(exc).__name__}: {exc}"[:2000])
-            if tracker is not None:
-                self._end_run(tracker, "FAILED", reason=f"{type(exc).__name__}: {exc}", status_tag="failed")
+            self._mark_failed(trial, tracker, exc)
             # Whoever keeps the exception (Optuna's log, a log handler) must not keep the
             # failed trial's model and tensors alive: drop the finished frames' locals.
             traceback.clear_frames(exc.__traceback__)
@@ -596,6 +599,22 @@ class StudyRunner:
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def _mark_interrupted(self, trial: optuna.Trial, tracker: TrialTracker | None) -> None:
+        """A stop request reached ``trial``: Optuna must not log its failure, its status says it is
+        retried on resume, and its MLflow run (if opened) ends KILLED."""
+        self._interrupted.add(trial.number)
+        trial.set_user_attr("hpo2.status", INTERRUPTED)
+        trial.set_user_attr("hpo2.reason", f"{INTERRUPTED}: retried on resume")
+        if tracker is not None:
+            self._end_run(tracker, "KILLED", reason=INTERRUPTED, status_tag=INTERRUPTED)
+
+    def _mark_failed(self, trial: optuna.Trial, tracker: TrialTracker | None, exc: Exception) -> None:
+        """``trial`` raised ``exc``: its status and reason say so, and its MLflow run (if opened) ends FAILED."""
+        trial.set_user_attr("hpo2.status", "failed")
+        trial.set_user_attr("hpo2.reason", f"{type(exc).__name__}: {exc}"[:2000])
+        if tracker is not None:
+            self._end_run(tracker, "FAILED", reason=f"{type(exc).__name__}: {exc}", status_tag="failed")
 
     def _ended_from_outside(
         self, number: int, tracker: TrialTracker | None, exc: Exception, reason: str, status_tag: str
