@@ -58,6 +58,7 @@ from hpo2.train.loop import Budget
 if TYPE_CHECKING:
     from hpo2.study.observer import StudyObserver
     from hpo2.study.runner import StudyReport, StudyRunner
+    from hpo2.study.tracking import TrackedRun
 
 #: study-file fields a suite sets itself, per task or at the top level
 PER_TASK = {"name": "tasks[].label", "task": "tasks[].task", "budget": "tasks[].budget",
@@ -295,38 +296,63 @@ def run_suite(
     renders the report of those whose ``report`` setting is on; a study whose trial budget is already spent and whose
     run finished is skipped.  :class:`~hpo2.study.recovery.StudyInterrupted` ends the
     suite's run KILLED and propagates (rerunning resumes where it stopped)."""
-    from hpo2.study.catalog import budget_spent, open_existing, study_closed
-    from hpo2.study.config import default_storage
-    from hpo2.study.runner import StudyRunner
-    from hpo2.study.tracking import check_reachable, study_parent_run
+    from hpo2.study.catalog import open_existing
+    from hpo2.study.tracking import check_reachable
 
-    first = suite.studies[0]
     check_reachable(suite.tracking_uri)  # before the suite's run is created
     existing = [open_existing(config, suite.path) for config in suite.studies]
     for study, config in zip(existing, suite.studies, strict=True):
         if study is not None:
             check_task_unchanged(study, config)  # before anything is written
-    artifacts = str(suite.path.parent / "mlartifacts") if suite.tracking_uri.startswith("sqlite") else None
-    parent = study_parent_run(suite.tracking_uri, suite.experiment, suite.config.name,
-                              {"hpo2.tasks": ",".join(suite.labels)}, artifacts, role="suite")  # fmt: skip
-    parent.log_params({"tasks": ",".join(suite.labels), "optimizers": ",".join(suite.optimizers),
-                       "measure": suite.config.measure, "sampler": first.sampler.name})  # fmt: skip
+    parent = _suite_parent_run(suite)
     for i, (label, config, study) in enumerate(zip(suite.labels, suite.studies, existing, strict=True), start=1):
-        if study is not None:
-            spent = budget_spent(study, default_storage(config, suite.path), config.n_trials)
-            if spent and study_closed(config, suite.path):
-                announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} is done, skipped")
-                continue
+        if study is not None and _study_done(study, config, suite.path):
+            announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} is done, skipped")
+            continue
         announce(f"task {i}/{len(suite.studies)} {label}: study {config.name} ({config.task.label}, target "
                  f"{config.task.settings.get('target', 'the task default')})")
-        runner = StudyRunner(config, suite.path, observer, report if config.report else None).open()
-        for note in runner.warm_start.notes if runner.warm_start is not None else []:
-            announce(note)
-        check_task_unchanged(runner.study, config)
-        runner.parent.set_tags({"mlflow.parentRunId": parent.run_id, "hpo2.suite": suite.config.name})
+        runner = _open_task_study(suite, config, parent, announce, observer, report)
         try:
             run_study(runner)
         except BaseException:
             parent.end("KILLED")
             raise
     return parent.run_id
+
+
+def _suite_parent_run(suite: Suite) -> TrackedRun:
+    """Create (or find again) the suite's own MLflow run (tag ``hpo2.role = suite``) and log the
+    suite's params to it."""
+    from hpo2.study.tracking import study_parent_run
+
+    artifacts = str(suite.path.parent / "mlartifacts") if suite.tracking_uri.startswith("sqlite") else None
+    parent = study_parent_run(suite.tracking_uri, suite.experiment, suite.config.name,
+                              {"hpo2.tasks": ",".join(suite.labels)}, artifacts, role="suite")  # fmt: skip
+    parent.log_params({"tasks": ",".join(suite.labels), "optimizers": ",".join(suite.optimizers),
+                       "measure": suite.config.measure, "sampler": suite.studies[0].sampler.name})  # fmt: skip
+    return parent
+
+
+def _study_done(study: optuna.Study, config: StudyConfig, suite_path: Path) -> bool:
+    """Whether a task's existing study has spent its trial budget and its run finished (skipped then)."""
+    from hpo2.study.catalog import budget_spent, study_closed
+    from hpo2.study.config import default_storage
+
+    spent = budget_spent(study, default_storage(config, suite_path), config.n_trials)
+    return bool(spent) and study_closed(config, suite_path)
+
+
+def _open_task_study(
+    suite: Suite, config: StudyConfig, parent: TrackedRun, announce: Callable[[str], None],
+    observer: StudyObserver | None, report: StudyReport | None,
+) -> StudyRunner:  # fmt: skip
+    """Open one task's study (announcing its warm start's notes), check its task is the one it ran
+    with, and nest its MLflow parent run under the suite's run ``parent``."""
+    from hpo2.study.runner import StudyRunner
+
+    runner = StudyRunner(config, suite.path, observer, report if config.report else None).open()
+    for note in runner.warm_start.notes if runner.warm_start is not None else []:
+        announce(note)
+    check_task_unchanged(runner.study, config)
+    runner.parent.set_tags({"mlflow.parentRunId": parent.run_id, "hpo2.suite": suite.config.name})
+    return runner
