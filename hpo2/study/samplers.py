@@ -209,6 +209,19 @@ class PerOptimizerSampler(BaseSampler):
             study._storage.set_trial_user_attr(trial._trial_id, "hpo2.random_proposal", True)
             sampler: BaseSampler = optuna.samplers.RandomSampler(seed=random_seed)
             return optuna.create_study(sampler=sampler).ask(fixed_distributions=distributions).params
+        shadow = self._shadow_study(study, optimizer, history, pending)
+        proposal = shadow.ask(fixed_distributions=distributions)
+        for key, value in shadow._storage.get_trial_system_attrs(proposal._trial_id).items():
+            study._storage.set_trial_system_attr(trial._trial_id, _STATE_PREFIX + key, value)
+        return proposal.params
+
+    def _shadow_study(
+        self, study: optuna.Study, optimizer: str, history: list[FrozenTrial], pending: list[dict[str, Any]]
+    ) -> optuna.Study:
+        """An in-memory study for ``optimizer``'s own sampler to propose from: its finished trials
+        ``history`` (with the state the sampler kept in their system attributes) and, as RUNNING
+        trials, the known params of its running ones ``pending``; ``optimizer``'s settings only."""
+        distributions = self._space.optimizers[optimizer].distributions
         shadow = optuna.create_study(directions=study.directions, sampler=self._sampler_for(optimizer))
         shadow.add_trials(
             [
@@ -228,10 +241,7 @@ class PerOptimizerSampler(BaseSampler):
                 for params in pending
             ]
         )
-        proposal = shadow.ask(fixed_distributions=distributions)
-        for key, value in shadow._storage.get_trial_system_attrs(proposal._trial_id).items():
-            study._storage.set_trial_system_attr(trial._trial_id, _STATE_PREFIX + key, value)
-        return proposal.params
+        return shadow
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
