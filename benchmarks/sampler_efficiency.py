@@ -47,6 +47,7 @@ from common import publish, study_benchmark_arguments  # noqa: E402
 from optuna.distributions import FloatDistribution  # noqa: E402
 
 from hpo2.study.config import SamplerConfig, StudyConfig, load_study_config  # noqa: E402
+from hpo2.study.confirm import finalists  # noqa: E402
 from hpo2.study.runner import StudyRunner  # noqa: E402
 from hpo2.study.samplers import build_sampler, plain_sampler  # noqa: E402
 from hpo2.study.space import SearchSpace  # noqa: E402
@@ -192,6 +193,91 @@ def branches(seeds: int, trials: int, labels: list[str]) -> tuple[str, dict]:
     return conditional_table(raw, trials, 3, "best"), raw
 
 
+#: the seed noise of the ``noisy`` part: 10% of a branch's range, half the gap between two branches' minima
+NOISE_SD = 0.05
+NOISY_CHECKPOINTS = (20, 40, 80)
+#: (label, sampler settings) on the noisy conditional space: Optuna's own and hpo2's model samplers
+NOISY_SAMPLERS: list[tuple[str, dict]] = [
+    ("random", {"name": "random"}),
+    ("tpe", {"name": "tpe"}),
+    ("gp", {"name": "gp", "allocation": "balanced"}),
+    ("botorch", {"name": "botorch", "allocation": "balanced"}),
+]
+
+
+def noisy_study(sampler: dict, seed: int, trials: int) -> tuple[optuna.Study, SearchSpace]:
+    """One study on the conditional space whose trials see seed noise: trial ``n`` of
+    sampler seed ``seed`` observes the branch value plus N(0, NOISE_SD^2) drawn from
+    ``(seed, n)`` (``seeds: per_trial``, so BoTorch models the noise)."""
+    config = StudyConfig(name="n", task="digits_mlp", optimizers=list(BRANCHES), n_trials=trials,
+                         seeds="per_trial", sampler={**sampler, "seed": seed})
+    space = SearchSpace(config)
+    study = optuna.create_study(direction="minimize", sampler=build_sampler(config, space))
+    space.enqueue_defaults(study)
+
+    def observe(trial: optuna.Trial) -> float:
+        true = branch_value({"optimizer": space.suggest(trial)[0], **trial.params}, space)
+        return true + float(np.random.default_rng([seed, trial.number]).normal(0, NOISE_SD))
+
+    study.optimize(observe, n_trials=trials)
+    return study, space
+
+
+def recommended_regrets(study: optuna.Study, space: SearchSpace, seed: int, budget: int,
+                        top_k: int, confirm_seeds: int) -> tuple[float, float, int]:
+    """The true value (the seed-mean; the global minimum is 0) of the configuration
+    recommended after the first ``budget`` trials: without confirmation, the best
+    observed trial; with it, the finalist (:func:`hpo2.study.confirm.finalists`) of
+    best mean over ``confirm_seeds`` new noisy evaluations.  Also the evaluations the
+    confirmation spent."""
+    prefix = optuna.create_study(direction="minimize")
+    prefix.add_trials(study.trials[:budget])
+    def true(trial: optuna.trial.FrozenTrial) -> float:
+        return branch_value(trial.params, space)
+    chosen = finalists(prefix, top_k)
+    rng = np.random.default_rng([seed, budget, 10**6])  # seeds no search trial used
+    means = [true(t) + float(rng.normal(0, NOISE_SD, confirm_seeds).mean()) for t in chosen]
+    confirmed = chosen[int(np.argmin(means))]
+    return true(prefix.best_trial), true(confirmed), len(chosen) * confirm_seeds
+
+
+def noisy(seeds: int, top_k: int, confirm_seeds: int) -> tuple[str, dict]:
+    """Regret of the recommended configuration with and without the confirmation stage
+    (module docstring, ``noisy``), and random search at the same total evaluations."""
+    trials = max(NOISY_CHECKPOINTS)
+    raw: dict[str, dict] = {}
+    longest = trials + 2 * top_k * confirm_seeds  # random's study covers a budget plus any confirmation
+    for label, sampler in NOISY_SAMPLERS:
+        raw[label] = {str(n): {"plain": [], "confirmed": [], "spent": []} for n in NOISY_CHECKPOINTS}
+        for seed in range(seeds):
+            study, space = noisy_study(sampler, seed, longest if label == "random" else trials)
+            for n in NOISY_CHECKPOINTS:
+                plain, confirmed, spent = recommended_regrets(study, space, seed, n, top_k, confirm_seeds)
+                cell = raw[label][str(n)]
+                cell["plain"].append(plain)
+                cell["confirmed"].append(confirmed)
+                cell["spent"].append(spent)
+                if label == "random":  # random search given the same total evaluations, no confirmation
+                    cell.setdefault("random_at", []).append({
+                        str(extra): recommended_regrets(study, space, seed, n + extra, top_k, confirm_seeds)[0]
+                        for extra in range(0, longest - trials + 1, confirm_seeds)
+                    })
+            print(f"noisy {label} seed {seed} done", file=sys.stderr, flush=True)
+    lines = ["| sampler | trials | regret, best observed | regret, confirmed | confirmation evaluations "
+             "| random at the same total evaluations | confirmed / random |",
+             "| --- | ---: | --- | --- | ---: | --- | ---: |"]
+    for label in raw:
+        for n in NOISY_CHECKPOINTS:
+            cell = raw[label][str(n)]
+            spent = int(statistics.median(cell["spent"]))
+            extra = min(range(0, longest - trials + 1, confirm_seeds), key=lambda k: abs(k - spent))
+            random_same = [at[str(extra)] for at in raw["random"][str(n)]["random_at"]]
+            ratio = statistics.median(cell["confirmed"]) / max(statistics.median(random_same), 1e-12)
+            lines.append(f"| {label} | {n} | {spread(cell['plain'])} | {spread(cell['confirmed'])} | {spent} "
+                         f"| {spread(random_same)} ({n} + {extra}) | {ratio:.2f} |")
+    return "\n".join(lines), raw
+
+
 TASK_STUDY = {
     "task": "digits_mlp",
     "objective": "valid_loss",
@@ -230,7 +316,9 @@ def real_task(seeds: int, trials: int, labels: list[str], epochs: float) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", default=["hartmann", "branches", "task"],
-                        choices=["hartmann", "branches", "task"])
+                        choices=["hartmann", "branches", "task", "noisy"])
+    parser.add_argument("--top-k", type=int, default=3, help="the noisy part's confirmation top_k (a study's default)")
+    parser.add_argument("--confirm-seeds", type=int, default=3, help="the noisy part's confirmation seeds")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--trials", type=int, default=40, help="trials per study on the conditional spaces")
     parser.add_argument("--samplers", nargs="+", default=["random", "qmc", "tpe", "cmaes", "gp", "botorch"],
@@ -247,6 +335,15 @@ def main() -> None:
             notes = (f"Regret = best value - ({HARTMANN_MIN}); median [min, max] over {args.seeds} sampler seeds. "
                      "Model samplers start with 5 random trials, TPE with Optuna's 10. Seconds per proposal: "
                      "the median over seeds of the mean of the three proposals up to that count.")
+        elif part == "noisy":
+            md, raw = noisy(args.seeds, args.top_k, args.confirm_seeds)
+            title = "Search efficiency on a noisy objective, with and without the confirmation stage"
+            notes = (f"The conditional space of the branches part plus seed noise N(0, {NOISE_SD}^2) per trial "
+                     f"(seeds: per_trial); regret = the recommended configuration's true (seed-mean) value, "
+                     f"global minimum 0; median [min, max] over {args.seeds} sampler seeds. Confirmation: "
+                     f"top_k {args.top_k}, {args.confirm_seeds} new seeds, winner by mean. Random search's column "
+                     "is its best observed trial after the same number of trials plus the confirmation's "
+                     "evaluations (to the nearest multiple of the seeds).")
         elif part == "branches":
             md, raw = branches(args.seeds, args.trials, args.conditional)
             title = "Search efficiency: synthetic conditional space with a known best optimizer"
