@@ -28,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,9 +94,9 @@ VARIANTS: list[tuple[str, dict[str, object]]] = [
 ]
 
 
-def _step_fn(  # type: ignore[no-untyped-def]
-    name: str, optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor
-):
+def _step_fn(
+    optimizer: torch.optim.Optimizer, model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], float]:
     """One step as the training loop takes it, and its counted gradient-equivalents."""
     closure = BatchClosure(model, loss_fn, x, y)
     take_snapshot(optimizer, lambda: closure, len(x))  # SVRG: the loop takes its snapshot at epoch starts, not per step
@@ -163,7 +164,7 @@ def counted_rows(device: torch.device, repeats: int, workload: Workload,
 
         def gradient() -> None:
             torch.autograd.grad(loss_fn(unit_model(x), y), list(unit_model.parameters()))
-        step = _step_fn(name, optimizer, model, loss_fn, x, y)
+        step = _step_fn(optimizer, model, loss_fn, x, y)
         for _ in range(WARMUP_STEPS):
             step()
             gradient()

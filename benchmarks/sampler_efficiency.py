@@ -232,13 +232,18 @@ def recommended_regrets(study: optuna.Study, space: SearchSpace, seed: int, budg
     confirmation spent."""
     prefix = optuna.create_study(direction="minimize")
     prefix.add_trials(study.trials[:budget])
-    def true(trial: optuna.trial.FrozenTrial) -> float:
-        return branch_value(trial.params, space)
     chosen = finalists(prefix, top_k)
     rng = np.random.default_rng([seed, budget, 10**6])  # seeds no search trial used
-    means = [true(t) + float(rng.normal(0, NOISE_SD, confirm_seeds).mean()) for t in chosen]
+    means = [branch_value(t.params, space) + float(rng.normal(0, NOISE_SD, confirm_seeds).mean()) for t in chosen]
     confirmed = chosen[int(np.argmin(means))]
-    return true(prefix.best_trial), true(confirmed), len(chosen) * confirm_seeds
+    spent = len(chosen) * confirm_seeds
+    return best_observed_regret(study, space, budget), branch_value(confirmed.params, space), spent
+
+
+def best_observed_regret(study: optuna.Study, space: SearchSpace, budget: int) -> float:
+    """The true value of the best observed (noisy) trial among the first ``budget``."""
+    best = min(study.trials[:budget], key=lambda t: t.value)
+    return branch_value(best.params, space)
 
 
 def noisy(seeds: int, top_k: int, confirm_seeds: int) -> tuple[str, dict]:
@@ -259,7 +264,7 @@ def noisy(seeds: int, top_k: int, confirm_seeds: int) -> tuple[str, dict]:
                 cell["spent"].append(spent)
                 if label == "random":  # random search given the same total evaluations, no confirmation
                     cell.setdefault("random_at", []).append({
-                        str(extra): recommended_regrets(study, space, seed, n + extra, top_k, confirm_seeds)[0]
+                        str(extra): best_observed_regret(study, space, n + extra)
                         for extra in range(0, longest - trials + 1, confirm_seeds)
                     })
             print(f"noisy {label} seed {seed} done", file=sys.stderr, flush=True)
